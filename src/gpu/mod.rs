@@ -1,0 +1,325 @@
+//! The GPU context: one device with the adapter's real limits, cached pipelines, and every
+//! wgpu failure surfaced as a [`crate::Error`] instead of a panic.
+//!
+//! The same code runs natively (Vulkan, Metal, DX12) and in the browser (WebGPU). Only the
+//! way a future is driven differs: natively the `*_blocking` helpers use pollster, in the
+//! browser the caller awaits the async functions from the event loop.
+
+mod dispatch;
+pub mod shaders;
+
+pub use dispatch::{grid, Dispatch, Kernel, View};
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Every storage binding in densegpu is a `read_write` `array<f32>`, so a kernel may read a
+/// channel prefix of the very buffer it writes into (a dense block does exactly that).
+/// Binding 0 is always the kernel's uniform parameter block.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    layouts: Mutex<HashMap<u32, Arc<BindingLayout>>>,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
+}
+
+pub(crate) struct BindingLayout {
+    pub(crate) bind_group: wgpu::BindGroupLayout,
+    pipeline: wgpu::PipelineLayout,
+}
+
+const NO_ADAPTER_HELP: &str = "no GPU adapter was found. Install a GPU driver with Vulkan, Metal or DX12 support; \
+on a machine without a GPU, install Mesa's CPU Vulkan driver (Debian/Ubuntu: \
+`apt-get install mesa-vulkan-drivers libvulkan1`), or run `cargo xtask setup`";
+
+impl Gpu {
+    /// Opens the first adapter wgpu offers (preferring a discrete GPU) and requests a device
+    /// with that adapter's own limits, not WebGPU's conservative defaults: densegpu's arena
+    /// wants the largest storage bindings the hardware allows.
+    pub async fn new() -> Result<Gpu> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = if cfg!(target_arch = "wasm32") {
+            wgpu::Backends::BROWSER_WEBGPU
+        } else {
+            wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY)
+        };
+        let instance = wgpu::Instance::new(desc);
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            })
+            .await
+            .map_err(|e| Error::NoAdapter(format!("{NO_ADAPTER_HELP} ({e})")))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("densegpu"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::Device(format!("the adapter {} refused a device: {e}", info.name)))?;
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            layouts: Mutex::default(),
+            modules: Mutex::default(),
+            pipelines: Mutex::default(),
+        })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking() -> Result<Gpu> {
+        pollster::block_on(Self::new())
+    }
+
+    /// One line for logs and benchmark records: adapter name, backend, device type, driver.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver,
+            self.info.driver_info
+        )
+    }
+
+    /// The largest number of bytes one storage binding may cover on this device.
+    pub fn max_binding_bytes(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+
+    pub(crate) fn binding_layout(&self, storage_buffers: u32) -> Arc<BindingLayout> {
+        let mut layouts = self.layouts.lock().unwrap();
+        layouts
+            .entry(storage_buffers)
+            .or_insert_with(|| {
+                let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                }];
+                entries.extend((1..=storage_buffers).map(|binding| wgpu::BindGroupLayoutEntry {
+                    binding,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: false },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                }));
+                let bind_group = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some("densegpu kernel bindings"),
+                    entries: &entries,
+                });
+                let pipeline = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some("densegpu kernel layout"),
+                    bind_group_layouts: &[Some(&bind_group)],
+                    immediate_size: 0,
+                });
+                Arc::new(BindingLayout { bind_group, pipeline })
+            })
+            .clone()
+    }
+
+    /// Compiles a kernel's pipeline once per device; later calls return the cached one.
+    pub fn pipeline(&self, kernel: &Kernel) -> Arc<wgpu::ComputePipeline> {
+        let key = (kernel.shader.name, kernel.entry);
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return p.clone();
+        }
+        let layout = self.binding_layout(kernel.buffers);
+        let module = {
+            let mut modules = self.modules.lock().unwrap();
+            modules
+                .entry(kernel.shader.name)
+                .or_insert_with(|| {
+                    self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(kernel.shader.name),
+                        source: wgpu::ShaderSource::Wgsl(kernel.shader.source().into()),
+                    })
+                })
+                .clone()
+        };
+        let pipeline = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.entry),
+            layout: Some(&layout.pipeline),
+            module: &module,
+            entry_point: Some(kernel.entry),
+            compilation_options: Default::default(),
+            cache: None,
+        }));
+        self.pipelines.lock().unwrap().insert(key, pipeline.clone());
+        pipeline
+    }
+
+    /// A storage buffer for f32 data. Checks the size against the device's limits first, so
+    /// an oversized request names the limit instead of failing inside the driver.
+    pub async fn storage_buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        if bytes > self.max_binding_bytes() {
+            return Err(Error::TooLarge(format!(
+                "buffer `{label}` needs {bytes} bytes but one storage binding on {} may hold at most {} bytes",
+                self.info.name,
+                self.max_binding_bytes()
+            )));
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = scope.pop().await {
+            return Err(Error::OutOfMemory(format!(
+                "the device could not allocate {bytes} bytes for `{label}`: {e}. Use a smaller batch or a leaner memory mode"
+            )));
+        }
+        Ok(buffer)
+    }
+
+    pub fn write_f32(&self, buffer: &wgpu::Buffer, offset_elems: u64, data: &[f32]) {
+        self.queue.write_buffer(buffer, offset_elems * 4, bytemuck::cast_slice(data));
+    }
+
+    /// Fills `len` elements from `offset_elems` with one value (e.g. NaN, to poison outputs).
+    pub fn fill_f32(&self, buffer: &wgpu::Buffer, offset_elems: u64, len: usize, value: f32) {
+        self.write_f32(buffer, offset_elems, &vec![value; len]);
+    }
+
+    /// Records and submits the dispatches in order, in one compute pass, and reports any
+    /// validation or out-of-memory error they raised.
+    pub async fn run(&self, dispatches: &[Dispatch]) -> Result<()> {
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for d in dispatches {
+                d.record(&mut pass);
+            }
+        }
+        self.queue.submit([encoder.finish()]);
+        if let Some(e) = oom.pop().await {
+            return Err(Error::OutOfMemory(e.to_string()));
+        }
+        if let Some(e) = validation.pop().await {
+            return Err(Error::Validation(e.to_string()));
+        }
+        Ok(())
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn run_blocking(&self, dispatches: &[Dispatch]) -> Result<()> {
+        pollster::block_on(self.run(dispatches))?;
+        self.wait()
+    }
+
+    /// Blocks until the queue is idle (natively; the browser has no blocking wait).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Device(format!("waiting for the GPU failed: {e}")))
+    }
+
+    /// Copies `len` f32 values starting at `offset_elems` back to the host.
+    pub async fn read_f32(&self, buffer: &wgpu::Buffer, offset_elems: u64, len: usize) -> Result<Vec<f32>> {
+        let bytes = (len as u64 * 4).max(4);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("densegpu readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        if len > 0 {
+            encoder.copy_buffer_to_buffer(buffer, offset_elems * 4, &staging, 0, bytes);
+        }
+        self.queue.submit([encoder.finish()]);
+        let (sender, receiver) = futures_channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| sender.send(r));
+        #[cfg(not(target_arch = "wasm32"))]
+        self.wait()?;
+        receiver
+            .recv()
+            .await
+            .map_err(|e| Error::Device(format!("reading back from the GPU failed: {e}")))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Device(format!("reading back from the GPU failed: {e}")))?;
+        let out = bytemuck::cast_slice::<u8, f32>(&view)[..len].to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_f32_blocking(&self, buffer: &wgpu::Buffer, offset_elems: u64, len: usize) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_f32(buffer, offset_elems, len))
+    }
+}
+
+/// A one-shot channel for the map callback. The callback runs during `poll` natively and
+/// from the event loop in the browser; either way the receiver resolves once it has run.
+fn futures_channel() -> (OneShotSender, OneShotReceiver) {
+    let slot = Arc::new(Mutex::new(OneShot::default()));
+    (OneShotSender(slot.clone()), OneShotReceiver(slot))
+}
+
+type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
+
+#[derive(Default)]
+struct OneShot {
+    value: Option<MapResult>,
+    waker: Option<std::task::Waker>,
+}
+
+struct OneShotSender(Arc<Mutex<OneShot>>);
+struct OneShotReceiver(Arc<Mutex<OneShot>>);
+
+impl OneShotSender {
+    fn send(self, value: MapResult) {
+        let mut slot = self.0.lock().unwrap();
+        slot.value = Some(value);
+        if let Some(w) = slot.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl OneShotReceiver {
+    fn recv(self) -> impl std::future::Future<Output = MapResult> {
+        std::future::poll_fn(move |cx| {
+            let mut slot = self.0.lock().unwrap();
+            match slot.value.take() {
+                Some(v) => std::task::Poll::Ready(v),
+                None => {
+                    slot.waker = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,109 @@
+//! The harness every op test uses: one shared device, tensors packed at odd offsets into one
+//! buffer the way the arena packs them, NaN-poisoned outputs, and a relative-error check.
+#![allow(dead_code)]
+
+use densegpu::gpu::{Dispatch, View};
+use densegpu::Gpu;
+use rand::{Rng, SeedableRng};
+use std::sync::OnceLock;
+
+pub const TOLERANCE: f64 = 1e-4;
+
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::new_blocking().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}")))
+}
+
+/// Uniform values in [-1, -0.05] ∪ [0.05, 1]: random and never zero, so a kernel that
+/// ignores an input or writes zeros cannot pass by accident.
+pub fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+    (0..len)
+        .map(|_| {
+            let m: f32 = rng.random_range(0.05..1.0);
+            if rng.random::<bool>() { m } else { -m }
+        })
+        .collect()
+}
+
+/// ‖got − want‖ / ‖want‖, after checking that `got` has no NaN or infinity.
+pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        panic!("element {i} of {} is {} (unwritten or overflowed)", got.len(), got[i]);
+    }
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        num += (g as f64 - w as f64).powi(2);
+        den += (w as f64).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    let e = rel_err(got, want);
+    assert!(e < TOLERANCE, "{what}: relative error {e:.3e} >= {TOLERANCE:.0e}");
+}
+
+/// Tensors packed into one storage buffer at odd, non-zero offsets with junk between them.
+#[derive(Default)]
+pub struct Slots {
+    data: Vec<f32>,
+    places: Vec<(u32, usize)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Slot(usize);
+
+impl Slots {
+    pub fn new() -> Self {
+        let mut s = Slots::default();
+        s.data.extend(random(3, 999));
+        s
+    }
+    fn push(&mut self, values: &[f32]) -> Slot {
+        let offset = self.data.len() as u32;
+        self.data.extend_from_slice(values);
+        self.data.extend(random(5, offset as u64));
+        self.places.push((offset, values.len()));
+        Slot(self.places.len() - 1)
+    }
+    pub fn input(&mut self, values: &[f32]) -> Slot {
+        self.push(values)
+    }
+    /// An output that the kernel must overwrite completely.
+    pub fn output(&mut self, len: usize) -> Slot {
+        self.push(&vec![f32::NAN; len])
+    }
+    pub fn upload(&self) -> wgpu::Buffer {
+        let g = gpu();
+        let buffer = pollster::block_on(g.storage_buffer("test slots", self.data.len() as u64 * 4)).unwrap();
+        g.write_f32(&buffer, 0, &self.data);
+        buffer
+    }
+    pub fn view<'a>(&self, buffer: &'a wgpu::Buffer, slot: Slot) -> View<'a> {
+        View::new(buffer, self.places[slot.0].0)
+    }
+    pub fn read(&self, buffer: &wgpu::Buffer, slot: Slot) -> Vec<f32> {
+        let (offset, len) = self.places[slot.0];
+        gpu().read_f32_blocking(buffer, offset as u64, len).unwrap()
+    }
+    /// Checks that the junk around every slot is untouched (no kernel wrote out of bounds).
+    pub fn assert_guards_intact(&self, buffer: &wgpu::Buffer) {
+        let all = gpu().read_f32_blocking(buffer, 0, self.data.len()).unwrap();
+        let mut inside = vec![false; self.data.len()];
+        for &(o, l) in &self.places {
+            inside[o as usize..o as usize + l].iter_mut().for_each(|b| *b = true);
+        }
+        for i in 0..all.len() {
+            if !inside[i] {
+                assert_eq!(all[i].to_bits(), self.data[i].to_bits(), "element {i} outside every tensor was overwritten");
+            }
+        }
+    }
+}
+
+pub fn run(dispatches: &[Dispatch]) {
+    gpu().run_blocking(dispatches).unwrap();
+}
