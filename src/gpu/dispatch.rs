@@ -75,7 +75,13 @@ pub fn grid(threads: u64, workgroup_size: u32) -> [u32; 3] {
 impl Gpu {
     /// Builds a launch of `kernel` with its parameter words (u32 or f32 bits, in the order of
     /// the shader's `Params` struct) and buffers bound to bindings 1, 2, ...
-    pub fn dispatch(&self, kernel: &Kernel, params: &[u32], buffers: &[&wgpu::Buffer], workgroups: [u32; 3]) -> Dispatch {
+    pub fn dispatch(
+        &self,
+        kernel: &Kernel,
+        params: &[u32],
+        buffers: &[&wgpu::Buffer],
+        workgroups: [u32; 3],
+    ) -> Dispatch {
         assert_eq!(buffers.len() as u32, kernel.buffers, "kernel {} binds {} buffers", kernel.entry, kernel.buffers);
         let pipeline = self.pipeline(kernel);
         let layout = self.binding_layout(kernel.buffers);

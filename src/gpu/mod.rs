@@ -90,11 +90,7 @@ impl Gpu {
     pub fn describe(&self) -> String {
         format!(
             "{} ({:?}, {:?}, driver {} {})",
-            self.info.name,
-            self.info.backend,
-            self.info.device_type,
-            self.info.driver,
-            self.info.driver_info
+            self.info.name, self.info.backend, self.info.device_type, self.info.driver, self.info.driver_info
         )
     }
 
@@ -262,10 +258,7 @@ impl Gpu {
         staging.map_async(wgpu::MapMode::Read, .., move |r| sender.send(r));
         #[cfg(not(target_arch = "wasm32"))]
         self.wait()?;
-        receiver
-            .recv()
-            .await
-            .map_err(|e| Error::Device(format!("reading back from the GPU failed: {e}")))?;
+        receiver.recv().await.map_err(|e| Error::Device(format!("reading back from the GPU failed: {e}")))?;
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Device(format!("reading back from the GPU failed: {e}")))?;

@@ -21,9 +21,9 @@ pub mod loss;
 pub mod pool;
 pub mod sgd;
 
-pub use crate::gpu::{Dispatch, View};
-pub(crate) use crate::gpu::{grid, Kernel};
 pub(crate) use crate::gpu::shaders;
+pub(crate) use crate::gpu::{grid, Kernel};
+pub use crate::gpu::{Dispatch, View};
 pub use crate::Gpu;
 
 /// `true` as a WGSL `u32` flag.

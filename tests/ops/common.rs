@@ -21,7 +21,11 @@ pub fn random(len: usize, seed: u64) -> Vec<f32> {
     (0..len)
         .map(|_| {
             let m: f32 = rng.random_range(0.05..1.0);
-            if rng.random::<bool>() { m } else { -m }
+            if rng.random::<bool>() {
+                m
+            } else {
+                -m
+            }
         })
         .collect()
 }
@@ -98,7 +102,11 @@ impl Slots {
         }
         for i in 0..all.len() {
             if !inside[i] {
-                assert_eq!(all[i].to_bits(), self.data[i].to_bits(), "element {i} outside every tensor was overwritten");
+                assert_eq!(
+                    all[i].to_bits(),
+                    self.data[i].to_bits(),
+                    "element {i} outside every tensor was overwritten"
+                );
             }
         }
     }
