@@ -1,1 +1,229 @@
-// (being written)
+// Batch norm over channel-major (C, N, H, W) activations: each channel's M = N*H*W values are
+// contiguous, so a channel is one range and one workgroup can own it.
+//
+// Small per-BN tensors hold 2C floats each: stats = [mean, invstd], affine = [gamma, beta],
+// grad_affine = [dgamma, dbeta], running = [running_mean, running_var].
+//
+// Every kernel of this file uses the same binding roles, so a role never moves between
+// kernels; a kernel that does not use a role gets some other buffer bound there by the host.
+
+struct Params {
+    c: u32,
+    m: u32,
+    x_off: u32,
+    dy_off: u32,
+    out_off: u32,        // y for apply, dx for backward
+    stats_off: u32,
+    affine_off: u32,
+    grad_off: u32,
+    running_off: u32,
+    momentum: f32,
+    eps: f32,
+    relu: u32,
+    accumulate_affine: u32,
+    accumulate_out: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dy: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(5) var<storage, read_write> affine: array<f32>;
+@group(0) @binding(6) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(7) var<storage, read_write> running: array<f32>;
+
+const WG: u32 = 256u;
+// The reduction is two levels of 16 so that it costs two barriers: on lavapipe a barrier
+// switches every SIMD group of the workgroup, so a deep tree is slower than a wide one.
+const FAN: u32 = 16u;
+
+var<workgroup> red_a: array<f32, WG>;
+var<workgroup> red_b: array<f32, WG>;
+
+// Sums (a, b) over the workgroup; every invocation receives both totals. Must be reached in
+// uniform control flow, and at most once per kernel (the scratch is not guarded for reuse).
+fn reduce_pair(lid: u32, a: f32, b: f32) -> vec2<f32> {
+    red_a[lid] = a;
+    red_b[lid] = b;
+    workgroupBarrier();
+    if (lid < FAN) {
+        var sa = 0.0;
+        var sb = 0.0;
+        for (var k = 0u; k < FAN; k++) {
+            sa += red_a[lid * FAN + k];
+            sb += red_b[lid * FAN + k];
+        }
+        red_a[lid * FAN] = sa;
+        red_b[lid * FAN] = sb;
+    }
+    workgroupBarrier();
+    var ta = 0.0;
+    var tb = 0.0;
+    for (var k = 0u; k < FAN; k++) {
+        ta += red_a[k * FAN];
+        tb += red_b[k * FAN];
+    }
+    return vec2(ta, tb);
+}
+
+// The normalised, affine value before the optional ReLU. Forward and backward both call this
+// so that the ReLU mask recomputed in backward agrees bit for bit with the forward output.
+fn bn_value(v: f32, mean: f32, invstd: f32, gamma: f32, beta: f32) -> f32 {
+    return (v - mean) * invstd * gamma + beta;
+}
+
+// One workgroup per channel. The sums are shifted by the channel's first value: that keeps
+// the one-pass variance free of cancellation unless a channel's spread is tiny against its
+// distance from that sample, which a sample of the channel itself makes unlikely.
+@compute @workgroup_size(256)
+fn train_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let ch = wg.x;
+    let base = p.x_off + ch * p.m;
+    let shift = x[base];
+    var s1 = 0.0;
+    var s2 = 0.0;
+    for (var i = lid; i < p.m; i += WG) {
+        let d = x[base + i] - shift;
+        s1 += d;
+        s2 += d * d;
+    }
+    let s = reduce_pair(lid, s1, s2);
+    if (lid == 0u) {
+        let mf = f32(p.m);
+        let dm = s.x / mf;
+        let mean = shift + dm;
+        let var_b = max(s.y / mf - dm * dm, 0.0);
+        stats[p.stats_off + ch] = mean;
+        stats[p.stats_off + p.c + ch] = 1.0 / sqrt(var_b + p.eps);
+        let mo = p.momentum;
+        let rm = p.running_off + ch;
+        let rv = p.running_off + p.c + ch;
+        running[rm] = (1.0 - mo) * running[rm] + mo * mean;
+        running[rv] = (1.0 - mo) * running[rv] + mo * var_b * (mf / (mf - 1.0));
+    }
+}
+
+@compute @workgroup_size(64)
+fn eval_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let ch = gid.x;
+    if (ch >= p.c) { return; }
+    stats[p.stats_off + ch] = running[p.running_off + ch];
+    stats[p.stats_off + p.c + ch] = 1.0 / sqrt(running[p.running_off + p.c + ch] + p.eps);
+}
+
+// Grid: x strides over the channel's values, y is the channel.
+@compute @workgroup_size(256)
+fn apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let ch = gid.y;
+    let mean = stats[p.stats_off + ch];
+    let invstd = stats[p.stats_off + p.c + ch];
+    let gamma = affine[p.affine_off + ch];
+    let beta = affine[p.affine_off + p.c + ch];
+    let relu = p.relu != 0u;
+    let src = p.x_off + ch * p.m;
+    let dst = p.out_off + ch * p.m;
+    let stride = groups.x * WG;
+    for (var i = gid.x; i < p.m; i += stride) {
+        var v = bn_value(x[src + i], mean, invstd, gamma, beta);
+        if (relu) { v = max(v, 0.0); }
+        out[dst + i] = v;
+    }
+}
+
+// The gradient reaching the normalisation: dy, zeroed where the fused ReLU was inactive.
+fn masked_dy(i: u32, ch: u32, mean: f32, invstd: f32, gamma: f32, beta: f32) -> f32 {
+    let g = dy[p.dy_off + ch * p.m + i];
+    if (p.relu != 0u) {
+        return select(0.0, g, bn_value(x[p.x_off + ch * p.m + i], mean, invstd, gamma, beta) > 0.0);
+    }
+    return g;
+}
+
+struct ChannelSums {
+    dgamma: f32,
+    dbeta: f32,
+}
+
+fn channel_sums(ch: u32, lid: u32, mean: f32, invstd: f32, gamma: f32, beta: f32) -> ChannelSums {
+    var sb = 0.0;
+    var sg = 0.0;
+    for (var i = lid; i < p.m; i += WG) {
+        let g = masked_dy(i, ch, mean, invstd, gamma, beta);
+        sb += g;
+        sg += g * ((x[p.x_off + ch * p.m + i] - mean) * invstd);
+    }
+    let s = reduce_pair(lid, sg, sb);
+    return ChannelSums(s.x, s.y);
+}
+
+fn store_affine_grad(ch: u32, s: ChannelSums) {
+    let gi = p.grad_off + ch;
+    let bi = p.grad_off + p.c + ch;
+    if (p.accumulate_affine != 0u) {
+        grad[gi] += s.dgamma;
+        grad[bi] += s.dbeta;
+    } else {
+        grad[gi] = s.dgamma;
+        grad[bi] = s.dbeta;
+    }
+}
+
+// dx for value i of channel ch, given that channel's own sums of this batch.
+fn input_grad(i: u32, ch: u32, mean: f32, invstd: f32, gamma: f32, beta: f32, s: ChannelSums) {
+    let g = masked_dy(i, ch, mean, invstd, gamma, beta);
+    let xhat = (x[p.x_off + ch * p.m + i] - mean) * invstd;
+    let v = gamma * invstd * (g - (s.dbeta + xhat * s.dgamma) / f32(p.m));
+    let o = p.out_off + ch * p.m + i;
+    if (p.accumulate_out != 0u) {
+        out[o] += v;
+    } else {
+        out[o] = v;
+    }
+}
+
+// One workgroup per channel.
+@compute @workgroup_size(256)
+fn backward_affine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let ch = wg.x;
+    let mean = stats[p.stats_off + ch];
+    let invstd = stats[p.stats_off + p.c + ch];
+    let gamma = affine[p.affine_off + ch];
+    let beta = affine[p.affine_off + p.c + ch];
+    let s = channel_sums(ch, lid, mean, invstd, gamma, beta);
+    if (lid == 0u) { store_affine_grad(ch, s); }
+}
+
+// Grid as in `apply`. Reads the channel sums from grad_affine, so those must be this batch's
+// own sums (backward_affine run without accumulation).
+@compute @workgroup_size(256)
+fn backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let ch = gid.y;
+    let mean = stats[p.stats_off + ch];
+    let invstd = stats[p.stats_off + p.c + ch];
+    let gamma = affine[p.affine_off + ch];
+    let beta = affine[p.affine_off + p.c + ch];
+    let s = ChannelSums(grad[p.grad_off + ch], grad[p.grad_off + p.c + ch]);
+    let stride = groups.x * WG;
+    for (var i = gid.x; i < p.m; i += stride) {
+        input_grad(i, ch, mean, invstd, gamma, beta, s);
+    }
+}
+
+// One workgroup per channel: the sums, then dx from the sums held in registers, so either
+// output may accumulate independently of the other.
+@compute @workgroup_size(256)
+fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let ch = wg.x;
+    let mean = stats[p.stats_off + ch];
+    let invstd = stats[p.stats_off + p.c + ch];
+    let gamma = affine[p.affine_off + ch];
+    let beta = affine[p.affine_off + p.c + ch];
+    let s = channel_sums(ch, lid, mean, invstd, gamma, beta);
+    if (lid == 0u) { store_affine_grad(ch, s); }
+    for (var i = lid; i < p.m; i += WG) {
+        input_grad(i, ch, mean, invstd, gamma, beta, s);
+    }
+}

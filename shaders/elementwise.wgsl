@@ -1,16 +1,27 @@
-// Elementwise ops: ReLU forward and backward, and a strided copy used to materialise
-// concatenations in the naive memory mode.
+// Elementwise ops: ReLU, the copy that materialises concatenations in the naive memory mode,
+// gradient accumulation, and dropout with a mask that is a pure function of (seed, index).
 
+// One layout for every kernel of this file (12 words); each kernel reads the words it needs.
 struct Params {
     len: u32,
-    x_off: u32,
-    y_off: u32,
-    dy_off: u32,
+    x_off: u32,        // the input (relu/dropout x, copy/add src, dropout_backward dy)
+    y_off: u32,        // the output
+    dy_off: u32,       // relu_backward's dy (in the output's buffer), relu_backward_into's dy
+    seed0: u32,
+    seed1: u32,
+    threshold: u32,    // dropout drops an element when its hash is below this
+    scale: f32,        // 1 / (1 - rate)
+    accumulate: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
+// Only relu_backward_into binds a third buffer (dy); the other kernels never touch it.
+@group(0) @binding(3) var<storage, read_write> z: array<f32>;
 
 // y = max(x, 0)
 @compute @workgroup_size(256)
@@ -26,4 +37,78 @@ fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let i = flat_id(gid, groups, 256u);
     if (i >= p.len) { return; }
     y[p.y_off + i] = select(0.0, y[p.dy_off + i], x[p.x_off + i] > 0.0);
+}
+
+// y (dx) = dy (z) where x > 0, else 0; added to dx when accumulating.
+@compute @workgroup_size(256)
+fn relu_backward_into(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_id(gid, groups, 256u);
+    if (i >= p.len) { return; }
+    let v = select(0.0, z[p.dy_off + i], x[p.x_off + i] > 0.0);
+    if (p.accumulate != 0u) {
+        y[p.y_off + i] += v;
+    } else {
+        y[p.y_off + i] = v;
+    }
+}
+
+// y = x
+@compute @workgroup_size(256)
+fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_id(gid, groups, 256u);
+    if (i >= p.len) { return; }
+    y[p.y_off + i] = x[p.x_off + i];
+}
+
+// y += x
+@compute @workgroup_size(256)
+fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_id(gid, groups, 256u);
+    if (i >= p.len) { return; }
+    y[p.y_off + i] += x[p.x_off + i];
+}
+
+// A bijective integer mixer (xorshift-multiply rounds); full avalanche in two multiplies.
+fn mix32(v: u32) -> u32 {
+    var h = v;
+    h ^= h >> 16u;
+    h *= 0x7feb352du;
+    h ^= h >> 15u;
+    h *= 0x846ca68bu;
+    h ^= h >> 16u;
+    return h;
+}
+
+// The dropout hash of element i. Both seed words are mixed into two keys and the index is
+// mixed twice around the second key, so masks of different seeds are not index permutations
+// of each other. `reference::elementwise::dropout_hash` is the same function.
+fn dropout_hash(i: u32) -> u32 {
+    let k0 = mix32(p.seed0 ^ 0x9e3779b9u);
+    let k1 = mix32(p.seed1 ^ k0);
+    return mix32(mix32(i ^ k0) + k1);
+}
+
+fn dropout_value(i: u32, v: f32) -> f32 {
+    return select(0.0, v * p.scale, dropout_hash(i) >= p.threshold);
+}
+
+// y = x·scale where kept, else 0.
+@compute @workgroup_size(256)
+fn dropout_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_id(gid, groups, 256u);
+    if (i >= p.len) { return; }
+    y[p.y_off + i] = dropout_value(i, x[p.x_off + i]);
+}
+
+// dx (y) = dy (x)·scale where kept, else 0; added to dx when accumulating.
+@compute @workgroup_size(256)
+fn dropout_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_id(gid, groups, 256u);
+    if (i >= p.len) { return; }
+    let v = dropout_value(i, x[p.x_off + i]);
+    if (p.accumulate != 0u) {
+        y[p.y_off + i] += v;
+    } else {
+        y[p.y_off + i] = v;
+    }
 }

@@ -1,1 +1,111 @@
-// (being written)
+// Softmax cross-entropy, mean over the batch, from class-major logits (K, N) and labels
+// stored as f32 class indices (N). One workgroup does the whole batch so the mean and the
+// correct count come out of a fixed-order tree reduction: deterministic, no atomics. The
+// batch is small next to everything else in a step, so one workgroup is not a bottleneck.
+//
+// Bindings (offN is the element offset of the tensor bound at binding N):
+//   1 = logits (K, N), 2 = labels (N), 3 = dlogits (K, N), 4 = loss (1), 5 = correct (1)
+//
+// A label that is NaN or outside [0, K) reads no logit by it: its sample makes the loss NaN,
+// its dlogits column NaN, and it never counts as correct. Fractional labels truncate.
+
+struct Params {
+    classes: u32,
+    n: u32,
+    write_grad: u32,
+    accumulate: u32,
+    off1: u32,
+    off2: u32,
+    off3: u32,
+    off4: u32,
+    off5: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(2) var<storage, read_write> labels: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dlogits: array<f32>;
+@group(0) @binding(4) var<storage, read_write> loss: array<f32>;
+@group(0) @binding(5) var<storage, read_write> correct: array<f32>;
+
+var<workgroup> part_loss: array<f32, 256>;
+var<workgroup> part_hits: array<u32, 256>;
+var<workgroup> part_bad: array<u32, 256>;
+
+// WGSL may assume arithmetic never makes NaN, so NaN is written as a bit pattern, not computed.
+// The uniform keeps the expression out of constant evaluation, which rejects NaN.
+fn quiet_nan() -> f32 {
+    return bitcast<f32>(0x7fc00000u | (p.classes & 0u));
+}
+
+@compute @workgroup_size(256)
+fn cross_entropy(@builtin(local_invocation_index) t: u32) {
+    var loss_sum = 0.0;
+    var hits = 0u;
+    var bad = 0u;
+    let k_count = p.classes;
+    for (var s = t; s < p.n; s += 256u) {
+        // The maximum serves twice: it makes exp() safe and, taken strictly, is argmax with
+        // ties going to the lowest index like torch.argmax.
+        var m = logits[p.off1 + s];
+        var arg = 0u;
+        for (var k = 1u; k < k_count; k++) {
+            let v = logits[p.off1 + k * p.n + s];
+            if (v > m) {
+                m = v;
+                arg = k;
+            }
+        }
+        var z = 0.0;
+        for (var k = 0u; k < k_count; k++) {
+            z += exp(logits[p.off1 + k * p.n + s] - m);
+        }
+        let l = labels[p.off2 + s];
+        // Written so that NaN fails it: comparisons with NaN are false.
+        let valid = l >= 0.0 && l < f32(k_count);
+        let label = select(0u, u32(l), valid);
+        if (valid) {
+            loss_sum += log(z) + m - logits[p.off1 + label * p.n + s];
+            hits += select(0u, 1u, arg == label);
+        } else {
+            bad += 1u;
+        }
+        if (p.write_grad != 0u) {
+            let inv_n = 1.0 / f32(p.n);
+            for (var k = 0u; k < k_count; k++) {
+                let j = p.off1 + k * p.n + s;
+                let onehot = select(0.0, 1.0, k == label);
+                var d = (exp(logits[j] - m) / z - onehot) * inv_n;
+                if (!valid) {
+                    d = quiet_nan();
+                }
+                dlogits[p.off3 + k * p.n + s] = d;
+            }
+        }
+    }
+    part_loss[t] = loss_sum;
+    part_hits[t] = hits;
+    part_bad[t] = bad;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride >>= 1u) {
+        if (t < stride) {
+            part_loss[t] += part_loss[t + stride];
+            part_hits[t] += part_hits[t + stride];
+            part_bad[t] += part_bad[t + stride];
+        }
+        workgroupBarrier();
+    }
+    if (t == 0u) {
+        var mean = part_loss[0] / f32(p.n);
+        var count = f32(part_hits[0]);
+        if (p.accumulate != 0u) {
+            mean += loss[p.off4];
+            count += correct[p.off5];
+        }
+        if (part_bad[0] != 0u) {
+            mean = quiet_nan();
+        }
+        loss[p.off4] = mean;
+        correct[p.off5] = count;
+    }
+}

@@ -1,9 +1,17 @@
 //! densegpu: memory-efficient DenseNet training and inference on any GPU through WebGPU.
 
+pub mod densenet;
 pub mod error;
+pub mod executor;
 pub mod gpu;
+pub mod graph;
 pub mod ops;
+pub mod plan;
 pub mod reference;
+pub mod schedule;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;
+pub use densenet::{DenseNetConfig, MemoryMode};
+pub use executor::{Session, SgdHyper, StepResult};
+pub use schedule::Mode;

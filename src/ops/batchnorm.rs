@@ -1,1 +1,276 @@
-//! (being written)
+//! Batch norm (PyTorch `BatchNorm2d` semantics) with an optional fused ReLU, forward and
+//! backward, over channel-major (C, N, H, W) activations.
+//!
+//! Each batch norm owns four small tensors of 2C contiguous floats:
+//! - `affine` = [gamma(C), beta(C)] and its gradient `grad_affine` = [dgamma(C), dbeta(C)];
+//! - `running` = [running_mean(C), running_var(C)], updated once per training step;
+//! - `stats` = [mean(C), invstd(C)]: the statistics the normalisation uses. Training writes the
+//!   batch statistics there ([`batchnorm_train_stats`]), evaluation derives them from the
+//!   running ones ([`batchnorm_eval_stats`]); [`batchnorm_apply`] and the backward kernels only
+//!   read them. A recompute in backward therefore reuses the forward's statistics and never
+//!   touches the running ones a second time.
+//!
+//! The backward kernels assume training mode (mean and variance are functions of x) and
+//! recompute the ReLU mask from x, stats and affine, so the BN output need not be stored.
+//!
+//! Aliasing: the input `x` may be a channel prefix of a larger buffer (that is only an offset).
+//! No output range may overlap any input range of the same launch.
+
+use super::{flag, grid, shaders, Dispatch, Gpu, Kernel, View};
+
+/// Channels, images and pixels per image; each channel holds `m() = n * hw` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchNormShape {
+    pub c: u32,
+    pub n: u32,
+    pub hw: u32,
+}
+
+impl BatchNormShape {
+    pub fn m(&self) -> u32 {
+        self.n * self.hw
+    }
+    pub fn len(&self) -> u32 {
+        self.c * self.m()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+const fn kernel(entry: &'static str) -> Kernel {
+    Kernel { shader: &shaders::BATCHNORM, entry, buffers: 7 }
+}
+const TRAIN_STATS: Kernel = kernel("train_stats");
+const EVAL_STATS: Kernel = kernel("eval_stats");
+const APPLY: Kernel = kernel("apply");
+const BACKWARD_AFFINE: Kernel = kernel("backward_affine");
+const BACKWARD_INPUT: Kernel = kernel("backward_input");
+const BACKWARD: Kernel = kernel("backward");
+
+/// Invocations per workgroup of every kernel here but `eval_stats`.
+const WG: u32 = 256;
+/// Values each invocation of the elementwise kernels handles (by striding), so that a launch
+/// is not dominated by per-workgroup overhead on CPU drivers.
+const PER_INVOCATION: u32 = 4;
+
+/// The launch's tensors by binding role (bindings 1..=7 of `batchnorm.wgsl`). Every kernel
+/// binds all seven; roles a kernel does not use are filled with a buffer it does use.
+#[derive(Default)]
+struct Launch<'a> {
+    c: u32,
+    m: u32,
+    x: Option<View<'a>>,
+    dy: Option<View<'a>>,
+    out: Option<View<'a>>,
+    stats: Option<View<'a>>,
+    affine: Option<View<'a>>,
+    grad: Option<View<'a>>,
+    running: Option<View<'a>>,
+    momentum: f32,
+    eps: f32,
+    relu: bool,
+    accumulate_affine: bool,
+    accumulate_out: bool,
+}
+
+impl Launch<'_> {
+    fn dispatch(&self, gpu: &Gpu, kernel: &Kernel, workgroups: [u32; 3]) -> Dispatch {
+        let roles = [self.x, self.dy, self.out, self.stats, self.affine, self.grad, self.running];
+        let filler = roles.iter().flatten().next().expect("a launch binds at least one tensor").buffer;
+        let buffers: Vec<&wgpu::Buffer> = roles.iter().map(|r| r.map_or(filler, |v| v.buffer)).collect();
+        let off = |r: Option<View>| r.map_or(0, |v| v.offset);
+        let params = [
+            self.c,
+            self.m,
+            off(self.x),
+            off(self.dy),
+            off(self.out),
+            off(self.stats),
+            off(self.affine),
+            off(self.grad),
+            off(self.running),
+            self.momentum.to_bits(),
+            self.eps.to_bits(),
+            flag(self.relu),
+            flag(self.accumulate_affine),
+            flag(self.accumulate_out),
+            0,
+            0,
+        ];
+        gpu.dispatch(kernel, &params, &buffers, workgroups)
+    }
+}
+
+/// One workgroup per channel.
+fn per_channel(s: BatchNormShape) -> [u32; 3] {
+    assert!(s.c <= 65_535, "batch norm over {} channels: at most 65,535 are supported", s.c);
+    [s.c, 1, 1]
+}
+
+/// x strides over a channel's values, y picks the channel.
+fn elementwise(s: BatchNormShape) -> [u32; 3] {
+    assert!(s.c <= 65_535, "batch norm over {} channels: at most 65,535 are supported", s.c);
+    let groups = s.m().div_ceil(WG * PER_INVOCATION).clamp(1, 65_535);
+    [groups, s.c, 1]
+}
+
+/// Training-mode statistics of a batch: per channel, the mean and the biased variance, written
+/// as `stats` = [mean, 1/sqrt(var + eps)]; and PyTorch's running update,
+/// running_mean ← (1 − momentum)·running_mean + momentum·mean and
+/// running_var ← (1 − momentum)·running_var + momentum·var·M/(M − 1).
+/// Run it once per step: a recompute calls only [`batchnorm_apply`].
+pub fn batchnorm_train_stats(
+    gpu: &Gpu,
+    s: BatchNormShape,
+    x: View,
+    stats: View,
+    running: View,
+    momentum: f32,
+    eps: f32,
+) -> Dispatch {
+    assert!(s.m() >= 2, "training-mode batch norm needs at least 2 values per channel, got {}", s.m());
+    let launch = Launch {
+        c: s.c,
+        m: s.m(),
+        x: Some(x),
+        stats: Some(stats),
+        running: Some(running),
+        momentum,
+        eps,
+        ..Default::default()
+    };
+    launch.dispatch(gpu, &TRAIN_STATS, per_channel(s))
+}
+
+/// Evaluation-mode statistics: `stats` = [running_mean, 1/sqrt(running_var + eps)], so that
+/// [`batchnorm_apply`] serves both modes.
+pub fn batchnorm_eval_stats(gpu: &Gpu, c: u32, running: View, stats: View, eps: f32) -> Dispatch {
+    let launch = Launch { c, stats: Some(stats), running: Some(running), eps, ..Default::default() };
+    launch.dispatch(gpu, &EVAL_STATS, grid(c as u64, 64))
+}
+
+/// y = gamma·(x − mean)·invstd + beta, then max(·, 0) if `relu`. Overwrites y. Used by the
+/// forward pass and by the recompute in backward.
+pub fn batchnorm_apply(
+    gpu: &Gpu,
+    s: BatchNormShape,
+    x: View,
+    stats: View,
+    affine: View,
+    y: View,
+    relu: bool,
+) -> Dispatch {
+    let launch = Launch {
+        c: s.c,
+        m: s.m(),
+        x: Some(x),
+        out: Some(y),
+        stats: Some(stats),
+        affine: Some(affine),
+        relu,
+        ..Default::default()
+    };
+    launch.dispatch(gpu, &APPLY, elementwise(s))
+}
+
+/// The whole training-mode backward in one launch (one workgroup per channel): with
+/// dy' = dy masked by the fused ReLU (when `relu`) and xhat = (x − mean)·invstd,
+/// dgamma = Σ dy'·xhat, dbeta = Σ dy', dx = gamma·invstd/M·(M·dy' − dbeta − xhat·dgamma).
+/// `accumulate_affine` and `accumulate_dx` choose independently between overwriting and
+/// adding to grad_affine and dx: dx uses this batch's own sums whatever grad_affine held.
+/// This is the launch to prefer; the split pair below exists for callers that want dx on a
+/// finer grid than one workgroup per channel.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward(
+    gpu: &Gpu,
+    s: BatchNormShape,
+    x: View,
+    dy: View,
+    stats: View,
+    affine: View,
+    grad_affine: View,
+    dx: View,
+    relu: bool,
+    accumulate_affine: bool,
+    accumulate_dx: bool,
+) -> Dispatch {
+    let launch = Launch {
+        c: s.c,
+        m: s.m(),
+        x: Some(x),
+        dy: Some(dy),
+        out: Some(dx),
+        stats: Some(stats),
+        affine: Some(affine),
+        grad: Some(grad_affine),
+        relu,
+        accumulate_affine,
+        accumulate_out: accumulate_dx,
+        ..Default::default()
+    };
+    launch.dispatch(gpu, &BACKWARD, per_channel(s))
+}
+
+/// dgamma = Σ dy'·xhat and dbeta = Σ dy' per channel (see [`batchnorm_backward`]), written
+/// into grad_affine, or added to it if `accumulate`. Run it with `accumulate = false` when
+/// [`batchnorm_backward_input`] follows, because that reads these sums back.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_affine(
+    gpu: &Gpu,
+    s: BatchNormShape,
+    x: View,
+    dy: View,
+    stats: View,
+    affine: View,
+    grad_affine: View,
+    relu: bool,
+    accumulate: bool,
+) -> Dispatch {
+    let launch = Launch {
+        c: s.c,
+        m: s.m(),
+        x: Some(x),
+        dy: Some(dy),
+        stats: Some(stats),
+        affine: Some(affine),
+        grad: Some(grad_affine),
+        relu,
+        accumulate_affine: accumulate,
+        ..Default::default()
+    };
+    launch.dispatch(gpu, &BACKWARD_AFFINE, per_channel(s))
+}
+
+/// dx = gamma·invstd/M·(M·dy' − dbeta − xhat·dgamma), written or added (`accumulate`).
+/// dgamma and dbeta are read from grad_affine, which must hold exactly this batch's sums, as
+/// [`batchnorm_backward_affine`] leaves them when run with `accumulate = false`. A caller that
+/// accumulates parameter gradients over several batches uses [`batchnorm_backward`] instead.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_input(
+    gpu: &Gpu,
+    s: BatchNormShape,
+    x: View,
+    dy: View,
+    stats: View,
+    affine: View,
+    grad_affine: View,
+    dx: View,
+    relu: bool,
+    accumulate: bool,
+) -> Dispatch {
+    let launch = Launch {
+        c: s.c,
+        m: s.m(),
+        x: Some(x),
+        dy: Some(dy),
+        out: Some(dx),
+        stats: Some(stats),
+        affine: Some(affine),
+        grad: Some(grad_affine),
+        relu,
+        accumulate_out: accumulate,
+        ..Default::default()
+    };
+    launch.dispatch(gpu, &BACKWARD_INPUT, elementwise(s))
+}

@@ -1,1 +1,253 @@
-//! (being written)
+//! 2-D convolution without bias (DenseNet convs have none), forward and both backwards.
+//!
+//! Activations are (C, N, H, W), weights OIHW. Each direction picks the fastest kernel that
+//! fits the shape: a matrix-product kernel for 1x1 stride-1 unpadded convs (the bottleneck and
+//! transition layers), a row-segment kernel for 3x3 stride-1 convs (the growth layers and the
+//! CIFAR stem), and a general direct kernel for everything else (e.g. the ImageNet 7x7 stem).
+//! None needs scratch memory: the weight gradient reduces inside each workgroup.
+
+use super::{flag, grid, shaders, Dispatch, Gpu, Kernel, View};
+
+/// The geometry of one convolution. Padding is symmetric and zero-filled; the kernel, stride
+/// and padding are the same along both axes except for the kernel's height and width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dShape {
+    pub n: u32,
+    pub c_in: u32,
+    pub h: u32,
+    pub w: u32,
+    pub c_out: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub stride: u32,
+    pub pad: u32,
+}
+
+impl Conv2dShape {
+    pub fn out_h(&self) -> u32 {
+        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+    }
+    pub fn out_w(&self) -> u32 {
+        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+    }
+    pub fn input_elems(&self) -> u32 {
+        self.c_in * self.n * self.h * self.w
+    }
+    pub fn output_elems(&self) -> u32 {
+        self.c_out * self.n * self.out_h() * self.out_w()
+    }
+    pub fn weight_elems(&self) -> u32 {
+        self.c_out * self.c_in * self.kh * self.kw
+    }
+    /// Multiply-adds of the forward pass, counting padded taps too (as FLOP counts usually do).
+    pub fn macs(&self) -> u64 {
+        self.output_elems() as u64 * (self.c_in * self.kh * self.kw) as u64
+    }
+    /// 2 x multiply-adds. Each backward does the same number of multiply-adds as the forward.
+    pub fn flops_forward(&self) -> u64 {
+        2 * self.macs()
+    }
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+    /// The 3x3 kernels express backward input as a 3x3 conv with padding 2 - pad.
+    fn is_3x3_stride_1(&self) -> bool {
+        self.kh == 3 && self.kw == 3 && self.stride == 1 && self.pad <= 2
+    }
+    fn check(&self) {
+        assert!(
+            self.stride >= 1 && self.h + 2 * self.pad >= self.kh && self.w + 2 * self.pad >= self.kw,
+            "conv2d: invalid shape {self:?}"
+        );
+    }
+}
+
+const fn kernel(entry: &'static str) -> Kernel {
+    Kernel { shader: &shaders::CONV, entry, buffers: 3 }
+}
+const GEMM_1X1: Kernel = kernel("conv1x1_gemm");
+const CONV_3X3_S1: Kernel = kernel("conv3x3_s1");
+const GENERAL_FORWARD: Kernel = kernel("conv_general_forward");
+const GENERAL_BACKWARD_INPUT: Kernel = kernel("conv_general_backward_input");
+const WEIGHT_GRAD_1X1: Kernel = kernel("conv1x1_weight_grad");
+const WEIGHT_GRAD_3X3_S1: Kernel = kernel("conv3x3_s1_weight_grad");
+const GENERAL_WEIGHT_GRAD: Kernel = kernel("conv_general_weight_grad");
+
+// Register tiles of the kernels in shaders/conv.wgsl: (rows, pixels) per invocation, or for the
+// weight gradients (output channels, input channels) per workgroup. Keep in step with the shader.
+const GEMM_ROWS: u32 = 8;
+const GEMM_PIXELS: u32 = 8;
+const CONV3_ROWS: u32 = 4;
+const CONV3_PIXELS: u32 = 8;
+const WGRAD1_ROWS: u32 = 8;
+const WGRAD1_COLS: u32 = 8;
+const WGRAD3_ROWS: u32 = 4;
+const GENERAL_ROWS: u32 = 4;
+const WORKGROUP: u32 = 64;
+
+/// The `Params` block of shaders/conv.wgsl, in field order.
+struct Params {
+    n: u32,
+    m_rows: u32,
+    k_rows: u32,
+    pad: u32,
+    src_hw: (u32, u32),
+    dst_hw: (u32, u32),
+    accumulate: bool,
+    src_off: u32,
+    wt_off: u32,
+    dst_off: u32,
+    /// Weight strides for (m, k, i, j); they wrap, so a negative stride is `0u32.wrapping_sub(s)`.
+    strides: [u32; 4],
+}
+
+impl Params {
+    fn words(&self, s: &Conv2dShape) -> Vec<u32> {
+        vec![
+            self.n,
+            self.m_rows,
+            self.k_rows,
+            self.pad,
+            self.src_hw.0,
+            self.src_hw.1,
+            self.dst_hw.0,
+            self.dst_hw.1,
+            s.kh,
+            s.kw,
+            s.stride,
+            flag(self.accumulate),
+            self.src_off,
+            self.wt_off,
+            self.dst_off,
+            self.strides[0],
+            self.strides[1],
+            self.strides[2],
+            self.strides[3],
+        ]
+    }
+}
+
+/// A 1-D grid of `threads` invocations (folded past 65,535 groups) times `blocks` along z.
+fn grid_with_blocks(threads: u64, blocks: u32) -> [u32; 3] {
+    let [x, y, _] = grid(threads, WORKGROUP);
+    assert!(blocks <= 65_535, "conv2d: {blocks} channel blocks exceed the workgroup grid");
+    [x, y, blocks]
+}
+
+fn weight_strides_oihw(s: &Conv2dShape) -> [u32; 4] {
+    [s.c_in * s.kh * s.kw, s.kh * s.kw, s.kw, 1]
+}
+
+/// y = conv(x, w), overwriting y. x holds `s.c_in` channels (a channel prefix of a larger
+/// tensor is fine), y holds `s.c_out` channels (it may be a channel slice of a larger tensor).
+pub fn conv2d_forward(gpu: &Gpu, s: &Conv2dShape, x: View, w: View, y: View) -> Dispatch {
+    s.check();
+    let params = Params {
+        n: s.n,
+        m_rows: s.c_out,
+        k_rows: s.c_in,
+        pad: s.pad,
+        src_hw: (s.h, s.w),
+        dst_hw: (s.out_h(), s.out_w()),
+        accumulate: false,
+        src_off: x.offset,
+        wt_off: w.offset,
+        dst_off: y.offset,
+        strides: weight_strides_oihw(s),
+    };
+    launch(gpu, s, &params, [x.buffer, w.buffer, y.buffer])
+}
+
+/// dx (+)= conv_transpose(dy, w): the gradient with respect to the input.
+pub fn conv2d_backward_input(gpu: &Gpu, s: &Conv2dShape, dy: View, w: View, dx: View, accumulate: bool) -> Dispatch {
+    s.check();
+    let [o_stride, i_stride, row_stride, _] = weight_strides_oihw(s);
+    let mut params = Params {
+        n: s.n,
+        m_rows: s.c_in,
+        k_rows: s.c_out,
+        pad: s.pad,
+        src_hw: (s.out_h(), s.out_w()),
+        dst_hw: (s.h, s.w),
+        accumulate,
+        src_off: dy.offset,
+        wt_off: w.offset,
+        dst_off: dx.offset,
+        // The rows are now input channels and the reduction runs over output channels.
+        strides: [i_stride, o_stride, row_stride, 1],
+    };
+    let buffers = [dy.buffer, w.buffer, dx.buffer];
+    if s.is_pointwise() {
+        return launch(gpu, s, &params, buffers);
+    }
+    if s.is_3x3_stride_1() {
+        // A 3x3 stride-1 conv of dy with the kernel flipped in both axes and padding 2 - pad;
+        // the flip is a start at tap (2, 2) and negative tap strides.
+        params.pad = 2 - s.pad;
+        params.wt_off = w.offset + 2 * row_stride + 2;
+        params.strides[2] = 0u32.wrapping_sub(row_stride);
+        params.strides[3] = u32::MAX;
+        let groups = grid_with_blocks(conv3_threads(s.n, s.h, s.w), s.c_in.div_ceil(CONV3_ROWS));
+        return gpu.dispatch(&CONV_3X3_S1, &params.words(s), &buffers, groups);
+    }
+    let groups = grid_with_blocks((s.n * s.h * s.w) as u64, s.c_in.div_ceil(GENERAL_ROWS));
+    gpu.dispatch(&GENERAL_BACKWARD_INPUT, &params.words(s), &buffers, groups)
+}
+
+/// dw (+)= the gradient with respect to the weights, summed over the batch.
+pub fn conv2d_backward_weight(gpu: &Gpu, s: &Conv2dShape, x: View, dy: View, dw: View, accumulate: bool) -> Dispatch {
+    s.check();
+    let params = Params {
+        n: s.n,
+        m_rows: s.c_out,
+        k_rows: s.c_in,
+        pad: s.pad,
+        src_hw: (s.h, s.w),
+        dst_hw: (s.out_h(), s.out_w()),
+        accumulate,
+        src_off: x.offset,
+        wt_off: dy.offset,
+        dst_off: dw.offset,
+        strides: [0; 4],
+    };
+    let words = params.words(s);
+    let buffers = [x.buffer, dy.buffer, dw.buffer];
+    let in_range = |groups: u32| {
+        assert!(groups <= 65_535, "conv2d: {groups} weight blocks exceed the workgroup grid");
+        groups
+    };
+    if s.is_pointwise() {
+        let groups = [in_range(s.c_in.div_ceil(WGRAD1_COLS)), 1, in_range(s.c_out.div_ceil(WGRAD1_ROWS))];
+        return gpu.dispatch(&WEIGHT_GRAD_1X1, &words, &buffers, groups);
+    }
+    if s.kh == 3 && s.kw == 3 && s.stride == 1 {
+        let groups = [in_range(s.c_in), 1, in_range(s.c_out.div_ceil(WGRAD3_ROWS))];
+        return gpu.dispatch(&WEIGHT_GRAD_3X3_S1, &words, &buffers, groups);
+    }
+    // One workgroup per weight; grid() folds the count into two dimensions.
+    let groups = grid(s.weight_elems() as u64 * WORKGROUP as u64, WORKGROUP);
+    gpu.dispatch(&GENERAL_WEIGHT_GRAD, &words, &buffers, groups)
+}
+
+/// Invocations of the 3x3 kernel for an n x h x w output: one per row segment.
+fn conv3_threads(n: u32, h: u32, w: u32) -> u64 {
+    n as u64 * h as u64 * w.div_ceil(CONV3_PIXELS) as u64
+}
+
+/// Forward, or backward input of a 1x1 conv: picks the kernel for `params` (whose rows are the
+/// destination channels) by the shape.
+fn launch(gpu: &Gpu, s: &Conv2dShape, params: &Params, buffers: [&wgpu::Buffer; 3]) -> Dispatch {
+    let words = params.words(s);
+    let (dh, dw) = params.dst_hw;
+    if s.is_pointwise() {
+        let pixels = s.n as u64 * dh as u64 * dw as u64;
+        let groups = grid_with_blocks(pixels.div_ceil(GEMM_PIXELS as u64), params.m_rows.div_ceil(GEMM_ROWS));
+        return gpu.dispatch(&GEMM_1X1, &words, &buffers, groups);
+    }
+    if s.is_3x3_stride_1() {
+        let groups = grid_with_blocks(conv3_threads(s.n, dh, dw), params.m_rows.div_ceil(CONV3_ROWS));
+        return gpu.dispatch(&CONV_3X3_S1, &words, &buffers, groups);
+    }
+    let groups = grid_with_blocks(s.n as u64 * dh as u64 * dw as u64, params.m_rows.div_ceil(GENERAL_ROWS));
+    gpu.dispatch(&GENERAL_FORWARD, &words, &buffers, groups)
+}

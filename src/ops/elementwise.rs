@@ -1,19 +1,128 @@
-//! ReLU on its own (where it does not follow a batch norm), and the strided copy that the
-//! naive memory mode uses to materialise concatenations.
+//! ReLU on its own (where it does not follow a batch norm), the copy that the naive memory
+//! mode uses to materialise concatenations, gradient accumulation, and dropout.
+//!
+//! Every kernel here takes the same 12 parameter words (`elementwise.wgsl`'s `Params`):
+//!
+//! | word | meaning |
+//! |---|---|
+//! | 0 | len |
+//! | 1 | input offset (relu/dropout x, copy/add src, dropout_backward dy) |
+//! | 2 | output offset |
+//! | 3 | relu_backward's and relu_backward_into's dy offset |
+//! | 4, 5 | dropout seed words |
+//! | 6 | dropout threshold: an element is dropped when its hash is below it |
+//! | 7 | dropout scale 1/(1 − rate), f32 bits |
+//! | 8 | accumulate flag (relu_backward_into, dropout_backward) |
+//! | 9..12 | zero |
 
-use super::{grid, shaders, Dispatch, Gpu, Kernel, View};
+use super::{flag, grid, shaders, Dispatch, Gpu, Kernel, View};
 
-const RELU_FORWARD: Kernel = Kernel { shader: &shaders::ELEMENTWISE, entry: "relu_forward", buffers: 2 };
-const RELU_BACKWARD: Kernel = Kernel { shader: &shaders::ELEMENTWISE, entry: "relu_backward", buffers: 2 };
+const fn kernel(entry: &'static str) -> Kernel {
+    Kernel { shader: &shaders::ELEMENTWISE, entry, buffers: 2 }
+}
+const RELU_FORWARD: Kernel = kernel("relu_forward");
+const RELU_BACKWARD: Kernel = kernel("relu_backward");
+const RELU_BACKWARD_INTO: Kernel = Kernel { shader: &shaders::ELEMENTWISE, entry: "relu_backward_into", buffers: 3 };
+const COPY: Kernel = kernel("copy");
+const ADD: Kernel = kernel("add");
+const DROPOUT_FORWARD: Kernel = kernel("dropout_forward");
+const DROPOUT_BACKWARD: Kernel = kernel("dropout_backward");
+
+/// Parameter words of every kernel in this module.
+pub const PARAM_WORDS: usize = 12;
+
+fn params(len: u32, x_off: u32, y_off: u32, dy_off: u32) -> Vec<u32> {
+    let mut words = vec![0; PARAM_WORDS];
+    words[..4].copy_from_slice(&[len, x_off, y_off, dy_off]);
+    words
+}
+
+fn launch(gpu: &Gpu, kernel: &Kernel, params: &[u32], x: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {
+    gpu.dispatch(kernel, params, &[x, y], grid(params[0] as u64, 256))
+}
 
 /// y = max(x, 0) over `len` elements.
 pub fn relu_forward(gpu: &Gpu, len: u32, x: View, y: View) -> Dispatch {
-    gpu.dispatch(&RELU_FORWARD, &[len, x.offset, y.offset, 0], &[x.buffer, y.buffer], grid(len as u64, 256))
+    launch(gpu, &RELU_FORWARD, &params(len, x.offset, y.offset, 0), x.buffer, y.buffer)
 }
 
 /// dx = dy where x > 0, else 0. `dy` and `dx` must live in the same buffer (they may be the
 /// same range: the gradient is masked in place).
 pub fn relu_backward(gpu: &Gpu, len: u32, x: View, dy: View, dx: View) -> Dispatch {
     assert!(std::ptr::eq(dy.buffer, dx.buffer), "relu_backward: dy and dx must share a buffer");
-    gpu.dispatch(&RELU_BACKWARD, &[len, x.offset, dx.offset, dy.offset], &[x.buffer, dx.buffer], grid(len as u64, 256))
+    launch(gpu, &RELU_BACKWARD, &params(len, x.offset, dx.offset, dy.offset), x.buffer, dx.buffer)
+}
+
+/// dx = dy where x > 0, else 0, written or added (`accumulate`) into dx, which may live in
+/// any buffer. dx must not overlap x; it may be dy itself (same offset) when not accumulating.
+pub fn relu_backward_into(gpu: &Gpu, len: u32, x: View, dy: View, dx: View, accumulate: bool) -> Dispatch {
+    let mut words = params(len, x.offset, dx.offset, dy.offset);
+    words[8] = flag(accumulate);
+    gpu.dispatch(&RELU_BACKWARD_INTO, &words, &[x.buffer, dx.buffer, dy.buffer], grid(len as u64, 256))
+}
+
+/// dst = src over `len` elements. The ranges must not overlap.
+pub fn copy(gpu: &Gpu, len: u32, src: View, dst: View) -> Dispatch {
+    launch(gpu, &COPY, &params(len, src.offset, dst.offset, 0), src.buffer, dst.buffer)
+}
+
+/// dst += src over `len` elements. The ranges must not overlap.
+pub fn add(gpu: &Gpu, len: u32, src: View, dst: View) -> Dispatch {
+    launch(gpu, &ADD, &params(len, src.offset, dst.offset, 0), src.buffer, dst.buffer)
+}
+
+/// The hash threshold of a drop rate: element i is dropped iff `dropout_hash(seed, i)` is below
+/// it, so each element is dropped with probability `rate` (to within 2^-32).
+pub fn dropout_threshold(rate: f32) -> u32 {
+    assert!((0.0..1.0).contains(&rate), "dropout rate {rate} is outside [0, 1)");
+    (rate as f64 * 4_294_967_296.0).round().min(u32::MAX as f64) as u32
+}
+
+/// The factor kept values are multiplied by (PyTorch's inverted dropout).
+pub fn dropout_scale(rate: f32) -> f32 {
+    1.0 / (1.0 - rate)
+}
+
+/// The parameter words of a dropout launch (see the module table). The host redraws the mask
+/// each step by rebuilding these with a new seed and passing them to [`Dispatch::set_params`];
+/// a recompute that reuses the forward's seed redraws the identical mask. Conventionally
+/// seed = [stream (e.g. the layer's index), step], but any two words will do.
+pub fn dropout_params(
+    len: u32,
+    input_offset: u32,
+    output_offset: u32,
+    rate: f32,
+    seed: [u32; 2],
+    accumulate: bool,
+) -> Vec<u32> {
+    let mut words = params(len, input_offset, output_offset, 0);
+    words[4] = seed[0];
+    words[5] = seed[1];
+    words[6] = dropout_threshold(rate);
+    words[7] = dropout_scale(rate).to_bits();
+    words[8] = flag(accumulate);
+    words
+}
+
+/// y = x·1/(1 − rate) where the mask of `seed` keeps element i, else 0. y must not overlap x.
+pub fn dropout_forward(gpu: &Gpu, len: u32, x: View, y: View, rate: f32, seed: [u32; 2]) -> Dispatch {
+    let words = dropout_params(len, x.offset, y.offset, rate, seed, false);
+    launch(gpu, &DROPOUT_FORWARD, &words, x.buffer, y.buffer)
+}
+
+/// dx = dy·1/(1 − rate) where the mask of `seed` keeps element i, else 0; added to dx if
+/// `accumulate`. Use the forward's seed. dx may be dy itself (same offset) when not
+/// accumulating, since each element is read and written by one invocation; otherwise the
+/// ranges must not overlap.
+pub fn dropout_backward(
+    gpu: &Gpu,
+    len: u32,
+    dy: View,
+    dx: View,
+    rate: f32,
+    seed: [u32; 2],
+    accumulate: bool,
+) -> Dispatch {
+    let words = dropout_params(len, dy.offset, dx.offset, rate, seed, accumulate);
+    launch(gpu, &DROPOUT_BACKWARD, &words, dy.buffer, dx.buffer)
 }

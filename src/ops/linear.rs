@@ -1,1 +1,57 @@
-//! (being written)
+//! The fully connected classifier on (features, N) activations (channel-major with 1x1
+//! spatial, as the global average pool leaves them); weights (out, in) as PyTorch stores them.
+//!
+//! Parameter words of every linear kernel, in order: `n`, `in_features`, `out_features`,
+//! `accumulate`, `off1`, `off2`, `off3`, `off4`, where `offN` is the element offset of the
+//! tensor at binding N (see each function for which tensor that is).
+
+use super::{flag, grid, shaders, Dispatch, Gpu, Kernel, View};
+
+const FORWARD: Kernel = Kernel { shader: &shaders::LINEAR, entry: "linear_forward", buffers: 4 };
+const BACKWARD_INPUT: Kernel = Kernel { shader: &shaders::LINEAR, entry: "linear_backward_input", buffers: 3 };
+const BACKWARD_WEIGHT: Kernel = Kernel { shader: &shaders::LINEAR, entry: "linear_backward_weight", buffers: 3 };
+const BACKWARD_BIAS: Kernel = Kernel { shader: &shaders::LINEAR, entry: "linear_backward_bias", buffers: 2 };
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearShape {
+    pub n: u32,
+    pub in_features: u32,
+    pub out_features: u32,
+}
+
+impl LinearShape {
+    pub fn new(n: u32, in_features: u32, out_features: u32) -> Self {
+        LinearShape { n, in_features, out_features }
+    }
+    fn words(&self, accumulate: bool, offsets: [u32; 4]) -> [u32; 8] {
+        let [o1, o2, o3, o4] = offsets;
+        [self.n, self.in_features, self.out_features, flag(accumulate), o1, o2, o3, o4]
+    }
+}
+
+/// y (out, N) = w (out, in) · x (in, N) + b (out).
+pub fn forward(gpu: &Gpu, s: LinearShape, x: View, w: View, b: View, y: View) -> Dispatch {
+    let words = s.words(false, [x.offset, w.offset, b.offset, y.offset]);
+    let threads = s.out_features as u64 * s.n as u64;
+    gpu.dispatch(&FORWARD, &words, &[x.buffer, w.buffer, b.buffer, y.buffer], grid(threads, 256))
+}
+
+/// dx (in, N) = wᵀ · dy; overwrites or adds to dx.
+pub fn backward_input(gpu: &Gpu, s: LinearShape, w: View, dy: View, dx: View, accumulate: bool) -> Dispatch {
+    let words = s.words(accumulate, [dy.offset, w.offset, dx.offset, 0]);
+    let threads = s.in_features as u64 * s.n as u64;
+    gpu.dispatch(&BACKWARD_INPUT, &words, &[dy.buffer, w.buffer, dx.buffer], grid(threads, 256))
+}
+
+/// dw (out, in) = dy · xᵀ; overwrites or adds to dw.
+pub fn backward_weight(gpu: &Gpu, s: LinearShape, x: View, dy: View, dw: View, accumulate: bool) -> Dispatch {
+    let words = s.words(accumulate, [dy.offset, x.offset, dw.offset, 0]);
+    let threads = s.out_features as u64 * s.in_features as u64;
+    gpu.dispatch(&BACKWARD_WEIGHT, &words, &[dy.buffer, x.buffer, dw.buffer], grid(threads, 256))
+}
+
+/// db (out) = Σ over the batch of dy; overwrites or adds to db.
+pub fn backward_bias(gpu: &Gpu, s: LinearShape, dy: View, db: View, accumulate: bool) -> Dispatch {
+    let words = s.words(accumulate, [dy.offset, db.offset, 0, 0]);
+    gpu.dispatch(&BACKWARD_BIAS, &words, &[dy.buffer, db.buffer], grid(s.out_features as u64, 256))
+}

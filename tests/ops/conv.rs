@@ -1,1 +1,154 @@
+use crate::common::*;
+use densegpu::ops::conv::{self, Conv2dShape};
+use densegpu::reference::conv as reference;
 
+#[allow(clippy::too_many_arguments)]
+fn shape(n: u32, c_in: u32, h: u32, w: u32, c_out: u32, k: u32, stride: u32, pad: u32) -> Conv2dShape {
+    Conv2dShape { n, c_in, h, w, c_out, kh: k, kw: k, stride, pad }
+}
+
+/// Covers each kernel (1x1 matrix product, 3x3 stride 1, general) in each direction, with odd
+/// sizes everywhere so no tile divides evenly.
+fn shapes() -> Vec<Conv2dShape> {
+    vec![
+        shape(5, 13, 7, 5, 3, 1, 1, 0),
+        shape(1, 3, 7, 5, 13, 1, 1, 0),
+        shape(5, 3, 7, 5, 13, 3, 1, 1),
+        shape(1, 13, 7, 5, 3, 3, 1, 1),
+        shape(2, 5, 9, 11, 7, 3, 1, 0),
+        shape(1, 4, 6, 5, 9, 3, 1, 2),
+        shape(2, 3, 13, 11, 5, 7, 2, 3), // the ImageNet stem's geometry
+        shape(1, 3, 9, 7, 13, 3, 2, 1),  // stride 2, odd input
+        shape(5, 13, 7, 5, 3, 2, 2, 0),
+        shape(3, 6, 7, 5, 4, 1, 2, 0),
+        Conv2dShape { n: 2, c_in: 3, h: 7, w: 6, c_out: 5, kh: 3, kw: 2, stride: 1, pad: 1 },
+        shape(5, 24, 8, 8, 48, 1, 1, 0),
+        shape(5, 48, 8, 8, 12, 3, 1, 1),
+        shape(1, 3, 32, 32, 24, 3, 1, 1),
+    ]
+}
+
+/// A tensor of `before + len + after` elements where `len` elements starting at `before` are
+/// the operand and the rest belongs to other channels that the kernel must not touch.
+struct Region {
+    values: Vec<f32>,
+    before: usize,
+    len: usize,
+}
+
+impl Region {
+    fn new(before: usize, inner: Vec<f32>, after: usize, seed: u64) -> Region {
+        let mut values = random(before, seed);
+        let len = inner.len();
+        values.extend(inner);
+        values.extend(random(after, seed + 1));
+        Region { values, before, len }
+    }
+    fn inner(&self) -> &[f32] {
+        &self.values[self.before..self.before + self.len]
+    }
+}
+
+/// Runs a gradient/output kernel into a channel slice of a larger tensor, once overwriting
+/// (the slice poisoned with NaN) and once accumulating onto random values, and compares with
+/// the reference. `run_kernel(buffer, inputs..., out view, accumulate)`.
+fn check_output(
+    what: &str,
+    s: &Conv2dShape,
+    inputs: &[Region],
+    out_len: usize,
+    out_plane: usize,
+    want: &[f32],
+    accumulate_modes: &[bool],
+    dispatch: &dyn Fn(&[densegpu::gpu::View], densegpu::gpu::View, bool) -> densegpu::gpu::Dispatch,
+) {
+    for &accumulate in accumulate_modes {
+        let prefill = if accumulate { random(out_len, 77) } else { vec![f32::NAN; out_len] };
+        let out = Region::new(2 * out_plane, prefill.clone(), 3 * out_plane, 55);
+        let mut slots = Slots::new();
+        let input_slots: Vec<Slot> = inputs.iter().map(|r| slots.input(&r.values)).collect();
+        let out_slot = slots.input(&out.values);
+        let buffer = slots.upload();
+        let views: Vec<_> = input_slots.iter().map(|&sl| slots.view(&buffer, sl)).collect();
+        let input_views: Vec<_> = views.iter().zip(inputs).map(|(v, r)| v.at(r.before as u32)).collect();
+        let out_view = slots.view(&buffer, out_slot).at(out.before as u32);
+        run(&[dispatch(&input_views, out_view, accumulate)]);
+        let got = slots.read(&buffer, out_slot);
+        let expected: Vec<f32> =
+            if accumulate { want.iter().zip(&prefill).map(|(w, p)| w + p).collect() } else { want.to_vec() };
+        let context = format!("{what} {s:?} accumulate={accumulate}");
+        assert_close(&context, &got[out.before..out.before + out.len], &expected);
+        for (i, (g, o)) in got.iter().zip(&out.values).enumerate() {
+            if i < out.before || i >= out.before + out.len {
+                assert_eq!(g.to_bits(), o.to_bits(), "{context}: element {i} outside the output slice changed");
+            }
+        }
+        slots.assert_guards_intact(&buffer);
+    }
+}
+
+fn check_all_directions(s: &Conv2dShape, seed: u64, accumulate_modes: &[bool]) {
+    let g = gpu();
+    let x_plane = (s.n * s.h * s.w) as usize;
+    let y_plane = (s.n * s.out_h() * s.out_w()) as usize;
+    // x and dy are channel prefixes of larger tensors, read in place.
+    let x = Region::new(0, random(s.input_elems() as usize, seed), 2 * x_plane, seed + 10);
+    let w = Region::new(7, random(s.weight_elems() as usize, seed + 1), 0, seed + 11);
+    let dy = Region::new(0, random(s.output_elems() as usize, seed + 2), 3 * y_plane, seed + 12);
+
+    let want = reference::conv2d_forward(s, x.inner(), w.inner());
+    check_output("forward", s, &[x, w], s.output_elems() as usize, y_plane, &want, &[false], &|i, out, _| {
+        conv::conv2d_forward(g, s, i[0], i[1], out)
+    });
+
+    let x = Region::new(0, random(s.input_elems() as usize, seed), 2 * x_plane, seed + 10);
+    let w = Region::new(7, random(s.weight_elems() as usize, seed + 1), 0, seed + 11);
+    let want = reference::conv2d_backward_input(s, dy.inner(), w.inner());
+    let dy_again = Region::new(0, dy.inner().to_vec(), 3 * y_plane, seed + 12);
+    check_output(
+        "backward input",
+        s,
+        &[dy_again, w],
+        s.input_elems() as usize,
+        x_plane,
+        &want,
+        accumulate_modes,
+        &|i, out, acc| conv::conv2d_backward_input(g, s, i[0], i[1], out, acc),
+    );
+
+    let want = reference::conv2d_backward_weight(s, x.inner(), dy.inner());
+    let weights = s.weight_elems() as usize;
+    check_output("backward weight", s, &[x, dy], weights, 1, &want, accumulate_modes, &|i, out, acc| {
+        conv::conv2d_backward_weight(g, s, i[0], i[1], out, acc)
+    });
+}
+
+#[test]
+fn conv2d_matches_reference_on_odd_shapes() {
+    for (i, s) in shapes().iter().enumerate() {
+        check_all_directions(s, 100 + i as u64 * 7, &[false, true]);
+    }
+}
+
+#[test]
+fn conv2d_weight_grad_folds_a_large_grid() {
+    // 73,728 weights on the general path: one workgroup each, more than one grid row holds.
+    check_all_directions(&shape(1, 64, 5, 5, 128, 3, 2, 1), 5, &[false]);
+}
+
+#[test]
+fn conv2d_weight_grad_stays_accurate_over_long_reductions() {
+    // DenseNet-BC sizes at batch 64, 32x32: the weight gradients sum 65,536 products each.
+    check_all_directions(&shape(64, 24, 32, 32, 48, 1, 1, 0), 3, &[true]);
+    check_all_directions(&shape(64, 48, 32, 32, 12, 3, 1, 1), 4, &[false]);
+}
+
+#[test]
+fn conv2d_shape_arithmetic() {
+    let stem = shape(64, 3, 224, 224, 64, 7, 2, 3);
+    assert_eq!((stem.out_h(), stem.out_w()), (112, 112));
+    assert_eq!(stem.flops_forward(), 2 * 64 * 64 * 112 * 112 * 3 * 49);
+    let growth = shape(64, 48, 32, 32, 12, 3, 1, 1);
+    assert_eq!((growth.out_h(), growth.out_w()), (32, 32));
+    assert_eq!(shape(1, 3, 9, 7, 13, 3, 2, 1).out_w(), 4);
+}

@@ -1,1 +1,89 @@
+use crate::common::*;
+use densegpu::gpu::View;
+use densegpu::ops::sgd::{self, sgd_params, SgdHyper};
+use densegpu::reference::sgd as reference;
 
+const STRICT: f64 = 1e-5;
+
+#[track_caller]
+fn assert_very_close(what: &str, got: &[f32], want: &[f32]) {
+    let e = rel_err(got, want);
+    assert!(e < STRICT, "{what}: relative error {e:.3e} >= {STRICT:.0e}");
+}
+
+/// Several steps in a row with a fresh gradient each step and an lr change half-way through
+/// (through `set_params`, as a schedule does), comparing params and buffer after every step.
+/// `separate` puts params, grads and buffer in three buffers; otherwise all share one.
+fn check(len: usize, h0: SgdHyper, separate: bool) {
+    let g = gpu();
+    let p0 = random(len, 1);
+    let grads: Vec<Vec<f32>> = (0..4).map(|k| random(len, 10 + k)).collect();
+    let use_buf = h0.momentum != 0.0;
+
+    let mut sl = Slots::new();
+    let ps = sl.input(&p0);
+    let gs = sl.input(&grads[0]);
+    let bs = sl.input(&vec![0.0; len]);
+    let shared = sl.upload();
+    let (pb, gb, bb);
+    let (pv, gv, bv) = if separate {
+        let upload = |v: &[f32]| {
+            let b = pollster::block_on(g.storage_buffer("sgd test", len as u64 * 4)).unwrap();
+            g.write_f32(&b, 0, v);
+            b
+        };
+        (pb, gb, bb) = (upload(&p0), upload(&grads[0]), upload(&vec![0.0; len]));
+        (View::new(&pb, 0), View::new(&gb, 0), View::new(&bb, 0))
+    } else {
+        (sl.view(&shared, ps), sl.view(&shared, gs), sl.view(&shared, bs))
+    };
+    let step = sgd::sgd_step(g, len as u32, pv, gv, use_buf.then_some(bv), &h0);
+
+    let (mut p, mut buf) = (p0.clone(), vec![0.0f32; len]);
+    let mut h = h0;
+    for (k, grad) in grads.iter().enumerate() {
+        if k == 2 {
+            h.lr *= 0.1;
+            step.set_params(g, &sgd_params(len as u32, pv.offset, gv.offset, bv.offset, &h));
+        }
+        g.write_f32(gv.buffer, gv.offset as u64, grad);
+        run(std::slice::from_ref(&step));
+        reference::sgd_step(&mut p, grad, &mut buf, &h);
+        let tag = format!("len {len} {h:?} separate {separate} step {k}");
+        assert_very_close(&format!("params {tag}"), &g.read_f32_blocking(pv.buffer, pv.offset as u64, len).unwrap(), &p);
+        let got_buf = g.read_f32_blocking(bv.buffer, bv.offset as u64, len).unwrap();
+        if use_buf {
+            assert_very_close(&format!("momentum buffer {tag}"), &got_buf, &buf);
+        } else {
+            assert!(got_buf.iter().all(|&v| v == 0.0), "plain SGD touched the buffer ({tag})");
+        }
+        let got_grad = g.read_f32_blocking(gv.buffer, gv.offset as u64, len).unwrap();
+        assert_eq!(got_grad, *grad, "the gradient must be read only ({tag})");
+    }
+    if !separate {
+        sl.assert_guards_intact(&shared);
+    }
+}
+
+#[test]
+fn sgd_matches_reference_over_several_steps() {
+    let configs = [
+        SgdHyper::densenet_cifar(),
+        SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4, nesterov: false },
+        SgdHyper { lr: 0.1, momentum: 0.0, weight_decay: 1e-4, nesterov: false },
+        SgdHyper { lr: 0.1, momentum: 0.5, weight_decay: 0.0, nesterov: true },
+    ];
+    for h in configs {
+        for len in [1, 13, 1000] {
+            for separate in [false, true] {
+                check(len, h, separate);
+            }
+        }
+    }
+}
+
+#[test]
+fn sgd_covers_a_densenet_sized_parameter_range() {
+    // DenseNet-201's 20,013,928 parameters need more than 65,535 workgroups of 256.
+    check(20_013_928, SgdHyper::densenet_cifar(), true);
+}

@@ -1,0 +1,332 @@
+//! DenseNet and DenseNet-BC, for CIFAR-sized and ImageNet-sized inputs, built as a [`Graph`]
+//! with torchvision's parameter names, in one of three memory modes.
+//!
+//! The modes differ only in how the graph is wired and which nodes are marked `recompute`;
+//! the schedule compiler, planner and executor treat every graph alike.
+
+use crate::error::{Error, Result};
+use crate::graph::{Conv2dOut, Graph, Op, TensorId};
+use std::fmt;
+use std::str::FromStr;
+
+/// How much of the forward pass training keeps for backward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MemoryMode {
+    /// What most implementations do: every layer materialises its concatenated input, and
+    /// every intermediate (concatenation, BN-ReLU, conv outputs) is kept for backward. Memory
+    /// grows quadratically with depth; this is the baseline.
+    Naive,
+    /// One buffer per dense block: each layer writes its new channels into its slice and the
+    /// next reads the channel prefix in place. BN-ReLU outputs are recomputed in backward;
+    /// bottleneck (1x1 conv) outputs are kept.
+    Efficient,
+    /// As efficient, and the whole bottleneck path (BN-ReLU, 1x1 conv, BN-ReLU) is recomputed
+    /// too: only the block buffers and small statistics survive until backward.
+    Minimal,
+}
+
+impl MemoryMode {
+    pub const ALL: [MemoryMode; 3] = [MemoryMode::Naive, MemoryMode::Efficient, MemoryMode::Minimal];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MemoryMode::Naive => "naive",
+            MemoryMode::Efficient => "efficient",
+            MemoryMode::Minimal => "minimal",
+        }
+    }
+}
+
+impl fmt::Display for MemoryMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for MemoryMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        MemoryMode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| Error::Config(format!("unknown memory mode `{s}`: use naive, efficient or minimal")))
+    }
+}
+
+/// A DenseNet's hyper-parameters, with the names torchvision and the reference demo use.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenseNetConfig {
+    pub growth_rate: u32,
+    pub block_config: Vec<u32>,
+    pub num_init_features: u32,
+    /// Bottleneck width factor; 0 means no bottleneck (plain DenseNet: BN-ReLU-conv3x3 only).
+    pub bn_size: u32,
+    pub compression: f32,
+    pub drop_rate: f32,
+    pub num_classes: u32,
+    /// CIFAR stem (one 3x3 conv) instead of ImageNet's (7x7/2 conv, BN, ReLU, 3x3/2 max pool).
+    pub small_inputs: bool,
+    pub in_channels: u32,
+    pub image_size: u32,
+}
+
+impl DenseNetConfig {
+    /// DenseNet-BC for CIFAR: 3 blocks of (depth - 4) / 6 bottleneck layers, stem of 2k.
+    pub fn cifar_bc(depth: u32, growth_rate: u32, num_classes: u32) -> Result<Self> {
+        if depth < 10 || (depth - 4) % 6 != 0 {
+            return Err(Error::Config(format!("DenseNet-BC depth must be 6n+4 (e.g. 40, 100, 190, 250), got {depth}")));
+        }
+        let n = (depth - 4) / 6;
+        Ok(DenseNetConfig {
+            growth_rate,
+            block_config: vec![n; 3],
+            num_init_features: 2 * growth_rate,
+            bn_size: 4,
+            compression: 0.5,
+            drop_rate: 0.0,
+            num_classes,
+            small_inputs: true,
+            in_channels: 3,
+            image_size: 32,
+        })
+    }
+
+    /// Plain DenseNet for CIFAR: 3 blocks of (depth - 4) / 3 layers, stem of 16, no compression.
+    pub fn cifar(depth: u32, growth_rate: u32, num_classes: u32) -> Result<Self> {
+        if depth < 7 || (depth - 4) % 3 != 0 {
+            return Err(Error::Config(format!("DenseNet depth must be 3n+4 (e.g. 40, 100), got {depth}")));
+        }
+        let n = (depth - 4) / 3;
+        Ok(DenseNetConfig {
+            block_config: vec![n; 3],
+            num_init_features: 16,
+            bn_size: 0,
+            compression: 1.0,
+            ..Self::cifar_bc(10, growth_rate, num_classes)?
+        })
+    }
+
+    fn imagenet(growth_rate: u32, blocks: [u32; 4], init: u32, num_classes: u32) -> Self {
+        DenseNetConfig {
+            growth_rate,
+            block_config: blocks.to_vec(),
+            num_init_features: init,
+            bn_size: 4,
+            compression: 0.5,
+            drop_rate: 0.0,
+            num_classes,
+            small_inputs: false,
+            in_channels: 3,
+            image_size: 224,
+        }
+    }
+
+    pub fn densenet121(num_classes: u32) -> Self {
+        Self::imagenet(32, [6, 12, 24, 16], 64, num_classes)
+    }
+    pub fn densenet169(num_classes: u32) -> Self {
+        Self::imagenet(32, [6, 12, 32, 32], 64, num_classes)
+    }
+    pub fn densenet201(num_classes: u32) -> Self {
+        Self::imagenet(32, [6, 12, 48, 32], 64, num_classes)
+    }
+    pub fn densenet161(num_classes: u32) -> Self {
+        Self::imagenet(48, [6, 12, 36, 24], 96, num_classes)
+    }
+
+    /// `densenet121`, `densenet169`, `densenet201` or `densenet161`.
+    pub fn by_name(name: &str, num_classes: u32) -> Result<Self> {
+        match name {
+            "densenet121" => Ok(Self::densenet121(num_classes)),
+            "densenet169" => Ok(Self::densenet169(num_classes)),
+            "densenet201" => Ok(Self::densenet201(num_classes)),
+            "densenet161" => Ok(Self::densenet161(num_classes)),
+            _ => Err(Error::Config(format!(
+                "unknown model `{name}`: use densenet121, densenet169, densenet201 or densenet161"
+            ))),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.growth_rate == 0 || self.block_config.is_empty() || self.block_config.contains(&0) {
+            return bad(format!("growth rate and every block's layer count must be positive: {self:?}"));
+        }
+        if !(0.0..1.0).contains(&self.drop_rate) {
+            return bad(format!("drop rate must be in [0, 1), got {}", self.drop_rate));
+        }
+        if !(self.compression > 0.0 && self.compression <= 1.0) {
+            return bad(format!("compression must be in (0, 1], got {}", self.compression));
+        }
+        let blocks = self.block_config.len() as u32;
+        let downsample = if self.small_inputs { 1 << (blocks - 1) } else { 4 << (blocks - 1) };
+        if self.image_size == 0 || self.image_size % downsample != 0 {
+            return bad(format!(
+                "image size must be a positive multiple of {downsample} for this model, got {}",
+                self.image_size
+            ));
+        }
+        if self.num_classes < 2 {
+            return bad(format!("need at least 2 classes, got {}", self.num_classes));
+        }
+        Ok(())
+    }
+
+    /// Channels at the end of each dense block.
+    pub fn block_widths(&self) -> Vec<u32> {
+        let mut c = self.num_init_features;
+        let mut widths = Vec::new();
+        for (b, &layers) in self.block_config.iter().enumerate() {
+            c += layers * self.growth_rate;
+            widths.push(c);
+            if b + 1 < self.block_config.len() {
+                c = (c as f32 * self.compression).floor() as u32;
+            }
+        }
+        widths
+    }
+
+    /// The training graph (with loss) for a batch size and memory mode.
+    pub fn build(&self, batch: u32, mode: MemoryMode) -> Result<Graph> {
+        self.check()?;
+        if batch == 0 {
+            return Err(Error::Config("batch size must be at least 1".into()));
+        }
+        let mut g = Graph::new(batch);
+        let (k, size) = (self.growth_rate, self.image_size);
+        let x = g.input_image(self.in_channels, size, size);
+        let widths = self.block_widths();
+        let mut spatial = if self.small_inputs { size } else { size / 4 };
+        // The first block's buffer receives the stem's output directly.
+        let mut block = new_block(&mut g, mode, 1, widths[0], spatial);
+        let stem_out = block_view(&mut g, mode, block, 0, self.num_init_features, spatial, "features.conv0");
+        if self.small_inputs {
+            g.conv2d("features.conv0", x, Conv2dOut::Into(stem_out), 3, 1, 1);
+        } else {
+            let c0 = g.conv2d("features.conv0", x, Conv2dOut::New(self.num_init_features), 7, 2, 3);
+            let n0 = g.batch_norm("features.norm0", c0, true);
+            g.pool("features.pool0", Op::MaxPool3x3s2p1, n0, Some(stem_out));
+        }
+        let mut channels = self.num_init_features;
+        let mut block_input = stem_out;
+        for (b, &layers) in self.block_config.iter().enumerate() {
+            let b1 = b + 1;
+            let mut features = block_input; // naive mode: the materialised concatenation so far
+            for i in 1..=layers {
+                let name = format!("features.denseblock{b1}.denselayer{i}");
+                let input = match mode {
+                    MemoryMode::Naive => features,
+                    _ => g.view(block.unwrap(), 0, channels),
+                };
+                let new = self.dense_layer(&mut g, mode, &name, input, block, channels, spatial);
+                if mode == MemoryMode::Naive {
+                    // Concatenate by copying, as frameworks without in-place channel views do.
+                    let cat = g.new_tensor(format!("{name}.concat"), channels + k, spatial, spatial);
+                    let (old_part, new_part) = (g.view(g.tensor(cat).storage, 0, channels), g.view(g.tensor(cat).storage, channels, k));
+                    g.copy_into(&format!("{name}.concat.0"), features, old_part);
+                    g.copy_into(&format!("{name}.concat.1"), new, new_part);
+                    features = cat;
+                }
+                channels += k;
+            }
+            let block_out = match mode {
+                MemoryMode::Naive => features,
+                _ => g.view(block.unwrap(), 0, channels),
+            };
+            if b1 == self.block_config.len() {
+                let normed = g.batch_norm("features.norm5", block_out, true);
+                let pooled = g.pool("features.pool5", Op::GlobalAvgPool, normed, None);
+                let logits = g.linear("classifier", pooled, self.num_classes);
+                g.cross_entropy(logits);
+                break;
+            }
+            // Transition: BN-ReLU, 1x1 conv, 2x2 average pool into the next block's buffer.
+            let name = format!("features.transition{b1}");
+            let out_c = (channels as f32 * self.compression).floor() as u32;
+            let normed = g.batch_norm(&format!("{name}.norm"), block_out, true);
+            if mode != MemoryMode::Naive {
+                mark_recompute(&mut g, normed);
+            }
+            let conv = g.conv2d(&format!("{name}.conv"), normed, Conv2dOut::New(out_c), 1, 1, 0);
+            spatial /= 2;
+            block = new_block(&mut g, mode, b1 + 1, widths[b1], spatial);
+            let next = block_view(&mut g, mode, block, 0, out_c, spatial, &format!("{name}.pool"));
+            g.pool(&format!("{name}.pool"), Op::AvgPool2x2, conv, Some(next));
+            channels = out_c;
+            block_input = next;
+        }
+        g.validate()?;
+        Ok(g)
+    }
+
+    /// One dense layer; returns the tensor holding its `k` new channels.
+    #[allow(clippy::too_many_arguments)]
+    fn dense_layer(
+        &self,
+        g: &mut Graph,
+        mode: MemoryMode,
+        name: &str,
+        input: TensorId,
+        block: Option<crate::graph::StorageId>,
+        channels: u32,
+        spatial: u32,
+    ) -> TensorId {
+        let k = self.growth_rate;
+        let norm1 = g.batch_norm(&format!("{name}.norm1"), input, true);
+        if mode != MemoryMode::Naive {
+            mark_recompute(g, norm1);
+        }
+        let conv2_input = if self.bn_size > 0 {
+            let bottleneck = g.conv2d(&format!("{name}.conv1"), norm1, Conv2dOut::New(self.bn_size * k), 1, 1, 0);
+            if mode == MemoryMode::Minimal {
+                mark_recompute(g, bottleneck);
+            }
+            let norm2 = g.batch_norm(&format!("{name}.norm2"), bottleneck, true);
+            if mode != MemoryMode::Naive {
+                mark_recompute(g, norm2);
+            }
+            norm2
+        } else {
+            norm1
+        };
+        let last_conv = if self.bn_size > 0 { "conv2" } else { "conv1" };
+        let destination = match block {
+            Some(s) => g.view(s, channels, k),
+            None => g.new_tensor(format!("{name}.out"), k, spatial, spatial),
+        };
+        if self.drop_rate > 0.0 {
+            let conv = g.conv2d(&format!("{name}.{last_conv}"), conv2_input, Conv2dOut::New(k), 3, 1, 1);
+            g.dropout_into(&format!("{name}.dropout"), conv, destination, self.drop_rate);
+        } else {
+            g.conv2d(&format!("{name}.{last_conv}"), conv2_input, Conv2dOut::Into(destination), 3, 1, 1);
+        }
+        destination
+    }
+}
+
+/// Efficient and minimal modes keep each dense block in one storage; naive has none.
+fn new_block(g: &mut Graph, mode: MemoryMode, b: usize, width: u32, spatial: u32) -> Option<crate::graph::StorageId> {
+    (mode != MemoryMode::Naive).then(|| g.new_storage(format!("features.denseblock{b}"), width, spatial, spatial))
+}
+
+/// Where a block's first channels go: the block buffer's prefix, or (naive) a tensor of its own.
+fn block_view(
+    g: &mut Graph,
+    mode: MemoryMode,
+    block: Option<crate::graph::StorageId>,
+    c0: u32,
+    c: u32,
+    spatial: u32,
+    name: &str,
+) -> TensorId {
+    match (mode, block) {
+        (MemoryMode::Naive, _) | (_, None) => g.new_tensor(format!("{name}.out"), c, spatial, spatial),
+        (_, Some(s)) => g.view(s, c0, c),
+    }
+}
+
+/// Marks the node that produced `t` for recomputation in backward.
+fn mark_recompute(g: &mut Graph, t: TensorId) {
+    let node = g.nodes.iter().rposition(|n| n.output == t).expect("tensor has a producer");
+    g.nodes[node].recompute = true;
+}

@@ -1,0 +1,630 @@
+//! Runs a graph on the GPU. A [`Session`] owns the persistent state (parameters, their
+//! gradients, momentum buffers and batch-norm running statistics); a [`Program`] is one
+//! compiled schedule (a training step or an inference pass) with its planned activation arena
+//! and every kernel launch recorded once. Running a step only rewrites a few parameter words
+//! (learning rate, dropout seed) and replays the launches.
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Init, ParamGroup, ParamId, StateId};
+use crate::gpu::{Dispatch, View};
+use crate::ops;
+use crate::plan::{self, ArenaLimits, ArenaPlan, MemoryReport, TensorRequest};
+use crate::schedule::{self, LaunchOp, Loc, Mode, Schedule, BN_EPS, BN_MOMENTUM};
+use crate::Gpu;
+use rand::SeedableRng;
+use rand_distr::Distribution;
+use std::sync::Arc;
+
+/// Alignment of every arena offset, in bytes: WebGPU's storage offset alignment, which also
+/// keeps every tensor on its own cache lines.
+pub const ARENA_ALIGNMENT: u64 = 256;
+
+pub use crate::ops::sgd::SgdHyper;
+
+/// Groups of persistent tensors laid out back to back in as few buffers as the binding
+/// limit allows. Parameters, gradients and momentum share one layout, so one SGD launch per
+/// buffer updates everything.
+#[derive(Clone, Debug, Default)]
+pub struct Segments {
+    /// Elements per buffer.
+    pub buffer_elems: Vec<u64>,
+    /// (buffer, element offset) of each group.
+    pub places: Vec<(usize, u32)>,
+}
+
+impl Segments {
+    pub fn layout(groups: &[ParamGroup], max_buffer_bytes: u64) -> Result<Segments> {
+        let max_elems = max_buffer_bytes / 4;
+        let mut s = Segments::default();
+        for g in groups {
+            // Group starts are 4-element aligned, so kernels may use vector loads.
+            let len = (g.len() as u64).next_multiple_of(4);
+            if len > max_elems {
+                let name = g.tensors.first().map(|t| t.name.as_str()).unwrap_or("?");
+                return Err(Error::TooLarge(format!(
+                    "parameter `{name}` needs {} bytes, more than one storage binding holds ({max_buffer_bytes})",
+                    len * 4
+                )));
+            }
+            if s.buffer_elems.last().is_none_or(|&used| used + len > max_elems) {
+                s.buffer_elems.push(0);
+            }
+            let b = s.buffer_elems.len() - 1;
+            s.places.push((b, s.buffer_elems[b] as u32));
+            s.buffer_elems[b] += len;
+        }
+        Ok(s)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.buffer_elems.iter().sum::<u64>() * 4
+    }
+}
+
+/// The persistent layout and the activation plan of one schedule, computed without a GPU.
+#[derive(Clone, Debug)]
+pub struct MemoryPlan {
+    pub params: Segments,
+    pub states: Segments,
+    pub schedule: Schedule,
+    pub arena: ArenaPlan,
+    pub mode: Mode,
+}
+
+impl MemoryPlan {
+    pub fn new(graph: &Graph, mode: Mode, limits: &ArenaLimits) -> Result<MemoryPlan> {
+        let params = Segments::layout(&graph.params, limits.max_buffer_bytes)?;
+        let states = Segments::layout(&graph.states, limits.max_buffer_bytes)?;
+        let schedule = schedule::compile(graph, mode)?;
+        let requests: Vec<TensorRequest> = schedule.requests(graph);
+        let arena = plan::plan_arena(&requests, limits)?;
+        Ok(MemoryPlan { params, states, schedule, arena, mode })
+    }
+
+    /// Peak bytes by category for this schedule. Parameters include the batch-norm running
+    /// statistics; gradients and optimizer state exist only when training. `total` is every
+    /// byte the executor allocates: persistent buffers plus the activation arena.
+    pub fn report(&self) -> MemoryReport {
+        let arena = self.arena.report();
+        let train = self.mode == Mode::Train;
+        let parameters = self.params.bytes() + self.states.bytes();
+        let gradients = if train { self.params.bytes() } else { 0 };
+        let optimizer = gradients;
+        MemoryReport {
+            parameters,
+            gradients,
+            optimizer,
+            activations: arena.activations,
+            workspace: arena.workspace,
+            peak_live: arena.peak_live + parameters + gradients + optimizer,
+            total: arena.total + parameters + gradients + optimizer,
+        }
+    }
+}
+
+struct Persistent {
+    params: Vec<wgpu::Buffer>,
+    grads: Vec<wgpu::Buffer>,
+    momentum: Vec<wgpu::Buffer>,
+    states: Vec<wgpu::Buffer>,
+}
+
+/// A model's persistent state on one device, and its compiled programs.
+pub struct Session {
+    pub gpu: Arc<Gpu>,
+    pub graph: Graph,
+    limits: ArenaLimits,
+    param_layout: Segments,
+    state_layout: Segments,
+    persistent: Persistent,
+    train: Option<Program>,
+    eval: Option<Program>,
+    /// Training steps taken; keys the dropout masks.
+    pub step: u64,
+    /// Batches normalised with batch statistics (PyTorch's `num_batches_tracked`).
+    pub batches_tracked: u64,
+}
+
+/// Loss and correct-prediction count of one batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepResult {
+    pub loss: f32,
+    pub correct: u32,
+}
+
+impl Session {
+    /// Allocates the persistent state and initialises parameters like PyTorch's DenseNet,
+    /// deterministically from `seed`.
+    pub async fn new(gpu: Arc<Gpu>, graph: Graph, seed: u64) -> Result<Session> {
+        graph.validate()?;
+        let limits = ArenaLimits { max_buffer_bytes: gpu.max_binding_bytes(), alignment: ARENA_ALIGNMENT };
+        let param_layout = Segments::layout(&graph.params, limits.max_buffer_bytes)?;
+        let state_layout = Segments::layout(&graph.states, limits.max_buffer_bytes)?;
+        let alloc = async |name: &str, layout: &Segments| -> Result<Vec<wgpu::Buffer>> {
+            let mut out = Vec::new();
+            for (i, &elems) in layout.buffer_elems.iter().enumerate() {
+                out.push(gpu.storage_buffer(&format!("{name} {i}"), elems * 4).await?);
+            }
+            Ok(out)
+        };
+        let persistent = Persistent {
+            params: alloc("parameters", &param_layout).await?,
+            grads: alloc("gradients", &param_layout).await?,
+            momentum: alloc("momentum", &param_layout).await?,
+            states: alloc("running statistics", &state_layout).await?,
+        };
+        let session = Session {
+            gpu,
+            graph,
+            limits,
+            param_layout,
+            state_layout,
+            persistent,
+            train: None,
+            eval: None,
+            step: 0,
+            batches_tracked: 0,
+        };
+        session.initialise(seed);
+        Ok(session)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking(gpu: Arc<Gpu>, graph: Graph, seed: u64) -> Result<Session> {
+        pollster::block_on(Self::new(gpu, graph, seed))
+    }
+
+    fn initialise(&self, seed: u64) {
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+        for (i, group) in self.graph.params.iter().enumerate() {
+            let values: Vec<f32> = group.tensors.iter().flat_map(|t| init_values(t.init, t.len(), &mut rng)).collect();
+            self.write_group(&self.persistent.params, &self.param_layout, i, &values);
+        }
+        // Momentum starts at zero, which makes the first update PyTorch's `buf = g` exactly.
+        for (b, &elems) in self.persistent.momentum.iter().zip(&self.param_layout.buffer_elems) {
+            self.gpu.fill_f32(b, 0, elems as usize, 0.0);
+        }
+        for (i, group) in self.graph.states.iter().enumerate() {
+            let values: Vec<f32> = group.tensors.iter().flat_map(|t| init_values(t.init, t.len(), &mut rng)).collect();
+            self.write_group(&self.persistent.states, &self.state_layout, i, &values);
+        }
+    }
+
+    fn write_group(&self, buffers: &[wgpu::Buffer], layout: &Segments, group: usize, values: &[f32]) {
+        let (b, offset) = layout.places[group];
+        self.gpu.write_f32(&buffers[b], offset as u64, values);
+    }
+
+    /// Every persistent tensor by its torchvision state-dict name, with its PyTorch shape:
+    /// parameters, then running statistics.
+    pub async fn state_dict(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        let mut out = Vec::new();
+        let sets = [
+            (&self.graph.params, &self.param_layout, &self.persistent.params),
+            (&self.graph.states, &self.state_layout, &self.persistent.states),
+        ];
+        for (groups, layout, buffers) in sets {
+            for (i, g) in groups.iter().enumerate() {
+                let (b, offset) = layout.places[i];
+                let values = self.gpu.read_f32(&buffers[b], offset as u64, g.len()).await?;
+                let mut at = 0;
+                for t in &g.tensors {
+                    out.push((t.name.clone(), t.shape.clone(), values[at..at + t.len()].to_vec()));
+                    at += t.len();
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads one parameter gradient group (after a training step), in the group's layout.
+    pub async fn gradient(&self, p: ParamId) -> Result<Vec<f32>> {
+        let (b, offset) = self.param_layout.places[p.0];
+        self.gpu.read_f32(&self.persistent.grads[b], offset as u64, self.graph.params[p.0].len()).await
+    }
+
+    /// Overwrites a persistent tensor by its state-dict name. The length must match.
+    pub fn set_tensor(&self, name: &str, values: &[f32]) -> Result<()> {
+        let sets = [
+            (&self.graph.params, &self.param_layout, &self.persistent.params),
+            (&self.graph.states, &self.state_layout, &self.persistent.states),
+        ];
+        for (groups, layout, buffers) in sets {
+            for (i, g) in groups.iter().enumerate() {
+                let mut at = 0u64;
+                for t in &g.tensors {
+                    if t.name == name {
+                        if values.len() != t.len() {
+                            return Err(Error::Shape(format!(
+                                "`{name}` has {} values, expected {} (shape {:?})",
+                                values.len(),
+                                t.len(),
+                                t.shape
+                            )));
+                        }
+                        let (b, offset) = layout.places[i];
+                        self.gpu.write_f32(&buffers[b], offset as u64 + at, values);
+                        return Ok(());
+                    }
+                    at += t.len() as u64;
+                }
+            }
+        }
+        Err(Error::Shape(format!("the model has no tensor named `{name}`")))
+    }
+
+    pub fn memory_plan(&self, mode: Mode) -> Result<MemoryPlan> {
+        MemoryPlan::new(&self.graph, mode, &self.limits)
+    }
+
+    async fn program(&mut self, mode: Mode) -> Result<&mut Program> {
+        let slot = match mode {
+            Mode::Train => &mut self.train,
+            Mode::Eval => &mut self.eval,
+        };
+        if slot.is_none() {
+            let plan = MemoryPlan::new(&self.graph, mode, &self.limits)?;
+            *slot = Some(Program::new(&self.gpu, plan, &self.persistent).await?);
+        }
+        Ok(slot.as_mut().unwrap())
+    }
+
+    /// Compiles and allocates the program for `mode` now (otherwise the first step does).
+    pub async fn prepare(&mut self, mode: Mode) -> Result<()> {
+        self.program(mode).await.map(|_| ())
+    }
+
+    /// Frees a compiled program's arena (e.g. the training arena before a long evaluation).
+    pub fn release(&mut self, mode: Mode) {
+        match mode {
+            Mode::Train => self.train = None,
+            Mode::Eval => self.eval = None,
+        }
+    }
+
+    /// Bytes allocated on the device: persistent buffers plus every compiled program's arena.
+    pub fn allocated_bytes(&self) -> u64 {
+        let p = &self.persistent;
+        let persistent: u64 = [&p.params, &p.grads, &p.momentum, &p.states].iter().flat_map(|v| v.iter()).map(|b| b.size()).sum();
+        persistent + [&self.train, &self.eval].iter().filter_map(|p| p.as_ref()).map(|p| p.arena_bytes()).sum::<u64>()
+    }
+
+    /// Bytes of the compiled program's activation arena, if it is compiled.
+    pub fn arena_bytes(&self, mode: Mode) -> Option<u64> {
+        match mode {
+            Mode::Train => self.train.as_ref(),
+            Mode::Eval => self.eval.as_ref(),
+        }
+        .map(Program::arena_bytes)
+    }
+
+    fn check_batch(&self, images: &[f32], labels: &[u32]) -> Result<()> {
+        let input = self.graph.input.unwrap();
+        let [c, n, h, w] = self.graph.shape(input);
+        let expected = (c * n * h * w) as usize;
+        if images.len() != expected {
+            return Err(Error::Shape(format!(
+                "expected a batch of {n} images of {c}x{h}x{w} ({expected} values in NCHW order), got {} values",
+                images.len()
+            )));
+        }
+        if labels.len() != n as usize {
+            return Err(Error::Shape(format!("expected {n} labels, got {}", labels.len())));
+        }
+        let classes = self.graph.shape(self.graph.logits.unwrap())[0];
+        if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
+            return Err(Error::Shape(format!("label {bad} is out of range for {classes} classes")));
+        }
+        Ok(())
+    }
+
+    /// Writes a batch (NCHW images, as PyTorch takes them) into the program's input values.
+    fn upload(&self, program: &Program, images: &[f32], labels: &[u32]) {
+        let [c, n, h, w] = self.graph.shape(self.graph.input.unwrap());
+        let plane = (h * w) as usize;
+        let mut cnhw = vec![0.0f32; images.len()];
+        for i in 0..n as usize {
+            for ch in 0..c as usize {
+                let src = (i * c as usize + ch) * plane;
+                let dst = (ch * n as usize + i) * plane;
+                cnhw[dst..dst + plane].copy_from_slice(&images[src..src + plane]);
+            }
+        }
+        let (b, off) = program.value_place(program.schedule.input);
+        self.gpu.write_f32(&program.arena[b], off, &cnhw);
+        if let Some(l) = program.schedule.labels {
+            let (b, off) = program.value_place(l);
+            let as_f32: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+            self.gpu.write_f32(&program.arena[b], off, &as_f32);
+        }
+    }
+
+    /// One SGD training step on a batch: forward (batch statistics), backward, update.
+    /// Returns the batch's loss and correct count from before the update.
+    pub async fn train_step(&mut self, images: &[f32], labels: &[u32], sgd: &SgdHyper) -> Result<StepResult> {
+        self.check_batch(images, labels)?;
+        let step = self.step;
+        let gpu = self.gpu.clone();
+        self.program(Mode::Train).await?;
+        let program = self.train.as_ref().unwrap();
+        self.upload(program, images, labels);
+        program.set_step(&gpu, step, sgd);
+        gpu.run(&program.dispatches).await?;
+        let result = program.read_loss(&gpu).await?;
+        self.step += 1;
+        self.batches_tracked += 1;
+        Ok(result)
+    }
+
+    /// Inference on a batch with running statistics: the logits as (N, classes), row-major,
+    /// plus the loss and correct count against `labels`.
+    pub async fn eval_batch(&mut self, images: &[f32], labels: &[u32]) -> Result<(Vec<f32>, StepResult)> {
+        self.check_batch(images, labels)?;
+        let gpu = self.gpu.clone();
+        self.program(Mode::Eval).await?;
+        let program = self.eval.as_ref().unwrap();
+        self.upload(program, images, labels);
+        gpu.run(&program.dispatches).await?;
+        let result = program.read_loss(&gpu).await?;
+        let [k, n, _, _] = self.graph.shape(self.graph.logits.unwrap());
+        let (b, off) = program.value_place(program.schedule.logits);
+        let class_major = gpu.read_f32(&program.arena[b], off, (k * n) as usize).await?;
+        let mut logits = vec![0.0; class_major.len()];
+        for c in 0..k as usize {
+            for i in 0..n as usize {
+                logits[i * k as usize + c] = class_major[c * n as usize + i];
+            }
+        }
+        Ok((logits, result))
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn train_step_blocking(&mut self, images: &[f32], labels: &[u32], sgd: &SgdHyper) -> Result<StepResult> {
+        pollster::block_on(self.train_step(images, labels, sgd))
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn eval_batch_blocking(&mut self, images: &[f32], labels: &[u32]) -> Result<(Vec<f32>, StepResult)> {
+        pollster::block_on(self.eval_batch(images, labels))
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn state_dict_blocking(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        pollster::block_on(self.state_dict())
+    }
+}
+
+fn init_values(init: Init, len: usize, rng: &mut rand_pcg::Pcg64) -> Vec<f32> {
+    match init {
+        Init::HeFanOut { fan_out } => {
+            let normal = rand_distr::Normal::new(0.0f32, (2.0 / fan_out as f32).sqrt()).unwrap();
+            (0..len).map(|_| normal.sample(rng)).collect()
+        }
+        Init::Uniform { bound } => {
+            let uniform = rand_distr::Uniform::new_inclusive(-bound, bound).unwrap();
+            (0..len).map(|_| uniform.sample(rng)).collect()
+        }
+        Init::Constant(v) => vec![v; len],
+    }
+}
+
+/// Per-step parameter words that change: which launches carry a dropout seed or the
+/// learning rate, and how to rebuild their words.
+enum StepParams {
+    Dropout { launch: usize, len: u32, x: u32, y: u32, rate: f32, key: u32, accumulate: bool },
+    Sgd { launch: usize, len: u32, offset: u32 },
+}
+
+/// One compiled schedule with its arena and recorded launches.
+pub struct Program {
+    pub schedule: Schedule,
+    pub plan: ArenaPlan,
+    arena: Vec<wgpu::Buffer>,
+    dispatches: Vec<Dispatch>,
+    step_params: Vec<StepParams>,
+}
+
+impl Program {
+    async fn new(gpu: &Gpu, memory: MemoryPlan, persistent: &Persistent) -> Result<Program> {
+        let MemoryPlan { params: param_layout, states: state_layout, schedule, arena: plan, .. } = memory;
+        let mut arena = Vec::new();
+        for (i, &bytes) in plan.buffer_bytes.iter().enumerate() {
+            arena.push(gpu.storage_buffer(&format!("arena {i}"), bytes).await?);
+        }
+        let mut program = Program { schedule, plan, arena, dispatches: Vec::new(), step_params: Vec::new() };
+        let resolve = |loc: Loc| -> View<'_> {
+            match loc {
+                Loc::Value { value, offset } => {
+                    let p = program.plan.placements[value.0];
+                    View::new(&program.arena[p.buffer], (p.offset / 4) as u32 + offset)
+                }
+                Loc::Param(id) => {
+                    let (b, off) = param_layout.places[id.0];
+                    View::new(&persistent.params[b], off)
+                }
+                Loc::Grad(id) => {
+                    let (b, off) = param_layout.places[id.0];
+                    View::new(&persistent.grads[b], off)
+                }
+                Loc::State(StateId(id)) => {
+                    let (b, off) = state_layout.places[id];
+                    View::new(&persistent.states[b], off)
+                }
+            }
+        };
+        let mut dispatches = Vec::new();
+        let mut step_params = Vec::new();
+        for launch in &program.schedule.launches {
+            let r = resolve;
+            use ops::{batchnorm as bn, conv, elementwise as ew, linear, loss, pool};
+            let d = match launch.op {
+                LaunchOp::ConvForward { shape, x, w, y } => conv::conv2d_forward(gpu, &shape, r(x), r(w), r(y)),
+                LaunchOp::ConvBackwardInput { shape, dy, w, dx, accumulate } => {
+                    conv::conv2d_backward_input(gpu, &shape, r(dy), r(w), r(dx), accumulate)
+                }
+                LaunchOp::ConvBackwardWeight { shape, x, dy, dw, accumulate } => {
+                    conv::conv2d_backward_weight(gpu, &shape, r(x), r(dy), r(dw), accumulate)
+                }
+                LaunchOp::BnTrainStats { shape, x, stats, running } => {
+                    bn::batchnorm_train_stats(gpu, shape, r(x), r(stats), r(running), BN_MOMENTUM, BN_EPS)
+                }
+                LaunchOp::BnEvalStats { shape, running, stats } => {
+                    bn::batchnorm_eval_stats(gpu, shape.c, r(running), r(stats), BN_EPS)
+                }
+                LaunchOp::BnApply { shape, x, stats, affine, y, relu } => {
+                    bn::batchnorm_apply(gpu, shape, r(x), r(stats), r(affine), r(y), relu)
+                }
+                LaunchOp::BnBackward { shape, x, dy, stats, affine, grad_affine, dx, relu, accumulate } => match dx {
+                    Some(dx) => bn::batchnorm_backward(
+                        gpu,
+                        shape,
+                        r(x),
+                        r(dy),
+                        r(stats),
+                        r(affine),
+                        r(grad_affine),
+                        r(dx),
+                        relu,
+                        false,
+                        accumulate,
+                    ),
+                    None => bn::batchnorm_backward_affine(
+                        gpu,
+                        shape,
+                        r(x),
+                        r(dy),
+                        r(stats),
+                        r(affine),
+                        r(grad_affine),
+                        relu,
+                        false,
+                    ),
+                },
+                LaunchOp::ReluForward { len, x, y } => ew::relu_forward(gpu, len, r(x), r(y)),
+                LaunchOp::ReluBackward { len, x, dy, dx, accumulate } => {
+                    assert!(!accumulate, "TODO relu accumulate");
+                    ew::relu_backward(gpu, len, r(x), r(dy), r(dx))
+                }
+                LaunchOp::DropoutForward { len, rate, key, x, y } => {
+                    let (x, y) = (r(x), r(y));
+                    step_params.push(StepParams::Dropout {
+                        launch: dispatches.len(),
+                        len,
+                        x: x.offset,
+                        y: y.offset,
+                        rate,
+                        key,
+                        accumulate: false,
+                    });
+                    ew::dropout_forward(gpu, len, x, y, rate, [key, 0])
+                }
+                LaunchOp::DropoutBackward { len, rate, key, dy, dx, accumulate } => {
+                    let (dy, dx) = (r(dy), r(dx));
+                    step_params.push(StepParams::Dropout {
+                        launch: dispatches.len(),
+                        len,
+                        x: dy.offset,
+                        y: dx.offset,
+                        rate,
+                        key,
+                        accumulate,
+                    });
+                    ew::dropout_backward(gpu, len, dy, dx, rate, [key, 0], accumulate)
+                }
+                LaunchOp::AvgPoolForward { shape, x, y } => pool::avg_pool_forward(gpu, shape, r(x), r(y)),
+                LaunchOp::AvgPoolBackward { shape, dy, dx, accumulate } => {
+                    pool::avg_pool_backward(gpu, shape, r(dy), r(dx), accumulate)
+                }
+                LaunchOp::MaxPoolForward { shape, x, y } => pool::max_pool_forward(gpu, shape, r(x), r(y)),
+                LaunchOp::MaxPoolBackward { shape, x, dy, dx, accumulate } => {
+                    pool::max_pool_backward(gpu, shape, r(x), r(dy), r(dx), accumulate)
+                }
+                LaunchOp::GlobalAvgPoolForward { shape, x, y } => pool::global_avg_pool_forward(gpu, shape, r(x), r(y)),
+                LaunchOp::GlobalAvgPoolBackward { shape, dy, dx, accumulate } => {
+                    pool::global_avg_pool_backward(gpu, shape, r(dy), r(dx), accumulate)
+                }
+                LaunchOp::LinearForward { shape, x, params, y } => {
+                    let w = r(params);
+                    linear::forward(gpu, shape, r(x), w, w.at(shape.out_features * shape.in_features), r(y))
+                }
+                LaunchOp::LinearBackwardParams { shape, x, dy, grad_params } => {
+                    let dw = r(grad_params);
+                    let db = dw.at(shape.out_features * shape.in_features);
+                    dispatches.push(linear::backward_weight(gpu, shape, r(x), r(dy), dw, false));
+                    linear::backward_bias(gpu, shape, r(dy), db, false)
+                }
+                LaunchOp::LinearBackwardInput { shape, dy, params, dx, accumulate } => {
+                    linear::backward_input(gpu, shape, r(params), r(dy), r(dx), accumulate)
+                }
+                LaunchOp::Copy { len, x, y } => ew::copy(gpu, len, r(x), r(y)),
+                LaunchOp::Add { len, x, y } => ew::add(gpu, len, r(x), r(y)),
+                LaunchOp::Fill { len, y, value } => todo!("fill {len} {:?} {value}", r(y)),
+                LaunchOp::Loss { n, classes, logits, labels, loss, dlogits } => {
+                    let l = r(loss);
+                    let s = loss::LossShape::new(classes, n);
+                    loss::cross_entropy(gpu, s, r(logits), r(labels), dlogits.map(r), l, l.at(1), false)
+                }
+                LaunchOp::SgdUpdate => {
+                    for (b, &elems) in param_layout.buffer_elems.iter().enumerate() {
+                        let len = elems as u32;
+                        fn view(buffers: &[wgpu::Buffer], b: usize) -> View<'_> {
+                            View::new(&buffers[b], 0)
+                        }
+                        step_params.push(StepParams::Sgd { launch: dispatches.len(), len, offset: 0 });
+                        dispatches.push(ops::sgd::sgd_step(
+                            gpu,
+                            len,
+                            view(&persistent.params, b),
+                            view(&persistent.grads, b),
+                            Some(view(&persistent.momentum, b)),
+                            &SgdHyper::densenet_cifar(),
+                        ));
+                    }
+                    continue;
+                }
+            };
+            dispatches.push(d);
+        }
+        program.dispatches = dispatches;
+        program.step_params = step_params;
+        Ok(program)
+    }
+
+    fn value_place(&self, v: crate::schedule::ValueId) -> (usize, u64) {
+        let p = self.plan.placements[v.0];
+        (p.buffer, p.offset / 4)
+    }
+
+    pub fn arena_bytes(&self) -> u64 {
+        self.arena.iter().map(|b| b.size()).sum()
+    }
+
+    /// Rewrites what changes between steps: dropout seeds and the SGD hyper-parameters.
+    fn set_step(&self, gpu: &Gpu, step: u64, sgd: &SgdHyper) {
+        for p in &self.step_params {
+            match *p {
+                StepParams::Dropout { launch, len, x, y, rate, key, accumulate } => {
+                    let seed = [key, step as u32];
+                    self.dispatches[launch].set_params(gpu, &ops::elementwise::dropout_params(len, x, y, rate, seed, accumulate));
+                }
+                StepParams::Sgd { launch, len, offset } => {
+                    self.dispatches[launch].set_params(gpu, &ops::sgd::sgd_params(len, offset, offset, offset, sgd));
+                }
+            }
+        }
+    }
+
+    async fn read_loss(&self, gpu: &Gpu) -> Result<StepResult> {
+        let Some(loss) = self.schedule.loss else {
+            return Ok(StepResult { loss: f32::NAN, correct: 0 });
+        };
+        let (b, off) = self.value_place(loss);
+        let v = gpu.read_f32(&self.arena[b], off, 2).await?;
+        Ok(StepResult { loss: v[0], correct: v[1] as u32 })
+    }
+}
+
+/// Memory plans of a graph without a device, for the default WebGPU binding limit.
+pub fn memory_report(graph: &Graph, mode: Mode) -> Result<MemoryReport> {
+    Ok(MemoryPlan::new(graph, mode, &ArenaLimits::WEBGPU_DEFAULT)?.report())
+}

@@ -1,0 +1,348 @@
+//! The network, described once as a static graph of typed nodes over tensors. Three consumers
+//! read it: the schedule compiler (which derives backward, recomputation and lifetimes, and so
+//! feeds the memory planner and the executor) and the ONNX exporter.
+//!
+//! Tensors are channel ranges of *storages*. A storage is one planned allocation of shape
+//! (C, N, H, W) in channel-major order, so any channel range of it is contiguous. A dense block
+//! is one storage: each layer writes its new channels into its own range and the next layer
+//! reads a channel prefix, so concatenation costs nothing. Where a graph copies instead (the
+//! naive memory mode), it says so with explicit [`Op::Copy`] nodes.
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StorageId(pub usize);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(pub usize);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub usize);
+/// A group of learnable tensors kept contiguous, so one kernel binding reaches all of them
+/// (a batch norm's weight and bias, a linear layer's weight and bias).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParamId(pub usize);
+/// A group of non-learnable persistent tensors (a batch norm's running mean and variance).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StateId(pub usize);
+
+/// One planned allocation, channel-major (C, N, H, W).
+#[derive(Clone, Debug)]
+pub struct Storage {
+    pub name: String,
+    pub c: u32,
+    pub n: u32,
+    pub h: u32,
+    pub w: u32,
+}
+
+impl Storage {
+    pub fn channel_elems(&self) -> u32 {
+        self.n * self.h * self.w
+    }
+    pub fn elems(&self) -> u64 {
+        self.c as u64 * self.channel_elems() as u64
+    }
+}
+
+/// A channel range `[c0, c0 + c)` of a storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tensor {
+    pub storage: StorageId,
+    pub c0: u32,
+    pub c: u32,
+}
+
+/// How a parameter starts (PyTorch's DenseNet initialisation).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// N(0, sqrt(2 / fan_out)) (He, fan-out), for convolutions.
+    HeFanOut { fan_out: u32 },
+    /// U(-bound, bound), PyTorch's default for a linear weight (bound = 1/sqrt(fan_in)).
+    Uniform { bound: f32 },
+    Constant(f32),
+}
+
+#[derive(Clone, Debug)]
+pub struct ParamTensor {
+    /// The torchvision state-dict key, e.g. `features.denseblock1.denselayer1.conv1.weight`.
+    pub name: String,
+    /// PyTorch shape (OIHW for convs, (out, in) for linear).
+    pub shape: Vec<usize>,
+    pub init: Init,
+}
+
+impl ParamTensor {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ParamGroup {
+    pub tensors: Vec<ParamTensor>,
+}
+
+impl ParamGroup {
+    pub fn len(&self) -> usize {
+        self.tensors.iter().map(ParamTensor::len).sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Op {
+    /// No bias. Input and output shapes come from the tensors.
+    Conv2d { weight: ParamId, kernel: u32, stride: u32, pad: u32 },
+    /// Batch norm over the input's channels, optionally followed by ReLU. Training mode
+    /// normalises with the batch statistics, which it saves in `stats` (a 2·C storage holding
+    /// mean and 1/sqrt(var + eps)) for backward and for recomputation; eval mode uses `running`.
+    BatchNorm { affine: ParamId, running: StateId, stats: StorageId, relu: bool },
+    Relu,
+    /// Inverted dropout; `key` makes each dropout's mask distinct and reproducible.
+    Dropout { rate: f32, key: u32 },
+    AvgPool2x2,
+    MaxPool3x3s2p1,
+    GlobalAvgPool,
+    /// Input (in, N) with 1x1 spatial, weight group [weight (out, in), bias (out)].
+    Linear { params: ParamId },
+    /// Output is a copy of the input; used where a graph materialises a concatenation.
+    Copy,
+    /// Inputs [logits (K, N), labels (1, N) as f32 class indices]; output (2, 1): mean loss and
+    /// the number of correct predictions. In training it also seeds the logits' gradient.
+    SoftmaxCrossEntropy,
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<TensorId>,
+    pub output: TensorId,
+    /// Training keeps no copy of this node's output for backward: backward recomputes it
+    /// from the node's inputs (and, for batch norm, from the statistics saved in forward).
+    pub recompute: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub batch: u32,
+    pub storages: Vec<Storage>,
+    pub tensors: Vec<Tensor>,
+    pub params: Vec<ParamGroup>,
+    pub states: Vec<ParamGroup>,
+    pub nodes: Vec<Node>,
+    pub input: Option<TensorId>,
+    pub labels: Option<TensorId>,
+    pub logits: Option<TensorId>,
+    pub loss: Option<TensorId>,
+}
+
+impl Graph {
+    pub fn new(batch: u32) -> Self {
+        Graph { batch, ..Default::default() }
+    }
+
+    pub fn tensor(&self, t: TensorId) -> &Tensor {
+        &self.tensors[t.0]
+    }
+
+    pub fn storage_of(&self, t: TensorId) -> &Storage {
+        &self.storages[self.tensors[t.0].storage.0]
+    }
+
+    /// (C, N, H, W) of a tensor.
+    pub fn shape(&self, t: TensorId) -> [u32; 4] {
+        let s = self.storage_of(t);
+        [self.tensors[t.0].c, s.n, s.h, s.w]
+    }
+
+    pub fn elems(&self, t: TensorId) -> u64 {
+        let [c, n, h, w] = self.shape(t);
+        c as u64 * n as u64 * h as u64 * w as u64
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.params.iter().map(ParamGroup::len).sum()
+    }
+
+    pub fn new_storage(&mut self, name: impl Into<String>, c: u32, h: u32, w: u32) -> StorageId {
+        self.storages.push(Storage { name: name.into(), c, n: self.batch, h, w });
+        StorageId(self.storages.len() - 1)
+    }
+
+    /// A small storage whose shape is not an activation's (statistics, the loss).
+    pub fn new_vector(&mut self, name: impl Into<String>, len: u32) -> StorageId {
+        self.storages.push(Storage { name: name.into(), c: len, n: 1, h: 1, w: 1 });
+        StorageId(self.storages.len() - 1)
+    }
+
+    pub fn view(&mut self, storage: StorageId, c0: u32, c: u32) -> TensorId {
+        assert!(c0 + c <= self.storages[storage.0].c, "view beyond storage {}", self.storages[storage.0].name);
+        self.tensors.push(Tensor { storage, c0, c });
+        TensorId(self.tensors.len() - 1)
+    }
+
+    /// A new storage holding exactly one tensor.
+    pub fn new_tensor(&mut self, name: impl Into<String>, c: u32, h: u32, w: u32) -> TensorId {
+        let s = self.new_storage(name, c, h, w);
+        self.view(s, 0, c)
+    }
+
+    pub fn add_params(&mut self, tensors: Vec<ParamTensor>) -> ParamId {
+        self.params.push(ParamGroup { tensors });
+        ParamId(self.params.len() - 1)
+    }
+
+    pub fn add_state(&mut self, tensors: Vec<ParamTensor>) -> StateId {
+        self.states.push(ParamGroup { tensors });
+        StateId(self.states.len() - 1)
+    }
+
+    pub fn add_node(&mut self, name: impl Into<String>, op: Op, inputs: Vec<TensorId>, output: TensorId) -> NodeId {
+        self.nodes.push(Node { name: name.into(), op, inputs, output, recompute: false });
+        NodeId(self.nodes.len() - 1)
+    }
+
+    // ---- Builders for each op: they create parameters with torchvision's names and the
+    // ---- output tensor (a fresh storage, or a given destination such as a block slice).
+
+    pub fn input_image(&mut self, c: u32, h: u32, w: u32) -> TensorId {
+        let t = self.new_tensor("input", c, h, w);
+        self.input = Some(t);
+        t
+    }
+
+    /// `name` is the module path, e.g. `features.conv0`; the weight is `{name}.weight`.
+    pub fn conv2d(&mut self, name: &str, x: TensorId, out: Conv2dOut, kernel: u32, stride: u32, pad: u32) -> TensorId {
+        let [c_in, _, h, w] = self.shape(x);
+        let (oh, ow) = ((h + 2 * pad - kernel) / stride + 1, (w + 2 * pad - kernel) / stride + 1);
+        let y = match out {
+            Conv2dOut::New(c_out) => self.new_tensor(format!("{name}.out"), c_out, oh, ow),
+            Conv2dOut::Into(t) => t,
+        };
+        let [c_out, _, yh, yw] = self.shape(y);
+        assert_eq!((yh, yw), (oh, ow), "{name}: destination has the wrong spatial size");
+        let weight = self.add_params(vec![ParamTensor {
+            name: format!("{name}.weight"),
+            shape: vec![c_out as usize, c_in as usize, kernel as usize, kernel as usize],
+            init: Init::HeFanOut { fan_out: c_out * kernel * kernel },
+        }]);
+        self.add_node(name, Op::Conv2d { weight, kernel, stride, pad }, vec![x], y);
+        y
+    }
+
+    pub fn batch_norm(&mut self, name: &str, x: TensorId, relu: bool) -> TensorId {
+        let [c, _, h, w] = self.shape(x);
+        let y = self.new_tensor(format!("{name}.out"), c, h, w);
+        self.batch_norm_into(name, x, y, relu);
+        y
+    }
+
+    pub fn batch_norm_into(&mut self, name: &str, x: TensorId, y: TensorId, relu: bool) -> NodeId {
+        let c = self.shape(x)[0] as usize;
+        let tensor = |suffix: &str, v: f32| ParamTensor { name: format!("{name}.{suffix}"), shape: vec![c], init: Init::Constant(v) };
+        let affine = self.add_params(vec![tensor("weight", 1.0), tensor("bias", 0.0)]);
+        let running = self.add_state(vec![tensor("running_mean", 0.0), tensor("running_var", 1.0)]);
+        let stats = self.new_vector(format!("{name}.batch_stats"), 2 * c as u32);
+        self.add_node(name, Op::BatchNorm { affine, running, stats, relu }, vec![x], y)
+    }
+
+    pub fn relu(&mut self, name: &str, x: TensorId) -> TensorId {
+        let [c, _, h, w] = self.shape(x);
+        let y = self.new_tensor(format!("{name}.out"), c, h, w);
+        self.add_node(name, Op::Relu, vec![x], y);
+        y
+    }
+
+    pub fn dropout_into(&mut self, name: &str, x: TensorId, y: TensorId, rate: f32) -> NodeId {
+        let key = self.nodes.len() as u32;
+        self.add_node(name, Op::Dropout { rate, key }, vec![x], y)
+    }
+
+    pub fn pool(&mut self, name: &str, op: Op, x: TensorId, out: Option<TensorId>) -> TensorId {
+        let [c, _, h, w] = self.shape(x);
+        let (oh, ow) = match op {
+            Op::AvgPool2x2 => (h / 2, w / 2),
+            Op::MaxPool3x3s2p1 => ((h - 1) / 2 + 1, (w - 1) / 2 + 1),
+            Op::GlobalAvgPool => (1, 1),
+            _ => panic!("{name}: not a pooling op"),
+        };
+        let y = out.unwrap_or_else(|| self.new_tensor(format!("{name}.out"), c, oh, ow));
+        assert_eq!(self.shape(y), [c, self.batch, oh, ow], "{name}: destination has the wrong shape");
+        self.add_node(name, op, vec![x], y);
+        y
+    }
+
+    pub fn linear(&mut self, name: &str, x: TensorId, out_features: u32) -> TensorId {
+        let in_features = self.shape(x)[0];
+        let y = self.new_tensor(format!("{name}.out"), out_features, 1, 1);
+        let bound = 1.0 / (in_features as f32).sqrt();
+        let params = self.add_params(vec![
+            ParamTensor {
+                name: format!("{name}.weight"),
+                shape: vec![out_features as usize, in_features as usize],
+                init: Init::Uniform { bound },
+            },
+            ParamTensor { name: format!("{name}.bias"), shape: vec![out_features as usize], init: Init::Constant(0.0) },
+        ]);
+        self.add_node(name, Op::Linear { params }, vec![x], y);
+        self.logits = Some(y);
+        y
+    }
+
+    pub fn copy_into(&mut self, name: &str, x: TensorId, y: TensorId) -> NodeId {
+        assert_eq!(self.shape(x), self.shape(y), "{name}: copy between different shapes");
+        self.add_node(name, Op::Copy, vec![x], y)
+    }
+
+    pub fn cross_entropy(&mut self, logits: TensorId) -> TensorId {
+        let labels_storage = self.new_storage("labels", 1, 1, 1);
+        let labels = self.view(labels_storage, 0, 1);
+        let loss_storage = self.new_vector("loss", 2);
+        let loss = self.view(loss_storage, 0, 2);
+        self.add_node("loss", Op::SoftmaxCrossEntropy, vec![logits, labels], loss);
+        self.labels = Some(labels);
+        self.loss = Some(loss);
+        loss
+    }
+
+    /// Checks the invariants every consumer relies on.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.input.is_none() || self.logits.is_none() {
+            return bad("the graph has no input or no logits".into());
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            let out_storage = self.tensor(node.output).storage;
+            if node.recompute {
+                let s = &self.storages[out_storage.0];
+                if self.tensor(node.output).c != s.c {
+                    return bad(format!("node {} is recomputed but shares its output storage {}", node.name, s.name));
+                }
+                if matches!(node.op, Op::SoftmaxCrossEntropy) {
+                    return bad("the loss cannot be recomputed".into());
+                }
+            }
+            for &x in &node.inputs {
+                if self.tensor(x).storage == out_storage && node.op != Op::SoftmaxCrossEntropy {
+                    let (a, b) = (self.tensor(x), self.tensor(node.output));
+                    if a.c0 < b.c0 + b.c && b.c0 < a.c0 + a.c {
+                        return bad(format!("node {i} ({}) reads and writes overlapping channels", node.name));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a conv writes: a fresh tensor with this many channels, or a given destination.
+#[derive(Clone, Copy, Debug)]
+pub enum Conv2dOut {
+    New(u32),
+    Into(TensorId),
+}

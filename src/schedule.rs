@@ -1,0 +1,557 @@
+//! Compiles a [`Graph`] into the exact list of kernel launches of one training step (forward,
+//! recomputation, backward, update) or one inference pass, and into the *values* those
+//! launches touch, each with its lifetime over the launch list.
+//!
+//! A value is one incarnation of a storage: its forward contents, its contents recomputed
+//! during backward, or its gradient. Values are what the memory planner packs into the arena.
+//! Everything here is plain Rust with no GPU, so the memory plan of any model in any mode is
+//! known before a device is opened.
+//!
+//! The rules, none of them specific to DenseNet:
+//! - backward visits nodes in reverse; a node's backward reads the forward values its op
+//!   needs (a conv its input, a batch norm its input and saved statistics, ...);
+//! - a needed value whose producer is marked `recompute` is not kept from forward: the
+//!   producer (and, recursively, whatever recomputed inputs it needs) runs again just before
+//!   its first backward use, batch norm normalising with the statistics saved in forward, so
+//!   running statistics change exactly once per step;
+//! - gradients of a storage accumulate by channel range: the first contribution to a range
+//!   overwrites it, later ones add, and a range that receives nothing is zero-filled.
+
+use crate::graph::{Graph, NodeId, Op, ParamId, StateId, StorageId, TensorId};
+use crate::ops::batchnorm::BatchNormShape;
+use crate::ops::conv::Conv2dShape;
+use crate::ops::linear::LinearShape;
+use crate::ops::pool::PoolShape;
+use crate::plan::{Category, TensorRequest};
+use std::collections::HashMap;
+
+pub const BN_MOMENTUM: f32 = 0.1;
+pub const BN_EPS: f32 = 1e-5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward with batch statistics, backward, and the optimizer update.
+    Train,
+    /// Forward only, with running statistics and no dropout.
+    Eval,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ValueId(pub usize);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueKind {
+    Forward,
+    Recomputed,
+    Gradient,
+}
+
+#[derive(Clone, Debug)]
+pub struct Value {
+    pub storage: StorageId,
+    pub kind: ValueKind,
+    pub elems: u64,
+    /// First and last launch index that touch the value (inclusive).
+    pub first: usize,
+    pub last: usize,
+}
+
+/// Where a kernel operand lives: in a planned value at an element offset, or in the
+/// persistent parameter, gradient or state storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loc {
+    Value { value: ValueId, offset: u32 },
+    Param(ParamId),
+    Grad(ParamId),
+    State(StateId),
+}
+
+/// One kernel launch, named for what it computes, with its operands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LaunchOp {
+    ConvForward { shape: Conv2dShape, x: Loc, w: Loc, y: Loc },
+    ConvBackwardInput { shape: Conv2dShape, dy: Loc, w: Loc, dx: Loc, accumulate: bool },
+    ConvBackwardWeight { shape: Conv2dShape, x: Loc, dy: Loc, dw: Loc, accumulate: bool },
+    BnTrainStats { shape: BatchNormShape, x: Loc, stats: Loc, running: Loc },
+    BnEvalStats { shape: BatchNormShape, running: Loc, stats: Loc },
+    BnApply { shape: BatchNormShape, x: Loc, stats: Loc, affine: Loc, y: Loc, relu: bool },
+    /// γ and β gradients (overwritten), and the input gradient when `dx` is given.
+    BnBackward {
+        shape: BatchNormShape,
+        x: Loc,
+        dy: Loc,
+        stats: Loc,
+        affine: Loc,
+        grad_affine: Loc,
+        dx: Option<Loc>,
+        relu: bool,
+        accumulate: bool,
+    },
+    ReluForward { len: u32, x: Loc, y: Loc },
+    ReluBackward { len: u32, x: Loc, dy: Loc, dx: Loc, accumulate: bool },
+    DropoutForward { len: u32, rate: f32, key: u32, x: Loc, y: Loc },
+    DropoutBackward { len: u32, rate: f32, key: u32, dy: Loc, dx: Loc, accumulate: bool },
+    AvgPoolForward { shape: PoolShape, x: Loc, y: Loc },
+    AvgPoolBackward { shape: PoolShape, dy: Loc, dx: Loc, accumulate: bool },
+    MaxPoolForward { shape: PoolShape, x: Loc, y: Loc },
+    MaxPoolBackward { shape: PoolShape, x: Loc, dy: Loc, dx: Loc, accumulate: bool },
+    GlobalAvgPoolForward { shape: PoolShape, x: Loc, y: Loc },
+    GlobalAvgPoolBackward { shape: PoolShape, dy: Loc, dx: Loc, accumulate: bool },
+    LinearForward { shape: LinearShape, x: Loc, params: Loc, y: Loc },
+    LinearBackwardParams { shape: LinearShape, x: Loc, dy: Loc, grad_params: Loc },
+    LinearBackwardInput { shape: LinearShape, dy: Loc, params: Loc, dx: Loc, accumulate: bool },
+    Copy { len: u32, x: Loc, y: Loc },
+    Add { len: u32, x: Loc, y: Loc },
+    Fill { len: u32, y: Loc, value: f32 },
+    /// Loss and correct count into `loss` (2 floats); with `dlogits`, also its gradient.
+    Loss { n: u32, classes: u32, logits: Loc, labels: Loc, loss: Loc, dlogits: Option<Loc> },
+    /// The optimizer step over every parameter (the executor launches one per segment).
+    SgdUpdate,
+}
+
+impl LaunchOp {
+    /// Every operand of the launch.
+    pub fn locs(&self) -> Vec<Loc> {
+        use LaunchOp::*;
+        match self {
+            ConvForward { x, w, y, .. } => vec![*x, *w, *y],
+            ConvBackwardInput { dy, w, dx, .. } => vec![*dy, *w, *dx],
+            ConvBackwardWeight { x, dy, dw, .. } => vec![*x, *dy, *dw],
+            BnTrainStats { x, stats, running, .. } => vec![*x, *stats, *running],
+            BnEvalStats { running, stats, .. } => vec![*running, *stats],
+            BnApply { x, stats, affine, y, .. } => vec![*x, *stats, *affine, *y],
+            BnBackward { x, dy, stats, affine, grad_affine, dx, .. } => {
+                let mut v = vec![*x, *dy, *stats, *affine, *grad_affine];
+                v.extend(*dx);
+                v
+            }
+            ReluForward { x, y, .. } | Copy { x, y, .. } | Add { x, y, .. } => vec![*x, *y],
+            ReluBackward { x, dy, dx, .. } | MaxPoolBackward { x, dy, dx, .. } => vec![*x, *dy, *dx],
+            DropoutForward { x, y, .. }
+            | AvgPoolForward { x, y, .. }
+            | MaxPoolForward { x, y, .. }
+            | GlobalAvgPoolForward { x, y, .. } => vec![*x, *y],
+            DropoutBackward { dy, dx, .. } | AvgPoolBackward { dy, dx, .. } | GlobalAvgPoolBackward { dy, dx, .. } => {
+                vec![*dy, *dx]
+            }
+            LinearForward { x, params, y, .. } => vec![*x, *params, *y],
+            LinearBackwardParams { x, dy, grad_params, .. } => vec![*x, *dy, *grad_params],
+            LinearBackwardInput { dy, params, dx, .. } => vec![*dy, *params, *dx],
+            Fill { y, .. } => vec![*y],
+            Loss { logits, labels, loss, dlogits, .. } => {
+                let mut v = vec![*logits, *labels, *loss];
+                v.extend(*dlogits);
+                v
+            }
+            SgdUpdate => vec![],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Forward,
+    Recompute,
+    Backward,
+    Update,
+}
+
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub node: Option<NodeId>,
+    pub phase: Phase,
+    pub op: LaunchOp,
+}
+
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    pub mode: Mode,
+    pub values: Vec<Value>,
+    pub launches: Vec<Launch>,
+    /// The forward values the host writes (image and labels) and reads (logits and loss).
+    pub input: ValueId,
+    pub labels: Option<ValueId>,
+    pub logits: ValueId,
+    pub loss: Option<ValueId>,
+}
+
+impl Schedule {
+    /// The memory planner's view: one request per value. A forward value still alive in
+    /// backward is a stored activation; everything else is transient workspace.
+    pub fn requests(&self, graph: &Graph) -> Vec<TensorRequest> {
+        let backward_start =
+            self.launches.iter().position(|l| l.phase != Phase::Forward).unwrap_or(self.launches.len());
+        self.values
+            .iter()
+            .map(|v| {
+                let stored = v.kind == ValueKind::Forward && v.last >= backward_start && self.mode == Mode::Train;
+                let kind = match v.kind {
+                    ValueKind::Forward => "",
+                    ValueKind::Recomputed => " (recomputed)",
+                    ValueKind::Gradient => " (gradient)",
+                };
+                TensorRequest {
+                    name: format!("{}{kind}", graph.storages[v.storage.0].name),
+                    bytes: v.elems * 4,
+                    first_use: v.first,
+                    last_use: v.last,
+                    category: if stored { Category::Activations } else { Category::Workspace },
+                }
+            })
+            .collect()
+    }
+
+    pub fn forward_value(&self, storage: StorageId) -> Option<ValueId> {
+        self.values
+            .iter()
+            .position(|v| v.storage == storage && v.kind == ValueKind::Forward)
+            .map(ValueId)
+    }
+}
+
+/// What a node's backward reads from forward besides the output gradient.
+fn backward_needs_input(op: &Op) -> bool {
+    matches!(op, Op::Conv2d { .. } | Op::BatchNorm { .. } | Op::Relu | Op::MaxPool3x3s2p1 | Op::Linear { .. })
+}
+
+struct Compiler<'g> {
+    graph: &'g Graph,
+    mode: Mode,
+    values: Vec<Value>,
+    launches: Vec<Launch>,
+    forward: HashMap<StorageId, ValueId>,
+    recomputed: HashMap<StorageId, ValueId>,
+    gradient: HashMap<StorageId, ValueId>,
+    /// Channel ranges of each gradient storage that already hold a contribution.
+    written: HashMap<StorageId, Vec<(u32, u32)>>,
+    param_grad_written: Vec<bool>,
+    /// The single node that writes each storage wholly (only such nodes may be recomputed).
+    producer: HashMap<StorageId, NodeId>,
+    has_writer: Vec<bool>,
+}
+
+pub fn compile(graph: &Graph, mode: Mode) -> crate::Result<Schedule> {
+    graph.validate()?;
+    let mut producer = HashMap::new();
+    let mut has_writer = vec![false; graph.storages.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let t = graph.tensor(node.output);
+        has_writer[t.storage.0] = true;
+        if t.c == graph.storages[t.storage.0].c {
+            producer.insert(t.storage, NodeId(i));
+        }
+    }
+    let mut c = Compiler {
+        graph,
+        mode,
+        values: Vec::new(),
+        launches: Vec::new(),
+        forward: HashMap::new(),
+        recomputed: HashMap::new(),
+        gradient: HashMap::new(),
+        written: HashMap::new(),
+        param_grad_written: vec![false; graph.params.len()],
+        producer,
+        has_writer,
+    };
+    let input = c.forward_loc(graph.input.unwrap());
+    let labels = graph.labels.map(|l| c.forward_loc(l));
+    for i in 0..graph.nodes.len() {
+        c.forward_node(NodeId(i), Phase::Forward);
+    }
+    if mode == Mode::Train {
+        for i in (0..graph.nodes.len()).rev() {
+            c.backward_node(NodeId(i));
+        }
+        c.push_launch(Launch { node: None, phase: Phase::Update, op: LaunchOp::SgdUpdate });
+    }
+    // The host reads the logits and the loss after the whole step.
+    let end = c.launches.len().saturating_sub(1);
+    let logits = c.forward[&graph.tensor(graph.logits.unwrap()).storage];
+    c.values[logits.0].last = end;
+    let loss = graph.loss.map(|l| c.forward[&graph.tensor(l).storage]);
+    if let Some(l) = loss {
+        c.values[l.0].last = end;
+    }
+    let value_of = |loc: Loc| match loc {
+        Loc::Value { value, .. } => value,
+        _ => unreachable!(),
+    };
+    Ok(Schedule {
+        mode,
+        values: c.values,
+        launches: c.launches,
+        input: value_of(input),
+        labels: labels.map(value_of),
+        logits,
+        loss,
+    })
+}
+
+impl Compiler<'_> {
+    fn now(&self) -> usize {
+        self.launches.len()
+    }
+
+    fn new_value(&mut self, storage: StorageId, kind: ValueKind) -> ValueId {
+        let at = self.now();
+        self.values.push(Value { storage, kind, elems: self.graph.storages[storage.0].elems(), first: at, last: at });
+        ValueId(self.values.len() - 1)
+    }
+
+    fn loc_in(&mut self, v: ValueId, t: TensorId) -> Loc {
+        let tensor = self.graph.tensor(t);
+        let offset = tensor.c0 * self.graph.storages[tensor.storage.0].channel_elems();
+        Loc::Value { value: v, offset }
+    }
+
+    /// The forward value of a tensor's storage, created on first use.
+    fn forward_loc(&mut self, t: TensorId) -> Loc {
+        let s = self.graph.tensor(t).storage;
+        let v = match self.forward.get(&s) {
+            Some(&v) => v,
+            None => {
+                let v = self.new_value(s, ValueKind::Forward);
+                self.forward.insert(s, v);
+                v
+            }
+        };
+        self.loc_in(v, t)
+    }
+
+    /// The value backward reads for a forward tensor: the stored forward value, or the
+    /// recomputed one (recomputing it now if this is its first use in backward).
+    fn saved_loc(&mut self, t: TensorId) -> Loc {
+        let s = self.graph.tensor(t).storage;
+        let recompute = self.producer.get(&s).is_some_and(|&p| self.graph.nodes[p.0].recompute);
+        if !recompute {
+            return self.forward_loc(t);
+        }
+        if !self.recomputed.contains_key(&s) {
+            let p = self.producer[&s];
+            self.forward_node(p, Phase::Recompute);
+        }
+        let v = self.recomputed[&s];
+        self.loc_in(v, t)
+    }
+
+    fn stats_loc(&mut self, stats: StorageId) -> Loc {
+        let v = self.forward.get(&stats).copied().unwrap_or_else(|| {
+            let v = self.new_value(stats, ValueKind::Forward);
+            self.forward.insert(stats, v);
+            v
+        });
+        Loc::Value { value: v, offset: 0 }
+    }
+
+    fn push(&mut self, node: NodeId, phase: Phase, op: LaunchOp) {
+        self.push_launch(Launch { node: Some(node), phase, op });
+    }
+
+    /// Appends a launch and stretches its operands' lifetimes to it. Lifetimes are set here,
+    /// not when an operand is looked up, because recomputation may insert launches between
+    /// the look-up and the launch that uses it.
+    fn push_launch(&mut self, launch: Launch) {
+        let at = self.now();
+        for loc in launch.op.locs() {
+            if let Loc::Value { value, .. } = loc {
+                let v = &mut self.values[value.0];
+                v.first = v.first.min(at);
+                v.last = v.last.max(at);
+            }
+        }
+        self.launches.push(launch);
+    }
+
+    /// Emits a node's forward launches. In `Recompute` the inputs come from what backward
+    /// can see (stored or recomputed values), the output is a new recomputed value, and batch
+    /// norm reuses the statistics saved in forward instead of computing (and counting) new ones.
+    fn forward_node(&mut self, id: NodeId, phase: Phase) {
+        let g = self.graph;
+        let node = &g.nodes[id.0];
+        let recompute = phase == Phase::Recompute;
+        let inputs: Vec<Loc> =
+            node.inputs.iter().map(|&t| if recompute { self.saved_loc(t) } else { self.forward_loc(t) }).collect();
+        let y = if recompute {
+            let s = g.tensor(node.output).storage;
+            let v = self.new_value(s, ValueKind::Recomputed);
+            self.recomputed.insert(s, v);
+            self.loc_in(v, node.output)
+        } else {
+            self.forward_loc(node.output)
+        };
+        let x = inputs[0];
+        let [c, n, h, w] = g.shape(node.inputs[0]);
+        let len = g.elems(node.output) as u32;
+        let train = self.mode == Mode::Train;
+        let op = match node.op {
+            Op::Conv2d { weight, kernel, stride, pad } => {
+                let shape = conv_shape(g, node.inputs[0], node.output, kernel, stride, pad);
+                LaunchOp::ConvForward { shape, x, w: Loc::Param(weight), y }
+            }
+            Op::BatchNorm { affine, running, stats, relu } => {
+                let shape = BatchNormShape { c, n, hw: h * w };
+                let stats = self.stats_loc(stats);
+                if !recompute {
+                    let op = if train {
+                        LaunchOp::BnTrainStats { shape, x, stats, running: Loc::State(running) }
+                    } else {
+                        LaunchOp::BnEvalStats { shape, running: Loc::State(running), stats }
+                    };
+                    self.push(id, phase, op);
+                }
+                LaunchOp::BnApply { shape, x, stats, affine: Loc::Param(affine), y, relu }
+            }
+            Op::Relu => LaunchOp::ReluForward { len, x, y },
+            Op::Dropout { rate, key } if train && rate > 0.0 => LaunchOp::DropoutForward { len, rate, key, x, y },
+            Op::Dropout { .. } | Op::Copy => LaunchOp::Copy { len, x, y },
+            Op::AvgPool2x2 => LaunchOp::AvgPoolForward { shape: PoolShape::new(c, n, h, w), x, y },
+            Op::MaxPool3x3s2p1 => LaunchOp::MaxPoolForward { shape: PoolShape::new(c, n, h, w), x, y },
+            Op::GlobalAvgPool => LaunchOp::GlobalAvgPoolForward { shape: PoolShape::new(c, n, h, w), x, y },
+            Op::Linear { params } => {
+                let shape = LinearShape { n, in_features: c, out_features: g.shape(node.output)[0] };
+                LaunchOp::LinearForward { shape, x, params: Loc::Param(params), y }
+            }
+            Op::SoftmaxCrossEntropy => {
+                let dlogits = train.then(|| self.gradient_loc(node.inputs[0]).0);
+                LaunchOp::Loss { n, classes: c, logits: x, labels: inputs[1], loss: y, dlogits }
+            }
+        };
+        self.push(id, phase, op);
+    }
+
+    /// The gradient value of a tensor's storage, and whether `t`'s channels already hold a
+    /// contribution (so the next one must accumulate). Zero-fills any part of `t` that has
+    /// a contribution elsewhere in its range, so one accumulate flag serves the whole tensor.
+    fn gradient_loc(&mut self, t: TensorId) -> (Loc, bool) {
+        let tensor = *self.graph.tensor(t);
+        let s = tensor.storage;
+        let v = match self.gradient.get(&s) {
+            Some(&v) => v,
+            None => {
+                let v = self.new_value(s, ValueKind::Gradient);
+                self.gradient.insert(s, v);
+                v
+            }
+        };
+        let (lo, hi) = (tensor.c0, tensor.c0 + tensor.c);
+        let written = self.written.entry(s).or_default();
+        let mut covered: Vec<(u32, u32)> =
+            written.iter().map(|&(a, b)| (a.max(lo), b.min(hi))).filter(|(a, b)| a < b).collect();
+        covered.sort();
+        let covered_channels: u32 = covered.iter().map(|(a, b)| b - a).sum();
+        let accumulate = covered_channels > 0;
+        if accumulate && covered_channels < tensor.c {
+            let mut gaps = Vec::new();
+            let mut at = lo;
+            for &(a, b) in &covered {
+                if a > at {
+                    gaps.push((at, a));
+                }
+                at = at.max(b);
+            }
+            if at < hi {
+                gaps.push((at, hi));
+            }
+            let ce = self.graph.storages[s.0].channel_elems();
+            for (a, b) in gaps {
+                let op = LaunchOp::Fill { len: (b - a) * ce, y: Loc::Value { value: v, offset: a * ce }, value: 0.0 };
+                self.push_launch(Launch { node: None, phase: Phase::Backward, op });
+            }
+        }
+        let written = self.written.get_mut(&s).unwrap();
+        written.push((lo, hi));
+        (self.loc_in(v, t), accumulate)
+    }
+
+    /// The output gradient a node's backward reads, or None if nothing downstream produced
+    /// one (the node does not influence the loss).
+    fn output_gradient(&mut self, t: TensorId) -> Option<Loc> {
+        let tensor = *self.graph.tensor(t);
+        let written = self.written.get(&tensor.storage)?;
+        let (lo, hi) = (tensor.c0, tensor.c0 + tensor.c);
+        if !written.iter().any(|&(a, b)| a < hi && lo < b) {
+            return None;
+        }
+        // Channels nobody wrote are zero: fill them before reading (the loc also records the use).
+        let (loc, _) = self.gradient_loc(t);
+        // gradient_loc marked the range written; that is right, it now holds the full gradient.
+        Some(loc)
+    }
+
+    fn needs_gradient(&self, t: TensorId) -> bool {
+        self.has_writer[self.graph.tensor(t).storage.0]
+    }
+
+    fn param_grad(&mut self, p: ParamId) -> (Loc, bool) {
+        let accumulate = std::mem::replace(&mut self.param_grad_written[p.0], true);
+        (Loc::Grad(p), accumulate)
+    }
+
+    fn backward_node(&mut self, id: NodeId) {
+        let g = self.graph;
+        let node = &g.nodes[id.0];
+        if matches!(node.op, Op::SoftmaxCrossEntropy) {
+            return; // its gradient was produced in forward
+        }
+        let Some(dy) = self.output_gradient(node.output) else { return };
+        let xt = node.inputs[0];
+        let x = backward_needs_input(&node.op).then(|| self.saved_loc(xt));
+        let dx = self.needs_gradient(xt).then(|| self.gradient_loc(xt));
+        let [c, n, h, w] = g.shape(xt);
+        let len = g.elems(xt) as u32;
+        let phase = Phase::Backward;
+        match node.op {
+            Op::Conv2d { weight, kernel, stride, pad } => {
+                let shape = conv_shape(g, xt, node.output, kernel, stride, pad);
+                let (dw, accumulate) = self.param_grad(weight);
+                self.push(id, phase, LaunchOp::ConvBackwardWeight { shape, x: x.unwrap(), dy, dw, accumulate });
+                if let Some((dx, accumulate)) = dx {
+                    self.push(id, phase, LaunchOp::ConvBackwardInput { shape, dy, w: Loc::Param(weight), dx, accumulate });
+                }
+            }
+            Op::BatchNorm { affine, stats, relu, .. } => {
+                let shape = BatchNormShape { c, n, hw: h * w };
+                let stats = self.stats_loc(stats);
+                let (grad_affine, shared) = self.param_grad(affine);
+                assert!(!shared, "{}: a batch norm's parameters are used once", node.name);
+                let (x, affine) = (x.unwrap(), Loc::Param(affine));
+                let (dx, accumulate) = (dx.map(|d| d.0), dx.is_some_and(|d| d.1));
+                let op = LaunchOp::BnBackward { shape, x, dy, stats, affine, grad_affine, dx, relu, accumulate };
+                self.push(id, phase, op);
+            }
+            Op::Linear { params } => {
+                let shape = LinearShape { n, in_features: c, out_features: g.shape(node.output)[0] };
+                let (grad_params, shared) = self.param_grad(params);
+                assert!(!shared, "{}: a linear layer's parameters are used once", node.name);
+                self.push(id, phase, LaunchOp::LinearBackwardParams { shape, x: x.unwrap(), dy, grad_params });
+                if let Some((dx, accumulate)) = dx {
+                    self.push(id, phase, LaunchOp::LinearBackwardInput { shape, dy, params: Loc::Param(params), dx, accumulate });
+                }
+            }
+            _ => {
+                let Some((dx, accumulate)) = dx else { return };
+                let shape = PoolShape::new(c, n, h, w);
+                let op = match node.op {
+                    Op::Relu => LaunchOp::ReluBackward { len, x: x.unwrap(), dy, dx, accumulate },
+                    Op::Dropout { rate, key } if rate > 0.0 => {
+                        LaunchOp::DropoutBackward { len, rate, key, dy, dx, accumulate }
+                    }
+                    Op::Dropout { .. } | Op::Copy if accumulate => LaunchOp::Add { len, x: dy, y: dx },
+                    Op::Dropout { .. } | Op::Copy => LaunchOp::Copy { len, x: dy, y: dx },
+                    Op::AvgPool2x2 => LaunchOp::AvgPoolBackward { shape, dy, dx, accumulate },
+                    Op::MaxPool3x3s2p1 => LaunchOp::MaxPoolBackward { shape, x: x.unwrap(), dy, dx, accumulate },
+                    Op::GlobalAvgPool => LaunchOp::GlobalAvgPoolBackward { shape, dy, dx, accumulate },
+                    _ => unreachable!("handled above"),
+                };
+                self.push(id, phase, op);
+            }
+        }
+    }
+}
+
+fn conv_shape(g: &Graph, x: TensorId, y: TensorId, kernel: u32, stride: u32, pad: u32) -> Conv2dShape {
+    let [c_in, n, h, w] = g.shape(x);
+    let c_out = g.shape(y)[0];
+    Conv2dShape { n, c_in, h, w, c_out, kh: kernel, kw: kernel, stride, pad }
+}
