@@ -133,13 +133,36 @@ fn apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     }
 }
 
-// The gradient reaching the normalisation: dy, zeroed where the fused ReLU was inactive.
-fn masked_dy(i: u32, ch: u32, mean: f32, invstd: f32, gamma: f32, beta: f32) -> f32 {
-    let g = dy[p.dy_off + ch * p.m + i];
-    if (p.relu != 0u) {
-        return select(0.0, g, bn_value(x[p.x_off + ch * p.m + i], mean, invstd, gamma, beta) > 0.0);
-    }
-    return g;
+// One channel's constants, loaded once per invocation.
+struct Channel {
+    mean: f32,
+    invstd: f32,
+    gamma: f32,
+    beta: f32,
+    x_base: u32,
+    dy_base: u32,
+    out_base: u32,
+}
+
+fn channel(ch: u32) -> Channel {
+    return Channel(
+        stats[p.stats_off + ch],
+        stats[p.stats_off + p.c + ch],
+        affine[p.affine_off + ch],
+        affine[p.affine_off + p.c + ch],
+        p.x_off + ch * p.m,
+        p.dy_off + ch * p.m,
+        p.out_off + ch * p.m,
+    );
+}
+
+// xhat and the gradient reaching the normalisation (dy, zeroed where the fused ReLU was
+// inactive) of value i. The mask uses bn_value so it agrees with the forward output.
+fn xhat_and_grad(k: Channel, i: u32, relu: bool) -> vec2<f32> {
+    let v = x[k.x_base + i];
+    let g = dy[k.dy_base + i];
+    let live = !relu || bn_value(v, k.mean, k.invstd, k.gamma, k.beta) > 0.0;
+    return vec2((v - k.mean) * k.invstd, select(0.0, g, live));
 }
 
 struct ChannelSums {
@@ -147,13 +170,15 @@ struct ChannelSums {
     dbeta: f32,
 }
 
-fn channel_sums(ch: u32, lid: u32, mean: f32, invstd: f32, gamma: f32, beta: f32) -> ChannelSums {
+fn channel_sums(k: Channel, lid: u32) -> ChannelSums {
+    let relu = p.relu != 0u;
+    let m = p.m;
     var sb = 0.0;
     var sg = 0.0;
-    for (var i = lid; i < p.m; i += WG) {
-        let g = masked_dy(i, ch, mean, invstd, gamma, beta);
-        sb += g;
-        sg += g * ((x[p.x_off + ch * p.m + i] - mean) * invstd);
+    for (var i = lid; i < m; i += WG) {
+        let hg = xhat_and_grad(k, i, relu);
+        sb += hg.y;
+        sg += hg.y * hg.x;
     }
     let s = reduce_pair(lid, sg, sb);
     return ChannelSums(s.x, s.y);
@@ -171,29 +196,26 @@ fn store_affine_grad(ch: u32, s: ChannelSums) {
     }
 }
 
-// dx for value i of channel ch, given that channel's own sums of this batch.
-fn input_grad(i: u32, ch: u32, mean: f32, invstd: f32, gamma: f32, beta: f32, s: ChannelSums) {
-    let g = masked_dy(i, ch, mean, invstd, gamma, beta);
-    let xhat = (x[p.x_off + ch * p.m + i] - mean) * invstd;
-    let v = gamma * invstd * (g - (s.dbeta + xhat * s.dgamma) / f32(p.m));
-    let o = p.out_off + ch * p.m + i;
-    if (p.accumulate_out != 0u) {
-        out[o] += v;
-    } else {
-        out[o] = v;
+// dx over values first, first + step, ... of one channel, given that channel's own sums.
+fn input_grad(k: Channel, s: ChannelSums, first: u32, step: u32) {
+    let relu = p.relu != 0u;
+    let acc = p.accumulate_out != 0u;
+    let m = p.m;
+    let scale = k.gamma * k.invstd;
+    let inv_m = 1.0 / f32(m);
+    for (var i = first; i < m; i += step) {
+        let hg = xhat_and_grad(k, i, relu);
+        var v = scale * (hg.y - (s.dbeta + hg.x * s.dgamma) * inv_m);
+        if (acc) { v += out[k.out_base + i]; }
+        out[k.out_base + i] = v;
     }
 }
 
 // One workgroup per channel.
 @compute @workgroup_size(256)
 fn backward_affine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let ch = wg.x;
-    let mean = stats[p.stats_off + ch];
-    let invstd = stats[p.stats_off + p.c + ch];
-    let gamma = affine[p.affine_off + ch];
-    let beta = affine[p.affine_off + p.c + ch];
-    let s = channel_sums(ch, lid, mean, invstd, gamma, beta);
-    if (lid == 0u) { store_affine_grad(ch, s); }
+    let s = channel_sums(channel(wg.x), lid);
+    if (lid == 0u) { store_affine_grad(wg.x, s); }
 }
 
 // Grid as in `apply`. Reads the channel sums from grad_affine, so those must be this batch's
@@ -201,29 +223,16 @@ fn backward_affine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
 @compute @workgroup_size(256)
 fn backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let ch = gid.y;
-    let mean = stats[p.stats_off + ch];
-    let invstd = stats[p.stats_off + p.c + ch];
-    let gamma = affine[p.affine_off + ch];
-    let beta = affine[p.affine_off + p.c + ch];
     let s = ChannelSums(grad[p.grad_off + ch], grad[p.grad_off + p.c + ch]);
-    let stride = groups.x * WG;
-    for (var i = gid.x; i < p.m; i += stride) {
-        input_grad(i, ch, mean, invstd, gamma, beta, s);
-    }
+    input_grad(channel(ch), s, gid.x, groups.x * WG);
 }
 
 // One workgroup per channel: the sums, then dx from the sums held in registers, so either
 // output may accumulate independently of the other.
 @compute @workgroup_size(256)
 fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let ch = wg.x;
-    let mean = stats[p.stats_off + ch];
-    let invstd = stats[p.stats_off + p.c + ch];
-    let gamma = affine[p.affine_off + ch];
-    let beta = affine[p.affine_off + p.c + ch];
-    let s = channel_sums(ch, lid, mean, invstd, gamma, beta);
-    if (lid == 0u) { store_affine_grad(ch, s); }
-    for (var i = lid; i < p.m; i += WG) {
-        input_grad(i, ch, mean, invstd, gamma, beta, s);
-    }
+    let k = channel(wg.x);
+    let s = channel_sums(k, lid);
+    if (lid == 0u) { store_affine_grad(wg.x, s); }
+    input_grad(k, s, lid, WG);
 }

@@ -38,6 +38,18 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> wt: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+// The same buffers seen as vec4s, for the kernels that load four neighbours at once.
+@group(0) @binding(1) var<storage, read_write> src4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> wt4: array<vec4<f32>>;
+
+// Four consecutive elements starting `sh` (0..3) elements into `lo`, continuing into `hi`.
+fn shift4(lo: vec4<f32>, hi: vec4<f32>, sh: u32) -> vec4<f32> {
+    var r = lo;
+    r = select(r, vec4<f32>(lo.yzw, hi.x), sh == 1u);
+    r = select(r, vec4<f32>(lo.zw, hi.xy), sh == 2u);
+    r = select(r, vec4<f32>(lo.w, hi.xyz), sh == 3u);
+    return r;
+}
 
 // Writes one finished output: overwrite, or add to what is there.
 fn put(i: u32, v: f32) {
@@ -96,6 +108,169 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     for (var k = 0u; k < p.k_rows; k++) {
         let b0 = vec4<f32>(src[s + q0], src[s + q1], src[s + q2], src[s + q3]);
         let b1 = vec4<f32>(src[s + q4], src[s + q5], src[s + q6], src[s + q7]);
+        let a0 = wt[wr0 + wk];
+        acc0_0 = fma(vec4<f32>(a0), b0, acc0_0);
+        acc0_1 = fma(vec4<f32>(a0), b1, acc0_1);
+        let a1 = wt[wr1 + wk];
+        acc1_0 = fma(vec4<f32>(a1), b0, acc1_0);
+        acc1_1 = fma(vec4<f32>(a1), b1, acc1_1);
+        let a2 = wt[wr2 + wk];
+        acc2_0 = fma(vec4<f32>(a2), b0, acc2_0);
+        acc2_1 = fma(vec4<f32>(a2), b1, acc2_1);
+        let a3 = wt[wr3 + wk];
+        acc3_0 = fma(vec4<f32>(a3), b0, acc3_0);
+        acc3_1 = fma(vec4<f32>(a3), b1, acc3_1);
+        let a4 = wt[wr4 + wk];
+        acc4_0 = fma(vec4<f32>(a4), b0, acc4_0);
+        acc4_1 = fma(vec4<f32>(a4), b1, acc4_1);
+        let a5 = wt[wr5 + wk];
+        acc5_0 = fma(vec4<f32>(a5), b0, acc5_0);
+        acc5_1 = fma(vec4<f32>(a5), b1, acc5_1);
+        let a6 = wt[wr6 + wk];
+        acc6_0 = fma(vec4<f32>(a6), b0, acc6_0);
+        acc6_1 = fma(vec4<f32>(a6), b1, acc6_1);
+        let a7 = wt[wr7 + wk];
+        acc7_0 = fma(vec4<f32>(a7), b0, acc7_0);
+        acc7_1 = fma(vec4<f32>(a7), b1, acc7_1);
+        s += pixels;
+        wk += p.a_k;
+    }
+    let full = first + 8u <= pixels;
+    if (m0 + 0u < p.m_rows) {
+        let o = p.dst_off + (m0 + 0u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc0_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc0_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc0_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc0_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc0_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc0_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc0_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc0_1[3]); }
+    }
+    if (m0 + 1u < p.m_rows) {
+        let o = p.dst_off + (m0 + 1u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc1_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc1_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc1_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc1_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc1_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc1_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc1_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc1_1[3]); }
+    }
+    if (m0 + 2u < p.m_rows) {
+        let o = p.dst_off + (m0 + 2u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc2_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc2_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc2_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc2_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc2_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc2_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc2_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc2_1[3]); }
+    }
+    if (m0 + 3u < p.m_rows) {
+        let o = p.dst_off + (m0 + 3u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc3_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc3_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc3_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc3_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc3_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc3_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc3_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc3_1[3]); }
+    }
+    if (m0 + 4u < p.m_rows) {
+        let o = p.dst_off + (m0 + 4u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc4_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc4_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc4_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc4_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc4_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc4_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc4_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc4_1[3]); }
+    }
+    if (m0 + 5u < p.m_rows) {
+        let o = p.dst_off + (m0 + 5u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc5_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc5_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc5_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc5_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc5_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc5_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc5_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc5_1[3]); }
+    }
+    if (m0 + 6u < p.m_rows) {
+        let o = p.dst_off + (m0 + 6u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc6_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc6_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc6_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc6_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc6_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc6_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc6_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc6_1[3]); }
+    }
+    if (m0 + 7u < p.m_rows) {
+        let o = p.dst_off + (m0 + 7u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc7_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc7_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc7_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc7_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc7_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc7_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc7_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc7_1[3]); }
+    }
+}
+
+// The same product reading src (and, for the forward, the weights) as aligned vec4s: llvmpipe
+// fetches the four components in one per-lane loop instead of four. Needs every bound buffer
+// to be a whole number of vec4s (the host checks). Pixels past the end read neighbouring data,
+// which only ever reaches accumulators that are not stored.
+@compute @workgroup_size(64)
+fn conv1x1_gemm_vec(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                @builtin(workgroup_id) wg: vec3<u32>) {
+    let pixels = p.n * p.src_h * p.src_w;
+    let first = flat_id(gid, groups, 64u) * 8u;
+    if (first >= pixels) { return; }
+    let m0 = wg.z * 8u;
+    let wr0 = p.wt_off + min(m0 + 0u, p.m_rows - 1u) * p.a_m;
+    let wr1 = p.wt_off + min(m0 + 1u, p.m_rows - 1u) * p.a_m;
+    let wr2 = p.wt_off + min(m0 + 2u, p.m_rows - 1u) * p.a_m;
+    let wr3 = p.wt_off + min(m0 + 3u, p.m_rows - 1u) * p.a_m;
+    let wr4 = p.wt_off + min(m0 + 4u, p.m_rows - 1u) * p.a_m;
+    let wr5 = p.wt_off + min(m0 + 5u, p.m_rows - 1u) * p.a_m;
+    let wr6 = p.wt_off + min(m0 + 6u, p.m_rows - 1u) * p.a_m;
+    let wr7 = p.wt_off + min(m0 + 7u, p.m_rows - 1u) * p.a_m;
+    var acc0_0 = vec4<f32>();
+    var acc0_1 = vec4<f32>();
+    var acc1_0 = vec4<f32>();
+    var acc1_1 = vec4<f32>();
+    var acc2_0 = vec4<f32>();
+    var acc2_1 = vec4<f32>();
+    var acc3_0 = vec4<f32>();
+    var acc3_1 = vec4<f32>();
+    var acc4_0 = vec4<f32>();
+    var acc4_1 = vec4<f32>();
+    var acc5_0 = vec4<f32>();
+    var acc5_1 = vec4<f32>();
+    var acc6_0 = vec4<f32>();
+    var acc6_1 = vec4<f32>();
+    var acc7_0 = vec4<f32>();
+    var acc7_1 = vec4<f32>();
+    var s = p.src_off + first;
+    var wk = 0u;
+    for (var k = 0u; k < p.k_rows; k++) {
+        let a = s >> 2u;
+        let sh = s & 3u;
+        let raw0 = src4[a + 0u];
+        let raw1 = src4[a + 1u];
+        let raw2 = src4[a + 2u];
+        let b0 = shift4(raw0, raw1, sh);
+        let b1 = shift4(raw1, raw2, sh);
         let a0 = wt[wr0 + wk];
         acc0_0 = fma(vec4<f32>(a0), b0, acc0_0);
         acc0_1 = fma(vec4<f32>(a0), b1, acc0_1);

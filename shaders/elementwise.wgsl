@@ -17,6 +17,9 @@ struct Params {
     _pad2: u32,
 }
 
+// Each invocation handles every stride-th element from its own index on: a few elements per
+// invocation, so CPU drivers do not spend the launch on per-invocation overhead.
+
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
@@ -26,46 +29,51 @@ struct Params {
 // y = max(x, 0)
 @compute @workgroup_size(256)
 fn relu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_id(gid, groups, 256u);
-    if (i >= p.len) { return; }
-    y[p.y_off + i] = max(x[p.x_off + i], 0.0);
+    let stride = groups.x * groups.y * 256u;
+    for (var i = flat_id(gid, groups, 256u); i < p.len; i += stride) {
+        y[p.y_off + i] = max(x[p.x_off + i], 0.0);
+    }
 }
 
 // y (holding dy at dy_off) becomes dx at y_off: dx = dy where x > 0.
 @compute @workgroup_size(256)
 fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_id(gid, groups, 256u);
-    if (i >= p.len) { return; }
-    y[p.y_off + i] = select(0.0, y[p.dy_off + i], x[p.x_off + i] > 0.0);
+    let stride = groups.x * groups.y * 256u;
+    for (var i = flat_id(gid, groups, 256u); i < p.len; i += stride) {
+        y[p.y_off + i] = select(0.0, y[p.dy_off + i], x[p.x_off + i] > 0.0);
+    }
 }
 
 // y (dx) = dy (z) where x > 0, else 0; added to dx when accumulating.
 @compute @workgroup_size(256)
 fn relu_backward_into(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_id(gid, groups, 256u);
-    if (i >= p.len) { return; }
-    let v = select(0.0, z[p.dy_off + i], x[p.x_off + i] > 0.0);
-    if (p.accumulate != 0u) {
-        y[p.y_off + i] += v;
-    } else {
-        y[p.y_off + i] = v;
+    let stride = groups.x * groups.y * 256u;
+    for (var i = flat_id(gid, groups, 256u); i < p.len; i += stride) {
+        let v = select(0.0, z[p.dy_off + i], x[p.x_off + i] > 0.0);
+        if (p.accumulate != 0u) {
+            y[p.y_off + i] += v;
+        } else {
+            y[p.y_off + i] = v;
+        }
     }
 }
 
 // y = x
 @compute @workgroup_size(256)
 fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_id(gid, groups, 256u);
-    if (i >= p.len) { return; }
-    y[p.y_off + i] = x[p.x_off + i];
+    let stride = groups.x * groups.y * 256u;
+    for (var i = flat_id(gid, groups, 256u); i < p.len; i += stride) {
+        y[p.y_off + i] = x[p.x_off + i];
+    }
 }
 
 // y += x
 @compute @workgroup_size(256)
 fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_id(gid, groups, 256u);
-    if (i >= p.len) { return; }
-    y[p.y_off + i] += x[p.x_off + i];
+    let stride = groups.x * groups.y * 256u;
+    for (var i = flat_id(gid, groups, 256u); i < p.len; i += stride) {
+        y[p.y_off + i] += x[p.x_off + i];
+    }
 }
 
 // A bijective integer mixer (xorshift-multiply rounds); full avalanche in two multiplies.
@@ -95,20 +103,22 @@ fn dropout_value(i: u32, v: f32) -> f32 {
 // y = x·scale where kept, else 0.
 @compute @workgroup_size(256)
 fn dropout_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_id(gid, groups, 256u);
-    if (i >= p.len) { return; }
-    y[p.y_off + i] = dropout_value(i, x[p.x_off + i]);
+    let stride = groups.x * groups.y * 256u;
+    for (var i = flat_id(gid, groups, 256u); i < p.len; i += stride) {
+        y[p.y_off + i] = dropout_value(i, x[p.x_off + i]);
+    }
 }
 
 // dx (y) = dy (x)·scale where kept, else 0; added to dx when accumulating.
 @compute @workgroup_size(256)
 fn dropout_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_id(gid, groups, 256u);
-    if (i >= p.len) { return; }
-    let v = dropout_value(i, x[p.x_off + i]);
-    if (p.accumulate != 0u) {
-        y[p.y_off + i] += v;
-    } else {
-        y[p.y_off + i] = v;
+    let stride = groups.x * groups.y * 256u;
+    for (var i = flat_id(gid, groups, 256u); i < p.len; i += stride) {
+        let v = dropout_value(i, x[p.x_off + i]);
+        if (p.accumulate != 0u) {
+            y[p.y_off + i] += v;
+        } else {
+            y[p.y_off + i] = v;
+        }
     }
 }

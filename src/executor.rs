@@ -5,7 +5,7 @@
 //! (learning rate, dropout seed) and replays the launches.
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Init, ParamGroup, ParamId, StateId};
+use crate::graph::{Graph, Init, ParamGroup, StateId};
 use crate::gpu::{Dispatch, View};
 use crate::ops;
 use crate::plan::{self, ArenaLimits, ArenaPlan, MemoryReport, TensorRequest};
@@ -217,10 +217,32 @@ impl Session {
         Ok(out)
     }
 
-    /// Reads one parameter gradient group (after a training step), in the group's layout.
-    pub async fn gradient(&self, p: ParamId) -> Result<Vec<f32>> {
-        let (b, offset) = self.param_layout.places[p.0];
-        self.gpu.read_f32(&self.persistent.grads[b], offset as u64, self.graph.params[p.0].len()).await
+    async fn read_groups(&self, groups: &[ParamGroup], layout: &Segments, buffers: &[wgpu::Buffer]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(groups.len());
+        for (g, &(b, offset)) in groups.iter().zip(&layout.places) {
+            out.push(self.gpu.read_f32(&buffers[b], offset as u64, g.len()).await?);
+        }
+        Ok(out)
+    }
+
+    /// Every parameter group's values, in group order and layout.
+    pub async fn parameters(&self) -> Result<Vec<Vec<f32>>> {
+        self.read_groups(&self.graph.params, &self.param_layout, &self.persistent.params).await
+    }
+
+    /// Every parameter group's gradient from the last training step.
+    pub async fn gradients(&self) -> Result<Vec<Vec<f32>>> {
+        self.read_groups(&self.graph.params, &self.param_layout, &self.persistent.grads).await
+    }
+
+    /// Every state group (batch-norm running mean and variance).
+    pub async fn states(&self) -> Result<Vec<Vec<f32>>> {
+        self.read_groups(&self.graph.states, &self.state_layout, &self.persistent.states).await
+    }
+
+    /// Every parameter group's momentum buffer.
+    pub async fn momentum(&self) -> Result<Vec<Vec<f32>>> {
+        self.read_groups(&self.graph.params, &self.param_layout, &self.persistent.momentum).await
     }
 
     /// Overwrites a persistent tensor by its state-dict name. The length must match.

@@ -259,7 +259,9 @@ impl Graph {
     }
 
     pub fn dropout_into(&mut self, name: &str, x: TensorId, y: TensorId, rate: f32) -> NodeId {
-        let key = self.nodes.len() as u32;
+        // Keyed by name, not position, so every memory mode (whose graphs differ in node
+        // count) draws the same masks.
+        let key = name.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
         self.add_node(name, Op::Dropout { rate, key }, vec![x], y)
     }
 

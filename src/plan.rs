@@ -121,7 +121,7 @@ pub enum Strategy {
     /// whose lifetimes overlap its own (Pisarchyk & Lee, "Efficient Memory Management for Deep
     /// Neural Net Inference", greedy by size). Usually the best on crossing lifetimes, but it is
     /// quadratic in the number of non-persistent tensors, so [`plan_arena`] skips it beyond
-    /// some 40,000 of them.
+    /// some 10,000 of them.
     GreedyBySize,
 }
 
@@ -230,8 +230,8 @@ pub fn plan_arena(requests: &[TensorRequest], limits: &ArenaLimits) -> Result<Ar
     Ok(problem.finish(requests, placements, buffers, strategy))
 }
 
-/// Plans the arena with one given strategy, even GreedyBySize on a huge input. Meant for comparing the
-/// heuristics; [`plan_arena`] is what the executor should call.
+/// Plans the arena with one given strategy, even GreedyBySize on a huge input. Meant for
+/// comparing the heuristics; [`plan_arena`] is what the executor should call.
 pub fn plan_arena_with(
     requests: &[TensorRequest],
     limits: &ArenaLimits,
@@ -242,10 +242,11 @@ pub fn plan_arena_with(
     Ok(problem.finish(requests, placements, buffers, strategy))
 }
 
-/// GreedyBySize visits n²/2 placed tensors for n non-persistent ones, about a nanosecond each.
-/// Above this (some 40,000 tensors) [`plan_arena`] skips it so that planning stays well under a
-/// second, and the sweeps' answer has to do.
-const GREEDY_WORK_LIMIT: u64 = 800_000_000;
+/// GreedyBySize visits n²/2 placed tensors for n non-persistent ones, a few nanoseconds each.
+/// Above this (some 10,000 tensors; a DenseNet-201 step has a few thousand besides its
+/// persistent ones) [`plan_arena`] skips it so that planning stays well under a second, and the
+/// sweeps' answer has to do.
+const GREEDY_WORK_LIMIT: u64 = 50_000_000;
 
 fn round_up(bytes: u64, alignment: u64) -> Option<u64> {
     bytes.div_ceil(alignment).checked_mul(alignment)
@@ -265,7 +266,7 @@ fn peak_of(intervals: impl Iterator<Item = (usize, usize, u64)>) -> u64 {
     for &(first, size) in &starts {
         // Lifetimes are inclusive, so a tensor ending at this step still counts.
         while e < ends.len() && ends[e].0 < first {
-            live -= ends[e].1;
+            live = live.saturating_sub(ends[e].1);
             e += 1;
         }
         live = live.saturating_add(size);
@@ -431,23 +432,32 @@ impl Problem {
         let mut order: Vec<usize> = (0..items.len()).collect();
         order.sort_unstable_by_key(|&i| (Reverse(items[i].size), items[i].first, Reverse(items[i].last), i));
 
+        // Step ranks instead of steps keep a scanned entry at 24 bytes; comparisons are unchanged.
+        let mut steps: Vec<usize> = items.iter().flat_map(|i| [i.first, i.last]).collect();
+        steps.sort_unstable();
+        steps.dedup();
+        let rank = |step: usize| steps.partition_point(|&s| s < step) as u32;
+
         let mut placements = vec![Placement { buffer: 0, offset: 0 }; items.len()];
         let mut high = self.floors.clone();
         let mut floors = self.floors.clone();
         let mut placed: Vec<OffsetList> = floors.iter().map(|_| OffsetList::default()).collect();
         for i in order {
             let Item { size, first, last, .. } = items[i];
+            let (first, last) = (rank(first), rank(last));
             // Per buffer: the tightest gap between conflicting tensors, else just above them.
             // Across buffers: whatever grows the arena least, then the tightest fit.
             let mut best: Option<((u64, u64, usize), Placement)> = None;
             for (buffer, list) in placed.iter().enumerate() {
                 let mut below = floors[buffer];
                 let mut tightest: Option<(u64, u64)> = None;
-                for e in list.iter().filter(|e| e.first <= last && first <= e.last) {
-                    if e.offset >= below + size && tightest.is_none_or(|(gap, _)| e.offset - below < gap) {
+                for e in list.iter() {
+                    // Lifetimes cross unpredictably, so the common path is kept free of branches.
+                    let conflict = (e.first <= last) & (first <= e.last);
+                    if conflict & (e.offset >= below + size) && tightest.is_none_or(|(gap, _)| e.offset - below < gap) {
                         tightest = Some((e.offset - below, below));
                     }
-                    below = below.max(e.end);
+                    below = if conflict { below.max(e.end) } else { below };
                 }
                 let (gap, offset) = match tightest {
                     Some(found) => found,
@@ -478,8 +488,8 @@ impl Problem {
 struct Placed {
     offset: u64,
     end: u64,
-    first: usize,
-    last: usize,
+    first: u32,
+    last: u32,
 }
 
 /// Tensors of one buffer in offset order, kept in bounded chunks so that an insertion moves at

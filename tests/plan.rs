@@ -365,28 +365,25 @@ fn adversarial(n: usize, seed: u64) -> Vec<TensorRequest> {
         .collect()
 }
 
+/// 10,000 tensors still get all three strategies; 20,000 exceed GreedyBySize's work limit.
 #[test]
 fn twenty_thousand_tensors_plan_quickly() {
-    for (label, requests) in [("densenet-like", densenet_like(20_000, 7)), ("adversarial", adversarial(20_000, 8))] {
-        let lim = limits(128 << 20, 256);
-        let start = Instant::now();
-        let plan = plan_arena(&requests, &lim).unwrap();
-        let elapsed = start.elapsed();
-        let peak = peak_live_bytes(&requests, 256);
-        eprintln!(
-            "{label}: {} tensors planned in {elapsed:?} by {:?}: {} buffers, total {} vs peak {peak} (+{:.1}%)",
-            requests.len(),
-            plan.strategy,
-            plan.buffer_bytes.len(),
-            plan.total_bytes(),
-            (plan.total_bytes() as f64 / peak as f64 - 1.0) * 100.0
-        );
-        for h in Heuristic::ALL {
-            let t0 = Instant::now();
-            let p = plan_arena_with(&requests, &lim, h).unwrap();
-            eprintln!("  TMP {h:?}: {:?} total {}", t0.elapsed(), p.total_bytes());
+    for n in [10_000, 20_000] {
+        for (label, requests) in [("densenet-like", densenet_like(n, 7)), ("adversarial", adversarial(n, 8))] {
+            let lim = limits(128 << 20, 256);
+            let start = Instant::now();
+            let plan = plan_arena(&requests, &lim).unwrap();
+            let elapsed = start.elapsed();
+            let peak = peak_live_bytes(&requests, 256);
+            eprintln!(
+                "{label}: {n} tensors planned in {elapsed:?} by {:?}: {} buffers, total {} vs peak {peak} (+{:.2}%)",
+                plan.strategy,
+                plan.buffer_bytes.len(),
+                plan.total_bytes(),
+                (plan.total_bytes() as f64 / peak as f64 - 1.0) * 100.0
+            );
+            assert!(elapsed.as_secs_f64() < 2.0, "{label}: planning {n} tensors took {elapsed:?}");
+            check_plan(&requests, &lim, &plan).unwrap();
         }
-        assert!(elapsed.as_secs_f64() < 2.0, "{label}: planning took {elapsed:?}");
-        check_plan(&requests, &lim, &plan).unwrap();
     }
 }

@@ -91,7 +91,7 @@ impl Gpu {
         let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(kernel.entry),
             contents: bytemuck::cast_slice(&words),
-            usage: wgpu::BufferUsages::UNIFORM,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         });
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
         entries.extend(

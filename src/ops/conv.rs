@@ -65,7 +65,7 @@ impl Conv2dShape {
 const fn kernel(entry: &'static str) -> Kernel {
     Kernel { shader: &shaders::CONV, entry, buffers: 3 }
 }
-const GEMM_1X1: Kernel = kernel("conv1x1_gemm");
+const GEMM_1X1: Kernel = kernel("conv1x1_gemm_vec");
 const CONV_3X3_S1: Kernel = kernel("conv3x3_s1");
 const GENERAL_FORWARD: Kernel = kernel("conv_general_forward");
 const GENERAL_BACKWARD_INPUT: Kernel = kernel("conv_general_backward_input");

@@ -37,8 +37,16 @@ fn params(len: u32, x_off: u32, y_off: u32, dy_off: u32) -> Vec<u32> {
     words
 }
 
+/// Elements per invocation (the kernels stride over the whole range, so this only sizes the
+/// launch).
+const PER_INVOCATION: u32 = 4;
+
+fn invocations(len: u32) -> u64 {
+    len.div_ceil(PER_INVOCATION) as u64
+}
+
 fn launch(gpu: &Gpu, kernel: &Kernel, params: &[u32], x: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {
-    gpu.dispatch(kernel, params, &[x, y], grid(params[0] as u64, 256))
+    gpu.dispatch(kernel, params, &[x, y], grid(invocations(params[0]), 256))
 }
 
 /// y = max(x, 0) over `len` elements.
@@ -58,7 +66,7 @@ pub fn relu_backward(gpu: &Gpu, len: u32, x: View, dy: View, dx: View) -> Dispat
 pub fn relu_backward_into(gpu: &Gpu, len: u32, x: View, dy: View, dx: View, accumulate: bool) -> Dispatch {
     let mut words = params(len, x.offset, dx.offset, dy.offset);
     words[8] = flag(accumulate);
-    gpu.dispatch(&RELU_BACKWARD_INTO, &words, &[x.buffer, dx.buffer, dy.buffer], grid(len as u64, 256))
+    gpu.dispatch(&RELU_BACKWARD_INTO, &words, &[x.buffer, dx.buffer, dy.buffer], grid(invocations(len), 256))
 }
 
 /// dst = src over `len` elements. The ranges must not overlap.

@@ -80,7 +80,8 @@ mod tests {
     /// (0 = x, 1 = w, 2 = b), against the analytic gradient.
     fn check(s: LinearShape, which: usize, analytic: &[f64], x: &[f64], w: &[f64], b: &[f64], dy: &[f64]) {
         let h = 1e-6;
-        let dot = |args: [&[f64]; 3]| forward64(s, args[0], args[1], args[2]).iter().zip(dy).map(|(a, g)| a * g).sum::<f64>();
+        let dot =
+            |args: [&[f64]; 3]| forward64(s, args[0], args[1], args[2]).iter().zip(dy).map(|(a, g)| a * g).sum::<f64>();
         let base = [x, w, b];
         for i in 0..base[which].len() {
             let (mut plus, mut minus) = (base[which].to_vec(), base[which].to_vec());

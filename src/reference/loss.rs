@@ -61,7 +61,8 @@ mod tests {
     #[test]
     fn cross_entropy_gradient_matches_finite_differences() {
         for (classes, n) in [(3, 1), (4, 5), (10, 2)] {
-            let logits: Vec<f64> = (0..classes * n).map(|i| ((i as f64 + 1.0) * 0.618034).fract() * 6.0 - 3.0).collect();
+            let logits: Vec<f64> =
+                (0..classes * n).map(|i| ((i as f64 + 1.0) * 0.618034).fract() * 6.0 - 3.0).collect();
             let labels: Vec<f64> = (0..n).map(|s| ((s * 7 + 2) % classes) as f64).collect();
             let (_, d, _) = cross_entropy64(classes, n, &logits, &labels);
             let h = 1e-6;

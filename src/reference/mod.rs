@@ -5,6 +5,7 @@
 pub mod batchnorm;
 pub mod conv;
 pub mod elementwise;
+pub mod graph;
 pub mod linear;
 pub mod loss;
 pub mod pool;

@@ -151,7 +151,12 @@ mod tests {
     }
 
     /// Checks backward(dy) against central differences of x ↦ Σ dy ⊙ forward(x).
-    fn check(len: usize, out_len: usize, forward: impl Fn(&[f64]) -> Vec<f64>, backward: impl Fn(&[f64], &[f64]) -> Vec<f64>) {
+    fn check(
+        len: usize,
+        out_len: usize,
+        forward: impl Fn(&[f64]) -> Vec<f64>,
+        backward: impl Fn(&[f64], &[f64]) -> Vec<f64>,
+    ) {
         let x = values(len, 1);
         let dy = values(out_len, 2);
         let analytic = backward(&x, &dy);
@@ -171,10 +176,25 @@ mod tests {
     fn pool_backwards_match_finite_differences() {
         for s in [PoolShape::new(2, 3, 5, 7), PoolShape::new(1, 2, 4, 4), PoolShape::new(3, 1, 3, 5)] {
             let (ah, aw) = s.avg_out();
-            check(s.len(), (s.planes() * ah * aw) as usize, |x| avg_pool_forward64(s, x), |_, dy| avg_pool_backward64(s, dy));
+            check(
+                s.len(),
+                (s.planes() * ah * aw) as usize,
+                |x| avg_pool_forward64(s, x),
+                |_, dy| avg_pool_backward64(s, dy),
+            );
             let (mh, mw) = s.max_out();
-            check(s.len(), (s.planes() * mh * mw) as usize, |x| max_pool_forward64(s, x), |x, dy| max_pool_backward64(s, x, dy));
-            check(s.len(), s.planes() as usize, |x| global_avg_pool_forward64(s, x), |_, dy| global_avg_pool_backward64(s, dy));
+            check(
+                s.len(),
+                (s.planes() * mh * mw) as usize,
+                |x| max_pool_forward64(s, x),
+                |x, dy| max_pool_backward64(s, x, dy),
+            );
+            check(
+                s.len(),
+                s.planes() as usize,
+                |x| global_avg_pool_forward64(s, x),
+                |_, dy| global_avg_pool_backward64(s, dy),
+            );
         }
     }
 

@@ -40,7 +40,11 @@ mod tests {
             let (mut p, mut buf) = ([1.0f32], [0.0f32]);
             for want in want {
                 sgd_step(&mut p, &[0.5], &mut buf, &h);
-                assert!((p[0] as f64 - want).abs() < 1e-6, "momentum {momentum} nesterov {nesterov}: {} vs {want}", p[0]);
+                assert!(
+                    (p[0] as f64 - want).abs() < 1e-6,
+                    "momentum {momentum} nesterov {nesterov}: {} vs {want}",
+                    p[0]
+                );
             }
             if momentum == 0.0 {
                 assert_eq!(buf, [0.0], "plain SGD must not touch the buffer");

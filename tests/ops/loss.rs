@@ -27,16 +27,7 @@ fn launch(s: LossShape, logits: &[f32], labels: &[f32], grad: bool, prefill: Opt
     };
     let buf = sl.upload();
     let v = |slot| sl.view(&buf, slot);
-    run(&[loss::cross_entropy(
-        gpu(),
-        s,
-        v(ls),
-        v(ys),
-        ds.map(v),
-        v(loss_slot),
-        v(correct_slot),
-        prefill.is_some(),
-    )]);
+    run(&[loss::cross_entropy(gpu(), s, v(ls), v(ys), ds.map(v), v(loss_slot), v(correct_slot), prefill.is_some())]);
     sl.assert_guards_intact(&buf);
     Run {
         loss: sl.read(&buf, loss_slot)[0],

@@ -30,12 +30,7 @@ fn check_backward(
     }
 }
 
-fn check_forward(
-    what: &str,
-    x: &[f32],
-    want: &[f32],
-    launch: impl Fn(View, View) -> densegpu::gpu::Dispatch,
-) {
+fn check_forward(what: &str, x: &[f32], want: &[f32], launch: impl Fn(View, View) -> densegpu::gpu::Dispatch) {
     let mut s = Slots::new();
     let (xs, ys) = (s.input(x), s.output(want.len()));
     let buf = s.upload();

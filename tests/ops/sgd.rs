@@ -11,19 +11,23 @@ fn assert_very_close(what: &str, got: &[f32], want: &[f32]) {
     assert!(e < STRICT, "{what}: relative error {e:.3e} >= {STRICT:.0e}");
 }
 
-/// Several steps in a row with a fresh gradient each step and an lr change half-way through
-/// (through `set_params`, as a schedule does), comparing params and buffer after every step.
+/// Several steps in a row with a fresh gradient each step and an lr change half-way through,
+/// comparing params and buffer after every step. The new lr reaches the recorded step through
+/// `set_params` (as a schedule does) or, with `set_params` false, by recording it again.
 /// `separate` puts params, grads and buffer in three buffers; otherwise all share one.
-fn check(len: usize, h0: SgdHyper, separate: bool) {
+fn check(len: usize, h0: SgdHyper, separate: bool, set_params: bool) {
     let g = gpu();
     let p0 = random(len, 1);
     let grads: Vec<Vec<f32>> = (0..4).map(|k| random(len, 10 + k)).collect();
     let use_buf = h0.momentum != 0.0;
 
     let mut sl = Slots::new();
-    let ps = sl.input(&p0);
-    let gs = sl.input(&grads[0]);
-    let bs = sl.input(&vec![0.0; len]);
+    let (ps, gs, bs) = if separate {
+        // Keeps a huge range within one binding's limit: only the three separate buffers hold it.
+        (sl.input(&[]), sl.input(&[]), sl.input(&[]))
+    } else {
+        (sl.input(&p0), sl.input(&grads[0]), sl.input(&vec![0.0; len]))
+    };
     let shared = sl.upload();
     let (pb, gb, bb);
     let (pv, gv, bv) = if separate {
@@ -37,20 +41,28 @@ fn check(len: usize, h0: SgdHyper, separate: bool) {
     } else {
         (sl.view(&shared, ps), sl.view(&shared, gs), sl.view(&shared, bs))
     };
-    let step = sgd::sgd_step(g, len as u32, pv, gv, use_buf.then_some(bv), &h0);
+    let mut step = sgd::sgd_step(g, len as u32, pv, gv, use_buf.then_some(bv), &h0);
 
     let (mut p, mut buf) = (p0.clone(), vec![0.0f32; len]);
     let mut h = h0;
     for (k, grad) in grads.iter().enumerate() {
         if k == 2 {
             h.lr *= 0.1;
-            step.set_params(g, &sgd_params(len as u32, pv.offset, gv.offset, bv.offset, &h));
+            if set_params {
+                step.set_params(g, &sgd_params(len as u32, pv.offset, gv.offset, bv.offset, &h));
+            } else {
+                step = sgd::sgd_step(g, len as u32, pv, gv, use_buf.then_some(bv), &h);
+            }
         }
         g.write_f32(gv.buffer, gv.offset as u64, grad);
         run(std::slice::from_ref(&step));
         reference::sgd_step(&mut p, grad, &mut buf, &h);
         let tag = format!("len {len} {h:?} separate {separate} step {k}");
-        assert_very_close(&format!("params {tag}"), &g.read_f32_blocking(pv.buffer, pv.offset as u64, len).unwrap(), &p);
+        assert_very_close(
+            &format!("params {tag}"),
+            &g.read_f32_blocking(pv.buffer, pv.offset as u64, len).unwrap(),
+            &p,
+        );
         let got_buf = g.read_f32_blocking(bv.buffer, bv.offset as u64, len).unwrap();
         if use_buf {
             assert_very_close(&format!("momentum buffer {tag}"), &got_buf, &buf);
@@ -76,14 +88,20 @@ fn sgd_matches_reference_over_several_steps() {
     for h in configs {
         for len in [1, 13, 1000] {
             for separate in [false, true] {
-                check(len, h, separate);
+                check(len, h, separate, false);
             }
         }
     }
 }
 
 #[test]
+fn sgd_learning_rate_changes_through_set_params() {
+    check(1000, SgdHyper::densenet_cifar(), false, true);
+    check(13, SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 5e-4, nesterov: false }, true, true);
+}
+
+#[test]
 fn sgd_covers_a_densenet_sized_parameter_range() {
     // DenseNet-201's 20,013,928 parameters need more than 65,535 workgroups of 256.
-    check(20_013_928, SgdHyper::densenet_cifar(), true);
+    check(20_013_928, SgdHyper::densenet_cifar(), true, false);
 }

@@ -1,0 +1,173 @@
+//! Whole training steps on the GPU: against the CPU reference, across memory modes, and
+//! against finite differences.
+
+use densegpu::densenet::{DenseNetConfig, MemoryMode};
+use densegpu::graph::{Conv2dOut, Graph, Op};
+use densegpu::reference::graph as reference;
+use densegpu::{Gpu, Session, SgdHyper};
+use rand::{Rng, SeedableRng};
+use std::sync::{Arc, OnceLock};
+
+fn gpu() -> Arc<Gpu> {
+    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
+    GPU.get_or_init(|| Arc::new(Gpu::new_blocking().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))))
+        .clone()
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().all(|v| v.is_finite()), "non-finite value");
+    let num: f64 = got.iter().zip(want).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn flat(groups: &[Vec<f32>]) -> Vec<f32> {
+    groups.concat()
+}
+
+/// DenseNet-BC depth 16 (2 layers per block), k = 4, on 8x8 images, 5 classes.
+fn tiny_config(drop_rate: f32) -> DenseNetConfig {
+    DenseNetConfig {
+        growth_rate: 4,
+        num_init_features: 6,
+        drop_rate,
+        num_classes: 5,
+        image_size: 8,
+        ..DenseNetConfig::cifar_bc(16, 4, 5).unwrap()
+    }
+}
+
+/// A batch in NCHW (what the session takes) and its channel-major copy (what the graph holds).
+fn batch(graph: &Graph, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
+    let [c, n, h, w] = graph.shape(graph.input.unwrap());
+    let classes = graph.shape(graph.logits.unwrap())[0];
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+    let nchw: Vec<f32> = (0..c * n * h * w).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let plane = (h * w) as usize;
+    let mut cnhw = vec![0.0; nchw.len()];
+    for i in 0..n as usize {
+        for ch in 0..c as usize {
+            let (src, dst) = ((i * c as usize + ch) * plane, (ch * n as usize + i) * plane);
+            cnhw[dst..dst + plane].copy_from_slice(&nchw[src..src + plane]);
+        }
+    }
+    let labels = (0..n).map(|_| rng.random_range(0..classes)).collect();
+    (nchw, cnhw, labels)
+}
+
+const SGD: SgdHyper = SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
+
+#[test]
+fn naive_training_step_matches_cpu_reference() {
+    for drop_rate in [0.0, 0.2] {
+        let graph = tiny_config(drop_rate).build(3, MemoryMode::Naive).unwrap();
+        let mut session = Session::new_blocking(gpu(), graph.clone(), 11).unwrap();
+        for step in 0..2u64 {
+            let params = pollster::block_on(session.parameters()).unwrap();
+            let states = pollster::block_on(session.states()).unwrap();
+            let momentum = pollster::block_on(session.momentum()).unwrap();
+            let (nchw, cnhw, labels) = batch(&graph, 100 + step);
+            let labels_f: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+            let want = reference::run(&graph, &params, &states, &cnhw, &labels_f, true, step);
+            let got = session.train_step_blocking(&nchw, &labels, &SGD).unwrap();
+            assert!((got.loss - want.loss).abs() <= 1e-4 * want.loss.abs(), "loss {} vs {}", got.loss, want.loss);
+            assert_eq!(got.correct as f32, want.correct);
+            let grads = pollster::block_on(session.gradients()).unwrap();
+            let e = rel_err(&flat(&grads), &flat(&want.param_grads));
+            assert!(e < 1e-4, "drop {drop_rate} step {step}: gradients differ by {e:.2e}");
+            for (i, (g, w)) in grads.iter().zip(&want.param_grads).enumerate() {
+                let e = rel_err(g, w);
+                assert!(e < 1e-3, "group {i} ({}) differs by {e:.2e}", graph.params[i].tensors[0].name);
+            }
+            let new_states = pollster::block_on(session.states()).unwrap();
+            let e = rel_err(&flat(&new_states), &flat(&want.states));
+            assert!(e < 1e-5, "running statistics differ by {e:.2e}");
+            // The update itself, with the reference optimizer on the reference gradients.
+            let mut want_params = params.clone();
+            let mut want_momentum = momentum.clone();
+            for ((p, m), g) in want_params.iter_mut().zip(&mut want_momentum).zip(&want.param_grads) {
+                densegpu::reference::sgd::sgd_step(p, g, m, &SGD);
+            }
+            let new_params = pollster::block_on(session.parameters()).unwrap();
+            let e = rel_err(&flat(&new_params), &flat(&want_params));
+            assert!(e < 1e-6, "updated parameters differ by {e:.2e}");
+        }
+    }
+}
+
+/// Three SGD steps per mode from the same initialisation and data.
+fn run_three_steps(mode: MemoryMode, drop_rate: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let graph = tiny_config(drop_rate).build(3, mode).unwrap();
+    let mut session = Session::new_blocking(gpu(), graph.clone(), 5).unwrap();
+    let mut losses = Vec::new();
+    for step in 0..3 {
+        let (nchw, _, labels) = batch(&graph, 200 + step);
+        losses.push(session.train_step_blocking(&nchw, &labels, &SGD).unwrap().loss);
+    }
+    let grads = flat(&pollster::block_on(session.gradients()).unwrap());
+    let params = flat(&pollster::block_on(session.parameters()).unwrap());
+    let states = flat(&pollster::block_on(session.states()).unwrap());
+    (losses, grads, params, states)
+}
+
+#[test]
+fn every_memory_mode_gives_the_same_training() {
+    for drop_rate in [0.0, 0.25] {
+        let naive = run_three_steps(MemoryMode::Naive, drop_rate);
+        for mode in [MemoryMode::Efficient, MemoryMode::Minimal] {
+            let other = run_three_steps(mode, drop_rate);
+            let what = format!("{mode} vs naive, drop {drop_rate}");
+            assert!(rel_err(&other.0, &naive.0) < 1e-5, "{what}: losses {:?} vs {:?}", other.0, naive.0);
+            assert!(rel_err(&other.1, &naive.1) < 1e-5, "{what}: gradients differ");
+            assert!(rel_err(&other.2, &naive.2) < 1e-5, "{what}: parameters differ");
+            assert!(rel_err(&other.3, &naive.3) < 1e-5, "{what}: running statistics differ");
+        }
+    }
+}
+
+#[test]
+fn finite_differences_agree_with_backward_on_a_tiny_graph() {
+    // conv -> BN+ReLU -> pool -> linear -> loss, at odd sizes.
+    let mut g = Graph::new(2);
+    let x = g.input_image(3, 7, 5);
+    let c = g.conv2d("conv", x, Conv2dOut::New(4), 3, 1, 1);
+    let b = g.batch_norm("norm", c, true);
+    let p = g.pool("pool", Op::GlobalAvgPool, b, None);
+    let logits = g.linear("classifier", p, 3);
+    g.cross_entropy(logits);
+    let mut session = Session::new_blocking(gpu(), g.clone(), 3).unwrap();
+    let (nchw, _, labels) = batch(&g, 9);
+    let frozen = SgdHyper { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
+    session.train_step_blocking(&nchw, &labels, &frozen).unwrap();
+    let grads = pollster::block_on(session.gradients()).unwrap();
+    let state = session.state_dict_blocking().unwrap();
+    let mut checked = 0;
+    for (group, pg) in g.params.iter().enumerate() {
+        let mut at = 0;
+        for t in &pg.tensors {
+            let values = &state.iter().find(|(n, _, _)| n == &t.name).unwrap().2;
+            for i in [0, t.len() / 2, t.len() - 1] {
+                let h = 1e-2;
+                let mut loss_at = |delta: f32| {
+                    let mut v = values.clone();
+                    v[i] += delta;
+                    session.set_tensor(&t.name, &v).unwrap();
+                    let l = session.train_step_blocking(&nchw, &labels, &frozen).unwrap().loss;
+                    session.set_tensor(&t.name, values).unwrap();
+                    l as f64
+                };
+                let fd = (loss_at(h) - loss_at(-h)) / (2.0 * h as f64);
+                let analytic = grads[group][at + i] as f64;
+                assert!(
+                    (fd - analytic).abs() <= 2e-3 + 2e-2 * analytic.abs(),
+                    "{}[{i}]: finite difference {fd:.5} vs backward {analytic:.5}",
+                    t.name
+                );
+                checked += 1;
+            }
+            at += t.len();
+        }
+    }
+    assert!(checked >= 15);
+}
