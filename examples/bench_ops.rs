@@ -42,29 +42,45 @@ fn buffer(gpu: &Gpu, label: &str, len: u32) -> wgpu::Buffer {
     b
 }
 
-/// Seconds per launch: one warm-up submission (which also compiles the pipeline), then the
-/// fastest of five submissions of about 0.1 s each. The minimum, because the machine is shared:
-/// other processes only ever add time.
-fn time(gpu: &Gpu, make: &dyn Fn() -> Dispatch) -> f64 {
-    let once = |count: usize| -> Duration {
+/// CPU time consumed so far by every thread of this process (lavapipe's workers included),
+/// from /proc: on a shared machine it measures a kernel's work without the time it spent
+/// waiting for a core. `None` where /proc is unavailable.
+fn cpu_seconds() -> Option<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 * 1e-9)
+}
+
+/// (wall seconds, CPU seconds) per launch: one warm-up submission (which also compiles the
+/// pipeline), then the fastest of five submissions of about 0.1 s each. The minimum, because
+/// on a shared machine other processes only ever add time.
+fn time(gpu: &Gpu, make: &dyn Fn() -> Dispatch) -> (f64, f64) {
+    let once = |count: usize| -> (f64, f64) {
         let dispatches: Vec<Dispatch> = (0..count).map(|_| make()).collect();
-        let start = Instant::now();
+        let (start, cpu_start) = (Instant::now(), cpu_seconds().unwrap_or(0.0));
         gpu.run_blocking(&dispatches).expect("running the benchmark");
-        start.elapsed()
+        let cpu = cpu_seconds().unwrap_or(0.0) - cpu_start;
+        (start.elapsed().as_secs_f64() / count as f64, cpu / count as f64)
     };
     once(1);
-    let estimate = once(1).as_secs_f64();
+    let estimate = once(1).0;
     let count = ((0.1 / estimate).ceil() as usize).clamp(2, 100);
-    (0..5).map(|_| once(count).as_secs_f64() / count as f64).fold(f64::INFINITY, f64::min)
+    (0..5).map(|_| once(count)).fold((f64::INFINITY, f64::INFINITY), |a, b| (a.0.min(b.0), a.1.min(b.1)))
 }
 
 fn main() {
     let filter = std::env::args().nth(1).unwrap_or_default();
     let gpu = Gpu::new_blocking().expect("a GPU adapter");
     println!("device: {}", gpu.describe());
-    println!("batch {BATCH}; GFLOP/s = 2 x forward multiply-adds / time, for every direction\n");
-    println!("| conv | forward ms | forward GFLOP/s | backward input ms | backward input GFLOP/s | backward weight ms | backward weight GFLOP/s |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("batch {BATCH}; GFLOP/s = 2 x forward multiply-adds / time, for every direction.");
+    println!("ms and GFLOP/s are wall clock; cpu GFLOP/s divides by CPU time / {threads} cores instead,");
+    println!("i.e. the rate with the machine to itself (the wall numbers suffer from other load).\n");
+    println!("| conv | fwd ms | fwd GFLOP/s | fwd cpu GFLOP/s | bwd-in ms | bwd-in GFLOP/s | bwd-in cpu GFLOP/s | bwd-w ms | bwd-w GFLOP/s | bwd-w cpu GFLOP/s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut totals = [0.0f64; 3];
     for (name, s) in cases() {
         if !name.contains(&filter) {
@@ -81,9 +97,9 @@ fn main() {
         ];
         let gflops = |t: f64| s.flops_forward() as f64 / t / 1e9;
         print!("| {name} |");
-        for (i, t) in seconds.iter().enumerate() {
-            totals[i] += t;
-            print!(" {:.2} | {:.1} |", t * 1e3, gflops(*t));
+        for (i, &(wall, cpu)) in seconds.iter().enumerate() {
+            totals[i] += wall;
+            print!(" {:.2} | {:.1} | {:.1} |", wall * 1e3, gflops(wall), gflops(cpu / threads as f64));
         }
         println!();
     }

@@ -5,7 +5,10 @@
 //! the schedule compiler, planner and executor treat every graph alike.
 
 use crate::error::{Error, Result};
+use crate::executor::MemoryPlan;
 use crate::graph::{Conv2dOut, Graph, Op, TensorId};
+use crate::plan::ArenaLimits;
+use crate::schedule::Mode;
 use std::fmt;
 use std::str::FromStr;
 
@@ -54,7 +57,7 @@ impl FromStr for MemoryMode {
 }
 
 /// A DenseNet's hyper-parameters, with the names torchvision and the reference demo use.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DenseNetConfig {
     pub growth_rate: u32,
     pub block_config: Vec<u32>,
@@ -329,4 +332,69 @@ fn block_view(
 fn mark_recompute(g: &mut Graph, t: TensorId) {
     let node = g.nodes.iter().rposition(|n| n.output == t).expect("tensor has a producer");
     g.nodes[node].recompute = true;
+}
+
+/// Whether a DenseNet fits: the plan must place every tensor within the binding limit and,
+/// with a budget, allocate no more than it.
+fn fits(config: &DenseNetConfig, batch: u32, mode: MemoryMode, limits: &ArenaLimits, budget: Option<u64>) -> bool {
+    let Ok(graph) = config.build(batch, mode) else { return false };
+    match MemoryPlan::new(&graph, Mode::Train, limits) {
+        Ok(plan) => budget.is_none_or(|b| plan.report().total <= b),
+        Err(_) => false,
+    }
+}
+
+/// The largest training batch whose plan fits the limits (and the budget, if given), or
+/// None if not even one image fits.
+pub fn largest_batch(config: &DenseNetConfig, mode: MemoryMode, limits: &ArenaLimits, budget: Option<u64>) -> Option<u32> {
+    if !fits(config, 1, mode, limits, budget) {
+        return None;
+    }
+    let (mut lo, mut hi) = (1u32, 2u32);
+    while hi < 1 << 20 && fits(config, hi, mode, limits, budget) {
+        lo = hi;
+        hi *= 2;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(config, mid, mode, limits, budget) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo)
+}
+
+/// The training memory plan of a DenseNet, checked before anything runs. A batch that does
+/// not fit gives an error naming the mode, the bytes needed and the largest batch that fits.
+pub fn plan_training(
+    config: &DenseNetConfig,
+    batch: u32,
+    mode: MemoryMode,
+    limits: &ArenaLimits,
+    budget: Option<u64>,
+) -> Result<MemoryPlan> {
+    let graph = config.build(batch, mode)?;
+    let too_large = |why: String| {
+        let advice = match largest_batch(config, mode, limits, budget) {
+            Some(b) => format!("the largest batch that fits in {mode} mode is {b}"),
+            None => format!("not even a batch of 1 fits in {mode} mode"),
+        };
+        let leaner = match mode {
+            MemoryMode::Naive => "; the efficient and minimal modes need far less",
+            MemoryMode::Efficient => "; minimal mode needs less",
+            MemoryMode::Minimal => "",
+        };
+        Error::TooLarge(format!("batch {batch} in {mode} mode: {why}; {advice}{leaner}"))
+    };
+    let plan = MemoryPlan::new(&graph, Mode::Train, limits).map_err(|e| match e {
+        Error::TooLarge(m) => too_large(m),
+        other => other,
+    })?;
+    let total = plan.report().total;
+    if let Some(b) = budget.filter(|&b| total > b) {
+        return Err(too_large(format!("needs {total} bytes, more than the budget of {b} bytes")));
+    }
+    Ok(plan)
 }

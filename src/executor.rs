@@ -245,6 +245,37 @@ impl Session {
         self.read_groups(&self.graph.params, &self.param_layout, &self.persistent.momentum).await
     }
 
+    fn write_groups(&self, groups: &[ParamGroup], layout: &Segments, buffers: &[wgpu::Buffer], values: &[Vec<f32>], what: &str) -> Result<()> {
+        if values.len() != groups.len() {
+            return Err(Error::Shape(format!("expected {} {what} groups, got {}", groups.len(), values.len())));
+        }
+        for (i, (g, v)) in groups.iter().zip(values).enumerate() {
+            if v.len() != g.len() {
+                let name = g.tensors.first().map(|t| t.name.as_str()).unwrap_or("?");
+                return Err(Error::Shape(format!("{what} group {i} (`{name}`…) has {} values, expected {}", v.len(), g.len())));
+            }
+        }
+        for (i, v) in values.iter().enumerate() {
+            self.write_group(buffers, layout, i, v);
+        }
+        Ok(())
+    }
+
+    /// Replaces every parameter group (same order and layout as [`Session::parameters`]).
+    pub fn set_parameters(&self, values: &[Vec<f32>]) -> Result<()> {
+        self.write_groups(&self.graph.params, &self.param_layout, &self.persistent.params, values, "parameter")
+    }
+
+    /// Replaces every state group (same order and layout as [`Session::states`]).
+    pub fn set_states(&self, values: &[Vec<f32>]) -> Result<()> {
+        self.write_groups(&self.graph.states, &self.state_layout, &self.persistent.states, values, "state")
+    }
+
+    /// Replaces every momentum buffer (for resuming training).
+    pub fn set_momentum(&self, values: &[Vec<f32>]) -> Result<()> {
+        self.write_groups(&self.graph.params, &self.param_layout, &self.persistent.momentum, values, "momentum")
+    }
+
     /// Overwrites a persistent tensor by its state-dict name. The length must match.
     pub fn set_tensor(&self, name: &str, values: &[f32]) -> Result<()> {
         let sets = [
