@@ -61,7 +61,7 @@ fn put(i: u32, v: f32) {
 }
 
 // 1x1, stride 1, no padding: a matrix product dst[m, q] = sum_k A(m, k) src[k, q] over the
-// N*H*W pixels q. Each invocation owns 8 rows x 8 consecutive pixels; the grid's z picks the
+// N*H*W pixels q. Each invocation owns 4 rows x 8 consecutive pixels; the grid's z picks the
 // row block. Out-of-range rows and pixels load clamped (valid) addresses and are not stored.
 @compute @workgroup_size(64)
 fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
@@ -69,7 +69,7 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let pixels = p.n * p.src_h * p.src_w;
     let first = flat_id(gid, groups, 64u) * 8u;
     if (first >= pixels) { return; }
-    let m0 = wg.z * 8u;
+    let m0 = wg.z * 4u;
     let last = pixels - 1u;
     let q0 = min(first + 0u, last);
     let q1 = min(first + 1u, last);
@@ -83,10 +83,6 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let wr1 = p.wt_off + min(m0 + 1u, p.m_rows - 1u) * p.a_m;
     let wr2 = p.wt_off + min(m0 + 2u, p.m_rows - 1u) * p.a_m;
     let wr3 = p.wt_off + min(m0 + 3u, p.m_rows - 1u) * p.a_m;
-    let wr4 = p.wt_off + min(m0 + 4u, p.m_rows - 1u) * p.a_m;
-    let wr5 = p.wt_off + min(m0 + 5u, p.m_rows - 1u) * p.a_m;
-    let wr6 = p.wt_off + min(m0 + 6u, p.m_rows - 1u) * p.a_m;
-    let wr7 = p.wt_off + min(m0 + 7u, p.m_rows - 1u) * p.a_m;
     var acc0_0 = vec4<f32>();
     var acc0_1 = vec4<f32>();
     var acc1_0 = vec4<f32>();
@@ -95,14 +91,6 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     var acc2_1 = vec4<f32>();
     var acc3_0 = vec4<f32>();
     var acc3_1 = vec4<f32>();
-    var acc4_0 = vec4<f32>();
-    var acc4_1 = vec4<f32>();
-    var acc5_0 = vec4<f32>();
-    var acc5_1 = vec4<f32>();
-    var acc6_0 = vec4<f32>();
-    var acc6_1 = vec4<f32>();
-    var acc7_0 = vec4<f32>();
-    var acc7_1 = vec4<f32>();
     var s = p.src_off;
     var wk = 0u;
     for (var k = 0u; k < p.k_rows; k++) {
@@ -120,18 +108,6 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         let a3 = wt[wr3 + wk];
         acc3_0 = fma(vec4<f32>(a3), b0, acc3_0);
         acc3_1 = fma(vec4<f32>(a3), b1, acc3_1);
-        let a4 = wt[wr4 + wk];
-        acc4_0 = fma(vec4<f32>(a4), b0, acc4_0);
-        acc4_1 = fma(vec4<f32>(a4), b1, acc4_1);
-        let a5 = wt[wr5 + wk];
-        acc5_0 = fma(vec4<f32>(a5), b0, acc5_0);
-        acc5_1 = fma(vec4<f32>(a5), b1, acc5_1);
-        let a6 = wt[wr6 + wk];
-        acc6_0 = fma(vec4<f32>(a6), b0, acc6_0);
-        acc6_1 = fma(vec4<f32>(a6), b1, acc6_1);
-        let a7 = wt[wr7 + wk];
-        acc7_0 = fma(vec4<f32>(a7), b0, acc7_0);
-        acc7_1 = fma(vec4<f32>(a7), b1, acc7_1);
         s += pixels;
         wk += p.a_k;
     }
@@ -180,50 +156,6 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         if (full || first + 6u < pixels) { put(o + 6u, acc3_1[2]); }
         if (full || first + 7u < pixels) { put(o + 7u, acc3_1[3]); }
     }
-    if (m0 + 4u < p.m_rows) {
-        let o = p.dst_off + (m0 + 4u) * pixels + first;
-        if (full || first + 0u < pixels) { put(o + 0u, acc4_0[0]); }
-        if (full || first + 1u < pixels) { put(o + 1u, acc4_0[1]); }
-        if (full || first + 2u < pixels) { put(o + 2u, acc4_0[2]); }
-        if (full || first + 3u < pixels) { put(o + 3u, acc4_0[3]); }
-        if (full || first + 4u < pixels) { put(o + 4u, acc4_1[0]); }
-        if (full || first + 5u < pixels) { put(o + 5u, acc4_1[1]); }
-        if (full || first + 6u < pixels) { put(o + 6u, acc4_1[2]); }
-        if (full || first + 7u < pixels) { put(o + 7u, acc4_1[3]); }
-    }
-    if (m0 + 5u < p.m_rows) {
-        let o = p.dst_off + (m0 + 5u) * pixels + first;
-        if (full || first + 0u < pixels) { put(o + 0u, acc5_0[0]); }
-        if (full || first + 1u < pixels) { put(o + 1u, acc5_0[1]); }
-        if (full || first + 2u < pixels) { put(o + 2u, acc5_0[2]); }
-        if (full || first + 3u < pixels) { put(o + 3u, acc5_0[3]); }
-        if (full || first + 4u < pixels) { put(o + 4u, acc5_1[0]); }
-        if (full || first + 5u < pixels) { put(o + 5u, acc5_1[1]); }
-        if (full || first + 6u < pixels) { put(o + 6u, acc5_1[2]); }
-        if (full || first + 7u < pixels) { put(o + 7u, acc5_1[3]); }
-    }
-    if (m0 + 6u < p.m_rows) {
-        let o = p.dst_off + (m0 + 6u) * pixels + first;
-        if (full || first + 0u < pixels) { put(o + 0u, acc6_0[0]); }
-        if (full || first + 1u < pixels) { put(o + 1u, acc6_0[1]); }
-        if (full || first + 2u < pixels) { put(o + 2u, acc6_0[2]); }
-        if (full || first + 3u < pixels) { put(o + 3u, acc6_0[3]); }
-        if (full || first + 4u < pixels) { put(o + 4u, acc6_1[0]); }
-        if (full || first + 5u < pixels) { put(o + 5u, acc6_1[1]); }
-        if (full || first + 6u < pixels) { put(o + 6u, acc6_1[2]); }
-        if (full || first + 7u < pixels) { put(o + 7u, acc6_1[3]); }
-    }
-    if (m0 + 7u < p.m_rows) {
-        let o = p.dst_off + (m0 + 7u) * pixels + first;
-        if (full || first + 0u < pixels) { put(o + 0u, acc7_0[0]); }
-        if (full || first + 1u < pixels) { put(o + 1u, acc7_0[1]); }
-        if (full || first + 2u < pixels) { put(o + 2u, acc7_0[2]); }
-        if (full || first + 3u < pixels) { put(o + 3u, acc7_0[3]); }
-        if (full || first + 4u < pixels) { put(o + 4u, acc7_1[0]); }
-        if (full || first + 5u < pixels) { put(o + 5u, acc7_1[1]); }
-        if (full || first + 6u < pixels) { put(o + 6u, acc7_1[2]); }
-        if (full || first + 7u < pixels) { put(o + 7u, acc7_1[3]); }
-    }
 }
 
 // The same product reading src (and, for the forward, the weights) as aligned vec4s: llvmpipe
@@ -236,15 +168,11 @@ fn conv1x1_gemm_vec(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     let pixels = p.n * p.src_h * p.src_w;
     let first = flat_id(gid, groups, 64u) * 8u;
     if (first >= pixels) { return; }
-    let m0 = wg.z * 8u;
+    let m0 = wg.z * 4u;
     let wr0 = p.wt_off + min(m0 + 0u, p.m_rows - 1u) * p.a_m;
     let wr1 = p.wt_off + min(m0 + 1u, p.m_rows - 1u) * p.a_m;
     let wr2 = p.wt_off + min(m0 + 2u, p.m_rows - 1u) * p.a_m;
     let wr3 = p.wt_off + min(m0 + 3u, p.m_rows - 1u) * p.a_m;
-    let wr4 = p.wt_off + min(m0 + 4u, p.m_rows - 1u) * p.a_m;
-    let wr5 = p.wt_off + min(m0 + 5u, p.m_rows - 1u) * p.a_m;
-    let wr6 = p.wt_off + min(m0 + 6u, p.m_rows - 1u) * p.a_m;
-    let wr7 = p.wt_off + min(m0 + 7u, p.m_rows - 1u) * p.a_m;
     var acc0_0 = vec4<f32>();
     var acc0_1 = vec4<f32>();
     var acc1_0 = vec4<f32>();
@@ -253,14 +181,6 @@ fn conv1x1_gemm_vec(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     var acc2_1 = vec4<f32>();
     var acc3_0 = vec4<f32>();
     var acc3_1 = vec4<f32>();
-    var acc4_0 = vec4<f32>();
-    var acc4_1 = vec4<f32>();
-    var acc5_0 = vec4<f32>();
-    var acc5_1 = vec4<f32>();
-    var acc6_0 = vec4<f32>();
-    var acc6_1 = vec4<f32>();
-    var acc7_0 = vec4<f32>();
-    var acc7_1 = vec4<f32>();
     var s = p.src_off + first;
     var wk = 0u;
     for (var k = 0u; k < p.k_rows; k++) {
@@ -283,18 +203,6 @@ fn conv1x1_gemm_vec(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
         let a3 = wt[wr3 + wk];
         acc3_0 = fma(vec4<f32>(a3), b0, acc3_0);
         acc3_1 = fma(vec4<f32>(a3), b1, acc3_1);
-        let a4 = wt[wr4 + wk];
-        acc4_0 = fma(vec4<f32>(a4), b0, acc4_0);
-        acc4_1 = fma(vec4<f32>(a4), b1, acc4_1);
-        let a5 = wt[wr5 + wk];
-        acc5_0 = fma(vec4<f32>(a5), b0, acc5_0);
-        acc5_1 = fma(vec4<f32>(a5), b1, acc5_1);
-        let a6 = wt[wr6 + wk];
-        acc6_0 = fma(vec4<f32>(a6), b0, acc6_0);
-        acc6_1 = fma(vec4<f32>(a6), b1, acc6_1);
-        let a7 = wt[wr7 + wk];
-        acc7_0 = fma(vec4<f32>(a7), b0, acc7_0);
-        acc7_1 = fma(vec4<f32>(a7), b1, acc7_1);
         s += pixels;
         wk += p.a_k;
     }
@@ -342,50 +250,6 @@ fn conv1x1_gemm_vec(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
         if (full || first + 5u < pixels) { put(o + 5u, acc3_1[1]); }
         if (full || first + 6u < pixels) { put(o + 6u, acc3_1[2]); }
         if (full || first + 7u < pixels) { put(o + 7u, acc3_1[3]); }
-    }
-    if (m0 + 4u < p.m_rows) {
-        let o = p.dst_off + (m0 + 4u) * pixels + first;
-        if (full || first + 0u < pixels) { put(o + 0u, acc4_0[0]); }
-        if (full || first + 1u < pixels) { put(o + 1u, acc4_0[1]); }
-        if (full || first + 2u < pixels) { put(o + 2u, acc4_0[2]); }
-        if (full || first + 3u < pixels) { put(o + 3u, acc4_0[3]); }
-        if (full || first + 4u < pixels) { put(o + 4u, acc4_1[0]); }
-        if (full || first + 5u < pixels) { put(o + 5u, acc4_1[1]); }
-        if (full || first + 6u < pixels) { put(o + 6u, acc4_1[2]); }
-        if (full || first + 7u < pixels) { put(o + 7u, acc4_1[3]); }
-    }
-    if (m0 + 5u < p.m_rows) {
-        let o = p.dst_off + (m0 + 5u) * pixels + first;
-        if (full || first + 0u < pixels) { put(o + 0u, acc5_0[0]); }
-        if (full || first + 1u < pixels) { put(o + 1u, acc5_0[1]); }
-        if (full || first + 2u < pixels) { put(o + 2u, acc5_0[2]); }
-        if (full || first + 3u < pixels) { put(o + 3u, acc5_0[3]); }
-        if (full || first + 4u < pixels) { put(o + 4u, acc5_1[0]); }
-        if (full || first + 5u < pixels) { put(o + 5u, acc5_1[1]); }
-        if (full || first + 6u < pixels) { put(o + 6u, acc5_1[2]); }
-        if (full || first + 7u < pixels) { put(o + 7u, acc5_1[3]); }
-    }
-    if (m0 + 6u < p.m_rows) {
-        let o = p.dst_off + (m0 + 6u) * pixels + first;
-        if (full || first + 0u < pixels) { put(o + 0u, acc6_0[0]); }
-        if (full || first + 1u < pixels) { put(o + 1u, acc6_0[1]); }
-        if (full || first + 2u < pixels) { put(o + 2u, acc6_0[2]); }
-        if (full || first + 3u < pixels) { put(o + 3u, acc6_0[3]); }
-        if (full || first + 4u < pixels) { put(o + 4u, acc6_1[0]); }
-        if (full || first + 5u < pixels) { put(o + 5u, acc6_1[1]); }
-        if (full || first + 6u < pixels) { put(o + 6u, acc6_1[2]); }
-        if (full || first + 7u < pixels) { put(o + 7u, acc6_1[3]); }
-    }
-    if (m0 + 7u < p.m_rows) {
-        let o = p.dst_off + (m0 + 7u) * pixels + first;
-        if (full || first + 0u < pixels) { put(o + 0u, acc7_0[0]); }
-        if (full || first + 1u < pixels) { put(o + 1u, acc7_0[1]); }
-        if (full || first + 2u < pixels) { put(o + 2u, acc7_0[2]); }
-        if (full || first + 3u < pixels) { put(o + 3u, acc7_0[3]); }
-        if (full || first + 4u < pixels) { put(o + 4u, acc7_1[0]); }
-        if (full || first + 5u < pixels) { put(o + 5u, acc7_1[1]); }
-        if (full || first + 6u < pixels) { put(o + 6u, acc7_1[2]); }
-        if (full || first + 7u < pixels) { put(o + 7u, acc7_1[3]); }
     }
 }
 

@@ -122,3 +122,13 @@ fn dropout_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
         }
     }
 }
+
+// y = value (the `scale` word) over len elements: zeroes the part of a gradient that no
+// consumer wrote before the first accumulating contribution arrives.
+@compute @workgroup_size(256)
+fn fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let stride = groups.x * groups.y * 256u;
+    for (var i = flat_id(gid, groups, 256u); i < p.len; i += stride) {
+        y[p.y_off + i] = p.scale;
+    }
+}

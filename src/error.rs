@@ -17,6 +17,13 @@ pub enum Error {
     Shape(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A dataset, weights or checkpoint file that is missing, unreadable or malformed. The
+    /// message names the file and the problem.
+    #[error("{0}")]
+    Data(String),
+    /// Training diverged or could not go on; the message says what to change.
+    #[error("{0}")]
+    Training(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

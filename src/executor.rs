@@ -527,36 +527,22 @@ impl Program {
                 LaunchOp::BnApply { shape, x, stats, affine, y, relu } => {
                     bn::batchnorm_apply(gpu, shape, r(x), r(stats), r(affine), r(y), relu)
                 }
-                LaunchOp::BnBackward { shape, x, dy, stats, affine, grad_affine, dx, relu, accumulate } => match dx {
-                    Some(dx) => bn::batchnorm_backward(
-                        gpu,
-                        shape,
-                        r(x),
-                        r(dy),
-                        r(stats),
-                        r(affine),
-                        r(grad_affine),
-                        r(dx),
-                        relu,
-                        false,
-                        accumulate,
-                    ),
-                    None => bn::batchnorm_backward_affine(
-                        gpu,
-                        shape,
-                        r(x),
-                        r(dy),
-                        r(stats),
-                        r(affine),
-                        r(grad_affine),
-                        relu,
-                        false,
-                    ),
-                },
+                LaunchOp::BnBackward { shape, x, dy, stats, affine, grad_affine, dx, relu, accumulate } => {
+                    // The split pair measured faster on lavapipe than the fused kernel; the
+                    // input pass reads the sums the affine pass just wrote.
+                    let (x, dy, stats, affine, grad_affine) = (r(x), r(dy), r(stats), r(affine), r(grad_affine));
+                    let affine_pass = bn::batchnorm_backward_affine(gpu, shape, x, dy, stats, affine, grad_affine, relu, false);
+                    match dx {
+                        Some(dx) => {
+                            dispatches.push(affine_pass);
+                            bn::batchnorm_backward_input(gpu, shape, x, dy, stats, affine, grad_affine, r(dx), relu, accumulate)
+                        }
+                        None => affine_pass,
+                    }
+                }
                 LaunchOp::ReluForward { len, x, y } => ew::relu_forward(gpu, len, r(x), r(y)),
                 LaunchOp::ReluBackward { len, x, dy, dx, accumulate } => {
-                    assert!(!accumulate, "TODO relu accumulate");
-                    ew::relu_backward(gpu, len, r(x), r(dy), r(dx))
+                    ew::relu_backward_into(gpu, len, r(x), r(dy), r(dx), accumulate)
                 }
                 LaunchOp::DropoutForward { len, rate, key, x, y } => {
                     let (x, y) = (r(x), r(y));
@@ -611,7 +597,7 @@ impl Program {
                 }
                 LaunchOp::Copy { len, x, y } => ew::copy(gpu, len, r(x), r(y)),
                 LaunchOp::Add { len, x, y } => ew::add(gpu, len, r(x), r(y)),
-                LaunchOp::Fill { len, y, value } => todo!("fill {len} {:?} {value}", r(y)),
+                LaunchOp::Fill { len, y, value } => ew::fill(gpu, len, r(y), value),
                 LaunchOp::Loss { n, classes, logits, labels, loss, dlogits } => {
                     let l = r(loss);
                     let s = loss::LossShape::new(classes, n);

@@ -65,7 +65,7 @@ impl Conv2dShape {
 const fn kernel(entry: &'static str) -> Kernel {
     Kernel { shader: &shaders::CONV, entry, buffers: 3 }
 }
-const GEMM_1X1: Kernel = kernel("conv1x1_gemm_vec");
+const GEMM_1X1: Kernel = kernel("conv1x1_gemm");
 const CONV_3X3_S1: Kernel = kernel("conv3x3_s1");
 const GENERAL_FORWARD: Kernel = kernel("conv_general_forward");
 const GENERAL_BACKWARD_INPUT: Kernel = kernel("conv_general_backward_input");
@@ -75,7 +75,7 @@ const GENERAL_WEIGHT_GRAD: Kernel = kernel("conv_general_weight_grad");
 
 // Register tiles of the kernels in shaders/conv.wgsl: (rows, pixels) per invocation, or for the
 // weight gradients (output channels, input channels) per workgroup. Keep in step with the shader.
-const GEMM_ROWS: u32 = 8;
+const GEMM_ROWS: u32 = 4;
 const GEMM_PIXELS: u32 = 8;
 const CONV3_ROWS: u32 = 4;
 const CONV3_PIXELS: u32 = 8;

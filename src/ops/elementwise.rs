@@ -27,6 +27,7 @@ const COPY: Kernel = kernel("copy");
 const ADD: Kernel = kernel("add");
 const DROPOUT_FORWARD: Kernel = kernel("dropout_forward");
 const DROPOUT_BACKWARD: Kernel = kernel("dropout_backward");
+const FILL: Kernel = kernel("fill");
 
 /// Parameter words of every kernel in this module.
 pub const PARAM_WORDS: usize = 12;
@@ -133,4 +134,11 @@ pub fn dropout_backward(
 ) -> Dispatch {
     let words = dropout_params(len, dy.offset, dx.offset, rate, seed, accumulate);
     launch(gpu, &DROPOUT_BACKWARD, &words, dy.buffer, dx.buffer)
+}
+
+/// y = value over `len` elements.
+pub fn fill(gpu: &Gpu, len: u32, y: View, value: f32) -> Dispatch {
+    let mut words = params(len, y.offset, y.offset, 0);
+    words[7] = value.to_bits();
+    launch(gpu, &FILL, &words, y.buffer, y.buffer)
 }

@@ -195,3 +195,15 @@ fn relu_backward_into_matches_reference() {
         b.assert_guards_intact(&bbuf);
     }
 }
+
+#[test]
+fn fill_overwrites_exactly_its_range() {
+    for &len in &[1usize, 13 * 5 * 7, 70_001] {
+        let mut s = Slots::new();
+        let y = s.output(len);
+        let buf = s.upload();
+        run(&[elementwise::fill(gpu(), len as u32, s.view(&buf, y), -0.75)]);
+        assert!(s.read(&buf, y).iter().all(|&v| v == -0.75), "every element is the fill value");
+        s.assert_guards_intact(&buf);
+    }
+}
