@@ -5,7 +5,7 @@
 use densegpu::gpu::{Dispatch, View};
 use densegpu::ops::conv::{self, Conv2dShape};
 use densegpu::Gpu;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const BATCH: u32 = 64;
 

@@ -265,7 +265,18 @@ pub fn compile(graph: &Graph, mode: Mode) -> crate::Result<Schedule> {
         }
         c.push_launch(Launch { node: None, phase: Phase::Update, op: LaunchOp::SgdUpdate });
     }
-    // The host reads the logits and the loss after the whole step.
+    // The host writes the image and labels before the first launch, and reads the logits
+    // and the loss after the last one.
+    for loc in [Some(input), labels].into_iter().flatten() {
+        if let Loc::Value { value, .. } = loc {
+            c.values[value.0].first = 0;
+        }
+    }
+    for v in &mut c.values {
+        if v.first == usize::MAX {
+            (v.first, v.last) = (0, 0); // never used by a launch (nothing reads it)
+        }
+    }
     let end = c.launches.len().saturating_sub(1);
     let logits = c.forward[&graph.tensor(graph.logits.unwrap()).storage];
     c.values[logits.0].last = end;
@@ -293,9 +304,12 @@ impl Compiler<'_> {
         self.launches.len()
     }
 
+    /// A value with no lifetime yet: it starts at the first launch that uses it, so a
+    /// gradient created while its node's other launches are recorded can still take the
+    /// place of a value those launches free.
     fn new_value(&mut self, storage: StorageId, kind: ValueKind) -> ValueId {
-        let at = self.now();
-        self.values.push(Value { storage, kind, elems: self.graph.storages[storage.0].elems(), first: at, last: at });
+        let elems = self.graph.storages[storage.0].elems();
+        self.values.push(Value { storage, kind, elems, first: usize::MAX, last: 0 });
         ValueId(self.values.len() - 1)
     }
 

@@ -1,7 +1,9 @@
 //! Model definitions and memory plans, checked without a GPU.
 
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
-use densegpu::executor::memory_report;
+use densegpu::densenet::{largest_batch, plan_training};
+use densegpu::executor::{memory_report, MemoryPlan};
+use densegpu::plan::ArenaLimits;
 use densegpu::Mode;
 
 #[test]
@@ -23,12 +25,68 @@ fn parameter_counts_equal_torchvision() {
     }
 }
 
+fn stored_activations(depth: u32, mode: MemoryMode) -> f64 {
+    let g = DenseNetConfig::cifar_bc(depth, 12, 10).unwrap().build(64, mode).unwrap();
+    // Depth 250's first block buffer (516 channels) outgrows a 128 MiB binding at batch 64;
+    // growth with depth is what is measured here, so plan for a device with 2 GiB bindings.
+    let limits = ArenaLimits { max_buffer_bytes: 2 << 30, alignment: 256 };
+    MemoryPlan::new(&g, Mode::Train, &limits).unwrap().report().activations as f64
+}
+
 #[test]
-fn print_bc100_plan() {
-    let config = DenseNetConfig::cifar_bc(100, 12, 10).unwrap();
+fn stored_activations_are_linear_in_depth_except_naive() {
+    let depths = [40u32, 100, 190, 250];
     for mode in MemoryMode::ALL {
-        let g = config.build(64, mode).unwrap();
-        let r = memory_report(&g, Mode::Train).unwrap();
-        println!("{mode}\n{r}");
+        // Bytes per layer: flat for a linear mode, growing with depth for a quadratic one.
+        let per_layer: Vec<f64> = depths.iter().map(|&d| stored_activations(d, mode) / (d - 4) as f64).collect();
+        println!("{mode}: bytes per layer {per_layer:?}");
+        let growth = per_layer[3] / per_layer[0];
+        match mode {
+            // Linear: per-layer bytes stay within 10% of the shallowest net's.
+            MemoryMode::Efficient | MemoryMode::Minimal => {
+                assert!(per_layer.iter().all(|&p| p <= per_layer[0] * 1.1), "{mode} grows faster than linearly: {per_layer:?}")
+            }
+            // Quadratic: per-layer bytes rise with every depth step (measured 3.1x from 40 to 250).
+            MemoryMode::Naive => {
+                assert!(per_layer.windows(2).all(|w| w[1] > w[0] * 1.2), "naive per-layer bytes {per_layer:?}");
+                assert!(growth > 2.5, "naive should grow quadratically, per-layer growth {growth:.2}")
+            }
+        }
     }
+}
+
+#[test]
+fn the_plan_orders_the_modes_and_meets_the_floor() {
+    let config = DenseNetConfig::cifar_bc(100, 12, 10).unwrap();
+    let report = |mode| memory_report(&config.build(64, mode).unwrap(), Mode::Train).unwrap();
+    let (naive, efficient, minimal) = (report(MemoryMode::Naive), report(MemoryMode::Efficient), report(MemoryMode::Minimal));
+    const MIB: u64 = 1 << 20;
+    // The three block buffers alone are 78 MiB at batch 64; minimal keeps little beyond them.
+    assert!(minimal.activations >= 78 * MIB && minimal.activations <= 82 * MIB, "minimal {}", minimal.activations);
+    // Efficient adds the bottleneck outputs (about 252 MiB).
+    assert!(efficient.activations <= 78 * MIB + 256 * MIB, "efficient {}", efficient.activations);
+    assert!(naive.activations > 5 * efficient.activations);
+    assert!(naive.total > efficient.total && efficient.total > minimal.total);
+    // Parameters, gradients and optimizer state do not depend on the mode.
+    assert_eq!((naive.parameters, naive.gradients, naive.optimizer), (minimal.parameters, minimal.gradients, minimal.optimizer));
+}
+
+#[test]
+fn a_batch_too_large_for_the_binding_limit_is_refused_with_advice() {
+    let config = DenseNetConfig::cifar_bc(100, 12, 10).unwrap();
+    let limits = ArenaLimits::WEBGPU_DEFAULT;
+    let err = plan_training(&config, 1024, MemoryMode::Efficient, &limits, None).unwrap_err().to_string();
+    let largest = largest_batch(&config, MemoryMode::Efficient, &limits, None).unwrap();
+    assert!(err.contains("efficient"), "{err}");
+    assert!(err.contains(&format!("largest batch that fits in efficient mode is {largest}")), "{err}");
+    assert!(err.contains("bytes"), "{err}");
+    assert!(plan_training(&config, largest, MemoryMode::Efficient, &limits, None).is_ok());
+    assert!(plan_training(&config, largest + 1, MemoryMode::Efficient, &limits, None).is_err());
+    // A budget is honoured the same way.
+    let budget = 160 << 20;
+    let fit = largest_batch(&config, MemoryMode::Minimal, &limits, Some(budget)).unwrap();
+    let total = plan_training(&config, fit, MemoryMode::Minimal, &limits, Some(budget)).unwrap().report().total;
+    assert!(total <= budget);
+    let err = plan_training(&config, fit + 1, MemoryMode::Minimal, &limits, Some(budget)).unwrap_err().to_string();
+    assert!(err.contains("budget") && err.contains(&format!("is {fit}")), "{err}");
 }

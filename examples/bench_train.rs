@@ -1,0 +1,97 @@
+//! Images per second of full training steps (forward, recompute, backward, SGD) on random
+//! data, for each memory mode, with the planned and allocated memory.
+//!
+//!     cargo run --release --example bench_train -- --depth 100 --growth-rate 12 --batch-size 64
+//!
+//! `--mode naive` (or efficient, minimal) runs one mode only, so that an outside tool such as
+//! `/usr/bin/time -v` measures that mode's peak resident memory alone.
+
+use clap::Parser;
+use densegpu::densenet::{DenseNetConfig, MemoryMode};
+use densegpu::{Gpu, Mode, Session, SgdHyper};
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 100)]
+    depth: u32,
+    #[arg(long, default_value_t = 12)]
+    growth_rate: u32,
+    #[arg(long, default_value_t = 64)]
+    batch_size: u32,
+    /// Timed steps per mode, after one untimed warm-up step.
+    #[arg(long, default_value_t = 3)]
+    steps: u32,
+    /// naive, efficient, minimal, or all.
+    #[arg(long, default_value = "all")]
+    mode: String,
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> densegpu::Result<()> {
+    let modes: Vec<MemoryMode> =
+        if args.mode == "all" { MemoryMode::ALL.to_vec() } else { vec![args.mode.parse()?] };
+    let gpu = Arc::new(Gpu::new_blocking()?);
+    let config = DenseNetConfig::cifar_bc(args.depth, args.growth_rate, 10)?;
+    println!("adapter: {}", gpu.describe());
+    println!(
+        "DenseNet-BC-{} k={} batch {}, {} timed steps after 1 warm-up step",
+        args.depth, args.growth_rate, args.batch_size, args.steps
+    );
+    println!("{:<10} {:>9} {:>10} {:>14} {:>14}", "mode", "img/s", "s/step", "planned MiB", "allocated MiB");
+    let n = args.batch_size as usize;
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(0);
+    let images: Vec<f32> = (0..n * 3 * 32 * 32).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let labels: Vec<u32> = (0..n).map(|_| rng.random_range(0..10)).collect();
+    let mut baseline = None;
+    for mode in modes {
+        let graph = config.build(args.batch_size, mode)?;
+        let mut session = Session::new_blocking(gpu.clone(), graph, 0)?;
+        let planned = session.memory_plan(Mode::Train)?.report().total;
+        let sgd = SgdHyper::densenet_cifar();
+        session.train_step_blocking(&images, &labels, &sgd)?;
+        let start = Instant::now();
+        for _ in 0..args.steps {
+            session.train_step_blocking(&images, &labels, &sgd)?;
+        }
+        let per_step = start.elapsed().as_secs_f64() / args.steps as f64;
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let overhead = match baseline {
+            None if mode == MemoryMode::Naive => {
+                baseline = Some(per_step);
+                String::new()
+            }
+            Some(b) => format!("  ({:+.1}% time vs naive)", 100.0 * (per_step / b - 1.0)),
+            None => String::new(),
+        };
+        println!(
+            "{:<10} {:>9.2} {:>10.3} {:>14.1} {:>14.1}{overhead}",
+            mode.name(),
+            n as f64 / per_step,
+            per_step,
+            mib(planned),
+            mib(session.allocated_bytes())
+        );
+    }
+    if let Some(kib) = peak_resident_kib() {
+        // On lavapipe GPU memory is process memory, so this is the arena's real footprint
+        // plus the driver, the shaders and the host copies of one batch.
+        println!("peak resident memory of this process: {:.1} MiB", kib as f64 / 1024.0);
+    }
+    Ok(())
+}
+
+/// The process's peak resident set (VmHWM), where the OS reports it (Linux).
+fn peak_resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,835 @@
+//! Weights and resume checkpoints as safetensors files that PyTorch reads and writes as is.
+//!
+//! # Weights files
+//! Tensors carry torchvision's state-dict names and PyTorch's layouts (OIHW convolutions,
+//! (out, in) linear weights), stored as little-endian `F32`; every batch norm also gets
+//! `<module>.num_batches_tracked`, an `I64` scalar (shape `[]`) as PyTorch writes it. So
+//! `torchvision.models.densenet121().load_state_dict(safetensors.torch.load_file(path))` needs no
+//! conversion. The `__metadata__` holds:
+//!
+//! | key | value |
+//! |---|---|
+//! | `format` | `pt`, the tag Hugging Face tools expect on a PyTorch state dict |
+//! | `densegpu.format` | [`WEIGHTS_FORMAT`] or [`CHECKPOINT_FORMAT`] |
+//! | `densegpu.config` | the [`DenseNetConfig`] as JSON |
+//! | `densegpu.training` | checkpoints only: the [`TrainingState`] as JSON |
+//!
+//! # Reading
+//! Any safetensors state dict loads, ours or one saved from PyTorch: `F32` as is, `F16`, `BF16`
+//! and `F64` converted to f32; `num_batches_tracked` may be absent or any integer type; the old
+//! key spelling of released torchvision checkpoints (`denselayer1.norm.1.weight`) is renamed to
+//! the current one (`denselayer1.norm1.weight`). Matching against a model
+//! ([`weights_for_graph`], [`apply_weights`]) is strict: a missing tensor, a tensor of another
+//! shape, and a tensor the model does not have are all errors that name the tensor. Nothing is
+//! dropped quietly; the one exception is stated where it happens: [`load_weights`] on a resume
+//! checkpoint leaves out the optimizer state, which only [`load_checkpoint`] returns.
+//!
+//! # Resume checkpoints
+//! A weights file plus one momentum buffer per parameter, `optimizer.momentum.<parameter name>`
+//! (`F32`, the parameter's shape), and the [`TrainingState`] (step, epoch, RNG words, SGD
+//! hyper-parameters...) in `densegpu.training`. Loading one into a fresh session and training on
+//! gives the same bits as never having stopped.
+//!
+//! # Writing
+//! Every file is written through [`write_atomic`]: a temporary file in the target's directory,
+//! flushed and fsynced, then renamed over the target, so a crash or a failed write leaves the
+//! previous file whole.
+
+use crate::densenet::DenseNetConfig;
+use crate::error::{Error, Result};
+use crate::executor::{Session, SgdHyper};
+use crate::graph::{Graph, ParamGroup};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// `densegpu.format` of a weights file.
+pub const WEIGHTS_FORMAT: &str = "densegpu-weights/1";
+/// `densegpu.format` of a resume checkpoint.
+pub const CHECKPOINT_FORMAT: &str = "densegpu-checkpoint/1";
+/// Metadata key of the format tag.
+pub const META_FORMAT: &str = "densegpu.format";
+/// Metadata key of the model configuration (JSON of [`DenseNetConfig`]).
+pub const META_CONFIG: &str = "densegpu.config";
+/// Metadata key of a checkpoint's training state (JSON of [`TrainingState`]).
+pub const META_TRAINING: &str = "densegpu.training";
+/// Name prefix of the momentum buffers in a checkpoint.
+pub const MOMENTUM_PREFIX: &str = "optimizer.momentum.";
+const NUM_BATCHES_TRACKED: &str = "num_batches_tracked";
+
+/// One tensor by its torchvision state-dict name, PyTorch shape and row-major values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// What a weights file holds.
+#[derive(Clone, Debug, Default)]
+pub struct Weights {
+    /// The model configuration, when the file was written by densegpu.
+    pub config: Option<DenseNetConfig>,
+    /// Parameters and running statistics under their current torchvision names (old spellings
+    /// already renamed). `num_batches_tracked` is not among them: see `batches_tracked`.
+    pub tensors: Vec<NamedTensor>,
+    /// The file's whole `__metadata__`, the keys above included.
+    pub metadata: HashMap<String, String>,
+    /// The largest `num_batches_tracked` in the file (densegpu writes one count for every batch
+    /// norm; a PyTorch model fine-tuned with some batch norms frozen may have several), or
+    /// `None` when the file has none.
+    pub batches_tracked: Option<u64>,
+}
+
+impl Weights {
+    pub fn tensor(&self, name: &str) -> Option<&NamedTensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+}
+
+/// Where training stood when a checkpoint was written: everything beyond the model's tensors
+/// and the momentum buffers that an uninterrupted run would still have.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrainingState {
+    /// SGD steps taken. [`save_checkpoint`] records the session's own counter, which keys the
+    /// dropout masks, whatever this field says.
+    pub step: u64,
+    pub epoch: u64,
+    /// Batches of `epoch` already trained on.
+    pub batch_in_epoch: u64,
+    /// The trainer's RNG state (shuffling, augmentation), opaque to densegpu.
+    pub rng_state: Vec<u64>,
+    pub best_valid_accuracy: Option<f64>,
+    /// The hyper-parameters of the next step (the learning rate as scheduled at `step`).
+    pub sgd: SgdHyper,
+    /// Batches normalised with batch statistics. [`save_checkpoint`] records the session's
+    /// counter, whatever this field says.
+    pub batches_tracked: u64,
+    /// Anything else the trainer wants back (schedule, data set, seed...), as text.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// The JSON form of [`TrainingState`]. Floats are widened to f64 so that every f32 comes back
+/// bit for bit (serde_json parses f32 through f64, which could round twice), and the RNG words
+/// stay integers, which serde_json keeps exact for all of u64.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TrainingJson {
+    step: u64,
+    epoch: u64,
+    batch_in_epoch: u64,
+    rng_state: Vec<u64>,
+    best_valid_accuracy: Option<f64>,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+    nesterov: bool,
+    batches_tracked: u64,
+    #[serde(default)]
+    extra: BTreeMap<String, String>,
+}
+
+impl From<&TrainingState> for TrainingJson {
+    fn from(s: &TrainingState) -> Self {
+        TrainingJson {
+            step: s.step,
+            epoch: s.epoch,
+            batch_in_epoch: s.batch_in_epoch,
+            rng_state: s.rng_state.clone(),
+            best_valid_accuracy: s.best_valid_accuracy,
+            lr: s.sgd.lr as f64,
+            momentum: s.sgd.momentum as f64,
+            weight_decay: s.sgd.weight_decay as f64,
+            nesterov: s.sgd.nesterov,
+            batches_tracked: s.batches_tracked,
+            extra: s.extra.clone(),
+        }
+    }
+}
+
+impl From<TrainingJson> for TrainingState {
+    fn from(j: TrainingJson) -> Self {
+        TrainingState {
+            step: j.step,
+            epoch: j.epoch,
+            batch_in_epoch: j.batch_in_epoch,
+            rng_state: j.rng_state,
+            best_valid_accuracy: j.best_valid_accuracy,
+            sgd: SgdHyper {
+                lr: j.lr as f32,
+                momentum: j.momentum as f32,
+                weight_decay: j.weight_decay as f32,
+                nesterov: j.nesterov,
+            },
+            batches_tracked: j.batches_tracked,
+            extra: j.extra,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Atomic writes
+
+/// Writes `path` all or nothing: `write` fills a new temporary file in the same directory
+/// (same file system, so the rename cannot turn into a copy), which is flushed, fsynced and
+/// renamed over `path`. If `write` fails or panics, or any step after it does, the temporary
+/// file is removed and whatever `path` held before is untouched.
+pub fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> Result<()> {
+    let fail = |what: &str, e: io::Error| {
+        Error::Data(format!("{}: could not {what}: {e} (any previous file there is unchanged)", path.display()))
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::Data(format!("{}: not a file path", path.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let (mut file, temp) = create_temp(&dir, &file_name).map_err(|e| fail("create a temporary file", e))?;
+    let guard = TempGuard(Some(temp.clone()));
+    write(&mut file).map_err(|e| fail("write", e))?;
+    file.flush().map_err(|e| fail("flush", e))?;
+    file.sync_all().map_err(|e| fail("sync", e))?;
+    drop(file);
+    std::fs::rename(&temp, path).map_err(|e| fail("rename the temporary file over it", e))?;
+    guard.disarm();
+    // The rename is durable only once the directory entry is; not every platform can open a
+    // directory to sync it, and the file itself is already safe, so a failure here is not one.
+    #[cfg(unix)]
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn create_temp(dir: &Path, file_name: &str) -> io::Result<(File, PathBuf)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let temp = dir.join(format!(".{file_name}.{}.{n}.tmp", std::process::id()));
+        // create_new: never truncate a file some other writer is filling.
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&temp) {
+            Ok(f) => return Ok((f, temp)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Removes the temporary file on every way out (errors and panics) until disarmed.
+struct TempGuard(Option<PathBuf>);
+
+impl TempGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+/// An owned tensor in safetensors' byte form.
+struct Raw {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl safetensors::View for &Raw {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn f32_raw(t: &NamedTensor) -> Result<Raw> {
+    let expected: usize = t.shape.iter().product();
+    if t.data.len() != expected {
+        return Err(Error::Shape(format!(
+            "tensor `{}` has {} values but its shape {:?} holds {expected}",
+            t.name,
+            t.data.len(),
+            t.shape
+        )));
+    }
+    let bytes = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Ok(Raw { dtype: Dtype::F32, shape: t.shape.clone(), bytes })
+}
+
+fn i64_scalar(v: u64) -> Raw {
+    Raw { dtype: Dtype::I64, shape: vec![], bytes: (v as i64).to_le_bytes().to_vec() }
+}
+
+/// The batch norms among `names`: every module with a `running_mean`.
+fn batch_norm_modules<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    names.filter_map(|n| n.strip_suffix(".running_mean")).collect()
+}
+
+/// The model's tensors plus one `num_batches_tracked` per batch norm. A tensor named
+/// `<bn>.num_batches_tracked` in `tensors` (as [`session_weights`] returns) gives the count;
+/// a batch norm without one gets 0, PyTorch's value for a module that never trained.
+fn model_entries(tensors: &[NamedTensor]) -> Result<Vec<(String, Raw)>> {
+    let mut out = Vec::with_capacity(tensors.len() * 2);
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    for t in tensors {
+        if let Some(module) = t.name.strip_suffix(&format!(".{NUM_BATCHES_TRACKED}")) {
+            let v = match t.data[..] {
+                [v] if v >= 0.0 && v.fract() == 0.0 => v as u64,
+                _ => {
+                    return Err(Error::Shape(format!(
+                        "`{}` must hold one non-negative whole number, got {:?}",
+                        t.name, t.data
+                    )))
+                }
+            };
+            counts.insert(module, v);
+        } else {
+            out.push((t.name.clone(), f32_raw(t)?));
+        }
+    }
+    for module in batch_norm_modules(tensors.iter().map(|t| t.name.as_str())) {
+        let count = counts.remove(module).unwrap_or(0);
+        out.push((format!("{module}.{NUM_BATCHES_TRACKED}"), i64_scalar(count)));
+    }
+    if let Some(module) = counts.keys().next() {
+        return Err(Error::Shape(format!("`{module}.{NUM_BATCHES_TRACKED}` has no `{module}.running_mean` beside it")));
+    }
+    Ok(out)
+}
+
+fn base_metadata(format: &str, config: &DenseNetConfig) -> Result<HashMap<String, String>> {
+    let config = serde_json::to_string(config).map_err(|e| Error::Config(format!("cannot encode the config: {e}")))?;
+    Ok(HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        (META_FORMAT.to_string(), format.to_string()),
+        (META_CONFIG.to_string(), config),
+    ]))
+}
+
+fn serialize(entries: &[(String, Raw)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let mut seen = std::collections::HashSet::new();
+    for (name, _) in entries {
+        if !seen.insert(name.as_str()) {
+            return Err(Error::Shape(format!("tensor `{name}` is given twice")));
+        }
+    }
+    let bytes = safetensors::serialize(entries.iter().map(|(n, r)| (n.as_str(), r)), Some(metadata))
+        .map_err(|e| Error::Data(format!("cannot encode safetensors: {e}")))?;
+    Ok(sorted_metadata(bytes))
+}
+
+/// Rewrites the header with `__metadata__` in key order. safetensors writes it in hash-map
+/// order, which changes from run to run; sorted, the same weights always give the same bytes
+/// (so files can be compared and hashed).
+fn sorted_metadata(bytes: Vec<u8>) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let Ok(serde_json::Value::Object(mut header)) = serde_json::from_slice(&bytes[8..8 + n]) else {
+        return bytes;
+    };
+    if let Some(serde_json::Value::Object(meta)) = header.get_mut("__metadata__") {
+        let mut entries: Vec<(String, serde_json::Value)> = std::mem::take(meta).into_iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        meta.extend(entries);
+    }
+    let mut json = serde_json::to_vec(&header).unwrap();
+    // The tensor data stays 8-byte aligned, as safetensors pads it: with spaces.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
+
+/// A weights file's bytes (see the module documentation for the format).
+pub fn weights_to_bytes(config: &DenseNetConfig, tensors: &[NamedTensor]) -> Result<Vec<u8>> {
+    weights_to_bytes_with_metadata(config, tensors, &HashMap::new())
+}
+
+/// As [`weights_to_bytes`], with extra `__metadata__` entries (e.g. the data set or the
+/// accuracy). Keys starting with `densegpu.`, and `format`, are reserved.
+pub fn weights_to_bytes_with_metadata(
+    config: &DenseNetConfig,
+    tensors: &[NamedTensor],
+    extra: &HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let mut metadata = base_metadata(WEIGHTS_FORMAT, config)?;
+    for (k, v) in extra {
+        if k == "format" || k.starts_with("densegpu.") {
+            return Err(Error::Config(format!("metadata key `{k}` is reserved for densegpu")));
+        }
+        metadata.insert(k.clone(), v.clone());
+    }
+    serialize(&model_entries(tensors)?, metadata)
+}
+
+/// Writes a weights file atomically.
+pub fn save_weights(path: &Path, config: &DenseNetConfig, tensors: &[NamedTensor]) -> Result<()> {
+    save_weights_with_metadata(path, config, tensors, &HashMap::new())
+}
+
+/// As [`save_weights`], with extra `__metadata__` entries.
+pub fn save_weights_with_metadata(
+    path: &Path,
+    config: &DenseNetConfig,
+    tensors: &[NamedTensor],
+    extra: &HashMap<String, String>,
+) -> Result<()> {
+    let bytes = weights_to_bytes_with_metadata(config, tensors, extra)
+        .map_err(|e| Error::Data(format!("{}: not written: {e}", path.display())))?;
+    write_atomic(path, |f| f.write_all(&bytes))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+/// What one safetensors file holds, sorted into model tensors, counts and momentum.
+struct Parsed {
+    weights: Weights,
+    momentum: Vec<NamedTensor>,
+}
+
+fn describe(e: &SafeTensorError) -> String {
+    match e {
+        SafeTensorError::HeaderTooSmall => "too short to be a safetensors file (no 8-byte header length)".into(),
+        SafeTensorError::InvalidHeaderLength => {
+            "truncated or not safetensors: the header length is beyond the end of the file".into()
+        }
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "truncated or padded: the tensor data does not end where the file does".into()
+        }
+        SafeTensorError::InvalidHeader(_) | SafeTensorError::InvalidHeaderDeserialization(_) => {
+            format!("corrupt safetensors header: {e}")
+        }
+        _ => format!("invalid safetensors file: {e}"),
+    }
+}
+
+/// The current torchvision name for a key in the old spelling: in a dense layer, `norm.1`,
+/// `relu.1`, `conv.1` (and `.2`) became `norm1`... The rule is torchvision's own.
+pub fn canonical_name(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    let mut out: Vec<String> = Vec::with_capacity(parts.len());
+    let mut i = 0;
+    while i < parts.len() {
+        let merge = i > 0
+            && i + 2 < parts.len()
+            && parts[i - 1].starts_with("denselayer")
+            && matches!(parts[i], "norm" | "relu" | "conv")
+            && matches!(parts[i + 1], "1" | "2");
+        if merge {
+            out.push(format!("{}{}", parts[i], parts[i + 1]));
+            i += 2;
+        } else {
+            out.push(parts[i].to_string());
+            i += 1;
+        }
+    }
+    out.join(".")
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let negative = h & 0x8000 != 0;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let mant = (h & 0x3ff) as u32;
+    let magnitude = match exp {
+        // Subnormal: mant · 2^-24, exact in f32.
+        0 => mant as f32 * f32::from_bits(0x3380_0000),
+        0x1f => f32::from_bits(0x7f80_0000 | (mant << 13)),
+        _ => f32::from_bits(((exp + 112) << 23) | (mant << 13)),
+    };
+    if negative {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+fn floats(origin: &str, name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => data.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+        Dtype::BF16 => {
+            data.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect()
+        }
+        Dtype::F64 => {
+            let mut out = Vec::with_capacity(data.len() / 8);
+            for b in data.chunks_exact(8) {
+                let v = f64::from_le_bytes(b.try_into().unwrap());
+                let narrowed = v as f32;
+                if v.is_finite() && !narrowed.is_finite() {
+                    return Err(Error::Data(format!("{origin}: tensor `{name}` holds {v}, beyond the range of f32")));
+                }
+                out.push(narrowed);
+            }
+            out
+        }
+        other => {
+            return Err(Error::Data(format!(
+                "{origin}: tensor `{name}` is {other:?}; weights must be F32 (or F16, BF16, F64)"
+            )))
+        }
+    })
+}
+
+fn count(origin: &str, name: &str, dtype: Dtype, shape: &[usize], data: &[u8]) -> Result<u64> {
+    let bad = |what: String| Error::Data(format!("{origin}: `{name}` {what}; it must be one integer"));
+    if shape.iter().product::<usize>() != 1 {
+        return Err(bad(format!("has shape {shape:?}")));
+    }
+    let v: i128 = match dtype {
+        Dtype::I64 => i64::from_le_bytes(data.try_into().unwrap()) as i128,
+        Dtype::U64 => u64::from_le_bytes(data.try_into().unwrap()) as i128,
+        Dtype::I32 => i32::from_le_bytes(data.try_into().unwrap()) as i128,
+        Dtype::U32 => u32::from_le_bytes(data.try_into().unwrap()) as i128,
+        other => return Err(bad(format!("is {other:?}"))),
+    };
+    u64::try_from(v).map_err(|_| bad(format!("is {v}")))
+}
+
+fn parse(bytes: &[u8], origin: &str) -> Result<Parsed> {
+    if bytes.starts_with(b"PK\x03\x04") {
+        return Err(Error::Data(format!(
+            "{origin}: this is a PyTorch pickle (.pt/.pth) archive, not safetensors; convert it with \
+             `safetensors.torch.save_file(torch.load(path), out)`"
+        )));
+    }
+    let file = SafeTensors::deserialize(bytes).map_err(|e| Error::Data(format!("{origin}: {}", describe(&e))))?;
+    let (_, header) =
+        SafeTensors::read_metadata(bytes).map_err(|e| Error::Data(format!("{origin}: {}", describe(&e))))?;
+    let metadata: HashMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
+    let format = metadata.get(META_FORMAT).map(String::as_str);
+    let is_checkpoint = match format {
+        None | Some(WEIGHTS_FORMAT) => false,
+        Some(CHECKPOINT_FORMAT) => true,
+        Some(other) => {
+            return Err(Error::Data(format!(
+                "{origin}: unknown format `{other}` (this densegpu reads {WEIGHTS_FORMAT} and {CHECKPOINT_FORMAT}); \
+                 was it written by a newer version?"
+            )))
+        }
+    };
+    let config = match metadata.get(META_CONFIG) {
+        Some(json) => Some(
+            serde_json::from_str::<DenseNetConfig>(json)
+                .map_err(|e| Error::Data(format!("{origin}: corrupt `{META_CONFIG}` metadata: {e}")))?,
+        ),
+        None => None,
+    };
+
+    let mut tensors = Vec::new();
+    let mut momentum = Vec::new();
+    let mut counts: Vec<(String, u64)> = Vec::new();
+    let mut sources: HashMap<String, String> = HashMap::new();
+    let mut entries: Vec<(&str, safetensors::tensor::TensorView<'_>)> = file.iter().collect();
+    // The header's order is a hash map's; sort so errors and results do not vary run to run.
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    for (raw_name, view) in entries {
+        let (dtype, shape, data) = (view.dtype(), view.shape().to_vec(), view.data());
+        if is_checkpoint {
+            if let Some(param) = raw_name.strip_prefix(MOMENTUM_PREFIX) {
+                momentum.push(NamedTensor {
+                    name: param.to_string(),
+                    data: floats(origin, raw_name, dtype, data)?,
+                    shape,
+                });
+                continue;
+            }
+        }
+        let name = canonical_name(raw_name);
+        if let Some(first) = sources.insert(name.clone(), raw_name.to_string()) {
+            return Err(Error::Data(format!("{origin}: `{first}` and `{raw_name}` are the same tensor `{name}`")));
+        }
+        if let Some(module) = name.strip_suffix(&format!(".{NUM_BATCHES_TRACKED}")) {
+            counts.push((module.to_string(), count(origin, raw_name, dtype, &shape, data)?));
+        } else {
+            tensors.push(NamedTensor { data: floats(origin, raw_name, dtype, data)?, name, shape });
+        }
+    }
+    // A count is kept only as `batches_tracked`; one whose batch norm is absent would vanish
+    // unseen, so it must sit beside running statistics (which the model match then checks).
+    for (module, _) in &counts {
+        let stats = format!("{module}.running_mean");
+        if !tensors.iter().any(|t| t.name == stats) {
+            return Err(Error::Data(format!("{origin}: `{module}.{NUM_BATCHES_TRACKED}` has no `{stats}` beside it")));
+        }
+    }
+    let batches_tracked = counts.iter().map(|&(_, c)| c).max();
+    Ok(Parsed { weights: Weights { config, tensors, metadata, batches_tracked }, momentum })
+}
+
+/// Reads a weights file (ours or a PyTorch state dict) from memory; `origin` names it in errors.
+/// A resume checkpoint reads too: its model tensors, without the optimizer state.
+pub fn weights_from_bytes(bytes: &[u8], origin: &str) -> Result<Weights> {
+    parse(bytes, origin).map(|p| p.weights)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Data(format!("{}: cannot read: {e}", path.display())))
+}
+
+/// Reads a weights file (see [`weights_from_bytes`]).
+pub fn load_weights(path: &Path) -> Result<Weights> {
+    weights_from_bytes(&read_file(path)?, &path.display().to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matching a model
+
+fn shown(names: &[String]) -> String {
+    const SHOW: usize = 5;
+    let list: Vec<String> = names.iter().take(SHOW).map(|n| format!("`{n}`")).collect();
+    match names.len().saturating_sub(SHOW) {
+        0 => list.join(", "),
+        more => format!("{} and {more} more", list.join(", ")),
+    }
+}
+
+/// Gathers `tensors` into the layout of `groups`, checking that every tensor is present with
+/// its shape. `what` says whose tensors they are in errors.
+fn gather(groups: &[ParamGroup], tensors: &[NamedTensor], what: &str) -> Result<Vec<Vec<f32>>> {
+    let by_name: HashMap<&str, &NamedTensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut missing = Vec::new();
+    let mut out = Vec::with_capacity(groups.len());
+    for g in groups {
+        let mut values = Vec::with_capacity(g.len());
+        for p in &g.tensors {
+            let Some(t) = by_name.get(p.name.as_str()) else {
+                missing.push(p.name.clone());
+                continue;
+            };
+            if t.shape != p.shape {
+                return Err(Error::Data(format!(
+                    "the {what} give `{}` shape {:?} but the model's is {:?}",
+                    p.name, t.shape, p.shape
+                )));
+            }
+            if t.data.len() != p.len() {
+                return Err(Error::Data(format!(
+                    "the {what} give `{}` {} values for shape {:?}",
+                    p.name,
+                    t.data.len(),
+                    t.shape
+                )));
+            }
+            values.extend_from_slice(&t.data);
+        }
+        out.push(values);
+    }
+    if !missing.is_empty() {
+        return Err(Error::Data(format!("the {what} lack {} model tensor(s): {}", missing.len(), shown(&missing))));
+    }
+    Ok(out)
+}
+
+/// Parameter and running-statistic values of `weights` in the layout of
+/// [`Session::set_parameters`] and [`Session::set_states`]. Every model tensor must be present
+/// with the model's shape, and every tensor in `weights` must belong to the model (a
+/// `<bn>.num_batches_tracked` among the tensors, as [`session_weights`] returns it, is accepted
+/// for each of the model's batch norms); otherwise the error names the tensor.
+pub fn weights_for_graph(graph: &Graph, weights: &Weights) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    let model: std::collections::HashSet<&str> =
+        graph.params.iter().chain(&graph.states).flat_map(|g| g.tensors.iter().map(|t| t.name.as_str())).collect();
+    let batch_norms = batch_norm_modules(model.iter().copied());
+    let extra: Vec<String> = weights
+        .tensors
+        .iter()
+        .filter(|t| !model.contains(t.name.as_str()))
+        .filter(|t| t.name.strip_suffix(&format!(".{NUM_BATCHES_TRACKED}")).is_none_or(|m| !batch_norms.contains(&m)))
+        .map(|t| t.name.clone())
+        .collect();
+    if !extra.is_empty() {
+        return Err(Error::Data(format!(
+            "the weights have {} tensor(s) the model does not: {} (is it another configuration?)",
+            extra.len(),
+            shown(&extra)
+        )));
+    }
+    let params = gather(&graph.params, &weights.tensors, "weights")?;
+    let states = gather(&graph.states, &weights.tensors, "weights")?;
+    Ok((params, states))
+}
+
+/// Overwrites a session's parameters and running statistics with `weights` (checked as by
+/// [`weights_for_graph`]; nothing is written unless all of it matches). The session's
+/// `batches_tracked` counter is not touched (it needs `&mut`): set it from
+/// `weights.batches_tracked` if the count matters, as [`apply_checkpoint`] does.
+pub async fn apply_weights(session: &Session, weights: &Weights) -> Result<()> {
+    let (params, states) = weights_for_graph(&session.graph, weights)?;
+    session.set_parameters(&params)?;
+    session.set_states(&states)
+}
+
+/// A session's parameters and running statistics, plus `<bn>.num_batches_tracked` (shape `[]`,
+/// the session's count; exact up to 2^24) for each batch norm: what [`save_weights`] takes.
+pub async fn session_weights(session: &Session) -> Result<Vec<NamedTensor>> {
+    let mut out: Vec<NamedTensor> =
+        session.state_dict().await?.into_iter().map(|(name, shape, data)| NamedTensor { name, shape, data }).collect();
+    let modules: Vec<String> =
+        batch_norm_modules(out.iter().map(|t| t.name.as_str())).into_iter().map(str::to_string).collect();
+    for m in modules {
+        out.push(NamedTensor {
+            name: format!("{m}.{NUM_BATCHES_TRACKED}"),
+            shape: vec![],
+            data: vec![session.batches_tracked as f32],
+        });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resume checkpoints
+
+/// A resume checkpoint's bytes: the session's weights (with its exact batch count), momentum
+/// buffers and `state` (its `step` and `batches_tracked` replaced by the session's counters).
+pub async fn checkpoint_to_bytes(session: &Session, config: &DenseNetConfig, state: &TrainingState) -> Result<Vec<u8>> {
+    let tensors: Vec<NamedTensor> =
+        session.state_dict().await?.into_iter().map(|(name, shape, data)| NamedTensor { name, shape, data }).collect();
+    let mut entries = model_entries(&tensors)?;
+    // model_entries wrote 0 counts (no count tensors given); the exact u64 goes in directly.
+    for (name, raw) in entries.iter_mut() {
+        if name.ends_with(NUM_BATCHES_TRACKED) {
+            *raw = i64_scalar(session.batches_tracked);
+        }
+    }
+    let momentum = session.momentum().await?;
+    for (g, values) in session.graph.params.iter().zip(&momentum) {
+        let mut at = 0;
+        for p in &g.tensors {
+            let t =
+                NamedTensor { name: p.name.clone(), shape: p.shape.clone(), data: values[at..at + p.len()].to_vec() };
+            entries.push((format!("{MOMENTUM_PREFIX}{}", p.name), f32_raw(&t)?));
+            at += p.len();
+        }
+    }
+    let mut state = state.clone();
+    state.step = session.step;
+    state.batches_tracked = session.batches_tracked;
+    let mut metadata = base_metadata(CHECKPOINT_FORMAT, config)?;
+    let json = serde_json::to_string(&TrainingJson::from(&state))
+        .map_err(|e| Error::Config(format!("cannot encode the training state: {e}")))?;
+    metadata.insert(META_TRAINING.to_string(), json);
+    serialize(&entries, metadata)
+}
+
+/// Writes a resume checkpoint atomically (see [`checkpoint_to_bytes`]).
+pub async fn save_checkpoint(
+    path: &Path,
+    session: &Session,
+    config: &DenseNetConfig,
+    state: &TrainingState,
+) -> Result<()> {
+    let bytes = checkpoint_to_bytes(session, config, state)
+        .await
+        .map_err(|e| Error::Data(format!("{}: not written: {e}", path.display())))?;
+    write_atomic(path, |f| f.write_all(&bytes))
+}
+
+/// Reads a resume checkpoint from memory: the weights, the training state and the momentum
+/// buffers (named by their parameter). `origin` names the file in errors.
+pub fn checkpoint_from_bytes(bytes: &[u8], origin: &str) -> Result<(Weights, TrainingState, Vec<NamedTensor>)> {
+    let Parsed { weights, momentum } = parse(bytes, origin)?;
+    if weights.metadata.get(META_FORMAT).map(String::as_str) != Some(CHECKPOINT_FORMAT) {
+        return Err(Error::Data(format!(
+            "{origin}: not a densegpu resume checkpoint (no `{META_FORMAT}: {CHECKPOINT_FORMAT}` metadata); \
+             a weights file loads with load_weights"
+        )));
+    }
+    let json = weights
+        .metadata
+        .get(META_TRAINING)
+        .ok_or_else(|| Error::Data(format!("{origin}: the checkpoint has no `{META_TRAINING}` metadata")))?;
+    let state: TrainingJson = serde_json::from_str(json)
+        .map_err(|e| Error::Data(format!("{origin}: corrupt `{META_TRAINING}` metadata: {e}")))?;
+    Ok((weights, state.into(), momentum))
+}
+
+/// Reads a resume checkpoint (see [`checkpoint_from_bytes`]).
+pub fn load_checkpoint(path: &Path) -> Result<(Weights, TrainingState, Vec<NamedTensor>)> {
+    checkpoint_from_bytes(&read_file(path)?, &path.display().to_string())
+}
+
+/// Puts a session where the checkpoint's run stood: weights, running statistics, momentum
+/// buffers, and the step and batch counters. Everything is checked before anything is written.
+/// The trainer restores the rest of `state` (epoch, RNG, learning rate) itself.
+pub async fn apply_checkpoint(
+    session: &mut Session,
+    weights: &Weights,
+    state: &TrainingState,
+    momentum: &[NamedTensor],
+) -> Result<()> {
+    let (params, states) = weights_for_graph(&session.graph, weights)?;
+    let extra: Vec<String> = {
+        let model: std::collections::HashSet<&str> =
+            session.graph.params.iter().flat_map(|g| g.tensors.iter().map(|t| t.name.as_str())).collect();
+        momentum
+            .iter()
+            .filter(|t| !model.contains(t.name.as_str()))
+            .map(|t| format!("{MOMENTUM_PREFIX}{}", t.name))
+            .collect()
+    };
+    if !extra.is_empty() {
+        return Err(Error::Data(format!(
+            "momentum for {} tensor(s) the model does not have: {}",
+            extra.len(),
+            shown(&extra)
+        )));
+    }
+    let buffers = gather(&session.graph.params, momentum, "momentum buffers")?;
+    session.set_parameters(&params)?;
+    session.set_states(&states)?;
+    session.set_momentum(&buffers)?;
+    session.step = state.step;
+    session.batches_tracked = state.batches_tracked;
+    Ok(())
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub fn session_weights_blocking(session: &Session) -> Result<Vec<NamedTensor>> {
+    pollster::block_on(session_weights(session))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub fn apply_weights_blocking(session: &Session, weights: &Weights) -> Result<()> {
+    pollster::block_on(apply_weights(session, weights))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub fn save_checkpoint_blocking(
+    path: &Path,
+    session: &Session,
+    config: &DenseNetConfig,
+    state: &TrainingState,
+) -> Result<()> {
+    pollster::block_on(save_checkpoint(path, session, config, state))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub fn apply_checkpoint_blocking(
+    session: &mut Session,
+    weights: &Weights,
+    state: &TrainingState,
+    momentum: &[NamedTensor],
+) -> Result<()> {
+    pollster::block_on(apply_checkpoint(session, weights, state, momentum))
+}
