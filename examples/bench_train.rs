@@ -37,8 +37,7 @@ fn main() {
 }
 
 fn run(args: Args) -> densegpu::Result<()> {
-    let modes: Vec<MemoryMode> =
-        if args.mode == "all" { MemoryMode::ALL.to_vec() } else { vec![args.mode.parse()?] };
+    let modes: Vec<MemoryMode> = if args.mode == "all" { MemoryMode::ALL.to_vec() } else { vec![args.mode.parse()?] };
     let gpu = Arc::new(Gpu::new_blocking()?);
     let config = DenseNetConfig::cifar_bc(args.depth, args.growth_rate, 10)?;
     println!("adapter: {}", gpu.describe());

@@ -56,7 +56,10 @@ fn run(args: Args) -> densegpu::Result<()> {
         (Some(c), _) => c.clone(),
         (None, Some(name)) => {
             let classes = weights.tensor("classifier.bias").map(|t| t.data.len() as u32).ok_or_else(|| {
-                densegpu::Error::Data(format!("{}: no `classifier.bias` to count the classes from", args.weights.display()))
+                densegpu::Error::Data(format!(
+                    "{}: no `classifier.bias` to count the classes from",
+                    args.weights.display()
+                ))
             })?;
             DenseNetConfig { image_size: args.image_size, ..DenseNetConfig::by_name(name, classes)? }
         }
@@ -74,7 +77,10 @@ fn run(args: Args) -> densegpu::Result<()> {
     let options = ExportOptions {
         opset: args.opset,
         fold_batch_norm: args.fold,
-        normalization: Some(Normalization { mean: args.mean.unwrap_or(cifar.mean), std: args.std.unwrap_or(cifar.std) }),
+        normalization: Some(Normalization {
+            mean: args.mean.unwrap_or(cifar.mean),
+            std: args.std.unwrap_or(cifar.std),
+        }),
         normalize_input: args.normalize_input,
         fold_input_normalization: args.fold,
     };

@@ -49,15 +49,15 @@ fn put(i: u32, v: f32) {
 }
 
 // 1x1, stride 1, no padding: a matrix product dst[m, q] = sum_k A(m, k) src[k, q] over the
-// N*H*W pixels q. Each invocation owns 8 rows x 32 consecutive pixels; the grid's z picks the
+// N*H*W pixels q. Each invocation owns 16 rows x 16 consecutive pixels; the grid's z picks the
 // row block. Out-of-range rows and pixels load clamped (valid) addresses and are not stored.
 @compute @workgroup_size(64)
 fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
                 @builtin(workgroup_id) wg: vec3<u32>) {
     let pixels = p.n * p.src_h * p.src_w;
-    let first = flat_id(gid, groups, 64u) * 32u;
+    let first = flat_id(gid, groups, 64u) * 16u;
     if (first >= pixels) { return; }
-    let m0 = wg.z * 8u;
+    let m0 = wg.z * 16u;
     let last = pixels - 1u;
     let q0 = min(first + 0u, last);
     let q1 = min(first + 1u, last);
@@ -75,22 +75,6 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let q13 = min(first + 13u, last);
     let q14 = min(first + 14u, last);
     let q15 = min(first + 15u, last);
-    let q16 = min(first + 16u, last);
-    let q17 = min(first + 17u, last);
-    let q18 = min(first + 18u, last);
-    let q19 = min(first + 19u, last);
-    let q20 = min(first + 20u, last);
-    let q21 = min(first + 21u, last);
-    let q22 = min(first + 22u, last);
-    let q23 = min(first + 23u, last);
-    let q24 = min(first + 24u, last);
-    let q25 = min(first + 25u, last);
-    let q26 = min(first + 26u, last);
-    let q27 = min(first + 27u, last);
-    let q28 = min(first + 28u, last);
-    let q29 = min(first + 29u, last);
-    let q30 = min(first + 30u, last);
-    let q31 = min(first + 31u, last);
     let wr0 = p.wt_off + min(m0 + 0u, p.m_rows - 1u) * p.a_m;
     let wr1 = p.wt_off + min(m0 + 1u, p.m_rows - 1u) * p.a_m;
     let wr2 = p.wt_off + min(m0 + 2u, p.m_rows - 1u) * p.a_m;
@@ -99,70 +83,78 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let wr5 = p.wt_off + min(m0 + 5u, p.m_rows - 1u) * p.a_m;
     let wr6 = p.wt_off + min(m0 + 6u, p.m_rows - 1u) * p.a_m;
     let wr7 = p.wt_off + min(m0 + 7u, p.m_rows - 1u) * p.a_m;
+    let wr8 = p.wt_off + min(m0 + 8u, p.m_rows - 1u) * p.a_m;
+    let wr9 = p.wt_off + min(m0 + 9u, p.m_rows - 1u) * p.a_m;
+    let wr10 = p.wt_off + min(m0 + 10u, p.m_rows - 1u) * p.a_m;
+    let wr11 = p.wt_off + min(m0 + 11u, p.m_rows - 1u) * p.a_m;
+    let wr12 = p.wt_off + min(m0 + 12u, p.m_rows - 1u) * p.a_m;
+    let wr13 = p.wt_off + min(m0 + 13u, p.m_rows - 1u) * p.a_m;
+    let wr14 = p.wt_off + min(m0 + 14u, p.m_rows - 1u) * p.a_m;
+    let wr15 = p.wt_off + min(m0 + 15u, p.m_rows - 1u) * p.a_m;
     var acc0_0 = vec4<f32>();
     var acc0_1 = vec4<f32>();
     var acc0_2 = vec4<f32>();
     var acc0_3 = vec4<f32>();
-    var acc0_4 = vec4<f32>();
-    var acc0_5 = vec4<f32>();
-    var acc0_6 = vec4<f32>();
-    var acc0_7 = vec4<f32>();
     var acc1_0 = vec4<f32>();
     var acc1_1 = vec4<f32>();
     var acc1_2 = vec4<f32>();
     var acc1_3 = vec4<f32>();
-    var acc1_4 = vec4<f32>();
-    var acc1_5 = vec4<f32>();
-    var acc1_6 = vec4<f32>();
-    var acc1_7 = vec4<f32>();
     var acc2_0 = vec4<f32>();
     var acc2_1 = vec4<f32>();
     var acc2_2 = vec4<f32>();
     var acc2_3 = vec4<f32>();
-    var acc2_4 = vec4<f32>();
-    var acc2_5 = vec4<f32>();
-    var acc2_6 = vec4<f32>();
-    var acc2_7 = vec4<f32>();
     var acc3_0 = vec4<f32>();
     var acc3_1 = vec4<f32>();
     var acc3_2 = vec4<f32>();
     var acc3_3 = vec4<f32>();
-    var acc3_4 = vec4<f32>();
-    var acc3_5 = vec4<f32>();
-    var acc3_6 = vec4<f32>();
-    var acc3_7 = vec4<f32>();
     var acc4_0 = vec4<f32>();
     var acc4_1 = vec4<f32>();
     var acc4_2 = vec4<f32>();
     var acc4_3 = vec4<f32>();
-    var acc4_4 = vec4<f32>();
-    var acc4_5 = vec4<f32>();
-    var acc4_6 = vec4<f32>();
-    var acc4_7 = vec4<f32>();
     var acc5_0 = vec4<f32>();
     var acc5_1 = vec4<f32>();
     var acc5_2 = vec4<f32>();
     var acc5_3 = vec4<f32>();
-    var acc5_4 = vec4<f32>();
-    var acc5_5 = vec4<f32>();
-    var acc5_6 = vec4<f32>();
-    var acc5_7 = vec4<f32>();
     var acc6_0 = vec4<f32>();
     var acc6_1 = vec4<f32>();
     var acc6_2 = vec4<f32>();
     var acc6_3 = vec4<f32>();
-    var acc6_4 = vec4<f32>();
-    var acc6_5 = vec4<f32>();
-    var acc6_6 = vec4<f32>();
-    var acc6_7 = vec4<f32>();
     var acc7_0 = vec4<f32>();
     var acc7_1 = vec4<f32>();
     var acc7_2 = vec4<f32>();
     var acc7_3 = vec4<f32>();
-    var acc7_4 = vec4<f32>();
-    var acc7_5 = vec4<f32>();
-    var acc7_6 = vec4<f32>();
-    var acc7_7 = vec4<f32>();
+    var acc8_0 = vec4<f32>();
+    var acc8_1 = vec4<f32>();
+    var acc8_2 = vec4<f32>();
+    var acc8_3 = vec4<f32>();
+    var acc9_0 = vec4<f32>();
+    var acc9_1 = vec4<f32>();
+    var acc9_2 = vec4<f32>();
+    var acc9_3 = vec4<f32>();
+    var acc10_0 = vec4<f32>();
+    var acc10_1 = vec4<f32>();
+    var acc10_2 = vec4<f32>();
+    var acc10_3 = vec4<f32>();
+    var acc11_0 = vec4<f32>();
+    var acc11_1 = vec4<f32>();
+    var acc11_2 = vec4<f32>();
+    var acc11_3 = vec4<f32>();
+    var acc12_0 = vec4<f32>();
+    var acc12_1 = vec4<f32>();
+    var acc12_2 = vec4<f32>();
+    var acc12_3 = vec4<f32>();
+    var acc13_0 = vec4<f32>();
+    var acc13_1 = vec4<f32>();
+    var acc13_2 = vec4<f32>();
+    var acc13_3 = vec4<f32>();
+    var acc14_0 = vec4<f32>();
+    var acc14_1 = vec4<f32>();
+    var acc14_2 = vec4<f32>();
+    var acc14_3 = vec4<f32>();
+    var acc15_0 = vec4<f32>();
+    var acc15_1 = vec4<f32>();
+    var acc15_2 = vec4<f32>();
+    var acc15_3 = vec4<f32>();
     var s = p.src_off;
     var wk = 0u;
     for (var k = 0u; k < p.k_rows; k++) {
@@ -170,86 +162,90 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         let b1 = vec4<f32>(src[s + q4], src[s + q5], src[s + q6], src[s + q7]);
         let b2 = vec4<f32>(src[s + q8], src[s + q9], src[s + q10], src[s + q11]);
         let b3 = vec4<f32>(src[s + q12], src[s + q13], src[s + q14], src[s + q15]);
-        let b4 = vec4<f32>(src[s + q16], src[s + q17], src[s + q18], src[s + q19]);
-        let b5 = vec4<f32>(src[s + q20], src[s + q21], src[s + q22], src[s + q23]);
-        let b6 = vec4<f32>(src[s + q24], src[s + q25], src[s + q26], src[s + q27]);
-        let b7 = vec4<f32>(src[s + q28], src[s + q29], src[s + q30], src[s + q31]);
         let a0 = wt[wr0 + wk];
         acc0_0 = fma(vec4<f32>(a0), b0, acc0_0);
         acc0_1 = fma(vec4<f32>(a0), b1, acc0_1);
         acc0_2 = fma(vec4<f32>(a0), b2, acc0_2);
         acc0_3 = fma(vec4<f32>(a0), b3, acc0_3);
-        acc0_4 = fma(vec4<f32>(a0), b4, acc0_4);
-        acc0_5 = fma(vec4<f32>(a0), b5, acc0_5);
-        acc0_6 = fma(vec4<f32>(a0), b6, acc0_6);
-        acc0_7 = fma(vec4<f32>(a0), b7, acc0_7);
         let a1 = wt[wr1 + wk];
         acc1_0 = fma(vec4<f32>(a1), b0, acc1_0);
         acc1_1 = fma(vec4<f32>(a1), b1, acc1_1);
         acc1_2 = fma(vec4<f32>(a1), b2, acc1_2);
         acc1_3 = fma(vec4<f32>(a1), b3, acc1_3);
-        acc1_4 = fma(vec4<f32>(a1), b4, acc1_4);
-        acc1_5 = fma(vec4<f32>(a1), b5, acc1_5);
-        acc1_6 = fma(vec4<f32>(a1), b6, acc1_6);
-        acc1_7 = fma(vec4<f32>(a1), b7, acc1_7);
         let a2 = wt[wr2 + wk];
         acc2_0 = fma(vec4<f32>(a2), b0, acc2_0);
         acc2_1 = fma(vec4<f32>(a2), b1, acc2_1);
         acc2_2 = fma(vec4<f32>(a2), b2, acc2_2);
         acc2_3 = fma(vec4<f32>(a2), b3, acc2_3);
-        acc2_4 = fma(vec4<f32>(a2), b4, acc2_4);
-        acc2_5 = fma(vec4<f32>(a2), b5, acc2_5);
-        acc2_6 = fma(vec4<f32>(a2), b6, acc2_6);
-        acc2_7 = fma(vec4<f32>(a2), b7, acc2_7);
         let a3 = wt[wr3 + wk];
         acc3_0 = fma(vec4<f32>(a3), b0, acc3_0);
         acc3_1 = fma(vec4<f32>(a3), b1, acc3_1);
         acc3_2 = fma(vec4<f32>(a3), b2, acc3_2);
         acc3_3 = fma(vec4<f32>(a3), b3, acc3_3);
-        acc3_4 = fma(vec4<f32>(a3), b4, acc3_4);
-        acc3_5 = fma(vec4<f32>(a3), b5, acc3_5);
-        acc3_6 = fma(vec4<f32>(a3), b6, acc3_6);
-        acc3_7 = fma(vec4<f32>(a3), b7, acc3_7);
         let a4 = wt[wr4 + wk];
         acc4_0 = fma(vec4<f32>(a4), b0, acc4_0);
         acc4_1 = fma(vec4<f32>(a4), b1, acc4_1);
         acc4_2 = fma(vec4<f32>(a4), b2, acc4_2);
         acc4_3 = fma(vec4<f32>(a4), b3, acc4_3);
-        acc4_4 = fma(vec4<f32>(a4), b4, acc4_4);
-        acc4_5 = fma(vec4<f32>(a4), b5, acc4_5);
-        acc4_6 = fma(vec4<f32>(a4), b6, acc4_6);
-        acc4_7 = fma(vec4<f32>(a4), b7, acc4_7);
         let a5 = wt[wr5 + wk];
         acc5_0 = fma(vec4<f32>(a5), b0, acc5_0);
         acc5_1 = fma(vec4<f32>(a5), b1, acc5_1);
         acc5_2 = fma(vec4<f32>(a5), b2, acc5_2);
         acc5_3 = fma(vec4<f32>(a5), b3, acc5_3);
-        acc5_4 = fma(vec4<f32>(a5), b4, acc5_4);
-        acc5_5 = fma(vec4<f32>(a5), b5, acc5_5);
-        acc5_6 = fma(vec4<f32>(a5), b6, acc5_6);
-        acc5_7 = fma(vec4<f32>(a5), b7, acc5_7);
         let a6 = wt[wr6 + wk];
         acc6_0 = fma(vec4<f32>(a6), b0, acc6_0);
         acc6_1 = fma(vec4<f32>(a6), b1, acc6_1);
         acc6_2 = fma(vec4<f32>(a6), b2, acc6_2);
         acc6_3 = fma(vec4<f32>(a6), b3, acc6_3);
-        acc6_4 = fma(vec4<f32>(a6), b4, acc6_4);
-        acc6_5 = fma(vec4<f32>(a6), b5, acc6_5);
-        acc6_6 = fma(vec4<f32>(a6), b6, acc6_6);
-        acc6_7 = fma(vec4<f32>(a6), b7, acc6_7);
         let a7 = wt[wr7 + wk];
         acc7_0 = fma(vec4<f32>(a7), b0, acc7_0);
         acc7_1 = fma(vec4<f32>(a7), b1, acc7_1);
         acc7_2 = fma(vec4<f32>(a7), b2, acc7_2);
         acc7_3 = fma(vec4<f32>(a7), b3, acc7_3);
-        acc7_4 = fma(vec4<f32>(a7), b4, acc7_4);
-        acc7_5 = fma(vec4<f32>(a7), b5, acc7_5);
-        acc7_6 = fma(vec4<f32>(a7), b6, acc7_6);
-        acc7_7 = fma(vec4<f32>(a7), b7, acc7_7);
+        let a8 = wt[wr8 + wk];
+        acc8_0 = fma(vec4<f32>(a8), b0, acc8_0);
+        acc8_1 = fma(vec4<f32>(a8), b1, acc8_1);
+        acc8_2 = fma(vec4<f32>(a8), b2, acc8_2);
+        acc8_3 = fma(vec4<f32>(a8), b3, acc8_3);
+        let a9 = wt[wr9 + wk];
+        acc9_0 = fma(vec4<f32>(a9), b0, acc9_0);
+        acc9_1 = fma(vec4<f32>(a9), b1, acc9_1);
+        acc9_2 = fma(vec4<f32>(a9), b2, acc9_2);
+        acc9_3 = fma(vec4<f32>(a9), b3, acc9_3);
+        let a10 = wt[wr10 + wk];
+        acc10_0 = fma(vec4<f32>(a10), b0, acc10_0);
+        acc10_1 = fma(vec4<f32>(a10), b1, acc10_1);
+        acc10_2 = fma(vec4<f32>(a10), b2, acc10_2);
+        acc10_3 = fma(vec4<f32>(a10), b3, acc10_3);
+        let a11 = wt[wr11 + wk];
+        acc11_0 = fma(vec4<f32>(a11), b0, acc11_0);
+        acc11_1 = fma(vec4<f32>(a11), b1, acc11_1);
+        acc11_2 = fma(vec4<f32>(a11), b2, acc11_2);
+        acc11_3 = fma(vec4<f32>(a11), b3, acc11_3);
+        let a12 = wt[wr12 + wk];
+        acc12_0 = fma(vec4<f32>(a12), b0, acc12_0);
+        acc12_1 = fma(vec4<f32>(a12), b1, acc12_1);
+        acc12_2 = fma(vec4<f32>(a12), b2, acc12_2);
+        acc12_3 = fma(vec4<f32>(a12), b3, acc12_3);
+        let a13 = wt[wr13 + wk];
+        acc13_0 = fma(vec4<f32>(a13), b0, acc13_0);
+        acc13_1 = fma(vec4<f32>(a13), b1, acc13_1);
+        acc13_2 = fma(vec4<f32>(a13), b2, acc13_2);
+        acc13_3 = fma(vec4<f32>(a13), b3, acc13_3);
+        let a14 = wt[wr14 + wk];
+        acc14_0 = fma(vec4<f32>(a14), b0, acc14_0);
+        acc14_1 = fma(vec4<f32>(a14), b1, acc14_1);
+        acc14_2 = fma(vec4<f32>(a14), b2, acc14_2);
+        acc14_3 = fma(vec4<f32>(a14), b3, acc14_3);
+        let a15 = wt[wr15 + wk];
+        acc15_0 = fma(vec4<f32>(a15), b0, acc15_0);
+        acc15_1 = fma(vec4<f32>(a15), b1, acc15_1);
+        acc15_2 = fma(vec4<f32>(a15), b2, acc15_2);
+        acc15_3 = fma(vec4<f32>(a15), b3, acc15_3);
         s += pixels;
         wk += p.a_k;
     }
-    let full = first + 32u <= pixels;
+    let full = first + 16u <= pixels;
     if (m0 + 0u < p.m_rows) {
         let o = p.dst_off + (m0 + 0u) * pixels + first;
         if (full || first + 0u < pixels) { put(o + 0u, acc0_0[0]); }
@@ -268,22 +264,6 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         if (full || first + 13u < pixels) { put(o + 13u, acc0_3[1]); }
         if (full || first + 14u < pixels) { put(o + 14u, acc0_3[2]); }
         if (full || first + 15u < pixels) { put(o + 15u, acc0_3[3]); }
-        if (full || first + 16u < pixels) { put(o + 16u, acc0_4[0]); }
-        if (full || first + 17u < pixels) { put(o + 17u, acc0_4[1]); }
-        if (full || first + 18u < pixels) { put(o + 18u, acc0_4[2]); }
-        if (full || first + 19u < pixels) { put(o + 19u, acc0_4[3]); }
-        if (full || first + 20u < pixels) { put(o + 20u, acc0_5[0]); }
-        if (full || first + 21u < pixels) { put(o + 21u, acc0_5[1]); }
-        if (full || first + 22u < pixels) { put(o + 22u, acc0_5[2]); }
-        if (full || first + 23u < pixels) { put(o + 23u, acc0_5[3]); }
-        if (full || first + 24u < pixels) { put(o + 24u, acc0_6[0]); }
-        if (full || first + 25u < pixels) { put(o + 25u, acc0_6[1]); }
-        if (full || first + 26u < pixels) { put(o + 26u, acc0_6[2]); }
-        if (full || first + 27u < pixels) { put(o + 27u, acc0_6[3]); }
-        if (full || first + 28u < pixels) { put(o + 28u, acc0_7[0]); }
-        if (full || first + 29u < pixels) { put(o + 29u, acc0_7[1]); }
-        if (full || first + 30u < pixels) { put(o + 30u, acc0_7[2]); }
-        if (full || first + 31u < pixels) { put(o + 31u, acc0_7[3]); }
     }
     if (m0 + 1u < p.m_rows) {
         let o = p.dst_off + (m0 + 1u) * pixels + first;
@@ -303,22 +283,6 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         if (full || first + 13u < pixels) { put(o + 13u, acc1_3[1]); }
         if (full || first + 14u < pixels) { put(o + 14u, acc1_3[2]); }
         if (full || first + 15u < pixels) { put(o + 15u, acc1_3[3]); }
-        if (full || first + 16u < pixels) { put(o + 16u, acc1_4[0]); }
-        if (full || first + 17u < pixels) { put(o + 17u, acc1_4[1]); }
-        if (full || first + 18u < pixels) { put(o + 18u, acc1_4[2]); }
-        if (full || first + 19u < pixels) { put(o + 19u, acc1_4[3]); }
-        if (full || first + 20u < pixels) { put(o + 20u, acc1_5[0]); }
-        if (full || first + 21u < pixels) { put(o + 21u, acc1_5[1]); }
-        if (full || first + 22u < pixels) { put(o + 22u, acc1_5[2]); }
-        if (full || first + 23u < pixels) { put(o + 23u, acc1_5[3]); }
-        if (full || first + 24u < pixels) { put(o + 24u, acc1_6[0]); }
-        if (full || first + 25u < pixels) { put(o + 25u, acc1_6[1]); }
-        if (full || first + 26u < pixels) { put(o + 26u, acc1_6[2]); }
-        if (full || first + 27u < pixels) { put(o + 27u, acc1_6[3]); }
-        if (full || first + 28u < pixels) { put(o + 28u, acc1_7[0]); }
-        if (full || first + 29u < pixels) { put(o + 29u, acc1_7[1]); }
-        if (full || first + 30u < pixels) { put(o + 30u, acc1_7[2]); }
-        if (full || first + 31u < pixels) { put(o + 31u, acc1_7[3]); }
     }
     if (m0 + 2u < p.m_rows) {
         let o = p.dst_off + (m0 + 2u) * pixels + first;
@@ -338,22 +302,6 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         if (full || first + 13u < pixels) { put(o + 13u, acc2_3[1]); }
         if (full || first + 14u < pixels) { put(o + 14u, acc2_3[2]); }
         if (full || first + 15u < pixels) { put(o + 15u, acc2_3[3]); }
-        if (full || first + 16u < pixels) { put(o + 16u, acc2_4[0]); }
-        if (full || first + 17u < pixels) { put(o + 17u, acc2_4[1]); }
-        if (full || first + 18u < pixels) { put(o + 18u, acc2_4[2]); }
-        if (full || first + 19u < pixels) { put(o + 19u, acc2_4[3]); }
-        if (full || first + 20u < pixels) { put(o + 20u, acc2_5[0]); }
-        if (full || first + 21u < pixels) { put(o + 21u, acc2_5[1]); }
-        if (full || first + 22u < pixels) { put(o + 22u, acc2_5[2]); }
-        if (full || first + 23u < pixels) { put(o + 23u, acc2_5[3]); }
-        if (full || first + 24u < pixels) { put(o + 24u, acc2_6[0]); }
-        if (full || first + 25u < pixels) { put(o + 25u, acc2_6[1]); }
-        if (full || first + 26u < pixels) { put(o + 26u, acc2_6[2]); }
-        if (full || first + 27u < pixels) { put(o + 27u, acc2_6[3]); }
-        if (full || first + 28u < pixels) { put(o + 28u, acc2_7[0]); }
-        if (full || first + 29u < pixels) { put(o + 29u, acc2_7[1]); }
-        if (full || first + 30u < pixels) { put(o + 30u, acc2_7[2]); }
-        if (full || first + 31u < pixels) { put(o + 31u, acc2_7[3]); }
     }
     if (m0 + 3u < p.m_rows) {
         let o = p.dst_off + (m0 + 3u) * pixels + first;
@@ -373,22 +321,6 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         if (full || first + 13u < pixels) { put(o + 13u, acc3_3[1]); }
         if (full || first + 14u < pixels) { put(o + 14u, acc3_3[2]); }
         if (full || first + 15u < pixels) { put(o + 15u, acc3_3[3]); }
-        if (full || first + 16u < pixels) { put(o + 16u, acc3_4[0]); }
-        if (full || first + 17u < pixels) { put(o + 17u, acc3_4[1]); }
-        if (full || first + 18u < pixels) { put(o + 18u, acc3_4[2]); }
-        if (full || first + 19u < pixels) { put(o + 19u, acc3_4[3]); }
-        if (full || first + 20u < pixels) { put(o + 20u, acc3_5[0]); }
-        if (full || first + 21u < pixels) { put(o + 21u, acc3_5[1]); }
-        if (full || first + 22u < pixels) { put(o + 22u, acc3_5[2]); }
-        if (full || first + 23u < pixels) { put(o + 23u, acc3_5[3]); }
-        if (full || first + 24u < pixels) { put(o + 24u, acc3_6[0]); }
-        if (full || first + 25u < pixels) { put(o + 25u, acc3_6[1]); }
-        if (full || first + 26u < pixels) { put(o + 26u, acc3_6[2]); }
-        if (full || first + 27u < pixels) { put(o + 27u, acc3_6[3]); }
-        if (full || first + 28u < pixels) { put(o + 28u, acc3_7[0]); }
-        if (full || first + 29u < pixels) { put(o + 29u, acc3_7[1]); }
-        if (full || first + 30u < pixels) { put(o + 30u, acc3_7[2]); }
-        if (full || first + 31u < pixels) { put(o + 31u, acc3_7[3]); }
     }
     if (m0 + 4u < p.m_rows) {
         let o = p.dst_off + (m0 + 4u) * pixels + first;
@@ -408,22 +340,6 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         if (full || first + 13u < pixels) { put(o + 13u, acc4_3[1]); }
         if (full || first + 14u < pixels) { put(o + 14u, acc4_3[2]); }
         if (full || first + 15u < pixels) { put(o + 15u, acc4_3[3]); }
-        if (full || first + 16u < pixels) { put(o + 16u, acc4_4[0]); }
-        if (full || first + 17u < pixels) { put(o + 17u, acc4_4[1]); }
-        if (full || first + 18u < pixels) { put(o + 18u, acc4_4[2]); }
-        if (full || first + 19u < pixels) { put(o + 19u, acc4_4[3]); }
-        if (full || first + 20u < pixels) { put(o + 20u, acc4_5[0]); }
-        if (full || first + 21u < pixels) { put(o + 21u, acc4_5[1]); }
-        if (full || first + 22u < pixels) { put(o + 22u, acc4_5[2]); }
-        if (full || first + 23u < pixels) { put(o + 23u, acc4_5[3]); }
-        if (full || first + 24u < pixels) { put(o + 24u, acc4_6[0]); }
-        if (full || first + 25u < pixels) { put(o + 25u, acc4_6[1]); }
-        if (full || first + 26u < pixels) { put(o + 26u, acc4_6[2]); }
-        if (full || first + 27u < pixels) { put(o + 27u, acc4_6[3]); }
-        if (full || first + 28u < pixels) { put(o + 28u, acc4_7[0]); }
-        if (full || first + 29u < pixels) { put(o + 29u, acc4_7[1]); }
-        if (full || first + 30u < pixels) { put(o + 30u, acc4_7[2]); }
-        if (full || first + 31u < pixels) { put(o + 31u, acc4_7[3]); }
     }
     if (m0 + 5u < p.m_rows) {
         let o = p.dst_off + (m0 + 5u) * pixels + first;
@@ -443,22 +359,6 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         if (full || first + 13u < pixels) { put(o + 13u, acc5_3[1]); }
         if (full || first + 14u < pixels) { put(o + 14u, acc5_3[2]); }
         if (full || first + 15u < pixels) { put(o + 15u, acc5_3[3]); }
-        if (full || first + 16u < pixels) { put(o + 16u, acc5_4[0]); }
-        if (full || first + 17u < pixels) { put(o + 17u, acc5_4[1]); }
-        if (full || first + 18u < pixels) { put(o + 18u, acc5_4[2]); }
-        if (full || first + 19u < pixels) { put(o + 19u, acc5_4[3]); }
-        if (full || first + 20u < pixels) { put(o + 20u, acc5_5[0]); }
-        if (full || first + 21u < pixels) { put(o + 21u, acc5_5[1]); }
-        if (full || first + 22u < pixels) { put(o + 22u, acc5_5[2]); }
-        if (full || first + 23u < pixels) { put(o + 23u, acc5_5[3]); }
-        if (full || first + 24u < pixels) { put(o + 24u, acc5_6[0]); }
-        if (full || first + 25u < pixels) { put(o + 25u, acc5_6[1]); }
-        if (full || first + 26u < pixels) { put(o + 26u, acc5_6[2]); }
-        if (full || first + 27u < pixels) { put(o + 27u, acc5_6[3]); }
-        if (full || first + 28u < pixels) { put(o + 28u, acc5_7[0]); }
-        if (full || first + 29u < pixels) { put(o + 29u, acc5_7[1]); }
-        if (full || first + 30u < pixels) { put(o + 30u, acc5_7[2]); }
-        if (full || first + 31u < pixels) { put(o + 31u, acc5_7[3]); }
     }
     if (m0 + 6u < p.m_rows) {
         let o = p.dst_off + (m0 + 6u) * pixels + first;
@@ -478,22 +378,6 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         if (full || first + 13u < pixels) { put(o + 13u, acc6_3[1]); }
         if (full || first + 14u < pixels) { put(o + 14u, acc6_3[2]); }
         if (full || first + 15u < pixels) { put(o + 15u, acc6_3[3]); }
-        if (full || first + 16u < pixels) { put(o + 16u, acc6_4[0]); }
-        if (full || first + 17u < pixels) { put(o + 17u, acc6_4[1]); }
-        if (full || first + 18u < pixels) { put(o + 18u, acc6_4[2]); }
-        if (full || first + 19u < pixels) { put(o + 19u, acc6_4[3]); }
-        if (full || first + 20u < pixels) { put(o + 20u, acc6_5[0]); }
-        if (full || first + 21u < pixels) { put(o + 21u, acc6_5[1]); }
-        if (full || first + 22u < pixels) { put(o + 22u, acc6_5[2]); }
-        if (full || first + 23u < pixels) { put(o + 23u, acc6_5[3]); }
-        if (full || first + 24u < pixels) { put(o + 24u, acc6_6[0]); }
-        if (full || first + 25u < pixels) { put(o + 25u, acc6_6[1]); }
-        if (full || first + 26u < pixels) { put(o + 26u, acc6_6[2]); }
-        if (full || first + 27u < pixels) { put(o + 27u, acc6_6[3]); }
-        if (full || first + 28u < pixels) { put(o + 28u, acc6_7[0]); }
-        if (full || first + 29u < pixels) { put(o + 29u, acc6_7[1]); }
-        if (full || first + 30u < pixels) { put(o + 30u, acc6_7[2]); }
-        if (full || first + 31u < pixels) { put(o + 31u, acc6_7[3]); }
     }
     if (m0 + 7u < p.m_rows) {
         let o = p.dst_off + (m0 + 7u) * pixels + first;
@@ -513,22 +397,158 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         if (full || first + 13u < pixels) { put(o + 13u, acc7_3[1]); }
         if (full || first + 14u < pixels) { put(o + 14u, acc7_3[2]); }
         if (full || first + 15u < pixels) { put(o + 15u, acc7_3[3]); }
-        if (full || first + 16u < pixels) { put(o + 16u, acc7_4[0]); }
-        if (full || first + 17u < pixels) { put(o + 17u, acc7_4[1]); }
-        if (full || first + 18u < pixels) { put(o + 18u, acc7_4[2]); }
-        if (full || first + 19u < pixels) { put(o + 19u, acc7_4[3]); }
-        if (full || first + 20u < pixels) { put(o + 20u, acc7_5[0]); }
-        if (full || first + 21u < pixels) { put(o + 21u, acc7_5[1]); }
-        if (full || first + 22u < pixels) { put(o + 22u, acc7_5[2]); }
-        if (full || first + 23u < pixels) { put(o + 23u, acc7_5[3]); }
-        if (full || first + 24u < pixels) { put(o + 24u, acc7_6[0]); }
-        if (full || first + 25u < pixels) { put(o + 25u, acc7_6[1]); }
-        if (full || first + 26u < pixels) { put(o + 26u, acc7_6[2]); }
-        if (full || first + 27u < pixels) { put(o + 27u, acc7_6[3]); }
-        if (full || first + 28u < pixels) { put(o + 28u, acc7_7[0]); }
-        if (full || first + 29u < pixels) { put(o + 29u, acc7_7[1]); }
-        if (full || first + 30u < pixels) { put(o + 30u, acc7_7[2]); }
-        if (full || first + 31u < pixels) { put(o + 31u, acc7_7[3]); }
+    }
+    if (m0 + 8u < p.m_rows) {
+        let o = p.dst_off + (m0 + 8u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc8_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc8_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc8_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc8_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc8_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc8_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc8_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc8_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc8_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc8_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc8_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc8_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc8_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc8_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc8_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc8_3[3]); }
+    }
+    if (m0 + 9u < p.m_rows) {
+        let o = p.dst_off + (m0 + 9u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc9_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc9_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc9_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc9_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc9_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc9_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc9_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc9_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc9_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc9_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc9_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc9_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc9_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc9_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc9_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc9_3[3]); }
+    }
+    if (m0 + 10u < p.m_rows) {
+        let o = p.dst_off + (m0 + 10u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc10_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc10_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc10_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc10_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc10_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc10_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc10_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc10_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc10_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc10_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc10_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc10_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc10_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc10_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc10_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc10_3[3]); }
+    }
+    if (m0 + 11u < p.m_rows) {
+        let o = p.dst_off + (m0 + 11u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc11_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc11_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc11_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc11_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc11_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc11_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc11_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc11_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc11_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc11_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc11_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc11_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc11_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc11_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc11_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc11_3[3]); }
+    }
+    if (m0 + 12u < p.m_rows) {
+        let o = p.dst_off + (m0 + 12u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc12_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc12_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc12_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc12_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc12_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc12_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc12_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc12_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc12_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc12_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc12_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc12_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc12_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc12_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc12_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc12_3[3]); }
+    }
+    if (m0 + 13u < p.m_rows) {
+        let o = p.dst_off + (m0 + 13u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc13_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc13_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc13_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc13_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc13_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc13_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc13_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc13_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc13_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc13_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc13_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc13_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc13_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc13_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc13_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc13_3[3]); }
+    }
+    if (m0 + 14u < p.m_rows) {
+        let o = p.dst_off + (m0 + 14u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc14_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc14_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc14_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc14_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc14_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc14_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc14_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc14_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc14_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc14_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc14_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc14_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc14_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc14_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc14_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc14_3[3]); }
+    }
+    if (m0 + 15u < p.m_rows) {
+        let o = p.dst_off + (m0 + 15u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc15_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc15_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc15_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc15_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc15_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc15_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc15_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc15_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc15_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc15_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc15_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc15_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc15_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc15_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc15_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc15_3[3]); }
     }
 }
 

@@ -225,7 +225,8 @@ impl DenseNetConfig {
                 if mode == MemoryMode::Naive {
                     // Concatenate by copying, as frameworks without in-place channel views do.
                     let cat = g.new_tensor(format!("{name}.concat"), channels + k, spatial, spatial);
-                    let (old_part, new_part) = (g.view(g.tensor(cat).storage, 0, channels), g.view(g.tensor(cat).storage, channels, k));
+                    let (old_part, new_part) =
+                        (g.view(g.tensor(cat).storage, 0, channels), g.view(g.tensor(cat).storage, channels, k));
                     g.copy_into(&format!("{name}.concat.0"), features, old_part);
                     g.copy_into(&format!("{name}.concat.1"), new, new_part);
                     features = cat;
@@ -346,7 +347,12 @@ fn fits(config: &DenseNetConfig, batch: u32, mode: MemoryMode, limits: &ArenaLim
 
 /// The largest training batch whose plan fits the limits (and the budget, if given), or
 /// None if not even one image fits.
-pub fn largest_batch(config: &DenseNetConfig, mode: MemoryMode, limits: &ArenaLimits, budget: Option<u64>) -> Option<u32> {
+pub fn largest_batch(
+    config: &DenseNetConfig,
+    mode: MemoryMode,
+    limits: &ArenaLimits,
+    budget: Option<u64>,
+) -> Option<u32> {
     if !fits(config, 1, mode, limits, budget) {
         return None;
     }

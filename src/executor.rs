@@ -5,8 +5,8 @@
 //! (learning rate, dropout seed) and replays the launches.
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Init, ParamGroup, StateId};
 use crate::gpu::{Dispatch, View};
+use crate::graph::{Graph, Init, ParamGroup, StateId};
 use crate::ops;
 use crate::plan::{self, ArenaLimits, ArenaPlan, MemoryReport, TensorRequest};
 use crate::schedule::{self, LaunchOp, Loc, Mode, Schedule, BN_EPS, BN_MOMENTUM};
@@ -217,7 +217,12 @@ impl Session {
         Ok(out)
     }
 
-    async fn read_groups(&self, groups: &[ParamGroup], layout: &Segments, buffers: &[wgpu::Buffer]) -> Result<Vec<Vec<f32>>> {
+    async fn read_groups(
+        &self,
+        groups: &[ParamGroup],
+        layout: &Segments,
+        buffers: &[wgpu::Buffer],
+    ) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(groups.len());
         for (g, &(b, offset)) in groups.iter().zip(&layout.places) {
             out.push(self.gpu.read_f32(&buffers[b], offset as u64, g.len()).await?);
@@ -245,14 +250,25 @@ impl Session {
         self.read_groups(&self.graph.params, &self.param_layout, &self.persistent.momentum).await
     }
 
-    fn write_groups(&self, groups: &[ParamGroup], layout: &Segments, buffers: &[wgpu::Buffer], values: &[Vec<f32>], what: &str) -> Result<()> {
+    fn write_groups(
+        &self,
+        groups: &[ParamGroup],
+        layout: &Segments,
+        buffers: &[wgpu::Buffer],
+        values: &[Vec<f32>],
+        what: &str,
+    ) -> Result<()> {
         if values.len() != groups.len() {
             return Err(Error::Shape(format!("expected {} {what} groups, got {}", groups.len(), values.len())));
         }
         for (i, (g, v)) in groups.iter().zip(values).enumerate() {
             if v.len() != g.len() {
                 let name = g.tensors.first().map(|t| t.name.as_str()).unwrap_or("?");
-                return Err(Error::Shape(format!("{what} group {i} (`{name}`…) has {} values, expected {}", v.len(), g.len())));
+                return Err(Error::Shape(format!(
+                    "{what} group {i} (`{name}`…) has {} values, expected {}",
+                    v.len(),
+                    g.len()
+                )));
             }
         }
         for (i, v) in values.iter().enumerate() {
@@ -338,7 +354,8 @@ impl Session {
     /// Bytes allocated on the device: persistent buffers plus every compiled program's arena.
     pub fn allocated_bytes(&self) -> u64 {
         let p = &self.persistent;
-        let persistent: u64 = [&p.params, &p.grads, &p.momentum, &p.states].iter().flat_map(|v| v.iter()).map(|b| b.size()).sum();
+        let persistent: u64 =
+            [&p.params, &p.grads, &p.momentum, &p.states].iter().flat_map(|v| v.iter()).map(|b| b.size()).sum();
         persistent + [&self.train, &self.eval].iter().filter_map(|p| p.as_ref()).map(|p| p.arena_bytes()).sum::<u64>()
     }
 
@@ -531,11 +548,23 @@ impl Program {
                     // The split pair measured faster on lavapipe than the fused kernel; the
                     // input pass reads the sums the affine pass just wrote.
                     let (x, dy, stats, affine, grad_affine) = (r(x), r(dy), r(stats), r(affine), r(grad_affine));
-                    let affine_pass = bn::batchnorm_backward_affine(gpu, shape, x, dy, stats, affine, grad_affine, relu, false);
+                    let affine_pass =
+                        bn::batchnorm_backward_affine(gpu, shape, x, dy, stats, affine, grad_affine, relu, false);
                     match dx {
                         Some(dx) => {
                             dispatches.push(affine_pass);
-                            bn::batchnorm_backward_input(gpu, shape, x, dy, stats, affine, grad_affine, r(dx), relu, accumulate)
+                            bn::batchnorm_backward_input(
+                                gpu,
+                                shape,
+                                x,
+                                dy,
+                                stats,
+                                affine,
+                                grad_affine,
+                                r(dx),
+                                relu,
+                                accumulate,
+                            )
                         }
                         None => affine_pass,
                     }
@@ -644,7 +673,8 @@ impl Program {
             match *p {
                 StepParams::Dropout { launch, len, x, y, rate, key, accumulate } => {
                     let seed = [key, step as u32];
-                    self.dispatches[launch].set_params(gpu, &ops::elementwise::dropout_params(len, x, y, rate, seed, accumulate));
+                    self.dispatches[launch]
+                        .set_params(gpu, &ops::elementwise::dropout_params(len, x, y, rate, seed, accumulate));
                 }
                 StepParams::Sgd { launch, len, offset } => {
                     self.dispatches[launch].set_params(gpu, &ops::sgd::sgd_params(len, offset, offset, offset, sgd));

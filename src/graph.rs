@@ -55,9 +55,13 @@ pub struct Tensor {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
     /// N(0, sqrt(2 / fan_out)) (He, fan-out), for convolutions.
-    HeFanOut { fan_out: u32 },
+    HeFanOut {
+        fan_out: u32,
+    },
     /// U(-bound, bound), PyTorch's default for a linear weight (bound = 1/sqrt(fan_in)).
-    Uniform { bound: f32 },
+    Uniform {
+        bound: f32,
+    },
     Constant(f32),
 }
 
@@ -96,19 +100,34 @@ impl ParamGroup {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Op {
     /// No bias. Input and output shapes come from the tensors.
-    Conv2d { weight: ParamId, kernel: u32, stride: u32, pad: u32 },
+    Conv2d {
+        weight: ParamId,
+        kernel: u32,
+        stride: u32,
+        pad: u32,
+    },
     /// Batch norm over the input's channels, optionally followed by ReLU. Training mode
     /// normalises with the batch statistics, which it saves in `stats` (a 2·C storage holding
     /// mean and 1/sqrt(var + eps)) for backward and for recomputation; eval mode uses `running`.
-    BatchNorm { affine: ParamId, running: StateId, stats: StorageId, relu: bool },
+    BatchNorm {
+        affine: ParamId,
+        running: StateId,
+        stats: StorageId,
+        relu: bool,
+    },
     Relu,
     /// Inverted dropout; `key` makes each dropout's mask distinct and reproducible.
-    Dropout { rate: f32, key: u32 },
+    Dropout {
+        rate: f32,
+        key: u32,
+    },
     AvgPool2x2,
     MaxPool3x3s2p1,
     GlobalAvgPool,
     /// Input (in, N) with 1x1 spatial, weight group [weight (out, in), bias (out)].
-    Linear { params: ParamId },
+    Linear {
+        params: ParamId,
+    },
     /// Output is a copy of the input; used where a graph materialises a concatenation.
     Copy,
     /// Inputs [logits (K, N), labels (1, N) as f32 class indices]; output (2, 1): mean loss and
@@ -244,7 +263,11 @@ impl Graph {
 
     pub fn batch_norm_into(&mut self, name: &str, x: TensorId, y: TensorId, relu: bool) -> NodeId {
         let c = self.shape(x)[0] as usize;
-        let tensor = |suffix: &str, v: f32| ParamTensor { name: format!("{name}.{suffix}"), shape: vec![c], init: Init::Constant(v) };
+        let tensor = |suffix: &str, v: f32| ParamTensor {
+            name: format!("{name}.{suffix}"),
+            shape: vec![c],
+            init: Init::Constant(v),
+        };
         let affine = self.add_params(vec![tensor("weight", 1.0), tensor("bias", 0.0)]);
         let running = self.add_state(vec![tensor("running_mean", 0.0), tensor("running_var", 1.0)]);
         let stats = self.new_vector(format!("{name}.batch_stats"), 2 * c as u32);

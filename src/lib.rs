@@ -12,9 +12,10 @@ pub mod ops;
 pub mod plan;
 pub mod reference;
 pub mod schedule;
+pub mod train;
 
-pub use error::{Error, Result};
-pub use gpu::Gpu;
 pub use densenet::{DenseNetConfig, MemoryMode};
+pub use error::{Error, Result};
 pub use executor::{Session, SgdHyper, StepResult};
+pub use gpu::Gpu;
 pub use schedule::Mode;

@@ -135,7 +135,6 @@ pub fn export_to_file(
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
     let fail = |e: std::io::Error| Error::Data(format!("cannot write the ONNX model to {}: {e}", path.display()));
     let file_name = path.file_name().ok_or_else(|| fail(std::io::Error::other("the path names no file")))?;
     let dir = match path.parent() {
@@ -143,17 +142,20 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         _ => Path::new("."),
     };
     let tmp = dir.join(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
+    if let Err(e) = write_then_rename(&tmp, path, bytes) {
         let _ = std::fs::remove_file(&tmp);
         return Err(fail(e));
     }
     Ok(())
+}
+
+fn write_then_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(tmp)?;
+    f.write_all(bytes)?;
+    // Durable before it becomes visible under the final name.
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
 }
 
 /// IR version matching an opset (the ONNX versioning table).
@@ -205,7 +207,8 @@ fn build_model(
         model.metadata_props.push(StringStringEntryProto { key: key.into(), value, ..Default::default() })
     };
     if let Some(config) = config {
-        let json = serde_json::to_string(config).map_err(|e| Error::Config(format!("cannot encode the config: {e}")))?;
+        let json =
+            serde_json::to_string(config).map_err(|e| Error::Config(format!("cannot encode the config: {e}")))?;
         meta(META_CONFIG, json);
     }
     if let Some(n) = &options.normalization {
@@ -219,7 +222,10 @@ fn build_model(
 
 /// The state dict by name, after checking it holds exactly the graph's persistent tensors
 /// with the graph's shapes.
-fn check_weights<'a>(graph: &Graph, tensors: &'a [(String, Vec<usize>, Vec<f32>)]) -> Result<HashMap<&'a str, &'a [f32]>> {
+fn check_weights<'a>(
+    graph: &Graph,
+    tensors: &'a [(String, Vec<usize>, Vec<f32>)],
+) -> Result<HashMap<&'a str, &'a [f32]>> {
     let mismatch = |m: String| Err(Error::Shape(format!("the weights do not match the model: {m}")));
     let mut by_name: HashMap<&str, (&[usize], &[f32])> = HashMap::new();
     for (name, shape, values) in tensors {
@@ -452,7 +458,14 @@ impl<'a> Builder<'a> {
         Ok(name.to_string())
     }
 
-    fn push_node(&mut self, op_type: &str, name: &str, inputs: Vec<String>, output: &str, attribute: Vec<AttributeProto>) {
+    fn push_node(
+        &mut self,
+        op_type: &str,
+        name: &str,
+        inputs: Vec<String>,
+        output: &str,
+        attribute: Vec<AttributeProto>,
+    ) {
         self.nodes.push(NodeProto {
             op_type: op_type.into(),
             name: name.into(),
@@ -518,7 +531,7 @@ impl<'a> Builder<'a> {
             return Ok(v.clone());
         }
         let name = self.fresh_name(&format!("{storage_name}[{lo}:{hi}]"));
-        self.push_node("Concat", &name.clone(), parts.clone(), &name, vec![attr_int("axis", 1)]);
+        self.push_node("Concat", &name, parts.clone(), &name, vec![attr_int("axis", 1)]);
         self.derived.insert(parts, name.clone());
         Ok(name)
     }
@@ -532,7 +545,7 @@ impl<'a> Builder<'a> {
         let starts = self.add_int_initializer(&format!("{name}.starts"), &[start]);
         let ends = self.add_int_initializer(&format!("{name}.ends"), &[end]);
         let axes = self.add_int_initializer(&format!("{name}.axes"), &[1]);
-        self.push_node("Slice", &name.clone(), vec![value.into(), starts, ends, axes], &name, vec![]);
+        self.push_node("Slice", &name, vec![value.into(), starts, ends, axes], &name, vec![]);
         self.derived.insert(key, name.clone());
         name
     }
@@ -629,7 +642,9 @@ impl<'a> Builder<'a> {
                 self.require_spatial(&x, node)?;
                 let out = self.output_name(node);
                 let (op_type, attrs) = match node.op {
-                    Op::AvgPool2x2 => ("AveragePool", vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])]),
+                    Op::AvgPool2x2 => {
+                        ("AveragePool", vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])])
+                    }
                     Op::MaxPool3x3s2p1 => (
                         "MaxPool",
                         vec![
@@ -656,7 +671,8 @@ impl<'a> Builder<'a> {
                 let group = &g.params[params.0].tensors;
                 let (w_name, w_shape) = (group[0].name.clone(), group[0].shape.clone());
                 let (b_name, b_shape) = (group[1].name.clone(), group[1].shape.clone());
-                let inputs = vec![x, self.param_initializer(&w_name, &w_shape)?, self.param_initializer(&b_name, &b_shape)?];
+                let inputs =
+                    vec![x, self.param_initializer(&w_name, &w_shape)?, self.param_initializer(&b_name, &b_shape)?];
                 let out = self.output_name(node);
                 self.push_node("Gemm", &node.name, inputs, &out, vec![attr_int("transB", 1)]);
                 self.flat.insert(out.clone());
@@ -667,7 +683,10 @@ impl<'a> Builder<'a> {
 
     fn require_spatial(&self, value: &str, node: &Node) -> Result<()> {
         if self.flat.contains(value) {
-            return Err(Error::Config(format!("ONNX export: `{}` needs a spatial input but reads a flattened one", node.name)));
+            return Err(Error::Config(format!(
+                "ONNX export: `{}` needs a spatial input but reads a flattened one",
+                node.name
+            )));
         }
         Ok(())
     }
@@ -682,13 +701,21 @@ impl<'a> Builder<'a> {
             return v.clone();
         }
         let out = self.fresh_name(&format!("{node_name}.flatten"));
-        self.push_node("Flatten", &out.clone(), vec![value.into()], &out, vec![attr_int("axis", 1)]);
+        self.push_node("Flatten", &out, vec![value.into()], &out, vec![attr_int("axis", 1)]);
         self.flat.insert(out.clone());
         self.derived.insert(key, out.clone());
         out
     }
 
-    fn emit_conv(&mut self, index: usize, node: &Node, weight: ParamId, kernel: u32, stride: u32, pad: u32) -> Result<()> {
+    fn emit_conv(
+        &mut self,
+        index: usize,
+        node: &Node,
+        weight: ParamId,
+        kernel: u32,
+        stride: u32,
+        pad: u32,
+    ) -> Result<()> {
         let g = self.graph;
         let x = self.read(node.inputs[0])?;
         self.require_spatial(&x, node)?;
@@ -727,7 +754,9 @@ impl<'a> Builder<'a> {
             }
             let mut bias_doc = "";
             if let Some(bn) = fold_bn {
-                let Op::BatchNorm { affine, running, .. } = g.nodes[bn].op else { unreachable!("only batch norms fold") };
+                let Op::BatchNorm { affine, running, .. } = g.nodes[bn].op else {
+                    unreachable!("only batch norms fold")
+                };
                 let get = |group: &ParamGroup, k: usize| self.weights[group.tensors[k].name.as_str()];
                 let (gamma, beta) = (get(&g.params[affine.0], 0), get(&g.params[affine.0], 1));
                 let (mean, var) = (get(&g.states[running.0], 0), get(&g.states[running.0], 1));
@@ -752,7 +781,8 @@ impl<'a> Builder<'a> {
             }
         }
         let (k, s, p) = (kernel as i64, stride as i64, pad as i64);
-        let attrs = vec![attr_ints("kernel_shape", &[k, k]), attr_ints("strides", &[s, s]), attr_ints("pads", &[p, p, p, p])];
+        let attrs =
+            vec![attr_ints("kernel_shape", &[k, k]), attr_ints("strides", &[s, s]), attr_ints("pads", &[p, p, p, p])];
         match fold_bn {
             None => {
                 let out = self.output_name(node);
@@ -808,11 +838,8 @@ fn foldable_batch_norms(graph: &Graph) -> HashMap<usize, usize> {
         let same_range = graph.tensor(conv.output) == graph.tensor(x);
         let weight_shared =
             graph.nodes.iter().filter(|n| matches!(n.op, Op::Conv2d { weight: w, .. } if w == weight)).count() > 1;
-        let other_readers = graph
-            .nodes
-            .iter()
-            .enumerate()
-            .any(|(k, n)| k != i && n.inputs.iter().any(|&t| overlaps(t, conv.output)));
+        let other_readers =
+            graph.nodes.iter().enumerate().any(|(k, n)| k != i && n.inputs.iter().any(|&t| overlaps(t, conv.output)));
         let touches_io = protected.iter().any(|&t| overlaps(t, conv.output) || overlaps(t, bn.output));
         if same_range && !weight_shared && !other_readers && !touches_io && !out.contains_key(&j) {
             out.insert(j, i);

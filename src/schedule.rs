@@ -69,12 +69,45 @@ pub enum Loc {
 /// One kernel launch, named for what it computes, with its operands.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LaunchOp {
-    ConvForward { shape: Conv2dShape, x: Loc, w: Loc, y: Loc },
-    ConvBackwardInput { shape: Conv2dShape, dy: Loc, w: Loc, dx: Loc, accumulate: bool },
-    ConvBackwardWeight { shape: Conv2dShape, x: Loc, dy: Loc, dw: Loc, accumulate: bool },
-    BnTrainStats { shape: BatchNormShape, x: Loc, stats: Loc, running: Loc },
-    BnEvalStats { shape: BatchNormShape, running: Loc, stats: Loc },
-    BnApply { shape: BatchNormShape, x: Loc, stats: Loc, affine: Loc, y: Loc, relu: bool },
+    ConvForward {
+        shape: Conv2dShape,
+        x: Loc,
+        w: Loc,
+        y: Loc,
+    },
+    ConvBackwardInput {
+        shape: Conv2dShape,
+        dy: Loc,
+        w: Loc,
+        dx: Loc,
+        accumulate: bool,
+    },
+    ConvBackwardWeight {
+        shape: Conv2dShape,
+        x: Loc,
+        dy: Loc,
+        dw: Loc,
+        accumulate: bool,
+    },
+    BnTrainStats {
+        shape: BatchNormShape,
+        x: Loc,
+        stats: Loc,
+        running: Loc,
+    },
+    BnEvalStats {
+        shape: BatchNormShape,
+        running: Loc,
+        stats: Loc,
+    },
+    BnApply {
+        shape: BatchNormShape,
+        x: Loc,
+        stats: Loc,
+        affine: Loc,
+        y: Loc,
+        relu: bool,
+    },
     /// γ and β gradients (overwritten), and the input gradient when `dx` is given.
     BnBackward {
         shape: BatchNormShape,
@@ -87,24 +120,110 @@ pub enum LaunchOp {
         relu: bool,
         accumulate: bool,
     },
-    ReluForward { len: u32, x: Loc, y: Loc },
-    ReluBackward { len: u32, x: Loc, dy: Loc, dx: Loc, accumulate: bool },
-    DropoutForward { len: u32, rate: f32, key: u32, x: Loc, y: Loc },
-    DropoutBackward { len: u32, rate: f32, key: u32, dy: Loc, dx: Loc, accumulate: bool },
-    AvgPoolForward { shape: PoolShape, x: Loc, y: Loc },
-    AvgPoolBackward { shape: PoolShape, dy: Loc, dx: Loc, accumulate: bool },
-    MaxPoolForward { shape: PoolShape, x: Loc, y: Loc },
-    MaxPoolBackward { shape: PoolShape, x: Loc, dy: Loc, dx: Loc, accumulate: bool },
-    GlobalAvgPoolForward { shape: PoolShape, x: Loc, y: Loc },
-    GlobalAvgPoolBackward { shape: PoolShape, dy: Loc, dx: Loc, accumulate: bool },
-    LinearForward { shape: LinearShape, x: Loc, params: Loc, y: Loc },
-    LinearBackwardParams { shape: LinearShape, x: Loc, dy: Loc, grad_params: Loc },
-    LinearBackwardInput { shape: LinearShape, dy: Loc, params: Loc, dx: Loc, accumulate: bool },
-    Copy { len: u32, x: Loc, y: Loc },
-    Add { len: u32, x: Loc, y: Loc },
-    Fill { len: u32, y: Loc, value: f32 },
+    ReluForward {
+        len: u32,
+        x: Loc,
+        y: Loc,
+    },
+    ReluBackward {
+        len: u32,
+        x: Loc,
+        dy: Loc,
+        dx: Loc,
+        accumulate: bool,
+    },
+    DropoutForward {
+        len: u32,
+        rate: f32,
+        key: u32,
+        x: Loc,
+        y: Loc,
+    },
+    DropoutBackward {
+        len: u32,
+        rate: f32,
+        key: u32,
+        dy: Loc,
+        dx: Loc,
+        accumulate: bool,
+    },
+    AvgPoolForward {
+        shape: PoolShape,
+        x: Loc,
+        y: Loc,
+    },
+    AvgPoolBackward {
+        shape: PoolShape,
+        dy: Loc,
+        dx: Loc,
+        accumulate: bool,
+    },
+    MaxPoolForward {
+        shape: PoolShape,
+        x: Loc,
+        y: Loc,
+    },
+    MaxPoolBackward {
+        shape: PoolShape,
+        x: Loc,
+        dy: Loc,
+        dx: Loc,
+        accumulate: bool,
+    },
+    GlobalAvgPoolForward {
+        shape: PoolShape,
+        x: Loc,
+        y: Loc,
+    },
+    GlobalAvgPoolBackward {
+        shape: PoolShape,
+        dy: Loc,
+        dx: Loc,
+        accumulate: bool,
+    },
+    LinearForward {
+        shape: LinearShape,
+        x: Loc,
+        params: Loc,
+        y: Loc,
+    },
+    LinearBackwardParams {
+        shape: LinearShape,
+        x: Loc,
+        dy: Loc,
+        grad_params: Loc,
+    },
+    LinearBackwardInput {
+        shape: LinearShape,
+        dy: Loc,
+        params: Loc,
+        dx: Loc,
+        accumulate: bool,
+    },
+    Copy {
+        len: u32,
+        x: Loc,
+        y: Loc,
+    },
+    Add {
+        len: u32,
+        x: Loc,
+        y: Loc,
+    },
+    Fill {
+        len: u32,
+        y: Loc,
+        value: f32,
+    },
     /// Loss and correct count into `loss` (2 floats); with `dlogits`, also its gradient.
-    Loss { n: u32, classes: u32, logits: Loc, labels: Loc, loss: Loc, dlogits: Option<Loc> },
+    Loss {
+        n: u32,
+        classes: u32,
+        logits: Loc,
+        labels: Loc,
+        loss: Loc,
+        dlogits: Option<Loc>,
+    },
     /// The optimizer step over every parameter (the executor launches one per segment).
     SgdUpdate,
 }
@@ -202,10 +321,7 @@ impl Schedule {
     }
 
     pub fn forward_value(&self, storage: StorageId) -> Option<ValueId> {
-        self.values
-            .iter()
-            .position(|v| v.storage == storage && v.kind == ValueKind::Forward)
-            .map(ValueId)
+        self.values.iter().position(|v| v.storage == storage && v.kind == ValueKind::Forward).map(ValueId)
     }
 }
 
@@ -521,7 +637,11 @@ impl Compiler<'_> {
                 let (dw, accumulate) = self.param_grad(weight);
                 self.push(id, phase, LaunchOp::ConvBackwardWeight { shape, x: x.unwrap(), dy, dw, accumulate });
                 if let Some((dx, accumulate)) = dx {
-                    self.push(id, phase, LaunchOp::ConvBackwardInput { shape, dy, w: Loc::Param(weight), dx, accumulate });
+                    self.push(
+                        id,
+                        phase,
+                        LaunchOp::ConvBackwardInput { shape, dy, w: Loc::Param(weight), dx, accumulate },
+                    );
                 }
             }
             Op::BatchNorm { affine, stats, relu, .. } => {
@@ -540,7 +660,11 @@ impl Compiler<'_> {
                 assert!(!shared, "{}: a linear layer's parameters are used once", node.name);
                 self.push(id, phase, LaunchOp::LinearBackwardParams { shape, x: x.unwrap(), dy, grad_params });
                 if let Some((dx, accumulate)) = dx {
-                    self.push(id, phase, LaunchOp::LinearBackwardInput { shape, dy, params: Loc::Param(params), dx, accumulate });
+                    self.push(
+                        id,
+                        phase,
+                        LaunchOp::LinearBackwardInput { shape, dy, params: Loc::Param(params), dx, accumulate },
+                    );
                 }
             }
             _ => {

@@ -1,7 +1,7 @@
 //! Model definitions and memory plans, checked without a GPU.
 
-use densegpu::densenet::{DenseNetConfig, MemoryMode};
 use densegpu::densenet::{largest_batch, plan_training};
+use densegpu::densenet::{DenseNetConfig, MemoryMode};
 use densegpu::executor::{memory_report, MemoryPlan};
 use densegpu::plan::ArenaLimits;
 use densegpu::Mode;
@@ -44,7 +44,10 @@ fn stored_activations_are_linear_in_depth_except_naive() {
         match mode {
             // Linear: per-layer bytes stay within 10% of the shallowest net's.
             MemoryMode::Efficient | MemoryMode::Minimal => {
-                assert!(per_layer.iter().all(|&p| p <= per_layer[0] * 1.1), "{mode} grows faster than linearly: {per_layer:?}")
+                assert!(
+                    per_layer.iter().all(|&p| p <= per_layer[0] * 1.1),
+                    "{mode} grows faster than linearly: {per_layer:?}"
+                )
             }
             // Quadratic: per-layer bytes rise with every depth step (measured 3.1x from 40 to 250).
             MemoryMode::Naive => {
@@ -59,7 +62,8 @@ fn stored_activations_are_linear_in_depth_except_naive() {
 fn the_plan_orders_the_modes_and_meets_the_floor() {
     let config = DenseNetConfig::cifar_bc(100, 12, 10).unwrap();
     let report = |mode| memory_report(&config.build(64, mode).unwrap(), Mode::Train).unwrap();
-    let (naive, efficient, minimal) = (report(MemoryMode::Naive), report(MemoryMode::Efficient), report(MemoryMode::Minimal));
+    let (naive, efficient, minimal) =
+        (report(MemoryMode::Naive), report(MemoryMode::Efficient), report(MemoryMode::Minimal));
     const MIB: u64 = 1 << 20;
     // The three block buffers alone are 78 MiB at batch 64; minimal keeps little beyond them.
     assert!(minimal.activations >= 78 * MIB && minimal.activations <= 82 * MIB, "minimal {}", minimal.activations);
@@ -68,7 +72,10 @@ fn the_plan_orders_the_modes_and_meets_the_floor() {
     assert!(naive.activations > 5 * efficient.activations);
     assert!(naive.total > efficient.total && efficient.total > minimal.total);
     // Parameters, gradients and optimizer state do not depend on the mode.
-    assert_eq!((naive.parameters, naive.gradients, naive.optimizer), (minimal.parameters, minimal.gradients, minimal.optimizer));
+    assert_eq!(
+        (naive.parameters, naive.gradients, naive.optimizer),
+        (minimal.parameters, minimal.gradients, minimal.optimizer)
+    );
 }
 
 #[test]

@@ -110,7 +110,10 @@ fn check_against_tract(
     let state = sessions[1].state_dict_blocking().unwrap();
     let bytes = onnx::export(&sessions[1].graph, Some(config), &state, options).unwrap();
     // The batch size the graph was built for must not leak into the model.
-    assert!(bytes == onnx::export(&sessions[0].graph, Some(config), &state, options).unwrap(), "batch-dependent export");
+    assert!(
+        bytes == onnx::export(&sessions[0].graph, Some(config), &state, options).unwrap(),
+        "batch-dependent export"
+    );
     check_structure(&bytes);
     let model = tract_model(&bytes);
     let mut worst = 0.0f64;
@@ -148,7 +151,10 @@ fn check_structure(bytes: &[u8]) -> ModelProto {
     assert_eq!(g.input[0].name, "input");
     let dims = &g.input[0].type_.tensor_type().shape.dim;
     assert_eq!(dims.len(), 4, "input is NCHW");
-    assert!(matches!(&dims[0].value, Some(onnx_protobuf::tensor_shape_proto::dimension::Value::DimParam(_))), "dynamic batch");
+    assert!(
+        matches!(&dims[0].value, Some(onnx_protobuf::tensor_shape_proto::dimension::Value::DimParam(_))),
+        "dynamic batch"
+    );
     assert!(defined.insert(&g.input[0].name));
     for node in &g.node {
         for i in &node.input {
@@ -158,8 +164,18 @@ fn check_structure(bytes: &[u8]) -> ModelProto {
             assert!(defined.insert(o), "`{o}` is defined twice");
         }
         let allowed = [
-            "Conv", "BatchNormalization", "Relu", "Concat", "AveragePool", "MaxPool", "GlobalAveragePool", "Flatten",
-            "Gemm", "Sub", "Div", "Identity",
+            "Conv",
+            "BatchNormalization",
+            "Relu",
+            "Concat",
+            "AveragePool",
+            "MaxPool",
+            "GlobalAveragePool",
+            "Flatten",
+            "Gemm",
+            "Sub",
+            "Div",
+            "Identity",
         ];
         assert!(allowed.contains(&node.op_type.as_str()), "unexpected op {}", node.op_type);
     }
@@ -232,7 +248,10 @@ fn model_normalises_raw_input_when_asked() {
     let normalise = |g: &Graph, x: &[f32]| -> Vec<f32> {
         let [c, _, h, w] = g.shape(g.input.unwrap());
         let plane = (h * w) as usize;
-        x.iter().enumerate().map(|(i, &v)| (v - n.mean[(i / plane) % c as usize]) / n.std[(i / plane) % c as usize]).collect()
+        x.iter()
+            .enumerate()
+            .map(|(i, &v)| (v - n.mean[(i / plane) % c as usize]) / n.std[(i / plane) % c as usize])
+            .collect()
     };
     let mut s = sessions(&config, MemoryMode::Efficient);
     for (fold_input, fold_bn) in [(false, false), (true, false), (true, true)] {
@@ -281,7 +300,10 @@ fn generic_graph_with_unpadded_stem_and_slices() {
     let normalise = |g: &Graph, x: &[f32]| -> Vec<f32> {
         let [c, _, h, w] = g.shape(g.input.unwrap());
         let plane = (h * w) as usize;
-        x.iter().enumerate().map(|(i, &v)| (v - n.mean[(i / plane) % c as usize]) / n.std[(i / plane) % c as usize]).collect()
+        x.iter()
+            .enumerate()
+            .map(|(i, &v)| (v - n.mean[(i / plane) % c as usize]) / n.std[(i / plane) % c as usize])
+            .collect()
     };
     for fold in [false, true] {
         let options = ExportOptions {
@@ -386,4 +408,22 @@ fn mismatched_weights_and_bad_paths_fail_cleanly() {
     let bad_opset = ExportOptions { opset: 11, ..Default::default() };
     assert!(onnx::export(&graph, None, &state, &bad_opset).unwrap_err().to_string().contains("opset 11"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The path the example takes: a densegpu weights file, loaded with `checkpoint`, exported.
+/// The file stays in the target's scratch directory for trying the example by hand.
+#[test]
+fn weights_file_exports_like_the_session() {
+    let config = cifar_config();
+    let mut s = sessions(&config, MemoryMode::Efficient);
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("onnx-test-weights.safetensors");
+    densegpu::checkpoint::save_weights(&path, &config, &densegpu::checkpoint::session_weights_blocking(&s[1]).unwrap())
+        .unwrap();
+    let weights = densegpu::checkpoint::load_weights(&path).unwrap();
+    assert_eq!(weights.config.as_ref(), Some(&config));
+    let tensors: StateDict = weights.tensors.into_iter().map(|t| (t.name, t.shape, t.data)).collect();
+    let options = ExportOptions { fold_batch_norm: true, ..Default::default() };
+    let bytes = onnx::export(&s[1].graph, Some(&config), &tensors, &options).unwrap();
+    let (_, from_session) = check_against_tract(&config, &mut s, &options, identity);
+    assert!(bytes == from_session, "a weights file round trip changes the export");
 }

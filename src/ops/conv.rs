@@ -75,8 +75,8 @@ const GENERAL_WEIGHT_GRAD: Kernel = kernel("conv_general_weight_grad");
 
 // Register tiles of the kernels in shaders/conv.wgsl: (rows, pixels) per invocation, or for the
 // weight gradients (output channels, input channels) per workgroup. Keep in step with the shader.
-const GEMM_ROWS: u32 = 8;
-const GEMM_PIXELS: u32 = 32;
+const GEMM_ROWS: u32 = 16;
+const GEMM_PIXELS: u32 = 16;
 const CONV3_ROWS: u32 = 4;
 const CONV3_PIXELS: u32 = 8;
 const WGRAD1_ROWS: u32 = 8;

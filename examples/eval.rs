@@ -1,0 +1,46 @@
+//! Test accuracy of saved weights: `cargo run --release --example eval -- --weights W --data DIR`.
+
+use clap::Parser;
+use densegpu::checkpoint;
+use densegpu::{Gpu, MemoryMode, Session};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+struct Args {
+    /// A densegpu weights file (with its config in the metadata).
+    #[arg(long)]
+    weights: PathBuf,
+    /// CIFAR-10 as binary batches or train/test image folders.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value_t = 100)]
+    batch_size: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> densegpu::Result<()> {
+    let weights = checkpoint::load_weights(&args.weights)?;
+    let config = weights.config.clone().ok_or_else(|| {
+        densegpu::Error::Data(format!("{} has no densegpu config in its metadata", args.weights.display()))
+    })?;
+    let test = densegpu::data::load(&args.data)?.test;
+    let graph = config.build(args.batch_size, MemoryMode::Efficient)?;
+    let mut session = Session::new_blocking(Arc::new(Gpu::new_blocking()?), graph, 0)?;
+    checkpoint::apply_weights_blocking(&session, &weights)?;
+    let e = densegpu::train::evaluate(&mut session, &test)?;
+    if args.json {
+        println!("{}", serde_json::json!({ "test_accuracy": e.accuracy, "test_loss": e.loss, "images": e.images }));
+    } else {
+        println!("test accuracy {:.2}% (loss {:.4}) on {} images", 100.0 * e.accuracy, e.loss, e.images);
+    }
+    Ok(())
+}

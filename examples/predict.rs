@@ -1,0 +1,84 @@
+//! Top-5 classes of images: `cargo run --release --example predict -- --weights W IMAGE...`.
+//! Reads any format the `image` crate reads, resizes the shorter side to the model's input
+//! size and centre-crops.
+
+use clap::Parser;
+use densegpu::checkpoint;
+use densegpu::data::{Normalization, CIFAR10_CLASSES};
+use densegpu::train::softmax;
+use densegpu::{Error, Gpu, MemoryMode, Session};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    weights: PathBuf,
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// One JSON object per line and image: path, top5, logits (raw eval-mode logits).
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The image as normalised CHW floats of `size`x`size`.
+fn prepare(path: &PathBuf, size: u32) -> densegpu::Result<Vec<f32>> {
+    let img = image::open(path).map_err(|e| Error::Data(format!("cannot read image {}: {e}", path.display())))?;
+    let (w, h) = (img.width(), img.height());
+    let scale = size as f32 / w.min(h) as f32;
+    let (rw, rh) = (((w as f32 * scale).round() as u32).max(size), ((h as f32 * scale).round() as u32).max(size));
+    let resized = img.resize_exact(rw, rh, image::imageops::FilterType::Triangle).to_rgb8();
+    let (x0, y0) = ((rw - size) / 2, (rh - size) / 2);
+    let crop = image::imageops::crop_imm(&resized, x0, y0, size, size).to_image();
+    let plane = (size * size) as usize;
+    let mut chw = vec![0u8; 3 * plane];
+    for (i, p) in crop.pixels().enumerate() {
+        for c in 0..3 {
+            chw[c * plane + i] = p[c];
+        }
+    }
+    let mut out = vec![0.0; chw.len()];
+    Normalization::CIFAR10.apply(&chw, &mut out);
+    Ok(out)
+}
+
+fn run(args: Args) -> densegpu::Result<()> {
+    let weights = checkpoint::load_weights(&args.weights)?;
+    let config = weights
+        .config
+        .clone()
+        .ok_or_else(|| Error::Data(format!("{} has no densegpu config in its metadata", args.weights.display())))?;
+    let graph = config.build(1, MemoryMode::Efficient)?;
+    let mut session = Session::new_blocking(Arc::new(Gpu::new_blocking()?), graph, 0)?;
+    checkpoint::apply_weights_blocking(&session, &weights)?;
+    for path in &args.images {
+        let input = prepare(path, config.image_size)?;
+        let (logits, _) = session.eval_batch_blocking(&input, &[0])?;
+        let probabilities = softmax(&logits);
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
+        let name = |i: usize| {
+            if config.num_classes == 10 {
+                CIFAR10_CLASSES[i].to_string()
+            } else {
+                format!("class {i}")
+            }
+        };
+        let top5: Vec<(String, f64)> = order.iter().take(5).map(|&i| (name(i), probabilities[i])).collect();
+        if args.json {
+            let top: Vec<_> = top5.iter().map(|(c, p)| serde_json::json!({ "class": c, "probability": p })).collect();
+            println!("{}", serde_json::json!({ "path": path.display().to_string(), "top5": top, "logits": logits }));
+        } else {
+            let shown: Vec<String> = top5.iter().map(|(c, p)| format!("{c} {:.1}%", 100.0 * p)).collect();
+            println!("{}: {}", path.display(), shown.join(", "));
+        }
+    }
+    Ok(())
+}
