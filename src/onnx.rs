@@ -131,31 +131,8 @@ pub fn export_to_file(
     options: &ExportOptions,
 ) -> Result<()> {
     let bytes = export(graph, config, tensors, options)?;
-    write_atomically(path.as_ref(), &bytes)
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let fail = |e: std::io::Error| Error::Data(format!("cannot write the ONNX model to {}: {e}", path.display()));
-    let file_name = path.file_name().ok_or_else(|| fail(std::io::Error::other("the path names no file")))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
-    if let Err(e) = write_then_rename(&tmp, path, bytes) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(fail(e));
-    }
-    Ok(())
-}
-
-fn write_then_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(tmp)?;
-    f.write_all(bytes)?;
-    // Durable before it becomes visible under the final name.
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
+    // All or nothing: a failed export leaves no partial model behind.
+    crate::checkpoint::write_atomic(path.as_ref(), |file| std::io::Write::write_all(file, &bytes))
 }
 
 /// IR version matching an opset (the ONNX versioning table).

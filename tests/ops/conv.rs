@@ -51,7 +51,8 @@ impl Region {
 
 /// Runs a gradient/output kernel into a channel slice of a larger tensor, once overwriting
 /// (the slice poisoned with NaN) and once accumulating onto random values, and compares with
-/// the reference. `run_kernel(buffer, inputs..., out view, accumulate)`.
+/// the reference. `dispatch(input views, output view, accumulate)` builds the launch.
+#[allow(clippy::too_many_arguments)]
 fn check_output(
     what: &str,
     s: &Conv2dShape,
