@@ -37,6 +37,7 @@
 
 use crate::densenet::DenseNetConfig;
 use crate::error::{Error, Result};
+use crate::executor::GroupValues;
 use crate::executor::{Session, SgdHyper};
 use crate::graph::{Graph, ParamGroup};
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
@@ -647,7 +648,7 @@ fn gather(groups: &[ParamGroup], tensors: &[NamedTensor], what: &str) -> Result<
 /// with the model's shape, and every tensor in `weights` must belong to the model (a
 /// `<bn>.num_batches_tracked` among the tensors, as [`session_weights`] returns it, is accepted
 /// for each of the model's batch norms); otherwise the error names the tensor.
-pub fn weights_for_graph(graph: &Graph, weights: &Weights) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+pub fn weights_for_graph(graph: &Graph, weights: &Weights) -> Result<(GroupValues, GroupValues)> {
     let model: std::collections::HashSet<&str> =
         graph.params.iter().chain(&graph.states).flat_map(|g| g.tensors.iter().map(|t| t.name.as_str())).collect();
     let batch_norms = batch_norm_modules(model.iter().copied());

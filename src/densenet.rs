@@ -76,7 +76,7 @@ pub struct DenseNetConfig {
 impl DenseNetConfig {
     /// DenseNet-BC for CIFAR: 3 blocks of (depth - 4) / 6 bottleneck layers, stem of 2k.
     pub fn cifar_bc(depth: u32, growth_rate: u32, num_classes: u32) -> Result<Self> {
-        if depth < 10 || (depth - 4) % 6 != 0 {
+        if depth < 10 || !(depth - 4).is_multiple_of(6) {
             return Err(Error::Config(format!("DenseNet-BC depth must be 6n+4 (e.g. 40, 100, 190, 250), got {depth}")));
         }
         let n = (depth - 4) / 6;
@@ -96,7 +96,7 @@ impl DenseNetConfig {
 
     /// Plain DenseNet for CIFAR: 3 blocks of (depth - 4) / 3 layers, stem of 16, no compression.
     pub fn cifar(depth: u32, growth_rate: u32, num_classes: u32) -> Result<Self> {
-        if depth < 7 || (depth - 4) % 3 != 0 {
+        if depth < 7 || !(depth - 4).is_multiple_of(3) {
             return Err(Error::Config(format!("DenseNet depth must be 3n+4 (e.g. 40, 100), got {depth}")));
         }
         let n = (depth - 4) / 3;
@@ -163,7 +163,7 @@ impl DenseNetConfig {
         }
         let blocks = self.block_config.len() as u32;
         let downsample = if self.small_inputs { 1 << (blocks - 1) } else { 4 << (blocks - 1) };
-        if self.image_size == 0 || self.image_size % downsample != 0 {
+        if self.image_size == 0 || !self.image_size.is_multiple_of(downsample) {
             return bad(format!(
                 "image size must be a positive multiple of {downsample} for this model, got {}",
                 self.image_size

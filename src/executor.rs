@@ -21,6 +21,11 @@ pub const ARENA_ALIGNMENT: u64 = 256;
 
 pub use crate::ops::sgd::SgdHyper;
 
+/// Every persistent tensor by torchvision state-dict name: (name, PyTorch shape, values).
+pub type StateDict = Vec<(String, Vec<usize>, Vec<f32>)>;
+/// One vector per parameter (or state) group, in group order and layout.
+pub type GroupValues = Vec<Vec<f32>>;
+
 /// Groups of persistent tensors laid out back to back in as few buffers as the binding
 /// limit allows. Parameters, gradients and momentum share one layout, so one SGD launch per
 /// buffer updates everything.
@@ -197,7 +202,7 @@ impl Session {
 
     /// Every persistent tensor by its torchvision state-dict name, with its PyTorch shape:
     /// parameters, then running statistics.
-    pub async fn state_dict(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub async fn state_dict(&self) -> Result<StateDict> {
         let mut out = Vec::new();
         let sets = [
             (&self.graph.params, &self.param_layout, &self.persistent.params),
@@ -222,7 +227,7 @@ impl Session {
         groups: &[ParamGroup],
         layout: &Segments,
         buffers: &[wgpu::Buffer],
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<GroupValues> {
         let mut out = Vec::with_capacity(groups.len());
         for (g, &(b, offset)) in groups.iter().zip(&layout.places) {
             out.push(self.gpu.read_f32(&buffers[b], offset as u64, g.len()).await?);
@@ -231,22 +236,22 @@ impl Session {
     }
 
     /// Every parameter group's values, in group order and layout.
-    pub async fn parameters(&self) -> Result<Vec<Vec<f32>>> {
+    pub async fn parameters(&self) -> Result<GroupValues> {
         self.read_groups(&self.graph.params, &self.param_layout, &self.persistent.params).await
     }
 
     /// Every parameter group's gradient from the last training step.
-    pub async fn gradients(&self) -> Result<Vec<Vec<f32>>> {
+    pub async fn gradients(&self) -> Result<GroupValues> {
         self.read_groups(&self.graph.params, &self.param_layout, &self.persistent.grads).await
     }
 
     /// Every state group (batch-norm running mean and variance).
-    pub async fn states(&self) -> Result<Vec<Vec<f32>>> {
+    pub async fn states(&self) -> Result<GroupValues> {
         self.read_groups(&self.graph.states, &self.state_layout, &self.persistent.states).await
     }
 
     /// Every parameter group's momentum buffer.
-    pub async fn momentum(&self) -> Result<Vec<Vec<f32>>> {
+    pub async fn momentum(&self) -> Result<GroupValues> {
         self.read_groups(&self.graph.params, &self.param_layout, &self.persistent.momentum).await
     }
 
@@ -459,7 +464,7 @@ impl Session {
     }
 
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn state_dict_blocking(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn state_dict_blocking(&self) -> Result<StateDict> {
         pollster::block_on(self.state_dict())
     }
 }

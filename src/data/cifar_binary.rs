@@ -13,7 +13,7 @@ pub const CIFAR10_RECORD_BYTES: usize = 1 + PIXELS;
 /// Parses one batch file's bytes. `name` is what error messages call the file; this takes
 /// bytes rather than a path so that the browser can hand over a dropped file.
 pub fn parse_cifar10_batch(bytes: &[u8], name: &str) -> Result<Dataset> {
-    if bytes.is_empty() || bytes.len() % CIFAR10_RECORD_BYTES != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR10_RECORD_BYTES) {
         let whole = bytes.len() / CIFAR10_RECORD_BYTES;
         return Err(Error::Data(format!(
             "{name}: {} bytes is not a whole number of {CIFAR10_RECORD_BYTES}-byte CIFAR-10 records ({whole} records and {} bytes left over); the file is truncated or not a CIFAR-10 binary batch: download it again",

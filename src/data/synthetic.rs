@@ -27,7 +27,7 @@ pub const SYNTHETIC_CLASSES: [&str; 10] = [
 ];
 
 const SIZE: usize = 32;
-const TRAIN_STREAM: u64 = 0x7472_6169_6e;
+const TRAIN_STREAM: u64 = 0x0074_7261_696e;
 const TEST_STREAM: u64 = 0x7465_7374;
 
 /// `train_len` training and `test_len` test images, a function of `seed` alone. Image `i` has

@@ -96,7 +96,7 @@ impl Gpu {
 
     /// The largest number of bytes one storage binding may cover on this device.
     pub fn max_binding_bytes(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
     }
 
     pub(crate) fn binding_layout(&self, storage_buffers: u32) -> Arc<BindingLayout> {
