@@ -23,6 +23,9 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     layouts: Mutex<HashMap<u32, Arc<BindingLayout>>>,
+    /// Errors raised outside an error scope (wgpu's default handler would panic on them);
+    /// the next [`Gpu::run`] returns the first one.
+    uncaptured: Arc<Mutex<Option<String>>>,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
 }
@@ -70,7 +73,13 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::Device(format!("the adapter {} refused a device: {e}", info.name)))?;
+        let uncaptured = Arc::new(Mutex::new(None));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().unwrap().get_or_insert_with(|| e.to_string());
+        }));
         Ok(Gpu {
+            uncaptured,
             device,
             queue,
             info,
@@ -216,6 +225,9 @@ impl Gpu {
             }
         }
         self.queue.submit([encoder.finish()]);
+        if let Some(e) = self.uncaptured.lock().unwrap().take() {
+            return Err(Error::Validation(e));
+        }
         if let Some(e) = oom.pop().await {
             return Err(Error::OutOfMemory(e.to_string()));
         }
