@@ -4,32 +4,16 @@
 use densegpu::checkpoint::{self, NamedTensor, TrainingState, Weights};
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
 use densegpu::graph::Graph;
-use densegpu::{Error, Gpu, Session, SgdHyper};
+use densegpu::{Error, Session, SgdHyper};
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
 
-fn gpu() -> Arc<Gpu> {
-    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| Arc::new(Gpu::new_blocking().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))))
-        .clone()
-}
-
-/// DenseNet-BC depth 16 (2 layers per block), k = 4, on 8x8 images, 5 classes.
-fn tiny_config(drop_rate: f32) -> DenseNetConfig {
-    DenseNetConfig {
-        growth_rate: 4,
-        num_init_features: 6,
-        drop_rate,
-        num_classes: 5,
-        image_size: 8,
-        ..DenseNetConfig::cifar_bc(16, 4, 5).unwrap()
-    }
-}
+mod support;
+use support::{gpu, tiny_config};
 
 /// Every model tensor of `graph` with random values, a few of them awkward bit patterns
 /// (negative zero, a subnormal, a NaN with a payload) that only a byte-exact format keeps.

@@ -3,28 +3,16 @@
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
 use densegpu::graph::{Conv2dOut, Graph, Op};
 use densegpu::onnx::{self, ExportOptions, Normalization};
-use densegpu::{Gpu, Session};
+use densegpu::Session;
 use onnx_protobuf::{Message, ModelProto};
 use rand::{Rng, SeedableRng};
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
 use tract_onnx::prelude::*;
 
+mod support;
+use support::{gpu, rel_err};
+
 type StateDict = Vec<(String, Vec<usize>, Vec<f32>)>;
-
-fn gpu() -> Arc<Gpu> {
-    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| Arc::new(Gpu::new_blocking().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))))
-        .clone()
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    assert!(got.iter().all(|v| v.is_finite()), "non-finite value");
-    let num: f64 = got.iter().zip(want).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
-    let den: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
-}
 
 /// DenseNet-BC, depth 16 (2 bottleneck layers per block), k = 6, on 16x16 images.
 fn cifar_config() -> DenseNetConfig {

@@ -20,8 +20,14 @@ fn a_nan_loss_stops_training_keeps_the_last_checkpoint_and_suggests_a_lower_lr()
     let dir = tempfile::tempdir().unwrap();
     let save = dir.path().to_str().unwrap();
     let small = ["--depth", "10", "--growth-rate", "4", "--batch-size", "16", "--valid-size", "0"];
-    let first = train(&[&small[..], &["--max-steps", "2", "--save", save, "--json"]].concat());
+    let onnx = dir.path().join("model.onnx");
+    let first = train(
+        &[&small[..], &["--max-steps", "2", "--save", save, "--json", "--onnx", onnx.to_str().unwrap()]].concat(),
+    );
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    // --onnx exports the trained model, and an independent runtime loads it.
+    use tract_onnx::prelude::*;
+    tract_onnx::onnx().model_for_path(&onnx).expect("the exported model loads in tract");
     let summary: serde_json::Value =
         serde_json::from_slice(first.stdout.split(|&b| b == b'\n').find(|l| l.starts_with(b"{")).unwrap()).unwrap();
     assert_eq!(summary["steps"], 2);

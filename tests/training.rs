@@ -1,59 +1,16 @@
 //! Whole training steps on the GPU: against the CPU reference, across memory modes, and
 //! against finite differences.
 
-use densegpu::densenet::{DenseNetConfig, MemoryMode};
+use densegpu::densenet::MemoryMode;
 use densegpu::graph::{Conv2dOut, Graph, Op};
 use densegpu::reference::graph as reference;
-use densegpu::{Gpu, Session, SgdHyper};
-use rand::{Rng, SeedableRng};
-use std::sync::{Arc, OnceLock};
+use densegpu::{Session, SgdHyper};
 
-fn gpu() -> Arc<Gpu> {
-    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| Arc::new(Gpu::new_blocking().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))))
-        .clone()
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    assert!(got.iter().all(|v| v.is_finite()), "non-finite value");
-    let num: f64 = got.iter().zip(want).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
-    let den: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
-}
+mod support;
+use support::{batch, gpu, rel_err, tiny_config};
 
 fn flat(groups: &[Vec<f32>]) -> Vec<f32> {
     groups.concat()
-}
-
-/// DenseNet-BC depth 16 (2 layers per block), k = 4, on 8x8 images, 5 classes.
-fn tiny_config(drop_rate: f32) -> DenseNetConfig {
-    DenseNetConfig {
-        growth_rate: 4,
-        num_init_features: 6,
-        drop_rate,
-        num_classes: 5,
-        image_size: 8,
-        ..DenseNetConfig::cifar_bc(16, 4, 5).unwrap()
-    }
-}
-
-/// A batch in NCHW (what the session takes) and its channel-major copy (what the graph holds).
-fn batch(graph: &Graph, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
-    let [c, n, h, w] = graph.shape(graph.input.unwrap());
-    let classes = graph.shape(graph.logits.unwrap())[0];
-    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
-    let nchw: Vec<f32> = (0..c * n * h * w).map(|_| rng.random_range(-2.0..2.0)).collect();
-    let plane = (h * w) as usize;
-    let mut cnhw = vec![0.0; nchw.len()];
-    for i in 0..n as usize {
-        for ch in 0..c as usize {
-            let (src, dst) = ((i * c as usize + ch) * plane, (ch * n as usize + i) * plane);
-            cnhw[dst..dst + plane].copy_from_slice(&nchw[src..src + plane]);
-        }
-    }
-    let labels = (0..n).map(|_| rng.random_range(0..classes)).collect();
-    (nchw, cnhw, labels)
 }
 
 const SGD: SgdHyper = SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
