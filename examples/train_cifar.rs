@@ -200,7 +200,7 @@ fn run(args: &Args) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::Data(format!("cannot create {}: {e}", dir.display())))?;
     }
 
-    session.prepare(Mode::Train).pollster_block()?;
+    pollster::block_on(session.prepare(Mode::Train))?;
     let arena = session.allocated_bytes();
     if !args.json {
         println!(
@@ -383,10 +383,3 @@ fn export_onnx(session: &Session, config: &DenseNetConfig, path: &Path) -> Resul
     println!("Exported the model as ONNX to {}", path.display());
     Ok(())
 }
-
-trait BlockOn: std::future::Future + Sized {
-    fn pollster_block(self) -> Self::Output {
-        pollster::block_on(self)
-    }
-}
-impl<F: std::future::Future> BlockOn for F {}

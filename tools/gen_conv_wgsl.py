@@ -3,7 +3,7 @@ import sys
 # Generates shaders/conv.wgsl. The kernels keep fully unrolled register tiles (see the header
 # of the generated file for why), which are tedious and error-prone to write by hand.
 # The tile sizes must match the constants in src/ops/conv.rs:
-#     python3 tools/gen_conv_wgsl.py 16 16 4 8 8 8 4
+#     python3 tools/gen_conv_wgsl.py 16 16 4 16 8 8 4
 # (GEMM_ROWS GEMM_PIXELS CONV3_ROWS CONV3_PIXELS WGRAD1_ROWS WGRAD1_COLS WGRAD3_ROWS)
 GEMM_MR, GEMM_PR = int(sys.argv[1]), int(sys.argv[2])
 C3_MR, C3_PR = int(sys.argv[3]), int(sys.argv[4])
