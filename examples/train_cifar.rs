@@ -6,7 +6,7 @@
 //!     cargo run --release --example train_cifar -- --data DIR --epochs 300 --save runs/bc100
 
 use clap::Parser;
-use densegpu::checkpoint::{self, TrainingState};
+use densegpu::checkpoint::{self, TrainingState, Weights};
 use densegpu::data::{self, BatchLoader, LoaderOptions, TrainTest};
 use densegpu::densenet::{plan_training, DenseNetConfig, MemoryMode};
 use densegpu::plan::ArenaLimits;
@@ -223,6 +223,9 @@ fn run(args: &Args) -> Result<()> {
     let start_step = session.step;
     let mut last_loss = f64::NAN;
     let mut best = state.best_valid_accuracy;
+    // The best-validation weights of this run, kept in memory so the test set is scored with
+    // them whether or not --save writes them to disk.
+    let mut best_weights: Option<Weights> = None;
     let mut valid_accuracy = None;
     while state.epoch < epochs as u64 && session.step < total_steps {
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0u64, 0u64);
@@ -272,11 +275,15 @@ fn run(args: &Args) -> Result<()> {
                 (Some(_), None) => true,
                 (None, _) => true,
             };
-            if let Some(dir) = &args.save {
-                let weights = checkpoint::session_weights_blocking(&session)?;
-                if improved {
-                    checkpoint::save_weights(&dir.join("best.safetensors"), &config, &weights)?;
+            if improved {
+                let tensors = checkpoint::session_weights_blocking(&session)?;
+                if let Some(dir) = &args.save {
+                    checkpoint::save_weights(&dir.join("best.safetensors"), &config, &tensors)?;
                 }
+                best_weights = Some(Weights { config: Some(config.clone()), tensors, ..Default::default() });
+                best = valid_accuracy.or(best);
+            }
+            if let Some(dir) = &args.save {
                 append_metrics(
                     dir,
                     state.epoch + 1,
@@ -284,9 +291,6 @@ fn run(args: &Args) -> Result<()> {
                     correct as f64 / seen.max(1) as f64,
                     valid_accuracy,
                 )?;
-            }
-            if improved {
-                best = valid_accuracy.or(best);
             }
             state.epoch += 1;
             state.batch_in_epoch = 0;
@@ -310,9 +314,16 @@ fn run(args: &Args) -> Result<()> {
             checkpoint::save_weights(&dir.join("best.safetensors"), &config, &final_weights)?;
         }
     }
-    // Test the best-validation weights, as the reference recipe does.
-    if let Some(dir) = &args.save {
-        checkpoint::apply_weights_blocking(&session, &checkpoint::load_weights(&dir.join("best.safetensors"))?)?;
+    // Test the best-validation weights, as the reference recipe does: this run's, else those
+    // of the run it resumed (on disk), else the final ones.
+    let saved_best = args.save.as_ref().map(|d| d.join("best.safetensors")).filter(|p| p.exists());
+    let best_weights = match (best_weights, saved_best) {
+        (Some(w), _) => Some(w),
+        (None, Some(path)) => Some(checkpoint::load_weights(&path)?),
+        (None, None) => None,
+    };
+    if let Some(w) = &best_weights {
+        checkpoint::apply_weights_blocking(&session, w)?;
     }
     let test_accuracy = densegpu::train::evaluate(&mut session, &data.test)?.accuracy;
     if let Some(path) = &args.onnx {
