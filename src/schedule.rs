@@ -319,10 +319,6 @@ impl Schedule {
             })
             .collect()
     }
-
-    pub fn forward_value(&self, storage: StorageId) -> Option<ValueId> {
-        self.values.iter().position(|v| v.storage == storage && v.kind == ValueKind::Forward).map(ValueId)
-    }
 }
 
 /// What a node's backward reads from forward besides the output gradient.
@@ -603,9 +599,8 @@ impl Compiler<'_> {
         if !written.iter().any(|&(a, b)| a < hi && lo < b) {
             return None;
         }
-        // Channels nobody wrote are zero: fill them before reading (the loc also records the use).
+        // Channels no consumer wrote are zero-filled first, so the whole range holds the gradient.
         let (loc, _) = self.gradient_loc(t);
-        // gradient_loc marked the range written; that is right, it now holds the full gradient.
         Some(loc)
     }
 
