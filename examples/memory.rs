@@ -6,7 +6,7 @@
 //!     cargo run --release --example memory -- --budget 1024MiB
 
 use clap::Parser;
-use densegpu::densenet::{largest_batch, plan_training, DenseNetConfig, MemoryMode};
+use densegpu::densenet::{largest_batch, memory_plans_json, plan_training, DenseNetConfig, MemoryMode};
 use densegpu::plan::ArenaLimits;
 
 #[derive(Parser)]
@@ -72,36 +72,15 @@ fn run(args: &Args) -> densegpu::Result<()> {
         config.image_size = size;
     }
     let limits = ArenaLimits { max_buffer_bytes: args.binding_limit, alignment: densegpu::executor::ARENA_ALIGNMENT };
+    if args.json {
+        println!("{}", memory_plans_json(&config, args.batch_size, &limits, args.budget));
+        return Ok(());
+    }
     let mut modes = Vec::new();
     for mode in MemoryMode::ALL {
         let report = plan_training(&config, args.batch_size, mode, &limits, None).map(|p| p.report());
         let largest = args.budget.map(|b| largest_batch(&config, mode, &limits, Some(b)));
         modes.push((mode, report, largest));
-    }
-    if args.json {
-        let modes: Vec<_> = modes
-            .iter()
-            .map(|(mode, report, largest)| {
-                let mut o = match report {
-                    Ok(r) => serde_json::json!({
-                        "mode": mode.name(), "parameters": r.parameters, "gradients": r.gradients,
-                        "optimizer": r.optimizer, "activations": r.activations, "workspace": r.workspace,
-                        "total": r.total,
-                    }),
-                    Err(e) => serde_json::json!({ "mode": mode.name(), "error": e.to_string() }),
-                };
-                if let Some(l) = largest {
-                    o["largest_batch"] = serde_json::json!(l);
-                }
-                o
-            })
-            .collect();
-        let mut out = serde_json::json!({ "batch_size": args.batch_size, "modes": modes });
-        if let Some(b) = args.budget {
-            out["budget"] = serde_json::json!(b);
-        }
-        println!("{out}");
-        return Ok(());
     }
     let mib = |b: u64| format!("{:.1}", b as f64 / (1 << 20) as f64);
     println!(

@@ -123,6 +123,16 @@ fn dropout_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     }
 }
 
+// dropout_backward with dx = dy (same range, not accumulating): WebGPU forbids binding the
+// range twice when writable, so the gradient is read from and written to y.
+@compute @workgroup_size(256)
+fn dropout_backward_in_place(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let stride = groups.x * groups.y * 256u;
+    for (var i = flat_id(gid, groups, 256u); i < p.len; i += stride) {
+        y[p.y_off + i] = dropout_value(i, y[p.x_off + i]);
+    }
+}
+
 // y = value (the `scale` word) over len elements: zeroes the part of a gradient that no
 // consumer wrote before the first accumulating contribution arrives.
 @compute @workgroup_size(256)

@@ -3,7 +3,7 @@
 // every kernel lets consecutive invocations walk that contiguous sample axis.
 //
 // Bindings (offN is the element offset of the tensor bound at binding N):
-//   linear_forward:          1 = x,  2 = w,  3 = b,  4 = y
+//   linear_forward:          1 = x,  2 = [w, b],  3 = unused,  4 = y
 //   linear_backward_input:   1 = dy, 2 = w,  3 = dx
 //   linear_backward_weight:  1 = dy, 2 = x,  3 = dw
 //   linear_backward_bias:    1 = dy, 2 = db
@@ -46,7 +46,8 @@ fn linear_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     for (var k = 0u; k < p.in_features; k++) {
         acc += t2[w_row + k] * t1[p.off1 + k * p.n + s];
     }
-    t4[p.off4 + i] = acc + t3[p.off3 + o];
+    // The bias follows the weights in the same binding (one parameter group).
+    t4[p.off4 + i] = acc + t2[p.off2 + p.out_features * p.in_features + o];
 }
 
 // dx[k, s] = Σ_o w[o, k] · dy[o, s]; one invocation per dx element.

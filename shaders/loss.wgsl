@@ -4,7 +4,7 @@
 // batch is small next to everything else in a step, so one workgroup is not a bottleneck.
 //
 // Bindings (offN is the element offset of the tensor bound at binding N):
-//   1 = logits (K, N), 2 = labels (N), 3 = dlogits (K, N), 4 = loss (1), 5 = correct (1)
+//   1 = logits (K, N), 2 = labels (N), 3 = dlogits (K, N), 4 = [loss, correct] (2)
 //
 // A label that is NaN or outside [0, K) reads no logit by it: its sample makes the loss NaN,
 // its dlogits column NaN, and it never counts as correct. Fractional labels truncate.
@@ -18,7 +18,6 @@ struct Params {
     off2: u32,
     off3: u32,
     off4: u32,
-    off5: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -26,7 +25,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> labels: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dlogits: array<f32>;
 @group(0) @binding(4) var<storage, read_write> loss: array<f32>;
-@group(0) @binding(5) var<storage, read_write> correct: array<f32>;
 
 var<workgroup> part_loss: array<f32, 256>;
 var<workgroup> part_hits: array<u32, 256>;
@@ -100,12 +98,12 @@ fn cross_entropy(@builtin(local_invocation_index) t: u32) {
         var count = f32(part_hits[0]);
         if (p.accumulate != 0u) {
             mean += loss[p.off4];
-            count += correct[p.off5];
+            count += loss[p.off4 + 1u];
         }
         if (part_bad[0] != 0u) {
             mean = quiet_nan();
         }
         loss[p.off4] = mean;
-        correct[p.off5] = count;
+        loss[p.off4 + 1u] = count;
     }
 }

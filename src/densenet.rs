@@ -404,3 +404,44 @@ pub fn plan_training(
     }
     Ok(plan)
 }
+
+/// The training plan of every memory mode as one JSON value, in bytes: what `memory --json`
+/// prints and what the browser demo shows, so the two can be compared byte for byte.
+/// A mode that does not fit carries an `error` instead of figures. With a `budget`, each mode
+/// also names the largest batch whose plan fits in it.
+pub fn memory_plans_json(
+    config: &DenseNetConfig,
+    batch: u32,
+    limits: &ArenaLimits,
+    budget: Option<u64>,
+) -> serde_json::Value {
+    let modes: Vec<serde_json::Value> = MemoryMode::ALL
+        .into_iter()
+        .map(|mode| {
+            let mut o = match plan_training(config, batch, mode, limits, None) {
+                Ok(plan) => {
+                    let r = plan.report();
+                    serde_json::json!({
+                        "mode": mode.name(), "parameters": r.parameters, "gradients": r.gradients,
+                        "optimizer": r.optimizer, "activations": r.activations, "workspace": r.workspace,
+                        "total": r.total,
+                    })
+                }
+                Err(e) => serde_json::json!({ "mode": mode.name(), "error": e.to_string() }),
+            };
+            if let Some(b) = budget {
+                o["largest_batch"] = serde_json::json!(largest_batch(config, mode, limits, Some(b)));
+            }
+            o
+        })
+        .collect();
+    let mut out = serde_json::json!({
+        "batch_size": batch,
+        "binding_limit": limits.max_buffer_bytes,
+        "modes": modes,
+    });
+    if let Some(b) = budget {
+        out["budget"] = serde_json::json!(b);
+    }
+    out
+}

@@ -38,12 +38,17 @@ pub struct Segments {
 }
 
 impl Segments {
+    /// Elements a group takes: group starts are binding-window aligned, so each group can be
+    /// bound on its own.
+    pub fn padded_len(group: &ParamGroup) -> u64 {
+        (group.len() as u64).next_multiple_of(crate::gpu::ALIGNMENT / 4)
+    }
+
     pub fn layout(groups: &[ParamGroup], max_buffer_bytes: u64) -> Result<Segments> {
         let max_elems = max_buffer_bytes / 4;
         let mut s = Segments::default();
         for g in groups {
-            // Group starts are 4-element aligned, so kernels may use vector loads.
-            let len = (g.len() as u64).next_multiple_of(4);
+            let len = Self::padded_len(g);
             if len > max_elems {
                 let name = g.tensors.first().map(|t| t.name.as_str()).unwrap_or("?");
                 return Err(Error::TooLarge(format!(
@@ -338,7 +343,7 @@ impl Session {
         };
         if slot.is_none() {
             let plan = MemoryPlan::new(&self.graph, mode, &self.limits)?;
-            *slot = Some(Program::new(&self.gpu, plan, &self.persistent).await?);
+            *slot = Some(Program::new(&self.gpu, &self.graph, plan, &self.persistent).await?);
         }
         Ok(slot.as_mut().unwrap())
     }
@@ -500,31 +505,29 @@ pub struct Program {
 }
 
 impl Program {
-    async fn new(gpu: &Gpu, memory: MemoryPlan, persistent: &Persistent) -> Result<Program> {
+    async fn new(gpu: &Gpu, graph: &Graph, memory: MemoryPlan, persistent: &Persistent) -> Result<Program> {
         let MemoryPlan { params: param_layout, states: state_layout, schedule, arena: plan, .. } = memory;
         let mut arena = Vec::new();
         for (i, &bytes) in plan.buffer_bytes.iter().enumerate() {
             arena.push(gpu.storage_buffer(&format!("arena {i}"), bytes).await?);
         }
         let mut program = Program { schedule, plan, arena, dispatches: Vec::new(), step_params: Vec::new() };
+        // Each operand is bound through the window of its value or parameter group, which
+        // keeps the bindings of one launch disjoint (see `Window`).
+        fn group_view<'b>(buffers: &'b [wgpu::Buffer], layout: &Segments, groups: &[ParamGroup], i: usize) -> View<'b> {
+            let (b, off) = layout.places[i];
+            View::in_window(&buffers[b], off as u64 * 4, Segments::padded_len(&groups[i]) * 4, 0)
+        }
         let resolve = |loc: Loc| -> View<'_> {
             match loc {
                 Loc::Value { value, offset } => {
                     let p = program.plan.placements[value.0];
-                    View::new(&program.arena[p.buffer], (p.offset / 4) as u32 + offset)
+                    let bytes = (program.schedule.values[value.0].elems * 4).max(4);
+                    View::in_window(&program.arena[p.buffer], p.offset, bytes, offset)
                 }
-                Loc::Param(id) => {
-                    let (b, off) = param_layout.places[id.0];
-                    View::new(&persistent.params[b], off)
-                }
-                Loc::Grad(id) => {
-                    let (b, off) = param_layout.places[id.0];
-                    View::new(&persistent.grads[b], off)
-                }
-                Loc::State(StateId(id)) => {
-                    let (b, off) = state_layout.places[id];
-                    View::new(&persistent.states[b], off)
-                }
+                Loc::Param(id) => group_view(&persistent.params, &param_layout, &graph.params, id.0),
+                Loc::Grad(id) => group_view(&persistent.grads, &param_layout, &graph.params, id.0),
+                Loc::State(StateId(id)) => group_view(&persistent.states, &state_layout, &graph.states, id),
             }
         };
         let mut dispatches = Vec::new();
@@ -616,10 +619,7 @@ impl Program {
                 LaunchOp::GlobalAvgPoolBackward { shape, dy, dx, accumulate } => {
                     pool::global_avg_pool_backward(gpu, shape, r(dy), r(dx), accumulate)
                 }
-                LaunchOp::LinearForward { shape, x, params, y } => {
-                    let w = r(params);
-                    linear::forward(gpu, shape, r(x), w, w.at(shape.out_features * shape.in_features), r(y))
-                }
+                LaunchOp::LinearForward { shape, x, params, y } => linear::forward(gpu, shape, r(x), r(params), r(y)),
                 LaunchOp::LinearBackwardParams { shape, x, dy, grad_params } => {
                     let dw = r(grad_params);
                     let db = dw.at(shape.out_features * shape.in_features);
@@ -633,9 +633,8 @@ impl Program {
                 LaunchOp::Add { len, x, y } => ew::add(gpu, len, r(x), r(y)),
                 LaunchOp::Fill { len, y, value } => ew::fill(gpu, len, r(y), value),
                 LaunchOp::Loss { n, classes, logits, labels, loss, dlogits } => {
-                    let l = r(loss);
                     let s = loss::LossShape::new(classes, n);
-                    loss::cross_entropy(gpu, s, r(logits), r(labels), dlogits.map(r), l, l.at(1), false)
+                    loss::cross_entropy(gpu, s, r(logits), r(labels), dlogits.map(r), r(loss), false)
                 }
                 LaunchOp::SgdUpdate => {
                     for (b, &elems) in param_layout.buffer_elems.iter().enumerate() {

@@ -12,6 +12,7 @@ pub mod ops;
 pub mod plan;
 pub mod reference;
 pub mod schedule;
+pub mod selftest;
 pub mod train;
 
 pub use densenet::{DenseNetConfig, MemoryMode};

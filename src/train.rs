@@ -17,6 +17,11 @@ pub struct Evaluation {
 /// its own images, which are not counted.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn evaluate(session: &mut Session, set: &Dataset) -> Result<Evaluation> {
+    pollster::block_on(evaluate_async(session, set))
+}
+
+/// [`evaluate`] for callers that cannot block, such as the browser.
+pub async fn evaluate_async(session: &mut Session, set: &Dataset) -> Result<Evaluation> {
     let batch_size = session.graph.batch as usize;
     let loader = BatchLoader::new(set.clone(), LoaderOptions::eval(batch_size))?;
     let (mut loss, mut correct, mut seen) = (0.0f64, 0u64, 0usize);
@@ -29,7 +34,7 @@ pub fn evaluate(session: &mut Session, set: &Dataset) -> Result<Evaluation> {
             images.extend_from_within(i * per_image..(i + 1) * per_image);
             labels.push(labels[i]);
         }
-        let (logits, _) = session.eval_batch_blocking(&images, &labels)?;
+        let (logits, _) = session.eval_batch(&images, &labels).await?;
         let k = logits.len() / labels.len();
         for (row, &label) in logits.chunks(k).zip(&labels).take(real) {
             loss += cross_entropy(row, label as usize);

@@ -1,6 +1,6 @@
 //! The GPU context turns wgpu failures into errors, never panics.
 
-use densegpu::gpu::{grid, shaders, Kernel};
+use densegpu::gpu::{grid, shaders, Kernel, Window};
 use densegpu::{Error, Gpu};
 
 #[test]
@@ -17,7 +17,8 @@ fn an_invalid_binding_is_an_error_not_a_panic() {
     let relu = Kernel { shader: &shaders::ELEMENTWISE, entry: "relu_forward", buffers: 2 };
     let mut words = vec![0u32; 12];
     words[0] = 16;
-    let d = gpu.dispatch(&relu, &words, &[&not_storage, &not_storage], grid(16, 256));
+    let window = |start| Window { buffer: &not_storage, start, size: 256 };
+    let d = gpu.dispatch(&relu, &words, &[window(0), window(256)], grid(16, 256));
     match gpu.run_blocking(&[d]) {
         Err(Error::Validation(m)) => assert!(!m.is_empty()),
         other => panic!("expected a validation error, got {other:?}"),
@@ -26,6 +27,19 @@ fn an_invalid_binding_is_an_error_not_a_panic() {
     let ok = pollster::block_on(gpu.storage_buffer("ok", 64)).unwrap();
     gpu.write_f32(&ok, 0, &[1.0; 16]);
     assert_eq!(gpu.read_f32_blocking(&ok, 0, 16).unwrap(), vec![1.0; 16]);
+}
+
+/// WebGPU rejects a launch whose writable bindings overlap; wgpu on Vulkan does not, so the
+/// check in `Gpu::dispatch` is what keeps native runs honest about the browser's rule.
+#[test]
+#[should_panic(expected = "overlap in one buffer")]
+fn overlapping_bindings_are_refused_on_every_platform() {
+    let gpu = Gpu::new_blocking().expect("this test needs a GPU adapter");
+    let buffer = pollster::block_on(gpu.storage_buffer("aliased", 1024)).unwrap();
+    let relu = Kernel { shader: &shaders::ELEMENTWISE, entry: "relu_forward", buffers: 2 };
+    let x = Window { buffer: &buffer, start: 0, size: 512 };
+    let y = Window { buffer: &buffer, start: 256, size: 512 };
+    gpu.dispatch(&relu, &[0; 12], &[x, y], grid(16, 256));
 }
 
 #[test]

@@ -14,18 +14,49 @@ pub struct Kernel {
     pub buffers: u32,
 }
 
-/// A tensor's place: a storage buffer and the element offset of the tensor inside it.
-/// Kernels take element offsets as parameters instead of binding sub-ranges, because
-/// WebGPU wants binding offsets aligned to 256 bytes and a channel slice rarely is.
+/// The part of a storage buffer one binding covers: `size` bytes from `start`, which is a
+/// multiple of WebGPU's 256-byte offset alignment.
+///
+/// WebGPU rejects a dispatch in which a writable binding overlaps any other binding of the
+/// same buffer, and every binding here is writable. So each tensor is bound through the
+/// window of the arena value (or parameter group) that holds it, and the windows of one
+/// launch must be disjoint; [`Gpu::dispatch`] checks that on every platform, natively too.
+#[derive(Clone, Copy, Debug)]
+pub struct Window<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub start: u64,
+    pub size: u64,
+}
+
+impl Window<'_> {
+    fn overlaps(&self, other: &Window) -> bool {
+        self.buffer == other.buffer && self.start < other.start + other.size && other.start < self.start + self.size
+    }
+}
+
+/// A tensor's place: a window of a storage buffer and the tensor's element offset inside
+/// that window. Kernels take element offsets as parameters instead of binding each tensor's
+/// own range, because WebGPU wants binding offsets aligned to 256 bytes and a channel slice
+/// rarely is.
 #[derive(Clone, Copy, Debug)]
 pub struct View<'a> {
-    pub buffer: &'a wgpu::Buffer,
+    pub buffer: Window<'a>,
     pub offset: u32,
 }
 
 impl<'a> View<'a> {
+    /// A tensor at element `offset` of a whole buffer.
     pub fn new(buffer: &'a wgpu::Buffer, offset: u32) -> Self {
-        View { buffer, offset }
+        View { buffer: Window { buffer, start: 0, size: buffer.size() }, offset }
+    }
+    /// A tensor at element `offset` of the window of `size` bytes from byte `start`.
+    pub fn in_window(buffer: &'a wgpu::Buffer, start: u64, size: u64, offset: u32) -> Self {
+        View { buffer: Window { buffer, start, size }, offset }
+    }
+    /// The tensor's element offset from the start of the whole buffer (for reads and writes
+    /// outside kernels).
+    pub fn buffer_offset(&self) -> u64 {
+        self.buffer.start / 4 + self.offset as u64
     }
     pub fn at(self, extra: u32) -> Self {
         View { buffer: self.buffer, offset: self.offset + extra }
@@ -75,14 +106,19 @@ pub fn grid(threads: u64, workgroup_size: u32) -> [u32; 3] {
 impl Gpu {
     /// Builds a launch of `kernel` with its parameter words (u32 or f32 bits, in the order of
     /// the shader's `Params` struct) and buffers bound to bindings 1, 2, ...
-    pub fn dispatch(
-        &self,
-        kernel: &Kernel,
-        params: &[u32],
-        buffers: &[&wgpu::Buffer],
-        workgroups: [u32; 3],
-    ) -> Dispatch {
+    pub fn dispatch(&self, kernel: &Kernel, params: &[u32], buffers: &[Window], workgroups: [u32; 3]) -> Dispatch {
         assert_eq!(buffers.len() as u32, kernel.buffers, "kernel {} binds {} buffers", kernel.entry, kernel.buffers);
+        for (i, a) in buffers.iter().enumerate() {
+            if let Some(j) = buffers[i + 1..].iter().position(|b| a.overlaps(b)) {
+                panic!(
+                    "kernel {}: bindings {} and {} overlap in one buffer, which WebGPU forbids for writable \
+                     storage; give each tensor its own window",
+                    kernel.entry,
+                    i + 1,
+                    i + j + 2
+                );
+            }
+        }
         let pipeline = self.pipeline(kernel);
         let layout = self.binding_layout(kernel.buffers);
         // Uniform blocks are sized in 16-byte steps.
@@ -94,12 +130,14 @@ impl Gpu {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         });
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
-        entries.extend(
-            buffers
-                .iter()
-                .enumerate()
-                .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() }),
-        );
+        entries.extend(buffers.iter().enumerate().map(|(i, w)| wgpu::BindGroupEntry {
+            binding: i as u32 + 1,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: w.buffer,
+                offset: w.start,
+                size: std::num::NonZeroU64::new(w.size),
+            }),
+        }));
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(kernel.entry),
             layout: &layout.bind_group,

@@ -8,14 +8,18 @@
 mod dispatch;
 pub mod shaders;
 
-pub use dispatch::{grid, Dispatch, Kernel, View};
+pub use dispatch::{grid, Dispatch, Kernel, View, Window};
 
 use crate::error::{Error, Result};
+
+/// WebGPU's storage-buffer offset alignment (`minStorageBufferOffsetAlignment`) is at most 256
+/// bytes on every device, so windows start at multiples of it.
+pub const ALIGNMENT: u64 = 256;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Every storage binding in densegpu is a `read_write` `array<f32>`, so a kernel may read a
-/// channel prefix of the very buffer it writes into (a dense block does exactly that).
+/// Every storage binding in densegpu is a `read_write` `array<f32>` bound through a
+/// [`Window`]; one launch's windows never overlap, as WebGPU requires.
 /// Binding 0 is always the kernel's uniform parameter block.
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -28,16 +32,26 @@ pub struct Gpu {
     uncaptured: Arc<Mutex<Option<String>>>,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
+    /// Disjoint windows for bindings a kernel declares but a launch does not use.
+    unused: wgpu::Buffer,
 }
+
+/// Bindings per kernel that may go unused, at most.
+const UNUSED_BINDINGS: u64 = 8;
 
 pub(crate) struct BindingLayout {
     pub(crate) bind_group: wgpu::BindGroupLayout,
     pipeline: wgpu::PipelineLayout,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 const NO_ADAPTER_HELP: &str = "no GPU adapter was found. Install a GPU driver with Vulkan, Metal or DX12 support; \
 on a machine without a GPU, install Mesa's CPU Vulkan driver (Debian/Ubuntu: \
 `apt-get install mesa-vulkan-drivers libvulkan1`), or run `cargo xtask setup`";
+#[cfg(target_arch = "wasm32")]
+const NO_ADAPTER_HELP: &str = "this browser offers no WebGPU adapter. Use a browser with WebGPU enabled \
+(Chrome or Edge 113+, Safari 26+, Firefox 141+ on Windows); on Linux, Chromium needs \
+`--enable-unsafe-webgpu` (and `--enable-features=Vulkan` for a real GPU)";
 
 impl Gpu {
     /// Opens the first adapter wgpu offers (preferring a discrete GPU) and requests a device
@@ -78,7 +92,14 @@ impl Gpu {
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             sink.lock().unwrap().get_or_insert_with(|| e.to_string());
         }));
+        let unused = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("unused bindings"),
+            size: UNUSED_BINDINGS * ALIGNMENT,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         Ok(Gpu {
+            unused,
             uncaptured,
             device,
             queue,
@@ -97,10 +118,20 @@ impl Gpu {
 
     /// One line for logs and benchmark records: adapter name, backend, device type, driver.
     pub fn describe(&self) -> String {
-        format!(
-            "{} ({:?}, {:?}, driver {} {})",
-            self.info.name, self.info.backend, self.info.device_type, self.info.driver, self.info.driver_info
-        )
+        let name = if self.info.name.is_empty() { "unnamed adapter" } else { self.info.name.as_str() };
+        let driver = format!("{} {}", self.info.driver, self.info.driver_info);
+        match driver.trim() {
+            // Browsers hide the driver (and often the name) from pages.
+            "" => format!("{name} ({:?}, {:?})", self.info.backend, self.info.device_type),
+            driver => format!("{name} ({:?}, {:?}, driver {driver})", self.info.backend, self.info.device_type),
+        }
+    }
+
+    /// The `i`-th window for a binding that a launch leaves unused: disjoint from every other
+    /// window, so it aliases nothing.
+    pub fn unused_binding(&self, i: usize) -> Window<'_> {
+        assert!((i as u64) < UNUSED_BINDINGS, "at most {UNUSED_BINDINGS} unused bindings per launch");
+        Window { buffer: &self.unused, start: i as u64 * ALIGNMENT, size: ALIGNMENT }
     }
 
     /// The largest number of bytes one storage binding may cover on this device.

@@ -16,7 +16,7 @@
 //! Aliasing: the input `x` may be a channel prefix of a larger buffer (that is only an offset).
 //! No output range may overlap any input range of the same launch.
 
-use super::{flag, grid, shaders, Dispatch, Gpu, Kernel, View};
+use super::{flag, grid, shaders, Dispatch, Gpu, Kernel, View, Window};
 
 /// Channels, images and pixels per image; each channel holds `m() = n * hw` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +55,7 @@ const WG: u32 = 256;
 const PER_INVOCATION: u32 = 4;
 
 /// The launch's tensors by binding role (bindings 1..=7 of `batchnorm.wgsl`). Every kernel
-/// binds all seven; roles a kernel does not use are filled with a buffer it does use.
+/// binds all seven; roles a launch does not use get a window of their own that aliases nothing.
 #[derive(Default)]
 struct Launch<'a> {
     c: u32,
@@ -77,8 +77,8 @@ struct Launch<'a> {
 impl Launch<'_> {
     fn dispatch(&self, gpu: &Gpu, kernel: &Kernel, workgroups: [u32; 3]) -> Dispatch {
         let roles = [self.x, self.dy, self.out, self.stats, self.affine, self.grad, self.running];
-        let filler = roles.iter().flatten().next().expect("a launch binds at least one tensor").buffer;
-        let buffers: Vec<&wgpu::Buffer> = roles.iter().map(|r| r.map_or(filler, |v| v.buffer)).collect();
+        let buffers: Vec<Window> =
+            roles.iter().enumerate().map(|(i, r)| r.map_or_else(|| gpu.unused_binding(i), |v| v.buffer)).collect();
         let off = |r: Option<View>| r.map_or(0, |v| v.offset);
         let params = [
             self.c,

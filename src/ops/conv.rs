@@ -6,7 +6,7 @@
 //! CIFAR stem), and a general direct kernel for everything else (e.g. the ImageNet 7x7 stem).
 //! None needs scratch memory: the weight gradient reduces inside each workgroup.
 
-use super::{flag, grid, shaders, Dispatch, Gpu, Kernel, View};
+use super::{flag, grid, shaders, Dispatch, Gpu, Kernel, View, Window};
 
 /// The geometry of one convolution. Padding is symmetric and zero-filled; the kernel, stride
 /// and padding are the same along both axes except for the kernel's height and width.
@@ -67,6 +67,7 @@ const fn kernel(entry: &'static str) -> Kernel {
 }
 const GEMM_1X1: Kernel = kernel("conv1x1_gemm");
 const CONV_3X3_S1: Kernel = kernel("conv3x3_s1");
+const CONV_3X3_S1_NARROW: Kernel = kernel("conv3x3_s1_narrow");
 const GENERAL_FORWARD: Kernel = kernel("conv_general_forward");
 const GENERAL_BACKWARD_INPUT: Kernel = kernel("conv_general_backward_input");
 const WEIGHT_GRAD_1X1: Kernel = kernel("conv1x1_weight_grad");
@@ -77,10 +78,15 @@ const GENERAL_WEIGHT_GRAD: Kernel = kernel("conv_general_weight_grad");
 // weight gradients (output channels, input channels) per workgroup. Keep in step with the shader.
 const GEMM_ROWS: u32 = 16;
 const GEMM_PIXELS: u32 = 16;
-const CONV3_ROWS: u32 = 4;
+const CONV3_ROWS: u32 = 12;
 const CONV3_PIXELS: u32 = 16;
-const WGRAD1_ROWS: u32 = 8;
-const WGRAD1_COLS: u32 = 8;
+const CONV3_LINES: u32 = 4;
+const CONV3_NARROW_LINES: u32 = 8;
+/// The narrow 3x3 kernel's segment width: it serves outputs at most this wide (the 8x8 maps).
+const CONV3_NARROW_PIXELS: u32 = 8;
+const CONV3_WORKGROUP: u32 = 16;
+const WGRAD1_ROWS: u32 = 16;
+const WGRAD1_COLS: u32 = 16;
 const WGRAD3_ROWS: u32 = 4;
 const GENERAL_ROWS: u32 = 4;
 const WORKGROUP: u32 = 64;
@@ -187,8 +193,7 @@ pub fn conv2d_backward_input(gpu: &Gpu, s: &Conv2dShape, dy: View, w: View, dx: 
         params.wt_off = w.offset + 2 * row_stride + 2;
         params.strides[2] = 0u32.wrapping_sub(row_stride);
         params.strides[3] = u32::MAX;
-        let groups = grid_with_blocks(conv3_threads(s.n, s.h, s.w), s.c_in.div_ceil(CONV3_ROWS));
-        return gpu.dispatch(&CONV_3X3_S1, &params.words(s), &buffers, groups);
+        return conv3x3(gpu, &params, s, buffers);
     }
     let groups = grid_with_blocks((s.n * s.h * s.w) as u64, s.c_in.div_ceil(GENERAL_ROWS));
     gpu.dispatch(&GENERAL_BACKWARD_INPUT, &params.words(s), &buffers, groups)
@@ -229,14 +234,26 @@ pub fn conv2d_backward_weight(gpu: &Gpu, s: &Conv2dShape, x: View, dy: View, dw:
     gpu.dispatch(&GENERAL_WEIGHT_GRAD, &words, &buffers, groups)
 }
 
-/// Invocations of the 3x3 kernel for an n x h x w output: one per row segment.
-fn conv3_threads(n: u32, h: u32, w: u32) -> u64 {
-    n as u64 * h as u64 * w.div_ceil(CONV3_PIXELS) as u64
+/// A 3x3 stride-1 conv described by `params` (rows = destination channels): one invocation per
+/// block of lines x pixels of one image and CONV3_ROWS channels, with a narrower kernel for
+/// outputs at most CONV3_NARROW_PIXELS wide, so the 8x8 maps waste no accumulators.
+fn conv3x3(gpu: &Gpu, params: &Params, s: &Conv2dShape, buffers: [Window; 3]) -> Dispatch {
+    let (dh, dw) = params.dst_hw;
+    let (kernel, lines, pixels) = if dw <= CONV3_NARROW_PIXELS {
+        (&CONV_3X3_S1_NARROW, CONV3_NARROW_LINES, CONV3_NARROW_PIXELS)
+    } else {
+        (&CONV_3X3_S1, CONV3_LINES, CONV3_PIXELS)
+    };
+    let threads = params.n as u64 * dh.div_ceil(lines) as u64 * dw.div_ceil(pixels) as u64;
+    let [x, y, _] = grid(threads, CONV3_WORKGROUP);
+    let blocks = params.m_rows.div_ceil(CONV3_ROWS);
+    assert!(blocks <= 65_535, "conv2d: {blocks} channel blocks exceed the workgroup grid");
+    gpu.dispatch(kernel, &params.words(s), &buffers, [x, y, blocks])
 }
 
 /// Forward, or backward input of a 1x1 conv: picks the kernel for `params` (whose rows are the
 /// destination channels) by the shape.
-fn launch(gpu: &Gpu, s: &Conv2dShape, params: &Params, buffers: [&wgpu::Buffer; 3]) -> Dispatch {
+fn launch(gpu: &Gpu, s: &Conv2dShape, params: &Params, buffers: [Window; 3]) -> Dispatch {
     let words = params.words(s);
     let (dh, dw) = params.dst_hw;
     if s.is_pointwise() {
@@ -245,8 +262,7 @@ fn launch(gpu: &Gpu, s: &Conv2dShape, params: &Params, buffers: [&wgpu::Buffer; 
         return gpu.dispatch(&GEMM_1X1, &words, &buffers, groups);
     }
     if s.is_3x3_stride_1() {
-        let groups = grid_with_blocks(conv3_threads(s.n, dh, dw), params.m_rows.div_ceil(CONV3_ROWS));
-        return gpu.dispatch(&CONV_3X3_S1, &words, &buffers, groups);
+        return conv3x3(gpu, params, s, buffers);
     }
     let groups = grid_with_blocks(s.n as u64 * dh as u64 * dw as u64, params.m_rows.div_ceil(GENERAL_ROWS));
     gpu.dispatch(&GENERAL_FORWARD, &words, &buffers, groups)

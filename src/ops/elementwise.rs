@@ -15,7 +15,7 @@
 //! | 8 | accumulate flag (relu_backward_into, dropout_backward) |
 //! | 9..12 | zero |
 
-use super::{flag, grid, shaders, Dispatch, Gpu, Kernel, View};
+use super::{flag, grid, shaders, Dispatch, Gpu, Kernel, View, Window};
 
 const fn kernel(entry: &'static str) -> Kernel {
     Kernel { shader: &shaders::ELEMENTWISE, entry, buffers: 2 }
@@ -27,6 +27,7 @@ const COPY: Kernel = kernel("copy");
 const ADD: Kernel = kernel("add");
 const DROPOUT_FORWARD: Kernel = kernel("dropout_forward");
 const DROPOUT_BACKWARD: Kernel = kernel("dropout_backward");
+const DROPOUT_BACKWARD_IN_PLACE: Kernel = kernel("dropout_backward_in_place");
 const FILL: Kernel = kernel("fill");
 
 /// Parameter words of every kernel in this module.
@@ -46,7 +47,7 @@ fn invocations(len: u32) -> u64 {
     len.div_ceil(PER_INVOCATION) as u64
 }
 
-fn launch(gpu: &Gpu, kernel: &Kernel, params: &[u32], x: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {
+fn launch(gpu: &Gpu, kernel: &Kernel, params: &[u32], x: Window, y: Window) -> Dispatch {
     gpu.dispatch(kernel, params, &[x, y], grid(invocations(params[0]), 256))
 }
 
@@ -55,16 +56,21 @@ pub fn relu_forward(gpu: &Gpu, len: u32, x: View, y: View) -> Dispatch {
     launch(gpu, &RELU_FORWARD, &params(len, x.offset, y.offset, 0), x.buffer, y.buffer)
 }
 
-/// dx = dy where x > 0, else 0. `dy` and `dx` must live in the same buffer (they may be the
+/// dx = dy where x > 0, else 0. `dy` and `dx` must live in the same window (they may be the
 /// same range: the gradient is masked in place).
 pub fn relu_backward(gpu: &Gpu, len: u32, x: View, dy: View, dx: View) -> Dispatch {
-    assert!(std::ptr::eq(dy.buffer, dx.buffer), "relu_backward: dy and dx must share a buffer");
+    assert!(same_window(dy.buffer, dx.buffer), "relu_backward: dy and dx must share a window");
     launch(gpu, &RELU_BACKWARD, &params(len, x.offset, dx.offset, dy.offset), x.buffer, dx.buffer)
 }
 
 /// dx = dy where x > 0, else 0, written or added (`accumulate`) into dx, which may live in
 /// any buffer. dx must not overlap x; it may be dy itself (same offset) when not accumulating.
 pub fn relu_backward_into(gpu: &Gpu, len: u32, x: View, dy: View, dx: View, accumulate: bool) -> Dispatch {
+    if same_window(dy.buffer, dx.buffer) {
+        // One window may be bound only once: the in-place kernel reads dy through dx's binding.
+        assert!(!accumulate, "relu_backward_into: dy and dx share a window, so dx cannot accumulate");
+        return relu_backward(gpu, len, x, dy, dx);
+    }
     let mut words = params(len, x.offset, dx.offset, dy.offset);
     words[8] = flag(accumulate);
     gpu.dispatch(&RELU_BACKWARD_INTO, &words, &[x.buffer, dx.buffer, dy.buffer], grid(invocations(len), 256))
@@ -133,6 +139,10 @@ pub fn dropout_backward(
     accumulate: bool,
 ) -> Dispatch {
     let words = dropout_params(len, dy.offset, dx.offset, rate, seed, accumulate);
+    if same_window(dy.buffer, dx.buffer) {
+        assert!(dy.offset == dx.offset && !accumulate, "dropout_backward: dx may share dy's window only as dy itself");
+        return launch(gpu, &DROPOUT_BACKWARD_IN_PLACE, &words, gpu.unused_binding(0), dx.buffer);
+    }
     launch(gpu, &DROPOUT_BACKWARD, &words, dy.buffer, dx.buffer)
 }
 
@@ -140,5 +150,9 @@ pub fn dropout_backward(
 pub fn fill(gpu: &Gpu, len: u32, y: View, value: f32) -> Dispatch {
     let mut words = params(len, y.offset, y.offset, 0);
     words[7] = value.to_bits();
-    launch(gpu, &FILL, &words, y.buffer, y.buffer)
+    launch(gpu, &FILL, &words, gpu.unused_binding(0), y.buffer)
+}
+
+fn same_window(a: Window, b: Window) -> bool {
+    a.buffer == b.buffer && a.start == b.start
 }

@@ -29,11 +29,12 @@ impl LinearShape {
     }
 }
 
-/// y (out, N) = w (out, in) · x (in, N) + b (out).
-pub fn forward(gpu: &Gpu, s: LinearShape, x: View, w: View, b: View, y: View) -> Dispatch {
-    let words = s.words(false, [x.offset, w.offset, b.offset, y.offset]);
+/// y (out, N) = w (out, in) · x (in, N) + b (out), with `params` holding w followed by b, as
+/// the classifier's parameter group does. Binding 3 is unused.
+pub fn forward(gpu: &Gpu, s: LinearShape, x: View, params: View, y: View) -> Dispatch {
+    let words = s.words(false, [x.offset, params.offset, 0, y.offset]);
     let threads = s.out_features as u64 * s.n as u64;
-    gpu.dispatch(&FORWARD, &words, &[x.buffer, w.buffer, b.buffer, y.buffer], grid(threads, 256))
+    gpu.dispatch(&FORWARD, &words, &[x.buffer, params.buffer, gpu.unused_binding(0), y.buffer], grid(threads, 256))
 }
 
 /// dx (in, N) = wᵀ · dy; overwrites or adds to dx.

@@ -7,11 +7,11 @@
 //! count as correct. A fractional label truncates toward zero.
 //!
 //! Parameter words, in order: `classes`, `n`, `write_grad`, `accumulate`, then the element
-//! offsets of logits, labels, dlogits, loss, correct (bindings 1 to 5).
+//! offsets of logits, labels, dlogits and the [loss, correct] pair (bindings 1 to 4).
 
 use super::{flag, shaders, Dispatch, Gpu, Kernel, View};
 
-const CROSS_ENTROPY: Kernel = Kernel { shader: &shaders::LOSS, entry: "cross_entropy", buffers: 5 };
+const CROSS_ENTROPY: Kernel = Kernel { shader: &shaders::LOSS, entry: "cross_entropy", buffers: 4 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LossShape {
@@ -27,25 +27,23 @@ impl LossShape {
 
 /// Records the cross-entropy kernel.
 ///
-/// - `loss` (1 float) receives the batch-mean loss and `correct` (1 float) the count of samples
+/// - `stats` (2 floats) receives the batch-mean loss and then the count of samples
 ///   whose argmax (lowest index on ties) equals the label. With `accumulate_stats` both are
 ///   added to what the views already hold, so an evaluation pass can sum over many batches
 ///   before one readback (the mean stays per batch: divide by the batch count).
 /// - `dlogits`: `Some` writes (overwrites) the gradient of the mean loss; `None` is the
 ///   evaluation-only variant.
-#[allow(clippy::too_many_arguments)]
 pub fn cross_entropy(
     gpu: &Gpu,
     s: LossShape,
     logits: View,
     labels: View,
     dlogits: Option<View>,
-    loss: View,
-    correct: View,
+    stats: View,
     accumulate_stats: bool,
 ) -> Dispatch {
-    // Without a gradient, binding 3 still needs a buffer; the kernel never touches it.
-    let d = dlogits.unwrap_or(logits);
+    // Without a gradient, binding 3 still needs a window; the kernel never touches it.
+    let (d, d_offset) = dlogits.map_or((gpu.unused_binding(0), 0), |v| (v.buffer, v.offset));
     let words = [
         s.classes,
         s.n,
@@ -53,10 +51,9 @@ pub fn cross_entropy(
         flag(accumulate_stats),
         logits.offset,
         labels.offset,
-        d.offset,
-        loss.offset,
-        correct.offset,
+        d_offset,
+        stats.offset,
     ];
-    let buffers = [logits.buffer, labels.buffer, d.buffer, loss.buffer, correct.buffer];
+    let buffers = [logits.buffer, labels.buffer, d, stats.buffer];
     gpu.dispatch(&CROSS_ENTROPY, &words, &buffers, [1, 1, 1])
 }

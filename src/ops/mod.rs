@@ -23,7 +23,7 @@ pub mod sgd;
 
 pub(crate) use crate::gpu::shaders;
 pub(crate) use crate::gpu::{grid, Kernel};
-pub use crate::gpu::{Dispatch, View};
+pub use crate::gpu::{Dispatch, View, Window};
 pub use crate::Gpu;
 
 /// `true` as a WGSL `u32` flag.

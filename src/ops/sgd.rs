@@ -56,7 +56,7 @@ pub fn sgd_params(len: u32, param_off: u32, grad_off: u32, buf_off: u32, h: &Sgd
 pub fn sgd_step(gpu: &Gpu, len: u32, param: View, grad: View, momentum_buf: Option<View>, h: &SgdHyper) -> Dispatch {
     assert!(momentum_buf.is_some() || h.momentum == 0.0, "sgd_step: momentum {} needs a momentum buffer", h.momentum);
     // Without momentum the third binding is a placeholder the kernel never reads.
-    let buf = momentum_buf.unwrap_or(param);
-    let words = sgd_params(len, param.offset, grad.offset, buf.offset, h);
-    gpu.dispatch(&SGD_STEP, &words, &[param.buffer, grad.buffer, buf.buffer], grid(len as u64, 256))
+    let (buf, buf_offset) = momentum_buf.map_or((gpu.unused_binding(0), 0), |v| (v.buffer, v.offset));
+    let words = sgd_params(len, param.offset, grad.offset, buf_offset, h);
+    gpu.dispatch(&SGD_STEP, &words, &[param.buffer, grad.buffer, buf], grid(len as u64, 256))
 }

@@ -50,15 +50,23 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32]) {
     assert!(e < TOLERANCE, "{what}: relative error {e:.3e} >= {TOLERANCE:.0e}");
 }
 
-/// Tensors packed into one storage buffer at odd, non-zero offsets with junk between them.
+/// Tensors packed into one storage buffer the way the arena packs them: each in its own
+/// 256-byte-aligned window (so a launch's bindings never alias, as WebGPU requires), at an odd
+/// offset inside it, with junk before and after.
 #[derive(Default)]
 pub struct Slots {
     data: Vec<f32>,
-    places: Vec<(u32, usize)>,
+    /// Per slot: window start (elements), offset inside the window, length.
+    places: Vec<(usize, u32, usize)>,
 }
 
 #[derive(Clone, Copy, Debug)]
 pub struct Slot(usize);
+
+/// Elements per window alignment step (256 bytes).
+const WINDOW_ALIGN: usize = 64;
+/// Junk elements between a window's start and its tensor.
+const LEAD: usize = 3;
 
 impl Slots {
     pub fn new() -> Self {
@@ -67,10 +75,12 @@ impl Slots {
         s
     }
     fn push(&mut self, values: &[f32]) -> Slot {
-        let offset = self.data.len() as u32;
+        let start = self.data.len().next_multiple_of(WINDOW_ALIGN);
+        let junk = start + LEAD - self.data.len();
+        self.data.extend(random(junk, start as u64));
         self.data.extend_from_slice(values);
-        self.data.extend(random(5, offset as u64));
-        self.places.push((offset, values.len()));
+        self.data.extend(random(5, start as u64 + 1));
+        self.places.push((start, LEAD as u32, values.len()));
         Slot(self.places.len() - 1)
     }
     pub fn input(&mut self, values: &[f32]) -> Slot {
@@ -87,18 +97,20 @@ impl Slots {
         buffer
     }
     pub fn view<'a>(&self, buffer: &'a wgpu::Buffer, slot: Slot) -> View<'a> {
-        View::new(buffer, self.places[slot.0].0)
+        let (start, lead, len) = self.places[slot.0];
+        View::in_window(buffer, start as u64 * 4, (lead as u64 + len.max(1) as u64) * 4, lead)
     }
     pub fn read(&self, buffer: &wgpu::Buffer, slot: Slot) -> Vec<f32> {
-        let (offset, len) = self.places[slot.0];
-        gpu().read_f32_blocking(buffer, offset as u64, len).unwrap()
+        let (start, lead, len) = self.places[slot.0];
+        gpu().read_f32_blocking(buffer, (start + lead as usize) as u64, len).unwrap()
     }
     /// Checks that the junk around every slot is untouched (no kernel wrote out of bounds).
     pub fn assert_guards_intact(&self, buffer: &wgpu::Buffer) {
         let all = gpu().read_f32_blocking(buffer, 0, self.data.len()).unwrap();
         let mut inside = vec![false; self.data.len()];
-        for &(o, l) in &self.places {
-            inside[o as usize..o as usize + l].iter_mut().for_each(|b| *b = true);
+        for &(start, lead, len) in &self.places {
+            let o = start + lead as usize;
+            inside[o..o + len].iter_mut().for_each(|b| *b = true);
         }
         for i in 0..all.len() {
             if !inside[i] {

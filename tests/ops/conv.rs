@@ -25,6 +25,13 @@ fn shapes() -> Vec<Conv2dShape> {
         shape(5, 24, 8, 8, 48, 1, 1, 0),
         shape(5, 48, 8, 8, 12, 3, 1, 1),
         shape(1, 3, 32, 32, 24, 3, 1, 1),
+        // The wide 3x3 kernel with partial segments, line bands and channel blocks everywhere.
+        shape(3, 5, 13, 19, 14, 3, 1, 1),
+        shape(2, 7, 11, 17, 25, 3, 1, 0),
+        // The narrow (at most 8 wide) 3x3 kernel: an 8-wide map with a partial line band,
+        // and one narrower than its segment.
+        shape(2, 7, 9, 8, 25, 3, 1, 1),
+        shape(3, 13, 11, 6, 5, 3, 1, 1),
     ]
 }
 

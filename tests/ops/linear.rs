@@ -15,9 +15,10 @@ fn check(s: LinearShape) {
     let dy = random(fout * n, 4);
 
     let mut sl = Slots::new();
-    let (xs, ws, bs, ys) = (sl.input(&x), sl.input(&w), sl.input(&b), sl.output(fout * n));
+    let params: Vec<f32> = w.iter().chain(&b).copied().collect();
+    let (xs, ps, ys) = (sl.input(&x), sl.input(&params), sl.output(fout * n));
     let buf = sl.upload();
-    run(&[linear::forward(g, s, sl.view(&buf, xs), sl.view(&buf, ws), sl.view(&buf, bs), sl.view(&buf, ys))]);
+    run(&[linear::forward(g, s, sl.view(&buf, xs), sl.view(&buf, ps), sl.view(&buf, ys))]);
     assert_close(&format!("linear forward {s:?}"), &sl.read(&buf, ys), &reference::forward(s, &x, &w, &b));
     sl.assert_guards_intact(&buf);
 

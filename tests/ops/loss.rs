@@ -21,19 +21,16 @@ fn launch(s: LossShape, logits: &[f32], labels: &[f32], grad: bool, prefill: Opt
     let ls = sl.input(logits);
     let ys = sl.input(labels);
     let ds = grad.then(|| sl.output(logits.len()));
-    let (loss_slot, correct_slot) = match prefill {
-        Some((l, c)) => (sl.input(&[l]), sl.input(&[c])),
-        None => (sl.output(1), sl.output(1)),
+    let stats = match prefill {
+        Some((l, c)) => sl.input(&[l, c]),
+        None => sl.output(2),
     };
     let buf = sl.upload();
     let v = |slot| sl.view(&buf, slot);
-    run(&[loss::cross_entropy(gpu(), s, v(ls), v(ys), ds.map(v), v(loss_slot), v(correct_slot), prefill.is_some())]);
+    run(&[loss::cross_entropy(gpu(), s, v(ls), v(ys), ds.map(v), v(stats), prefill.is_some())]);
     sl.assert_guards_intact(&buf);
-    Run {
-        loss: sl.read(&buf, loss_slot)[0],
-        correct: sl.read(&buf, correct_slot)[0],
-        dlogits: ds.map(|d| sl.read(&buf, d)),
-    }
+    let [loss, correct] = sl.read(&buf, stats)[..] else { unreachable!() };
+    Run { loss, correct, dlogits: ds.map(|d| sl.read(&buf, d)) }
 }
 
 fn check(classes: u32, n: u32, logits: &[f32]) {

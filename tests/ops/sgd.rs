@@ -54,22 +54,22 @@ fn check(len: usize, h0: SgdHyper, separate: bool, set_params: bool) {
                 step = sgd::sgd_step(g, len as u32, pv, gv, use_buf.then_some(bv), &h);
             }
         }
-        g.write_f32(gv.buffer, gv.offset as u64, grad);
+        g.write_f32(gv.buffer.buffer, gv.buffer_offset(), grad);
         run(std::slice::from_ref(&step));
         reference::sgd_step(&mut p, grad, &mut buf, &h);
         let tag = format!("len {len} {h:?} separate {separate} step {k}");
         assert_very_close(
             &format!("params {tag}"),
-            &g.read_f32_blocking(pv.buffer, pv.offset as u64, len).unwrap(),
+            &g.read_f32_blocking(pv.buffer.buffer, pv.buffer_offset(), len).unwrap(),
             &p,
         );
-        let got_buf = g.read_f32_blocking(bv.buffer, bv.offset as u64, len).unwrap();
+        let got_buf = g.read_f32_blocking(bv.buffer.buffer, bv.buffer_offset(), len).unwrap();
         if use_buf {
             assert_very_close(&format!("momentum buffer {tag}"), &got_buf, &buf);
         } else {
             assert!(got_buf.iter().all(|&v| v == 0.0), "plain SGD touched the buffer ({tag})");
         }
-        let got_grad = g.read_f32_blocking(gv.buffer, gv.offset as u64, len).unwrap();
+        let got_grad = g.read_f32_blocking(gv.buffer.buffer, gv.buffer_offset(), len).unwrap();
         assert_eq!(got_grad, *grad, "the gradient must be read only ({tag})");
     }
     if !separate {

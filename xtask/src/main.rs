@@ -2,7 +2,12 @@
 //!
 //! - `setup`: make sure a Vulkan driver exists (installs Mesa's CPU driver, lavapipe, on
 //!   Debian/Ubuntu machines without a GPU driver).
-//! - `test`: setup, then the full test suite, formatting and lint checks.
+//! - `test`: setup, then the full test suite (browser tests included), formatting and lint
+//!   checks.
+//! - `web [--build-only] [--port N]`: build the wasm package into `web/pkg` and serve `web/` on
+//!   127.0.0.1.
+
+mod web;
 
 use std::path::Path;
 use std::process::{exit, Command};
@@ -14,8 +19,15 @@ fn main() {
         "setup" => setup(),
         "test" => setup().and_then(|_| test(&args[1..])),
         "lint" => lint(),
+        "web" => web::task(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <setup|test|lint>\n\n  setup  install a Vulkan driver (lavapipe) if none is present\n  test   setup, then run every test, then check formatting and lints\n  lint   cargo fmt --check and cargo clippy");
+            eprintln!(
+                "usage: cargo xtask <setup|test|lint|web>\n\n  \
+                 setup  install a Vulkan driver (lavapipe) if none is present\n  \
+                 test   setup, build the web package, run every test (browser tests included), then check formatting and lints\n  \
+                 lint   cargo fmt --check and cargo clippy\n  \
+                 web    build the wasm package into web/pkg and serve web/ on 127.0.0.1 [--build-only] [--port N]"
+            );
             exit(if task == "help" { 0 } else { 2 });
         }
     };
@@ -27,7 +39,7 @@ fn main() {
 
 type Result = std::result::Result<(), String>;
 
-fn run(program: &str, args: &[&str]) -> Result {
+pub(crate) fn run(program: &str, args: &[&str]) -> Result {
     eprintln!("+ {program} {}", args.join(" "));
     let status = Command::new(program).args(args).status().map_err(|e| format!("could not start {program}: {e}"))?;
     if status.success() {
@@ -53,22 +65,26 @@ fn has_vulkan_driver() -> bool {
     loader && icd
 }
 
+/// Runs `apt-get` with `args`, through sudo unless we are root.
+pub(crate) fn apt_get(args: &[&str]) -> Result {
+    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    if is_root {
+        run("apt-get", args)
+    } else {
+        run("sudo", &[&["apt-get"], args].concat())
+    }
+}
+
 fn setup() -> Result {
     if cfg!(not(target_os = "linux")) || has_vulkan_driver() {
         return Ok(());
     }
-    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
     let apt = Path::new("/usr/bin/apt-get").exists();
     let packages = ["mesa-vulkan-drivers", "libvulkan1"];
     if apt {
         eprintln!("No Vulkan driver found: installing Mesa's CPU driver (lavapipe) so wgpu has an adapter.");
-        let sudo = if is_root { None } else { Some("sudo") };
-        let apt_cmd = |args: &[&str]| match sudo {
-            Some(s) => run(s, &[&["apt-get"], args].concat()),
-            None => run("apt-get", args),
-        };
-        apt_cmd(&["update", "-qq"])?;
-        apt_cmd(&[&["install", "-y", "-qq"], &packages[..]].concat())?;
+        apt_get(&["update", "-qq"])?;
+        apt_get(&[&["install", "-y", "-qq"], &packages[..]].concat())?;
         if has_vulkan_driver() {
             return Ok(());
         }
@@ -81,6 +97,11 @@ fn setup() -> Result {
 }
 
 fn test(extra: &[String]) -> Result {
+    // The browser tests drive the page built here; with DENSEGPU_BROWSER_TESTS set, a missing
+    // browser or package fails them instead of skipping them.
+    web::build()?;
+    web::setup_browser()?;
+    std::env::set_var("DENSEGPU_BROWSER_TESTS", "1");
     let mut args = vec!["test", "--release", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
     run("cargo", &args)?;

@@ -1,0 +1,423 @@
+//! A self-test of this device's kernels against the CPU reference in [`crate::reference`]:
+//! forward and backward of every op family the executor launches, at small odd shapes, on
+//! random never-zero inputs, with outputs poisoned (NaN) and every tensor packed at an odd
+//! offset into one buffer, as the arena packs them.
+//!
+//! It is async only (`Gpu::run`, `Gpu::read_f32`), with no threads, clocks or files, so the
+//! same code checks a native adapter and a browser's WebGPU implementation, whose shader
+//! compilers and drivers are exactly what a native test run cannot vouch for.
+
+use crate::ops::batchnorm::{self as bn, BatchNormShape};
+use crate::ops::conv::{self, Conv2dShape};
+use crate::ops::linear::{self, LinearShape};
+use crate::ops::loss::{self, LossShape};
+use crate::ops::pool::{self, PoolShape};
+use crate::ops::sgd::{self, SgdHyper};
+use crate::ops::{elementwise, Dispatch, View};
+use crate::reference;
+use crate::schedule::{BN_EPS, BN_MOMENTUM};
+use crate::{Gpu, Result};
+use rand::{Rng, SeedableRng};
+
+/// The largest relative L2 error, ‖got − want‖ / ‖want‖, a check may have and pass.
+pub const TOLERANCE: f64 = 1e-4;
+
+/// The outcome of comparing one kernel output with the reference.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Check {
+    /// `family/op`, e.g. `conv3x3/backward_input (accumulate)`.
+    pub name: String,
+    pub shape: String,
+    /// NaN when the output holds a non-finite value or could not be compared at all.
+    pub rel_err: f64,
+    pub passed: bool,
+    /// Why the check failed, when it did.
+    pub detail: Option<String>,
+}
+
+/// `true` if there is at least one check and every check passed: a self-test that checked
+/// nothing has not shown anything.
+pub fn all_passed(checks: &[Check]) -> bool {
+    !checks.is_empty() && checks.iter().all(|c| c.passed)
+}
+
+/// Compares a kernel's output with the reference's: fails on a length mismatch, on any
+/// non-finite element (an unwritten NaN-poisoned output, or an overflow), and on a relative
+/// L2 error of [`TOLERANCE`] or more.
+pub fn compare(name: &str, shape: &str, got: &[f32], want: &[f32]) -> Check {
+    let check = |rel_err: f64, detail: Option<String>| Check {
+        name: name.to_string(),
+        shape: shape.to_string(),
+        rel_err,
+        passed: detail.is_none(),
+        detail,
+    };
+    if got.len() != want.len() {
+        return check(f64::NAN, Some(format!("{} elements, expected {}", got.len(), want.len())));
+    }
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        return check(f64::NAN, Some(format!("element {i} of {} is {} (unwritten or overflowed)", got.len(), got[i])));
+    }
+    if let Some(i) = want.iter().position(|v| !v.is_finite()) {
+        return check(f64::NAN, Some(format!("reference element {i} of {} is {}", want.len(), want[i])));
+    }
+    let (mut num, mut den, mut worst) = (0.0f64, 0.0f64, 0);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let d = (g as f64 - w as f64).powi(2);
+        if d > (got[worst] as f64 - want[worst] as f64).powi(2) {
+            worst = i;
+        }
+        num += d;
+        den += (w as f64).powi(2);
+    }
+    let e = (num / den.max(1e-30)).sqrt();
+    // Finite: every term was checked finite above, and f32 squares cannot overflow an f64.
+    let detail = (e >= TOLERANCE).then(|| {
+        format!(
+            "relative error {e:.3e} >= {TOLERANCE:.0e}; worst element {worst}: got {}, want {}",
+            got[worst], want[worst]
+        )
+    });
+    check(e, detail)
+}
+
+/// Every op family, one after another. A family that cannot even run (an allocation or
+/// validation error) becomes one failed check, so the others still report.
+pub async fn run(gpu: &Gpu) -> Vec<Check> {
+    let conv_shape = |k, stride, pad| Conv2dShape { n: 3, c_in: 5, h: 9, w: 11, c_out: 7, kh: k, kw: k, stride, pad };
+    let families = [
+        ("conv1x1", conv(gpu, "conv1x1", conv_shape(1, 1, 0)).await),
+        ("conv3x3", conv(gpu, "conv3x3", conv_shape(3, 1, 1)).await),
+        // The general kernel, which the ImageNet stem's geometry takes.
+        ("conv7x7s2", conv(gpu, "conv7x7s2", conv_shape(7, 2, 3)).await),
+        ("batchnorm", batchnorm(gpu).await),
+        ("relu", relu(gpu).await),
+        ("pool", pooling(gpu).await),
+        ("linear", linear(gpu).await),
+        ("cross_entropy", cross_entropy(gpu).await),
+        ("sgd", sgd(gpu).await),
+    ];
+    let mut checks = Vec::new();
+    for (family, result) in families {
+        match result {
+            Ok(c) => checks.extend(c),
+            Err(e) => checks.push(Check {
+                name: family.to_string(),
+                shape: String::new(),
+                rel_err: f64::NAN,
+                passed: false,
+                detail: Some(format!("could not run: {e}")),
+            }),
+        }
+    }
+    checks
+}
+
+/// Uniform values in [-1, -0.05] ∪ [0.05, 1]: random and never zero, so a kernel that
+/// ignores an input or writes zeros cannot pass by accident.
+fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+    (0..len)
+        .map(|_| {
+            let m: f32 = rng.random_range(0.05..1.0);
+            if rng.random::<bool>() {
+                m
+            } else {
+                -m
+            }
+        })
+        .collect()
+}
+
+fn plus(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
+}
+
+/// WebGPU's storage binding offset alignment (256 bytes), in f32 elements.
+const ALIGN: usize = 64;
+/// Junk values before a tensor inside its window, so its offset there is odd and non-zero.
+const BEFORE: usize = 3;
+/// Junk values after a tensor inside its window.
+const AFTER: usize = 5;
+
+/// A tensor's window in a [`Tensors`] buffer: `start` and `len` in elements; the tensor
+/// itself sits [`BEFORE`] elements into it.
+#[derive(Clone, Copy)]
+struct Slot {
+    start: usize,
+    len: usize,
+}
+
+struct Expected {
+    op: String,
+    offset: usize,
+    want: Vec<f32>,
+}
+
+/// One family's tensors, packed into one buffer the way the arena packs them: each in its
+/// own window (WebGPU forbids a writable binding that overlaps another of the same launch),
+/// at an aligned, non-zero start, and at an odd offset inside it, with random junk around (a
+/// kernel that ignores its offset, or writes past its range, then shows); and the outputs the
+/// reference expects.
+struct Tensors {
+    family: &'static str,
+    shape: String,
+    data: Vec<f32>,
+    outputs: Vec<Expected>,
+}
+
+impl Tensors {
+    fn new(family: &'static str, shape: String) -> Tensors {
+        Tensors { family, shape, data: Vec::new(), outputs: Vec::new() }
+    }
+
+    fn push(&mut self, values: &[f32]) -> Slot {
+        // Junk up to the window, so it starts neither at 0 nor right after the previous one.
+        let start = (self.data.len() + 1).next_multiple_of(ALIGN);
+        self.data.extend(random(start - self.data.len(), start as u64));
+        self.data.extend(random(BEFORE, start as u64 + 1));
+        self.data.extend_from_slice(values);
+        self.data.extend(random(AFTER, start as u64 + 2));
+        Slot { start, len: BEFORE + values.len() + AFTER }
+    }
+
+    /// Registers that the kernels must leave `want` at `at` elements into the tensor of `slot`.
+    fn expect(&mut self, op: &str, slot: Slot, at: usize, want: Vec<f32>) {
+        self.outputs.push(Expected { op: op.to_string(), offset: slot.start + BEFORE + at, want });
+    }
+
+    fn input(&mut self, values: &[f32]) -> Slot {
+        self.push(values)
+    }
+
+    /// A tensor the kernels change from `initial` to `want` (running statistics, parameters,
+    /// a gradient accumulated onto).
+    fn update(&mut self, op: &str, initial: &[f32], want: Vec<f32>) -> Slot {
+        let slot = self.push(initial);
+        self.expect(op, slot, 0, want);
+        slot
+    }
+
+    /// An output the kernel must overwrite completely.
+    fn output(&mut self, op: &str, want: Vec<f32>) -> Slot {
+        self.update(op, &vec![f32::NAN; want.len()], want)
+    }
+
+    /// A gradient both ways the executor writes one: overwriting a poisoned output, and
+    /// adding onto what an earlier layer left there.
+    fn gradients(&mut self, op: &str, want: &[f32]) -> [(bool, Slot); 2] {
+        let before = random(want.len(), self.data.len() as u64);
+        [
+            (false, self.output(op, want.to_vec())),
+            (true, self.update(&format!("{op} (accumulate)"), &before, plus(want, &before))),
+        ]
+    }
+
+    async fn upload(&self, gpu: &Gpu) -> Result<wgpu::Buffer> {
+        let buffer = gpu.storage_buffer(self.family, self.data.len() as u64 * 4).await?;
+        gpu.write_f32(&buffer, 0, &self.data);
+        Ok(buffer)
+    }
+
+    fn view<'a>(&self, buffer: &'a wgpu::Buffer, slot: Slot) -> View<'a> {
+        View::in_window(buffer, slot.start as u64 * 4, slot.len as u64 * 4, BEFORE as u32)
+    }
+
+    /// Runs the dispatches in one submission, reads the whole buffer back once, and compares
+    /// every output; a last check asserts that nothing else (inputs, junk) changed.
+    async fn check(&self, gpu: &Gpu, buffer: &wgpu::Buffer, dispatches: &[Dispatch]) -> Result<Vec<Check>> {
+        gpu.run(dispatches).await?;
+        let all = gpu.read_f32(buffer, 0, self.data.len()).await?;
+        let mut written = vec![false; all.len()];
+        let mut checks = Vec::new();
+        for e in &self.outputs {
+            let range = e.offset..e.offset + e.want.len();
+            written[range.clone()].iter_mut().for_each(|w| *w = true);
+            checks.push(compare(&format!("{}/{}", self.family, e.op), &self.shape, &all[range], &e.want));
+        }
+        let kept: Vec<usize> = (0..all.len()).filter(|&i| !written[i]).collect();
+        let (got, want): (Vec<f32>, Vec<f32>) = kept.iter().map(|&i| (all[i], self.data[i])).unzip();
+        let mut untouched = compare(&format!("{}/untouched", self.family), &self.shape, &got, &want);
+        // Even an error below the tolerance means a kernel wrote where it must not.
+        if let Some(&i) = kept.iter().find(|&&i| all[i].to_bits() != self.data[i].to_bits()) {
+            untouched.passed = false;
+            untouched.detail = Some(format!(
+                "element {i} of the buffer, outside every output, changed from {} to {}",
+                self.data[i], all[i]
+            ));
+        }
+        checks.push(untouched);
+        Ok(checks)
+    }
+}
+
+async fn conv(gpu: &Gpu, family: &'static str, s: Conv2dShape) -> Result<Vec<Check>> {
+    let x = random(s.input_elems() as usize, 1);
+    let w = random(s.weight_elems() as usize, 2);
+    let dy = random(s.output_elems() as usize, 3);
+    let shape = format!(
+        "n={} c={}->{} {}x{} k={}x{} stride={} pad={}",
+        s.n, s.c_in, s.c_out, s.h, s.w, s.kh, s.kw, s.stride, s.pad
+    );
+    let mut t = Tensors::new(family, shape);
+    let (xs, ws, dys) = (t.input(&x), t.input(&w), t.input(&dy));
+    let y = t.output("forward", reference::conv::conv2d_forward(&s, &x, &w));
+    let dx = t.gradients("backward_input", &reference::conv::conv2d_backward_input(&s, &dy, &w));
+    let dw = t.gradients("backward_weight", &reference::conv::conv2d_backward_weight(&s, &x, &dy));
+    let buffer = t.upload(gpu).await?;
+    let v = |slot| t.view(&buffer, slot);
+    let mut d = vec![conv::conv2d_forward(gpu, &s, v(xs), v(ws), v(y))];
+    d.extend(dx.map(|(acc, dx)| conv::conv2d_backward_input(gpu, &s, v(dys), v(ws), v(dx), acc)));
+    d.extend(dw.map(|(acc, dw)| conv::conv2d_backward_weight(gpu, &s, v(xs), v(dys), v(dw), acc)));
+    t.check(gpu, &buffer, &d).await
+}
+
+/// Training mode with the fused ReLU, as the executor runs it: batch statistics and the
+/// running update, the normalisation, then the split backward (affine, then input).
+async fn batchnorm(gpu: &Gpu) -> Result<Vec<Check>> {
+    let s = BatchNormShape { c: 5, n: 3, hw: 9 * 11 };
+    let (c, m) = (s.c as usize, s.m() as usize);
+    // Channel means and spreads that differ, so per-channel statistics are really per channel.
+    let mut x = random(c * m, 1);
+    for (ch, values) in x.chunks_mut(m).enumerate() {
+        values.iter_mut().for_each(|v| *v = *v * (0.5 + 0.3 * ch as f32) + 0.4 * ch as f32 - 1.0);
+    }
+    let running: Vec<f32> =
+        random(2 * c, 2).iter().enumerate().map(|(i, &v)| if i < c { v } else { v.abs() + 0.5 }).collect();
+    let (affine, dy) = (random(2 * c, 3), random(c * m, 4));
+    let (stats, new_running) = reference::batchnorm::train_stats(c, m, &x, &running, BN_MOMENTUM, BN_EPS);
+
+    let mut t = Tensors::new("batchnorm", format!("c={} n={} hw=9x11 relu", s.c, s.n));
+    let (xs, afs, dys) = (t.input(&x), t.input(&affine), t.input(&dy));
+    let ss = t.output("train_stats", stats.clone());
+    let rs = t.update("running_update", &running, new_running);
+    // The later kernels read the reference statistics, so a train_stats error fails only its
+    // own check.
+    let ref_stats = t.input(&stats);
+    let y = t.output("apply", reference::batchnorm::apply(c, m, &x, &stats, &affine, true));
+    let ga = t.output("backward_affine", reference::batchnorm::backward_affine(c, m, &x, &dy, &stats, &affine, true));
+    let dx = t.gradients("backward_input", &reference::batchnorm::backward_input(c, m, &x, &dy, &stats, &affine, true));
+    let buffer = t.upload(gpu).await?;
+    let v = |slot| t.view(&buffer, slot);
+    let (xv, sv, av, dyv) = (v(xs), v(ref_stats), v(afs), v(dys));
+    let mut d = vec![
+        bn::batchnorm_train_stats(gpu, s, xv, v(ss), v(rs), BN_MOMENTUM, BN_EPS),
+        bn::batchnorm_apply(gpu, s, xv, sv, av, v(y), true),
+        // backward_input reads the sums back, so the affine pass overwrites (as in the executor).
+        bn::batchnorm_backward_affine(gpu, s, xv, dyv, sv, av, v(ga), true, false),
+    ];
+    d.extend(dx.map(|(acc, dx)| bn::batchnorm_backward_input(gpu, s, xv, dyv, sv, av, v(ga), v(dx), true, acc)));
+    t.check(gpu, &buffer, &d).await
+}
+
+async fn relu(gpu: &Gpu) -> Result<Vec<Check>> {
+    let len = 5 * 3 * 9 * 11;
+    let (x, dy) = (random(len, 1), random(len, 2));
+    let mut t = Tensors::new("relu", format!("len={len}"));
+    let (xs, dys) = (t.input(&x), t.input(&dy));
+    let y = t.output("forward", reference::elementwise::relu_forward(&x));
+    let dx = t.gradients("backward", &reference::elementwise::relu_backward(&x, &dy));
+    let buffer = t.upload(gpu).await?;
+    let v = |slot| t.view(&buffer, slot);
+    let mut d = vec![elementwise::relu_forward(gpu, len as u32, v(xs), v(y))];
+    d.extend(dx.map(|(acc, dx)| elementwise::relu_backward_into(gpu, len as u32, v(xs), v(dys), v(dx), acc)));
+    t.check(gpu, &buffer, &d).await
+}
+
+/// The transitions' 2x2 average pool (odd sizes drop a row and a column), the ImageNet stem's
+/// 3x3 stride-2 max pool, and the head's global average pool.
+async fn pooling(gpu: &Gpu) -> Result<Vec<Check>> {
+    let s = PoolShape::new(5, 3, 9, 11);
+    let out_len = |(h, w): (u32, u32)| (s.planes() * h * w) as usize;
+    let x = random(s.len(), 1);
+    let (dy_avg, dy_max, dy_global) =
+        (random(out_len(s.avg_out()), 2), random(out_len(s.max_out()), 3), random(out_len((1, 1)), 4));
+    let mut t = Tensors::new("pool", format!("c={} n={} {}x{}", s.c, s.n, s.h, s.w));
+    let (xs, dyas, dyms, dygs) = (t.input(&x), t.input(&dy_avg), t.input(&dy_max), t.input(&dy_global));
+    let ya = t.output("avg_forward", reference::pool::avg_pool_forward(s, &x));
+    let dxa = t.gradients("avg_backward", &reference::pool::avg_pool_backward(s, &dy_avg));
+    let ym = t.output("max_forward", reference::pool::max_pool_forward(s, &x));
+    let dxm = t.gradients("max_backward", &reference::pool::max_pool_backward(s, &x, &dy_max));
+    let yg = t.output("global_avg_forward", reference::pool::global_avg_pool_forward(s, &x));
+    let dxg = t.gradients("global_avg_backward", &reference::pool::global_avg_pool_backward(s, &dy_global));
+    let buffer = t.upload(gpu).await?;
+    let v = |slot| t.view(&buffer, slot);
+    let mut d = vec![
+        pool::avg_pool_forward(gpu, s, v(xs), v(ya)),
+        pool::max_pool_forward(gpu, s, v(xs), v(ym)),
+        pool::global_avg_pool_forward(gpu, s, v(xs), v(yg)),
+    ];
+    d.extend(dxa.map(|(acc, dx)| pool::avg_pool_backward(gpu, s, v(dyas), v(dx), acc)));
+    d.extend(dxm.map(|(acc, dx)| pool::max_pool_backward(gpu, s, v(xs), v(dyms), v(dx), acc)));
+    d.extend(dxg.map(|(acc, dx)| pool::global_avg_pool_backward(gpu, s, v(dygs), v(dx), acc)));
+    t.check(gpu, &buffer, &d).await
+}
+
+async fn linear(gpu: &Gpu) -> Result<Vec<Check>> {
+    let s = LinearShape::new(3, 35, 10);
+    let (n, fin, fout) = (s.n as usize, s.in_features as usize, s.out_features as usize);
+    let (x, w, b, dy) = (random(fin * n, 1), random(fout * fin, 2), random(fout, 3), random(fout * n, 4));
+    let mut t = Tensors::new("linear", format!("n={n} features={fin}->{fout}"));
+    // The classifier's parameter group: w, then b.
+    let (xs, params, dys) = (t.input(&x), t.input(&[w.as_slice(), &b].concat()), t.input(&dy));
+    let y = t.output("forward", reference::linear::forward(s, &x, &w, &b));
+    let dx = t.gradients("backward_input", &reference::linear::backward_input(s, &w, &dy));
+    let dw = t.gradients("backward_weight", &reference::linear::backward_weight(s, &x, &dy));
+    let db = t.gradients("backward_bias", &reference::linear::backward_bias(s, &dy));
+    let buffer = t.upload(gpu).await?;
+    let v = |slot| t.view(&buffer, slot);
+    let mut d = vec![linear::forward(gpu, s, v(xs), v(params), v(y))];
+    d.extend(dx.map(|(acc, dx)| linear::backward_input(gpu, s, v(params), v(dys), v(dx), acc)));
+    d.extend(dw.map(|(acc, dw)| linear::backward_weight(gpu, s, v(xs), v(dys), v(dw), acc)));
+    d.extend(db.map(|(acc, db)| linear::backward_bias(gpu, s, v(dys), v(db), acc)));
+    t.check(gpu, &buffer, &d).await
+}
+
+async fn cross_entropy(gpu: &Gpu) -> Result<Vec<Check>> {
+    let (classes, n) = (10usize, 7usize);
+    // Scaled so the softmax is far from uniform.
+    let logits: Vec<f32> = random(classes * n, 1).iter().map(|v| v * 6.0).collect();
+    // Every other label is the argmax, so the correct count is neither 0 nor n.
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(2);
+    let labels: Vec<f32> = (0..n)
+        .map(|j| {
+            let argmax = (0..classes).fold(0, |a, k| if logits[k * n + j] > logits[a * n + j] { k } else { a });
+            (if j % 2 == 0 { argmax } else { rng.random_range(0..classes) }) as f32
+        })
+        .collect();
+    let want = reference::loss::cross_entropy(classes, n, &logits, &labels);
+    let mut t = Tensors::new("cross_entropy", format!("classes={classes} n={n}"));
+    let (ls, ys) = (t.input(&logits), t.input(&labels));
+    let dlogits = t.output("dlogits", want.dlogits);
+    // One [loss, correct] pair, checked as two outputs.
+    let stats = t.push(&[f32::NAN; 2]);
+    t.expect("loss", stats, 0, vec![want.loss]);
+    t.expect("correct", stats, 1, vec![want.correct]);
+    let buffer = t.upload(gpu).await?;
+    let v = |slot| t.view(&buffer, slot);
+    let s = LossShape::new(classes as u32, n as u32);
+    let d = [loss::cross_entropy(gpu, s, v(ls), v(ys), Some(v(dlogits)), v(stats), false)];
+    t.check(gpu, &buffer, &d).await
+}
+
+/// One step of the DenseNet recipe (Nesterov momentum, weight decay) from a non-zero momentum
+/// buffer, so that the momentum term counts.
+async fn sgd(gpu: &Gpu) -> Result<Vec<Check>> {
+    let h = SgdHyper::densenet_cifar();
+    let len = 1001;
+    let (params, grad, buf) = (random(len, 1), random(len, 2), random(len, 3));
+    let (mut new_params, mut new_buf) = (params.clone(), buf.clone());
+    reference::sgd::sgd_step(&mut new_params, &grad, &mut new_buf, &h);
+    let shape = format!(
+        "len={len} lr={} momentum={} nesterov={} weight_decay={}",
+        h.lr, h.momentum, h.nesterov, h.weight_decay
+    );
+    let mut t = Tensors::new("sgd", shape);
+    let gs = t.input(&grad);
+    let ps = t.update("params", &params, new_params);
+    let bs = t.update("momentum", &buf, new_buf);
+    let buffer = t.upload(gpu).await?;
+    let v = |slot| t.view(&buffer, slot);
+    let d = [sgd::sgd_step(gpu, len as u32, v(ps), v(gs), Some(v(bs)), &h)];
+    t.check(gpu, &buffer, &d).await
+}

@@ -1,0 +1,184 @@
+//! The browser demo in headless Chromium (WebGPU; SwiftShader on machines without a GPU),
+//! judged here against the native oracles.
+//!
+//! `web/e2e/run.mjs` drives the page once: the kernel self-test, training on the generated
+//! data, a prediction, the ONNX download and a screenshot. These tests check what it saved.
+//! They need the built page (`cargo xtask web --build-only`), Node.js with `npm ci` in
+//! `web/e2e`, and Chromium; `cargo xtask test` provides all three and sets
+//! `DENSEGPU_BROWSER_TESTS=1`, which turns a missing piece into a failure. Without that
+//! variable the tests are skipped with a message, so a plain `cargo test` works anywhere.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use densegpu::densenet::memory_plans_json;
+use densegpu::executor::ARENA_ALIGNMENT;
+use densegpu::plan::ArenaLimits;
+use densegpu::DenseNetConfig;
+use serde_json::Value;
+use tract_onnx::prelude::*;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn artifacts_dir() -> PathBuf {
+    root().join("target").join("browser-artifacts")
+}
+
+/// Runs the page once for all tests; `None` when the browser tests are not requested.
+fn browser_run() -> Option<&'static Value> {
+    static RUN: OnceLock<Option<Value>> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let required = std::env::var_os("DENSEGPU_BROWSER_TESTS").is_some_and(|v| v == "1");
+        let ready = root().join("web/pkg/densegpu_web.js").exists()
+            && root().join("web/e2e/node_modules/playwright-core").exists();
+        if !required {
+            eprintln!(
+                "browser tests skipped: set DENSEGPU_BROWSER_TESTS=1 (as `cargo xtask test` does) after \
+                 `cargo xtask web --build-only` and `npm ci` in web/e2e"
+            );
+            return None;
+        }
+        assert!(
+            ready,
+            "the browser tests need web/pkg (cargo xtask web --build-only) and web/e2e/node_modules (npm ci)"
+        );
+        let out = artifacts_dir();
+        let _ = std::fs::remove_dir_all(&out);
+        let status = Command::new("node")
+            .arg(root().join("web/e2e/run.mjs"))
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .expect("node runs (install Node.js 18+)");
+        let text = std::fs::read_to_string(out.join("results.json")).expect("the browser run wrote results.json");
+        let results: Value = serde_json::from_str(&text).expect("results.json is JSON");
+        assert!(status.success(), "the browser run failed: {}", results["failure"]);
+        Some(results)
+    })
+    .as_ref()
+}
+
+#[test]
+fn kernels_in_the_browser_match_the_cpu_reference() {
+    let Some(run) = browser_run() else { return };
+    let selftest = &run["selftest"];
+    let checks = selftest["checks"].as_array().expect("the page ran the kernel self-test");
+    let failed: Vec<&Value> = checks.iter().filter(|c| c["passed"] != true).collect();
+    assert!(failed.is_empty(), "kernels that disagree with the CPU reference in the browser: {failed:#?}");
+    assert_eq!(selftest["passed"], true);
+    let names: Vec<&str> = checks.iter().filter_map(|c| c["name"].as_str()).collect();
+    for family in ["conv", "batchnorm", "relu", "pool", "linear", "cross_entropy", "sgd"] {
+        assert!(names.iter().any(|n| n.contains(family)), "no {family} check ran in the browser: {names:?}");
+    }
+}
+
+#[test]
+fn the_page_trains_and_its_loss_goes_down() {
+    let Some(run) = browser_run() else { return };
+    let losses: Vec<f64> = run["history"].as_array().unwrap().iter().map(|h| h["loss"].as_f64().unwrap()).collect();
+    assert!(losses.len() >= 20, "only {} steps were shown", losses.len());
+    assert!(losses.iter().all(|l| l.is_finite()), "non-finite loss: {losses:?}");
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+    let (first, last) = (mean(&losses[..5]), mean(&losses[losses.len() - 5..]));
+    assert!(last < 0.9 * first, "the loss did not go down: first five steps {first:.3}, last five {last:.3}");
+    let history = run["history"].as_array().unwrap();
+    assert!(history.iter().all(|h| h["allocated_bytes"].as_f64().unwrap() > 0.0), "memory was not shown");
+    assert!(history.iter().skip(1).all(|h| h["images_per_second"].as_f64().unwrap() > 0.0), "speed was not shown");
+    eprintln!(
+        "browser: {} steps in {:.1} s on {}, loss {first:.3} -> {last:.3}",
+        losses.len(),
+        run["trainSeconds"].as_f64().unwrap_or(0.0),
+        run["adapter"]
+    );
+}
+
+#[test]
+fn the_plan_shown_equals_the_native_plan() {
+    let Some(run) = browser_run() else { return };
+    let shown: Value = serde_json::from_str(run["plans"].as_str().expect("the page showed a plan")).unwrap();
+    let m = &run["model"];
+    let config = DenseNetConfig::cifar_bc(
+        m["depth"].as_u64().unwrap() as u32,
+        m["growth_rate"].as_u64().unwrap() as u32,
+        m["classes"].as_u64().unwrap() as u32,
+    )
+    .unwrap();
+    // The page plans with its device's binding limit; plan natively with the same one.
+    let limits = ArenaLimits { max_buffer_bytes: shown["binding_limit"].as_u64().unwrap(), alignment: ARENA_ALIGNMENT };
+    let native = memory_plans_json(&config, m["batch_size"].as_u64().unwrap() as u32, &limits, None);
+    assert_eq!(shown, native, "the browser's plan differs from the native one");
+    assert!(native["modes"].as_array().unwrap().iter().all(|p| p["total"].as_u64().unwrap() > 0));
+}
+
+#[test]
+fn the_downloaded_onnx_model_runs_in_tract_and_agrees_with_the_page() {
+    let Some(run) = browser_run() else { return };
+    assert_eq!(run["onnxName"], "densenet.onnx");
+    let bytes = std::fs::read(artifacts_dir().join("model.onnx")).expect("the ONNX download was saved");
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .expect("tract reads the downloaded model")
+        .into_optimized()
+        .expect("tract types the model")
+        .into_runnable()
+        .expect("tract plans the model");
+    // The page's test image, normalised as the page does before inference.
+    let rgba: Vec<u8> = run["testImage"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
+    let mut chw = vec![0u8; 3 * 32 * 32];
+    for (p, px) in rgba.chunks_exact(4).enumerate() {
+        for c in 0..3 {
+            chw[c * 1024 + p] = px[c];
+        }
+    }
+    let mut input = vec![0f32; chw.len()];
+    densegpu::data::Normalization::CIFAR10.apply(&chw, &mut input);
+    let out = model.run(tvec!(Tensor::from_shape(&[1, 3, 32, 32], &input).unwrap().into())).expect("tract runs it");
+    let logits: Vec<f32> = out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect();
+    let probabilities = densegpu::train::softmax(&logits);
+    let classes = densegpu::data::SYNTHETIC_CLASSES;
+    for p in run["predictions"].as_array().expect("the page classified the test image") {
+        let class = classes.iter().position(|c| *c == p["class"].as_str().unwrap()).unwrap();
+        let (page, tract) = (p["probability"].as_f64().unwrap(), probabilities[class]);
+        assert!((page - tract).abs() < 1e-4, "{}: the page says {page:.6}, tract {tract:.6}", classes[class]);
+    }
+}
+
+#[test]
+fn the_page_showed_no_error_and_a_screenshot_was_saved() {
+    let Some(run) = browser_run() else { return };
+    assert_eq!(run["errors"], Value::Array(vec![]), "the page reported errors");
+    assert_eq!(run["errorBanner"], "", "the error banner was visible");
+    assert_eq!(run["pageErrors"], Value::Array(vec![]), "uncaught exceptions in the page");
+    assert_eq!(run["status"], "stopped", "training should have stopped at the step limit");
+    let png = std::fs::read(artifacts_dir().join("page.png")).expect("the screenshot was saved");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "the screenshot is not a real PNG");
+}
+
+#[test]
+fn pause_holds_training_and_resume_continues() {
+    let Some(run) = browser_run() else { return };
+    let (at, after) = (run["pause"]["pausedAt"].as_u64().unwrap(), run["pause"]["afterWait"].as_u64().unwrap());
+    // The step in flight when Pause is clicked may still land; nothing after it.
+    assert!(after <= at + 1, "training went on while paused: {at} steps at pause, {after} 1.5 s later");
+    assert!(run["history"].as_array().unwrap().len() as u64 > after, "training did not resume");
+}
+
+#[test]
+fn a_batch_the_device_cannot_hold_names_the_largest_that_fits() {
+    let Some(run) = browser_run() else { return };
+    let message = run["tooLargeError"].as_str().expect("the page reported the oversized batch");
+    assert!(message.contains("largest batch that fits"), "{message}");
+    assert!(message.contains("efficient mode"), "{message}");
+}
+
+#[test]
+fn a_browser_without_webgpu_gets_a_clear_message() {
+    let Some(run) = browser_run() else { return };
+    let plain = &run["withoutWebGpu"];
+    assert_eq!(plain["status"], "error", "{plain}");
+    let message = plain["errors"].to_string();
+    assert!(message.contains("WebGPU"), "{message}");
+}

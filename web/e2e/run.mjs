@@ -1,0 +1,172 @@
+// Drives the demo page in headless Chromium (WebGPU on SwiftShader where there is no GPU) and
+// writes what it saw to an artifacts folder: results.json, the downloaded model.onnx and a
+// screenshot. The Rust test `tests/browser.rs` runs this and checks every artifact, so the
+// judging happens on the Rust side, next to the native oracle (tract, the native planner).
+//
+//   node web/e2e/run.mjs --out target/browser-artifacts [--steps 30]
+
+import { chromium } from 'playwright-core';
+import http from 'node:http';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const webDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((pairs, a, i, all) => (a.startsWith('--') ? [...pairs, [a.slice(2), all[i + 1]]] : pairs), []),
+);
+const outDir = path.resolve(args.out ?? 'target/browser-artifacts');
+const steps = Number(args.steps ?? 30);
+// Small enough for SwiftShader, big enough to be a real DenseNet-BC with three dense blocks.
+const model = { depth: '10', growth: '6', mode: 'efficient', batch: '16', lr: '0.1' };
+
+const types = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.png': 'image/png' };
+
+function serve(root) {
+  const server = http.createServer((req, res) => {
+    const url = decodeURIComponent(req.url.split('?')[0]);
+    const file = path.join(root, url === '/' ? 'index.html' : url);
+    if (!file.startsWith(root) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
+      res.writeHead(404).end('not found');
+      return;
+    }
+    res.writeHead(200, { 'Content-Type': types[path.extname(file)] ?? 'application/octet-stream' });
+    fs.createReadStream(file).pipe(res);
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
+}
+
+// A fixed, non-trivial 32x32 RGBA test image; the Rust side rebuilds it from these bytes.
+function testImage() {
+  const rgba = new Uint8Array(32 * 32 * 4);
+  for (let y = 0; y < 32; y++) {
+    for (let x = 0; x < 32; x++) {
+      const i = (y * 32 + x) * 4;
+      rgba[i] = (x * 8 + y * 3) & 255;
+      rgba[i + 1] = ((x - 16) * (x - 16) + (y - 16) * (y - 16)) < 100 ? 230 : 40;
+      rgba[i + 2] = (y * 8) & 255;
+      rgba[i + 3] = 255;
+    }
+  }
+  return rgba;
+}
+
+async function main() {
+  fs.mkdirSync(outDir, { recursive: true });
+  const results = { consoleErrors: [], pageErrors: [] };
+  const save = () => fs.writeFileSync(path.join(outDir, 'results.json'), JSON.stringify(results, null, 2));
+  const server = await serve(webDir);
+  const url = `http://127.0.0.1:${server.address().port}/`;
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--enable-unsafe-webgpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 1000 }, acceptDownloads: true });
+    page.on('console', (m) => { if (m.type() === 'error') results.consoleErrors.push(m.text()); });
+    page.on('pageerror', (e) => results.pageErrors.push(String(e)));
+    await page.goto(url);
+    await page.waitForFunction(() => window.demo && ['ready', 'error'].includes(window.demo.status), null, { timeout: 120_000 });
+    results.adapter = await page.evaluate(() => window.demo.adapter);
+    results.startStatus = await page.evaluate(() => window.demo.status);
+    if (results.startStatus === 'error') throw new Error(`the page failed to start: ${await page.evaluate(() => window.demo.errors.join('; '))}`);
+
+    // Kernels against the CPU reference, in this browser's WebGPU.
+    await page.click('#selftest');
+    await page.waitForFunction(() => window.demo.selftest !== null || window.demo.errors.length > 0, null, { timeout: 300_000 });
+    results.selftest = await page.evaluate(() => window.demo.selftest);
+    save();
+
+    // The plan the page shows for the model it is about to train.
+    await page.selectOption('#depth', model.depth);
+    await page.fill('#growth', model.growth);
+    await page.selectOption('#mode', model.mode);
+    await page.fill('#batch', model.batch);
+    await page.fill('#lr', model.lr);
+    await page.fill('#steps-limit', String(steps));
+    await page.dispatchEvent('#batch', 'change');
+    await page.waitForTimeout(200);
+    results.model = { depth: Number(model.depth), growth_rate: Number(model.growth), mode: model.mode, batch_size: Number(model.batch), classes: 10 };
+    results.plans = await page.evaluate(() => window.demo.plans);
+
+    // Training on the generated data until the step limit stops it.
+    const started = Date.now();
+    await page.click('#start');
+    // Pause and resume mid-run: the page must stay responsive and keep its place.
+    await page.waitForFunction(() => window.demo.history.length >= 3, null, { timeout: 600_000, polling: 200 });
+    await page.click('#pause');
+    await page.waitForFunction(() => window.demo.status === 'paused', null, { timeout: 120_000 });
+    const pausedAt = await page.evaluate(() => window.demo.history.length);
+    await page.waitForTimeout(1500);
+    results.pause = { pausedAt, afterWait: await page.evaluate(() => window.demo.history.length) };
+    await page.click('#pause');
+    await page.waitForFunction((n) => window.demo.history.length >= n || window.demo.status === 'error', steps, { timeout: 1_200_000, polling: 500 });
+    await page.waitForFunction(() => window.demo.status !== 'training', null, { timeout: 120_000 });
+    results.trainSeconds = (Date.now() - started) / 1000;
+    results.history = await page.evaluate(() => window.demo.history);
+    results.status = await page.evaluate(() => window.demo.status);
+    save();
+
+    // The page's own prediction for a fixed image, to compare with the exported ONNX natively.
+    const rgba = testImage();
+    results.testImage = Array.from(rgba);
+    results.predictions = JSON.parse(await page.evaluate(async (bytes) => window.demo.api.classify_rgba(new Uint8Array(bytes), 32, 32), Array.from(rgba)));
+
+    // The ONNX download, through the button as a user gets it.
+    const [download] = await Promise.all([page.waitForEvent('download', { timeout: 120_000 }), page.click('#download-onnx')]);
+    await download.saveAs(path.join(outDir, 'model.onnx'));
+    results.onnxName = download.suggestedFilename();
+
+    await page.waitForTimeout(300);
+    await page.screenshot({ path: path.join(outDir, 'page.png'), fullPage: true });
+    results.errors = await page.evaluate(() => window.demo.errors);
+    results.errorBanner = await page.evaluate(() => {
+      const e = document.querySelector('#error');
+      return e && !e.hidden && getComputedStyle(e).display !== 'none' ? e.textContent.trim() : '';
+    });
+
+    // A batch the device cannot hold: a clear message with the largest batch that fits.
+    const before = await page.evaluate(() => window.demo.errors.length);
+    await page.fill('#batch', '1000000');
+    await page.dispatchEvent('#batch', 'change');
+    await page.click('#start');
+    await page.waitForFunction((n) => window.demo.errors.length > n, before, { timeout: 120_000 });
+    results.tooLargeError = await page.evaluate(() => window.demo.errors.at(-1));
+    results.finished = true;
+  } catch (e) {
+    results.failure = String(e && e.stack ? e.stack : e);
+    try {
+      const pages = browser.contexts().flatMap((c) => c.pages());
+      if (pages[0]) {
+        results.errors = await pages[0].evaluate(() => window.demo?.errors ?? []);
+        await pages[0].screenshot({ path: path.join(outDir, 'page.png'), fullPage: true });
+      }
+    } catch { /* the failure above is what matters */ }
+  } finally {
+    save();
+    await browser.close();
+    server.close();
+  }
+  // Without --enable-unsafe-webgpu, headless Chromium on Linux offers no WebGPU adapter.
+  if (results.finished) {
+    const plain = await chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true,
+      args: ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'] });
+    try {
+      const server = await serve(webDir);
+      const page = await plain.newPage();
+      await page.goto(`http://127.0.0.1:${server.address().port}/`);
+      await page.waitForFunction(() => window.demo && window.demo.status !== 'loading', null, { timeout: 60_000 });
+      results.withoutWebGpu = await page.evaluate(() => ({ status: window.demo.status, errors: window.demo.errors }));
+      server.close();
+    } finally {
+      await plain.close();
+      save();
+    }
+  }
+  console.log(`browser run ${results.finished ? 'finished' : 'failed'}; artifacts in ${outDir}`);
+  process.exit(results.finished ? 0 : 1);
+}
+
+main();

@@ -1,0 +1,489 @@
+//! The browser entry point: wasm-bindgen functions around the same engine the native examples
+//! use. Nothing here computes anything the library does not; it only holds the page's state
+//! between calls and turns results into JSON and errors into JS exceptions.
+//!
+//! The page has one model at a time, so the state is a thread-local (wasm is single-threaded).
+//! An async call takes the model out of it for the duration of its GPU work and puts it back
+//! after, so a second call that arrives meanwhile gets a clear "busy" error instead of a
+//! borrow panic.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use densegpu::checkpoint::{self, NamedTensor};
+use densegpu::data::{self, BatchLoader, Dataset, LoaderOptions, Normalization, CIFAR10_CLASSES};
+use densegpu::densenet::{largest_batch, memory_plans_json, plan_training};
+use densegpu::executor::ARENA_ALIGNMENT;
+use densegpu::plan::ArenaLimits;
+use densegpu::train::{evaluate_async, softmax};
+use densegpu::{DenseNetConfig, Error, Gpu, MemoryMode, Mode, Session, SgdHyper};
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::prelude::*;
+
+/// The demo's images are CIFAR-sized.
+const IMAGE_SIZE: usize = 32;
+
+/// What the page asks for when it creates a model.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelRequest {
+    depth: u32,
+    growth_rate: u32,
+    mode: String,
+    batch_size: u32,
+    #[serde(default = "default_lr")]
+    lr: f32,
+    #[serde(default = "default_momentum")]
+    momentum: f32,
+    #[serde(default = "default_weight_decay")]
+    weight_decay: f32,
+    #[serde(default)]
+    seed: u64,
+}
+
+fn default_lr() -> f32 {
+    0.1
+}
+fn default_momentum() -> f32 {
+    0.9
+}
+fn default_weight_decay() -> f32 {
+    1e-4
+}
+
+struct Model {
+    session: Session,
+    config: DenseNetConfig,
+    mode: MemoryMode,
+    sgd: SgdHyper,
+    loader: BatchLoader,
+    classes: Vec<String>,
+    epoch: u64,
+    batch_in_epoch: usize,
+}
+
+#[derive(Default)]
+struct Demo {
+    gpu: Option<Arc<Gpu>>,
+    train: Option<Dataset>,
+    test: Option<Dataset>,
+    /// `None` while an async call has it out, or before `create_model`.
+    model: Option<Model>,
+    busy: bool,
+}
+
+thread_local! {
+    static DEMO: RefCell<Demo> = RefCell::new(Demo::default());
+}
+
+fn js_error(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// Runs `f` with the model taken out of the shared state and puts it back afterwards, even
+/// when `f` fails, so one failed step never loses the trained weights.
+async fn with_model<T, F>(f: F) -> Result<T, JsError>
+where
+    F: AsyncFnOnce(&mut Model) -> densegpu::Result<T>,
+{
+    let mut model = DEMO.with_borrow_mut(|d| {
+        if d.busy {
+            return Err(js_error("the model is busy with another operation; wait for it to finish"));
+        }
+        let model = d.model.take().ok_or_else(|| js_error("no model yet: create one first"))?;
+        d.busy = true;
+        Ok(model)
+    })?;
+    let result = f(&mut model).await;
+    DEMO.with_borrow_mut(|d| {
+        d.model = Some(model);
+        d.busy = false;
+    });
+    result.map_err(js_error)
+}
+
+fn limits(gpu: Option<&Gpu>) -> ArenaLimits {
+    match gpu {
+        Some(g) => ArenaLimits { max_buffer_bytes: g.max_binding_bytes(), alignment: ARENA_ALIGNMENT },
+        None => ArenaLimits::WEBGPU_DEFAULT,
+    }
+}
+
+/// Installs the panic hook so a Rust panic shows its message in the console.
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// Opens the browser's WebGPU adapter. Returns `{adapter, max_binding_bytes}` as JSON.
+#[wasm_bindgen]
+pub async fn init_gpu() -> Result<String, JsError> {
+    let gpu = Arc::new(Gpu::new().await.map_err(js_error)?);
+    let info = serde_json::json!({ "adapter": gpu.describe(), "max_binding_bytes": gpu.max_binding_bytes() });
+    DEMO.with_borrow_mut(|d| d.gpu = Some(gpu));
+    Ok(info.to_string())
+}
+
+/// The training memory plan of all three modes for a DenseNet-BC, as JSON in bytes: the
+/// same value `cargo run --example memory -- --json` prints for the same config, batch and
+/// binding limit. Uses the device's binding limit once [`init_gpu`] has run, else WebGPU's
+/// default.
+#[wasm_bindgen]
+pub fn memory_plans(depth: u32, growth_rate: u32, classes: u32, batch_size: u32) -> Result<String, JsError> {
+    let config = DenseNetConfig::cifar_bc(depth, growth_rate, classes).map_err(js_error)?;
+    let limits = DEMO.with_borrow(|d| limits(d.gpu.as_deref()));
+    Ok(memory_plans_json(&config, batch_size, &limits, None).to_string())
+}
+
+/// Replaces the data with the built-in generated set (10 classes of shapes and patterns).
+#[wasm_bindgen]
+pub fn use_generated_data(train_len: usize, test_len: usize, seed: u64) -> Result<String, JsError> {
+    let set = data::synthetic(train_len, test_len, seed);
+    set_data(set.train, set.test)
+}
+
+/// Adds the records of one CIFAR-10 binary batch file (`data_batch_N.bin` or
+/// `test_batch.bin`) to the data, holding out every tenth image for testing.
+#[wasm_bindgen]
+pub fn add_cifar_batch(bytes: &[u8], file_name: &str) -> Result<String, JsError> {
+    let parsed = data::parse_cifar10_batch(bytes, file_name).map_err(js_error)?;
+    let classes: Vec<String> = CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect();
+    append(&classes, &parsed.labels, |i| parsed.image(i).to_vec(), parsed.len())
+}
+
+/// Adds one PNG or JPEG file of class `class_name` (the name of the folder it was in). It must
+/// be 32x32, as in the native image-folder format.
+#[wasm_bindgen]
+pub fn add_image(bytes: &[u8], file_name: &str, class_name: &str) -> Result<String, JsError> {
+    let pixels = data::decode_image(bytes, file_name, IMAGE_SIZE, IMAGE_SIZE).map_err(js_error)?;
+    let known = DEMO.with_borrow(|d| d.train.as_ref().map(|t| t.classes.clone()).unwrap_or_default());
+    let mut classes = known;
+    if !classes.iter().any(|c| c == class_name) {
+        classes.push(class_name.to_string());
+    }
+    let label = classes.iter().position(|c| c == class_name).unwrap() as u32;
+    append(&classes, &[label], |_| pixels.clone(), 1)
+}
+
+/// Forgets all data.
+#[wasm_bindgen]
+pub fn clear_data() {
+    DEMO.with_borrow_mut(|d| {
+        d.train = None;
+        d.test = None;
+    });
+}
+
+fn set_data(train: Dataset, test: Dataset) -> Result<String, JsError> {
+    let summary = data_summary(&train, &test);
+    DEMO.with_borrow_mut(|d| {
+        d.train = Some(train);
+        d.test = Some(test);
+    });
+    Ok(summary)
+}
+
+fn data_summary(train: &Dataset, test: &Dataset) -> String {
+    serde_json::json!({
+        "train": train.len(), "test": test.len(), "classes": train.classes,
+        "class_counts": train.class_counts(),
+    })
+    .to_string()
+}
+
+/// Appends `count` images (image `i` from `pixels(i)`, label `labels[i]`) under `classes`,
+/// every tenth one to the test set. Generated data is replaced, not mixed with.
+fn append(
+    classes: &[String],
+    labels: &[u32],
+    pixels: impl Fn(usize) -> Vec<u8>,
+    count: usize,
+) -> Result<String, JsError> {
+    DEMO.with_borrow_mut(|d| {
+        let fresh = || Dataset::empty(classes.to_vec(), IMAGE_SIZE, IMAGE_SIZE);
+        let generated = d.train.as_ref().is_some_and(|t| t.classes.iter().eq(data::SYNTHETIC_CLASSES.iter()));
+        let (mut train, mut test) = match (d.train.take(), d.test.take()) {
+            (Some(tr), Some(te)) if !generated => (tr, te),
+            _ => (fresh(), fresh()),
+        };
+        if !train.classes.iter().zip(classes).all(|(a, b)| a == b) {
+            return Err(js_error(format!(
+                "these images use the classes {classes:?}, but the data so far has {:?}; clear the data first",
+                train.classes
+            )));
+        }
+        train.classes = classes.to_vec();
+        test.classes = classes.to_vec();
+        let first = train.len() + test.len();
+        for (i, &label) in labels.iter().enumerate().take(count) {
+            let into = if (first + i) % 10 == 9 { &mut test } else { &mut train };
+            into.images.extend(pixels(i));
+            into.labels.push(label);
+        }
+        let summary = data_summary(&train, &test);
+        d.train = Some(train);
+        d.test = Some(test);
+        Ok(summary)
+    })
+}
+
+/// Creates a DenseNet-BC for the current data from a JSON request
+/// `{depth, growth_rate, mode, batch_size, lr?, momentum?, weight_decay?, seed?}`.
+/// The training plan is checked against the device first: a batch that does not fit gives
+/// an error naming the largest batch that does. Returns the model's summary as JSON.
+#[wasm_bindgen]
+pub async fn create_model(request_json: &str) -> Result<String, JsError> {
+    let request: ModelRequest =
+        serde_json::from_str(request_json).map_err(|e| js_error(format!("bad model request {request_json}: {e}")))?;
+    let mode: MemoryMode = request.mode.parse().map_err(js_error)?;
+    let (gpu, train) = DEMO.with_borrow_mut(|d| {
+        if d.busy {
+            return Err(js_error("the model is busy; stop training before creating a new one"));
+        }
+        let gpu = d.gpu.clone().ok_or_else(|| js_error("WebGPU is not initialised yet"))?;
+        let train =
+            d.train.clone().ok_or_else(|| js_error("no data yet: use the generated data or drop some images"))?;
+        Ok((gpu, train))
+    })?;
+    let classes = train.classes.clone();
+    let config =
+        DenseNetConfig::cifar_bc(request.depth, request.growth_rate, classes.len() as u32).map_err(js_error)?;
+    let limits = limits(Some(&gpu));
+    let plan = plan_training(&config, request.batch_size, mode, &limits, None).map_err(js_error)?;
+    if train.len() < request.batch_size as usize {
+        return Err(js_error(format!(
+            "the training data has {} images, fewer than one batch of {}: add data or lower the batch size",
+            train.len(),
+            request.batch_size
+        )));
+    }
+    let graph = config.build(request.batch_size, mode).map_err(js_error)?;
+    // The old model goes only now, once the new one is known to fit: a refused request
+    // keeps what was trained. Its GPU memory is freed before the new arena is allocated.
+    DEMO.with_borrow_mut(|d| d.model = None);
+    let mut session = Session::new(gpu, graph, request.seed).await.map_err(js_error)?;
+    // Allocating the arena now turns a device that refuses the memory into an error here,
+    // with advice, rather than in the first step.
+    if let Err(e) = session.prepare(Mode::Train).await {
+        return Err(js_error(refused_memory(e, &config, request.batch_size, mode, &limits, plan.report().total)));
+    }
+    let options = LoaderOptions { prefetch: 0, ..LoaderOptions::train(request.batch_size as usize, request.seed) };
+    let loader = BatchLoader::new(train, options).map_err(js_error)?;
+    let summary = serde_json::json!({
+        "parameters": session.graph.parameter_count(),
+        "mode": mode.name(),
+        "batch_size": request.batch_size,
+        "classes": classes,
+        "plan": memory_plans_json(&config, request.batch_size, &limits, None)["modes"]
+            .as_array()
+            .and_then(|m| m.iter().find(|p| p["mode"] == mode.name()).cloned()),
+        "allocated_bytes": session.allocated_bytes(),
+    });
+    let sgd =
+        SgdHyper { lr: request.lr, momentum: request.momentum, weight_decay: request.weight_decay, nesterov: true };
+    let model = Model { session, config, mode, sgd, loader, classes, epoch: 0, batch_in_epoch: 0 };
+    DEMO.with_borrow_mut(|d| d.model = Some(model));
+    Ok(summary.to_string())
+}
+
+/// A device's refusal of memory, with the largest batch whose plan needs at most half of what
+/// was refused: the plan is exact, the device's own budget is not known.
+fn refused_memory(
+    e: Error,
+    config: &DenseNetConfig,
+    batch: u32,
+    mode: MemoryMode,
+    limits: &ArenaLimits,
+    planned: u64,
+) -> String {
+    match e {
+        Error::OutOfMemory(_) | Error::Device(_) => {
+            let advice = match largest_batch(config, mode, limits, Some(planned / 2)).filter(|&b| b < batch) {
+                Some(b) => format!("try a batch of {b} or less, or a leaner memory mode"),
+                None => "try a smaller model or a leaner memory mode".to_string(),
+            };
+            format!("the device refused the {planned} bytes that batch {batch} needs in {mode} mode ({e}); {advice}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Runs one training step on the next batch. Returns
+/// `{step, epoch, loss, batch_accuracy, allocated_bytes}` as JSON. A loss that is not finite
+/// stops with an error that says to lower the learning rate; the model is kept.
+#[wasm_bindgen]
+pub async fn train_step() -> Result<String, JsError> {
+    with_model(async |m: &mut Model| {
+        if m.batch_in_epoch >= m.loader.batches_per_epoch() {
+            m.epoch += 1;
+            m.batch_in_epoch = 0;
+        }
+        let batch = m.loader.batch(m.epoch, m.batch_in_epoch);
+        let result = m.session.train_step(&batch.images, &batch.labels, &m.sgd).await?;
+        m.batch_in_epoch += 1;
+        if !result.loss.is_finite() {
+            return Err(Error::Training(format!(
+                "the loss became {} at step {}: lower the learning rate (now {}) and train again",
+                result.loss, m.session.step, m.sgd.lr
+            )));
+        }
+        Ok(serde_json::json!({
+            "step": m.session.step,
+            "epoch": m.epoch,
+            "loss": result.loss,
+            "batch_accuracy": result.correct as f64 / batch.labels.len() as f64,
+            "allocated_bytes": m.session.allocated_bytes(),
+        })
+        .to_string())
+    })
+    .await
+}
+
+/// Eval-mode accuracy and loss on the held-out images: `{loss, accuracy, images}`. Frees the
+/// inference arena again afterwards.
+#[wasm_bindgen]
+pub async fn evaluate() -> Result<String, JsError> {
+    let test = DEMO.with_borrow(|d| d.test.clone()).filter(|t| !t.is_empty());
+    let test = test.ok_or_else(|| js_error("there are no held-out images to evaluate on"))?;
+    with_model(async |m: &mut Model| {
+        let e = evaluate_async(&mut m.session, &test).await?;
+        Ok(serde_json::json!({ "loss": e.loss, "accuracy": e.accuracy, "images": e.images }).to_string())
+    })
+    .await
+}
+
+#[derive(Serialize)]
+struct Prediction {
+    class: String,
+    probability: f64,
+}
+
+/// Classifies one image given as RGBA pixels of `width` x `height` (a canvas's `ImageData`),
+/// which must be the model's 32x32. Returns the classes with their probabilities, most
+/// likely first, as JSON.
+#[wasm_bindgen]
+pub async fn classify_rgba(rgba: &[u8], width: usize, height: usize) -> Result<String, JsError> {
+    if width != IMAGE_SIZE || height != IMAGE_SIZE || rgba.len() != 4 * width * height {
+        return Err(js_error(format!(
+            "the image is {width}x{height} with {} bytes, but the model takes {IMAGE_SIZE}x{IMAGE_SIZE} RGBA ({} bytes); scale it first",
+            rgba.len(),
+            4 * IMAGE_SIZE * IMAGE_SIZE
+        )));
+    }
+    let plane = width * height;
+    let mut chw = vec![0u8; 3 * plane];
+    for (p, px) in rgba.chunks_exact(4).enumerate() {
+        for c in 0..3 {
+            chw[c * plane + p] = px[c];
+        }
+    }
+    classify_chw(chw).await
+}
+
+/// Classifies a 32x32 PNG or JPEG file.
+#[wasm_bindgen]
+pub async fn classify_file(bytes: &[u8], file_name: &str) -> Result<String, JsError> {
+    classify_chw(data::decode_image(bytes, file_name, IMAGE_SIZE, IMAGE_SIZE).map_err(js_error)?).await
+}
+
+async fn classify_chw(chw: Vec<u8>) -> Result<String, JsError> {
+    with_model(async |m: &mut Model| {
+        let batch = m.session.graph.batch as usize;
+        let mut image = vec![0.0f32; chw.len()];
+        Normalization::CIFAR10.apply(&chw, &mut image);
+        // The eval program has the training batch size: repeat the image to fill it.
+        let images: Vec<f32> = image.iter().copied().cycle().take(image.len() * batch).collect();
+        let (logits, _) = m.session.eval_batch(&images, &vec![0; batch]).await?;
+        m.session.release(Mode::Eval);
+        let k = m.classes.len();
+        let mut ranked: Vec<Prediction> = softmax(&logits[..k])
+            .into_iter()
+            .zip(&m.classes)
+            .map(|(probability, class)| Prediction { class: class.clone(), probability })
+            .collect();
+        ranked.sort_by(|a, b| b.probability.total_cmp(&a.probability));
+        Ok(serde_json::to_string(&ranked).expect("predictions serialise"))
+    })
+    .await
+}
+
+/// The trained model as an ONNX file (eval mode, normalised input, CIFAR-10 normalisation in
+/// the metadata), as the native `--onnx` flag writes it.
+#[wasm_bindgen]
+pub async fn export_onnx() -> Result<js_sys::Uint8Array, JsError> {
+    let bytes = with_model(async |m: &mut Model| {
+        let tensors = m.session.state_dict().await?;
+        let options = densegpu::onnx::ExportOptions::default();
+        densegpu::onnx::export(&m.session.graph, Some(&m.config), &tensors, &options)
+    })
+    .await?;
+    Ok(js_sys::Uint8Array::from(&bytes[..]))
+}
+
+/// The weights as safetensors with torchvision names, as the native trainer saves them.
+#[wasm_bindgen]
+pub async fn export_safetensors() -> Result<js_sys::Uint8Array, JsError> {
+    let bytes = with_model(async |m: &mut Model| {
+        let tensors: Vec<NamedTensor> = checkpoint::session_weights(&m.session).await?;
+        let mut extra = HashMap::new();
+        extra.insert("classes".to_string(), m.classes.join(","));
+        checkpoint::weights_to_bytes_with_metadata(&m.config, &tensors, &extra)
+    })
+    .await?;
+    Ok(js_sys::Uint8Array::from(&bytes[..]))
+}
+
+/// Loads weights from a safetensors file (the demo's own, the native trainer's, or a
+/// torchvision-named export) into the current model. Every tensor must match the model.
+#[wasm_bindgen]
+pub async fn load_safetensors(bytes: &[u8], file_name: &str) -> Result<String, JsError> {
+    let weights = checkpoint::weights_from_bytes(bytes, file_name).map_err(js_error)?;
+    with_model(async |m: &mut Model| {
+        checkpoint::apply_weights(&m.session, &weights).await?;
+        if let Some(count) = weights.batches_tracked {
+            m.session.batches_tracked = count;
+        }
+        Ok(serde_json::json!({ "tensors": weights.tensors.len() }).to_string())
+    })
+    .await
+}
+
+/// Frees the model and its GPU memory.
+#[wasm_bindgen]
+pub fn drop_model() -> Result<(), JsError> {
+    DEMO.with_borrow_mut(|d| {
+        if d.busy {
+            return Err(js_error("the model is busy; wait for the current step to finish"));
+        }
+        d.model = None;
+        Ok(())
+    })
+}
+
+/// Bytes the model holds on the device right now (parameters, optimizer state and arenas).
+#[wasm_bindgen]
+pub fn allocated_bytes() -> f64 {
+    DEMO.with_borrow(|d| d.model.as_ref().map_or(0.0, |m| m.session.allocated_bytes() as f64))
+}
+
+/// The model's training mode and config, for the page's header.
+#[wasm_bindgen]
+pub fn model_info() -> Option<String> {
+    DEMO.with_borrow(|d| {
+        d.model.as_ref().map(|m| {
+            serde_json::json!({ "mode": m.mode.name(), "config": m.config, "step": m.session.step }).to_string()
+        })
+    })
+}
+
+/// Checks this device's kernels against the CPU reference on random inputs (forward and
+/// backward of every op family). Returns `{passed, checks: [{name, shape, rel_err, passed,
+/// detail}]}` as JSON.
+#[wasm_bindgen]
+pub async fn run_selftest() -> Result<String, JsError> {
+    let gpu = DEMO.with_borrow(|d| d.gpu.clone()).ok_or_else(|| js_error("WebGPU is not initialised yet"))?;
+    let checks = densegpu::selftest::run(&gpu).await;
+    let passed = densegpu::selftest::all_passed(&checks);
+    Ok(serde_json::json!({ "passed": passed, "checks": checks }).to_string())
+}
