@@ -182,3 +182,13 @@ fn a_browser_without_webgpu_gets_a_clear_message() {
     let message = plain["errors"].to_string();
     assert!(message.contains("WebGPU"), "{message}");
 }
+
+#[test]
+fn a_dropped_cifar_batch_becomes_the_data() {
+    let Some(run) = browser_run() else { return };
+    let data = &run["cifarData"];
+    // 120 records: every tenth is held out for testing.
+    assert_eq!((data["train"].as_u64(), data["test"].as_u64()), (Some(108), Some(12)), "{data}");
+    assert_eq!(data["classes"][0], "airplane");
+    assert_eq!(data["class_counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum::<u64>(), 108);
+}

@@ -79,6 +79,19 @@ async function main() {
     results.selftest = await page.evaluate(() => window.demo.selftest);
     save();
 
+    // A dropped CIFAR-10 binary batch replaces the generated data; then back to generated.
+    const records = 120;
+    const bin = Buffer.alloc(records * 3073);
+    for (let r = 0; r < records; r++) {
+      bin[r * 3073] = r % 10;
+      for (let i = 1; i < 3073; i++) bin[r * 3073 + i] = (r * 31 + i * 7) & 255;
+    }
+    await page.setInputFiles('#data-bin', { name: 'data_batch_1.bin', mimeType: 'application/octet-stream', buffer: bin });
+    await page.waitForFunction(() => window.demo.data && window.demo.data.classes.includes('airplane'), null, { timeout: 60_000 });
+    results.cifarData = await page.evaluate(() => window.demo.data);
+    await page.click('#use-generated');
+    await page.waitForFunction(() => window.demo.data && window.demo.data.classes.includes('disc'), null, { timeout: 60_000 });
+
     // The plan the page shows for the model it is about to train.
     await page.selectOption('#depth', model.depth);
     await page.fill('#growth', model.growth);
