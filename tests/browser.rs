@@ -23,8 +23,10 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Kept after the run for CI to collect: results.json, model.onnx, densenet.safetensors and
+/// the screenshot page.png.
 fn artifacts_dir() -> PathBuf {
-    root().join("target").join("browser-artifacts")
+    root().join("artifacts").join("browser")
 }
 
 /// Runs the page once for all tests; `None` when the browser tests are not requested.
@@ -191,4 +193,41 @@ fn a_dropped_cifar_batch_becomes_the_data() {
     assert_eq!((data["train"].as_u64(), data["test"].as_u64()), (Some(108), Some(12)), "{data}");
     assert_eq!(data["classes"][0], "airplane");
     assert_eq!(data["class_counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum::<u64>(), 108);
+}
+
+#[test]
+fn the_weights_download_is_torchvision_named_and_loads_back() {
+    let Some(run) = browser_run() else { return };
+    assert_eq!(run["weightsName"], "densenet.safetensors");
+    let weights = densegpu::checkpoint::load_weights(&artifacts_dir().join("densenet.safetensors"))
+        .expect("the downloaded weights read natively");
+    let config = weights.config.as_ref().expect("the file records its config");
+    let m = &run["model"];
+    assert_eq!((config.growth_rate as u64, config.num_classes as u64), (m["growth_rate"].as_u64().unwrap(), 10));
+    for name in [
+        "features.conv0.weight",
+        "features.denseblock1.denselayer1.norm1.running_var",
+        "classifier.weight",
+        "classifier.bias",
+    ] {
+        assert!(weights.tensor(name).is_some(), "no {name} in the download");
+    }
+    let top = |key: &str| run[key][0]["probability"].as_f64().unwrap();
+    assert_ne!(top("predictions"), top("predictionsAfterTraining"), "two more steps should change the prediction");
+    assert!(run["weightsStatus"].as_str().unwrap().starts_with("Loaded"), "{}", run["weightsStatus"]);
+    let probabilities = |key: &str| -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = run[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["class"].as_str().unwrap().to_string(), p["probability"].as_f64().unwrap()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    for ((class, before), (_, after)) in
+        probabilities("predictions").iter().zip(probabilities("predictionsAfterReload"))
+    {
+        assert!((before - after).abs() < 1e-6, "{class}: {before} before the download, {after} after loading it back");
+    }
 }

@@ -3,7 +3,7 @@
 // screenshot. The Rust test `tests/browser.rs` runs this and checks every artifact, so the
 // judging happens on the Rust side, next to the native oracle (tract, the native planner).
 //
-//   node web/e2e/run.mjs --out target/browser-artifacts [--steps 30]
+//   node web/e2e/run.mjs --out artifacts/browser [--steps 30]
 
 import { chromium } from 'playwright-core';
 import http from 'node:http';
@@ -15,7 +15,7 @@ const webDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((pairs, a, i, all) => (a.startsWith('--') ? [...pairs, [a.slice(2), all[i + 1]]] : pairs), []),
 );
-const outDir = path.resolve(args.out ?? 'target/browser-artifacts');
+const outDir = path.resolve(args.out ?? 'artifacts/browser');
 const steps = Number(args.steps ?? 30);
 // Small enough for SwiftShader, big enough to be a real DenseNet-BC with three dense blocks.
 const model = { depth: '10', growth: '6', mode: 'efficient', batch: '16', lr: '0.1' };
@@ -131,6 +131,19 @@ async function main() {
     const [download] = await Promise.all([page.waitForEvent('download', { timeout: 120_000 }), page.click('#download-onnx')]);
     await download.saveAs(path.join(outDir, 'model.onnx'));
     results.onnxName = download.suggestedFilename();
+
+    // The weights download, loaded back: the page must predict exactly as before.
+    const [weights] = await Promise.all([page.waitForEvent('download', { timeout: 120_000 }), page.click('#download-weights')]);
+    const weightsPath = path.join(outDir, 'densenet.safetensors');
+    await weights.saveAs(weightsPath);
+    results.weightsName = weights.suggestedFilename();
+    // Two more steps change the weights, so only a real load can restore the predictions.
+    await page.evaluate(async () => { await window.demo.api.train_step(); await window.demo.api.train_step(); });
+    results.predictionsAfterTraining = JSON.parse(await page.evaluate(async (bytes) => window.demo.api.classify_rgba(new Uint8Array(bytes), 32, 32), Array.from(rgba)));
+    await page.setInputFiles('#load-weights', weightsPath);
+    await page.waitForFunction(() => /Loaded \d+ tensors/.test(document.querySelector('#weights-status').textContent) || window.demo.errors.length > 0, null, { timeout: 60_000 });
+    results.weightsStatus = await page.evaluate(() => document.querySelector('#weights-status').textContent);
+    results.predictionsAfterReload = JSON.parse(await page.evaluate(async (bytes) => window.demo.api.classify_rgba(new Uint8Array(bytes), 32, 32), Array.from(rgba)));
 
     await page.waitForTimeout(300);
     await page.screenshot({ path: path.join(outDir, 'page.png'), fullPage: true });
