@@ -231,3 +231,12 @@ fn the_weights_download_is_torchvision_named_and_loads_back() {
         assert!((before - after).abs() < 1e-6, "{class}: {before} before the download, {after} after loading it back");
     }
 }
+
+#[test]
+fn a_picked_image_folder_becomes_the_data_with_one_class_per_folder() {
+    let Some(run) = browser_run() else { return };
+    let data = &run["folderData"];
+    assert_eq!(data["classes"], serde_json::json!(["blue", "green", "red"]), "{data}");
+    // 30 images: every tenth is held out for testing.
+    assert_eq!((data["train"].as_u64(), data["test"].as_u64()), (Some(27), Some(3)), "{data}");
+}

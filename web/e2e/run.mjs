@@ -10,6 +10,8 @@ import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import os from 'node:os';
+import zlib from 'node:zlib';
 
 const webDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const args = Object.fromEntries(
@@ -51,6 +53,42 @@ function testImage() {
   return rgba;
 }
 
+// A minimal RGB PNG encoder (one IDAT chunk, no filtering), enough for test images.
+function png(width, height, pixel) {
+  const chunk = (type, data) => {
+    const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+    const out = Buffer.alloc(12 + data.length);
+    out.writeUInt32BE(data.length, 0);
+    body.copy(out, 4);
+    out.writeUInt32BE(zlib.crc32(body), 8 + data.length);
+    return out;
+  };
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(width, 0);
+  header.writeUInt32BE(height, 4);
+  header.set([8, 2, 0, 0, 0], 8); // 8-bit RGB
+  const rows = Buffer.alloc(height * (1 + 3 * width));
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) rows.set(pixel(x, y), y * (1 + 3 * width) + 1 + 3 * x);
+  }
+  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', header),
+    chunk('IDAT', zlib.deflateSync(rows)), chunk('IEND', Buffer.alloc(0))]);
+}
+
+// A folder of 32x32 PNGs sorted into class sub-folders, as a user would pick it.
+function imageFolder() {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'densegpu-images-'));
+  const colours = { blue: [20, 40, 220], green: [30, 200, 60], red: [210, 30, 30] };
+  for (const [name, rgb] of Object.entries(colours)) {
+    fs.mkdirSync(path.join(root, 'shapes', name), { recursive: true });
+    for (let i = 0; i < 10; i++) {
+      const image = png(32, 32, (x, y) => ((x + y + i) % 7 ? rgb : [255, 255, 255]));
+      fs.writeFileSync(path.join(root, 'shapes', name, `${i}.png`), image);
+    }
+  }
+  return path.join(root, 'shapes');
+}
+
 async function main() {
   fs.mkdirSync(outDir, { recursive: true });
   const results = { consoleErrors: [], pageErrors: [] };
@@ -89,6 +127,11 @@ async function main() {
     await page.setInputFiles('#data-bin', { name: 'data_batch_1.bin', mimeType: 'application/octet-stream', buffer: bin });
     await page.waitForFunction(() => window.demo.data && window.demo.data.classes.includes('airplane'), null, { timeout: 60_000 });
     results.cifarData = await page.evaluate(() => window.demo.data);
+    // A folder of images sorted into classes by folder name (dropped data adds up: clear first).
+    await page.click('#clear-data');
+    await page.setInputFiles('#data-files', imageFolder());
+    await page.waitForFunction(() => window.demo.data && window.demo.data.classes.includes('green'), null, { timeout: 60_000 });
+    results.folderData = await page.evaluate(() => window.demo.data);
     await page.click('#use-generated');
     await page.waitForFunction(() => window.demo.data && window.demo.data.classes.includes('disc'), null, { timeout: 60_000 });
 
