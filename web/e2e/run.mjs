@@ -117,7 +117,13 @@ async function main() {
     results.selftest = await page.evaluate(() => window.demo.selftest);
     save();
 
-    // A dropped CIFAR-10 binary batch replaces the generated data; then back to generated.
+    // A folder of images sorted into classes by folder name replaces the generated data.
+    await page.setInputFiles('#data-files', imageFolder());
+    await page.waitForFunction(() => window.demo.data && window.demo.data.classes.includes('green'), null, { timeout: 60_000 });
+    results.folderData = await page.evaluate(() => window.demo.data);
+
+    // A dropped CIFAR-10 binary batch (other classes: the data is cleared first).
+    await page.click('#clear-data');
     const records = 120;
     const bin = Buffer.alloc(records * 3073);
     for (let r = 0; r < records; r++) {
@@ -127,11 +133,6 @@ async function main() {
     await page.setInputFiles('#data-bin', { name: 'data_batch_1.bin', mimeType: 'application/octet-stream', buffer: bin });
     await page.waitForFunction(() => window.demo.data && window.demo.data.classes.includes('airplane'), null, { timeout: 60_000 });
     results.cifarData = await page.evaluate(() => window.demo.data);
-    // A folder of images sorted into classes by folder name (dropped data adds up: clear first).
-    await page.click('#clear-data');
-    await page.setInputFiles('#data-files', imageFolder());
-    await page.waitForFunction(() => window.demo.data && window.demo.data.classes.includes('green'), null, { timeout: 60_000 });
-    results.folderData = await page.evaluate(() => window.demo.data);
     await page.click('#use-generated');
     await page.waitForFunction(() => window.demo.data && window.demo.data.classes.includes('disc'), null, { timeout: 60_000 });
 

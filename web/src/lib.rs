@@ -157,13 +157,18 @@ pub fn add_cifar_batch(bytes: &[u8], file_name: &str) -> Result<String, JsError>
 #[wasm_bindgen]
 pub fn add_image(bytes: &[u8], file_name: &str, class_name: &str) -> Result<String, JsError> {
     let pixels = data::decode_image(bytes, file_name, IMAGE_SIZE, IMAGE_SIZE).map_err(js_error)?;
-    let known = DEMO.with_borrow(|d| d.train.as_ref().map(|t| t.classes.clone()).unwrap_or_default());
-    let mut classes = known;
+    // Dropped images replace the generated set rather than join its classes.
+    let known = DEMO.with_borrow(|d| d.train.as_ref().filter(|t| !is_generated(t)).map(|t| t.classes.clone()));
+    let mut classes = known.unwrap_or_default();
     if !classes.iter().any(|c| c == class_name) {
         classes.push(class_name.to_string());
     }
     let label = classes.iter().position(|c| c == class_name).unwrap() as u32;
     append(&classes, &[label], |_| pixels.clone(), 1)
+}
+
+fn is_generated(set: &Dataset) -> bool {
+    set.classes.iter().eq(data::SYNTHETIC_CLASSES.iter())
 }
 
 /// Forgets all data.
@@ -202,7 +207,7 @@ fn append(
 ) -> Result<String, JsError> {
     DEMO.with_borrow_mut(|d| {
         let fresh = || Dataset::empty(classes.to_vec(), IMAGE_SIZE, IMAGE_SIZE);
-        let generated = d.train.as_ref().is_some_and(|t| t.classes.iter().eq(data::SYNTHETIC_CLASSES.iter()));
+        let generated = d.train.as_ref().is_some_and(is_generated);
         let (mut train, mut test) = match (d.train.take(), d.test.take()) {
             (Some(tr), Some(te)) if !generated => (tr, te),
             _ => (fresh(), fresh()),
