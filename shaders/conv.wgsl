@@ -33,12 +33,18 @@ struct Params {
     a_k: u32,
     a_i: u32,
     a_j: u32,
+    stats_off: u32,
+    affine_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> wt: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+// Only conv1x1_weight_grad_bnrelu binds these: the batch-norm statistics [mean, invstd] and
+// affine parameters [gamma, beta] of its k_rows source channels.
+@group(0) @binding(4) var<storage, read_write> bn_stats: array<f32>;
+@group(0) @binding(5) var<storage, read_write> bn_affine: array<f32>;
 
 // Writes one finished output: overwrite, or add to what is there.
 fn put(i: u32, v: f32) {
@@ -4536,6 +4542,1148 @@ fn conv1x1_weight_grad(@builtin(local_invocation_index) lane: u32, @builtin(work
         let x13_1 = src[sr13 + c1];
         let x14_1 = src[sr14 + c1];
         let x15_1 = src[sr15 + c1];
+        acc0_0 = fma(g0_0, x0_0, fma(g0_1, x0_1, acc0_0));
+        acc0_1 = fma(g0_0, x1_0, fma(g0_1, x1_1, acc0_1));
+        acc0_2 = fma(g0_0, x2_0, fma(g0_1, x2_1, acc0_2));
+        acc0_3 = fma(g0_0, x3_0, fma(g0_1, x3_1, acc0_3));
+        acc0_4 = fma(g0_0, x4_0, fma(g0_1, x4_1, acc0_4));
+        acc0_5 = fma(g0_0, x5_0, fma(g0_1, x5_1, acc0_5));
+        acc0_6 = fma(g0_0, x6_0, fma(g0_1, x6_1, acc0_6));
+        acc0_7 = fma(g0_0, x7_0, fma(g0_1, x7_1, acc0_7));
+        acc0_8 = fma(g0_0, x8_0, fma(g0_1, x8_1, acc0_8));
+        acc0_9 = fma(g0_0, x9_0, fma(g0_1, x9_1, acc0_9));
+        acc0_10 = fma(g0_0, x10_0, fma(g0_1, x10_1, acc0_10));
+        acc0_11 = fma(g0_0, x11_0, fma(g0_1, x11_1, acc0_11));
+        acc0_12 = fma(g0_0, x12_0, fma(g0_1, x12_1, acc0_12));
+        acc0_13 = fma(g0_0, x13_0, fma(g0_1, x13_1, acc0_13));
+        acc0_14 = fma(g0_0, x14_0, fma(g0_1, x14_1, acc0_14));
+        acc0_15 = fma(g0_0, x15_0, fma(g0_1, x15_1, acc0_15));
+        acc1_0 = fma(g1_0, x0_0, fma(g1_1, x0_1, acc1_0));
+        acc1_1 = fma(g1_0, x1_0, fma(g1_1, x1_1, acc1_1));
+        acc1_2 = fma(g1_0, x2_0, fma(g1_1, x2_1, acc1_2));
+        acc1_3 = fma(g1_0, x3_0, fma(g1_1, x3_1, acc1_3));
+        acc1_4 = fma(g1_0, x4_0, fma(g1_1, x4_1, acc1_4));
+        acc1_5 = fma(g1_0, x5_0, fma(g1_1, x5_1, acc1_5));
+        acc1_6 = fma(g1_0, x6_0, fma(g1_1, x6_1, acc1_6));
+        acc1_7 = fma(g1_0, x7_0, fma(g1_1, x7_1, acc1_7));
+        acc1_8 = fma(g1_0, x8_0, fma(g1_1, x8_1, acc1_8));
+        acc1_9 = fma(g1_0, x9_0, fma(g1_1, x9_1, acc1_9));
+        acc1_10 = fma(g1_0, x10_0, fma(g1_1, x10_1, acc1_10));
+        acc1_11 = fma(g1_0, x11_0, fma(g1_1, x11_1, acc1_11));
+        acc1_12 = fma(g1_0, x12_0, fma(g1_1, x12_1, acc1_12));
+        acc1_13 = fma(g1_0, x13_0, fma(g1_1, x13_1, acc1_13));
+        acc1_14 = fma(g1_0, x14_0, fma(g1_1, x14_1, acc1_14));
+        acc1_15 = fma(g1_0, x15_0, fma(g1_1, x15_1, acc1_15));
+        acc2_0 = fma(g2_0, x0_0, fma(g2_1, x0_1, acc2_0));
+        acc2_1 = fma(g2_0, x1_0, fma(g2_1, x1_1, acc2_1));
+        acc2_2 = fma(g2_0, x2_0, fma(g2_1, x2_1, acc2_2));
+        acc2_3 = fma(g2_0, x3_0, fma(g2_1, x3_1, acc2_3));
+        acc2_4 = fma(g2_0, x4_0, fma(g2_1, x4_1, acc2_4));
+        acc2_5 = fma(g2_0, x5_0, fma(g2_1, x5_1, acc2_5));
+        acc2_6 = fma(g2_0, x6_0, fma(g2_1, x6_1, acc2_6));
+        acc2_7 = fma(g2_0, x7_0, fma(g2_1, x7_1, acc2_7));
+        acc2_8 = fma(g2_0, x8_0, fma(g2_1, x8_1, acc2_8));
+        acc2_9 = fma(g2_0, x9_0, fma(g2_1, x9_1, acc2_9));
+        acc2_10 = fma(g2_0, x10_0, fma(g2_1, x10_1, acc2_10));
+        acc2_11 = fma(g2_0, x11_0, fma(g2_1, x11_1, acc2_11));
+        acc2_12 = fma(g2_0, x12_0, fma(g2_1, x12_1, acc2_12));
+        acc2_13 = fma(g2_0, x13_0, fma(g2_1, x13_1, acc2_13));
+        acc2_14 = fma(g2_0, x14_0, fma(g2_1, x14_1, acc2_14));
+        acc2_15 = fma(g2_0, x15_0, fma(g2_1, x15_1, acc2_15));
+        acc3_0 = fma(g3_0, x0_0, fma(g3_1, x0_1, acc3_0));
+        acc3_1 = fma(g3_0, x1_0, fma(g3_1, x1_1, acc3_1));
+        acc3_2 = fma(g3_0, x2_0, fma(g3_1, x2_1, acc3_2));
+        acc3_3 = fma(g3_0, x3_0, fma(g3_1, x3_1, acc3_3));
+        acc3_4 = fma(g3_0, x4_0, fma(g3_1, x4_1, acc3_4));
+        acc3_5 = fma(g3_0, x5_0, fma(g3_1, x5_1, acc3_5));
+        acc3_6 = fma(g3_0, x6_0, fma(g3_1, x6_1, acc3_6));
+        acc3_7 = fma(g3_0, x7_0, fma(g3_1, x7_1, acc3_7));
+        acc3_8 = fma(g3_0, x8_0, fma(g3_1, x8_1, acc3_8));
+        acc3_9 = fma(g3_0, x9_0, fma(g3_1, x9_1, acc3_9));
+        acc3_10 = fma(g3_0, x10_0, fma(g3_1, x10_1, acc3_10));
+        acc3_11 = fma(g3_0, x11_0, fma(g3_1, x11_1, acc3_11));
+        acc3_12 = fma(g3_0, x12_0, fma(g3_1, x12_1, acc3_12));
+        acc3_13 = fma(g3_0, x13_0, fma(g3_1, x13_1, acc3_13));
+        acc3_14 = fma(g3_0, x14_0, fma(g3_1, x14_1, acc3_14));
+        acc3_15 = fma(g3_0, x15_0, fma(g3_1, x15_1, acc3_15));
+        acc4_0 = fma(g4_0, x0_0, fma(g4_1, x0_1, acc4_0));
+        acc4_1 = fma(g4_0, x1_0, fma(g4_1, x1_1, acc4_1));
+        acc4_2 = fma(g4_0, x2_0, fma(g4_1, x2_1, acc4_2));
+        acc4_3 = fma(g4_0, x3_0, fma(g4_1, x3_1, acc4_3));
+        acc4_4 = fma(g4_0, x4_0, fma(g4_1, x4_1, acc4_4));
+        acc4_5 = fma(g4_0, x5_0, fma(g4_1, x5_1, acc4_5));
+        acc4_6 = fma(g4_0, x6_0, fma(g4_1, x6_1, acc4_6));
+        acc4_7 = fma(g4_0, x7_0, fma(g4_1, x7_1, acc4_7));
+        acc4_8 = fma(g4_0, x8_0, fma(g4_1, x8_1, acc4_8));
+        acc4_9 = fma(g4_0, x9_0, fma(g4_1, x9_1, acc4_9));
+        acc4_10 = fma(g4_0, x10_0, fma(g4_1, x10_1, acc4_10));
+        acc4_11 = fma(g4_0, x11_0, fma(g4_1, x11_1, acc4_11));
+        acc4_12 = fma(g4_0, x12_0, fma(g4_1, x12_1, acc4_12));
+        acc4_13 = fma(g4_0, x13_0, fma(g4_1, x13_1, acc4_13));
+        acc4_14 = fma(g4_0, x14_0, fma(g4_1, x14_1, acc4_14));
+        acc4_15 = fma(g4_0, x15_0, fma(g4_1, x15_1, acc4_15));
+        acc5_0 = fma(g5_0, x0_0, fma(g5_1, x0_1, acc5_0));
+        acc5_1 = fma(g5_0, x1_0, fma(g5_1, x1_1, acc5_1));
+        acc5_2 = fma(g5_0, x2_0, fma(g5_1, x2_1, acc5_2));
+        acc5_3 = fma(g5_0, x3_0, fma(g5_1, x3_1, acc5_3));
+        acc5_4 = fma(g5_0, x4_0, fma(g5_1, x4_1, acc5_4));
+        acc5_5 = fma(g5_0, x5_0, fma(g5_1, x5_1, acc5_5));
+        acc5_6 = fma(g5_0, x6_0, fma(g5_1, x6_1, acc5_6));
+        acc5_7 = fma(g5_0, x7_0, fma(g5_1, x7_1, acc5_7));
+        acc5_8 = fma(g5_0, x8_0, fma(g5_1, x8_1, acc5_8));
+        acc5_9 = fma(g5_0, x9_0, fma(g5_1, x9_1, acc5_9));
+        acc5_10 = fma(g5_0, x10_0, fma(g5_1, x10_1, acc5_10));
+        acc5_11 = fma(g5_0, x11_0, fma(g5_1, x11_1, acc5_11));
+        acc5_12 = fma(g5_0, x12_0, fma(g5_1, x12_1, acc5_12));
+        acc5_13 = fma(g5_0, x13_0, fma(g5_1, x13_1, acc5_13));
+        acc5_14 = fma(g5_0, x14_0, fma(g5_1, x14_1, acc5_14));
+        acc5_15 = fma(g5_0, x15_0, fma(g5_1, x15_1, acc5_15));
+        acc6_0 = fma(g6_0, x0_0, fma(g6_1, x0_1, acc6_0));
+        acc6_1 = fma(g6_0, x1_0, fma(g6_1, x1_1, acc6_1));
+        acc6_2 = fma(g6_0, x2_0, fma(g6_1, x2_1, acc6_2));
+        acc6_3 = fma(g6_0, x3_0, fma(g6_1, x3_1, acc6_3));
+        acc6_4 = fma(g6_0, x4_0, fma(g6_1, x4_1, acc6_4));
+        acc6_5 = fma(g6_0, x5_0, fma(g6_1, x5_1, acc6_5));
+        acc6_6 = fma(g6_0, x6_0, fma(g6_1, x6_1, acc6_6));
+        acc6_7 = fma(g6_0, x7_0, fma(g6_1, x7_1, acc6_7));
+        acc6_8 = fma(g6_0, x8_0, fma(g6_1, x8_1, acc6_8));
+        acc6_9 = fma(g6_0, x9_0, fma(g6_1, x9_1, acc6_9));
+        acc6_10 = fma(g6_0, x10_0, fma(g6_1, x10_1, acc6_10));
+        acc6_11 = fma(g6_0, x11_0, fma(g6_1, x11_1, acc6_11));
+        acc6_12 = fma(g6_0, x12_0, fma(g6_1, x12_1, acc6_12));
+        acc6_13 = fma(g6_0, x13_0, fma(g6_1, x13_1, acc6_13));
+        acc6_14 = fma(g6_0, x14_0, fma(g6_1, x14_1, acc6_14));
+        acc6_15 = fma(g6_0, x15_0, fma(g6_1, x15_1, acc6_15));
+        acc7_0 = fma(g7_0, x0_0, fma(g7_1, x0_1, acc7_0));
+        acc7_1 = fma(g7_0, x1_0, fma(g7_1, x1_1, acc7_1));
+        acc7_2 = fma(g7_0, x2_0, fma(g7_1, x2_1, acc7_2));
+        acc7_3 = fma(g7_0, x3_0, fma(g7_1, x3_1, acc7_3));
+        acc7_4 = fma(g7_0, x4_0, fma(g7_1, x4_1, acc7_4));
+        acc7_5 = fma(g7_0, x5_0, fma(g7_1, x5_1, acc7_5));
+        acc7_6 = fma(g7_0, x6_0, fma(g7_1, x6_1, acc7_6));
+        acc7_7 = fma(g7_0, x7_0, fma(g7_1, x7_1, acc7_7));
+        acc7_8 = fma(g7_0, x8_0, fma(g7_1, x8_1, acc7_8));
+        acc7_9 = fma(g7_0, x9_0, fma(g7_1, x9_1, acc7_9));
+        acc7_10 = fma(g7_0, x10_0, fma(g7_1, x10_1, acc7_10));
+        acc7_11 = fma(g7_0, x11_0, fma(g7_1, x11_1, acc7_11));
+        acc7_12 = fma(g7_0, x12_0, fma(g7_1, x12_1, acc7_12));
+        acc7_13 = fma(g7_0, x13_0, fma(g7_1, x13_1, acc7_13));
+        acc7_14 = fma(g7_0, x14_0, fma(g7_1, x14_1, acc7_14));
+        acc7_15 = fma(g7_0, x15_0, fma(g7_1, x15_1, acc7_15));
+        acc8_0 = fma(g8_0, x0_0, fma(g8_1, x0_1, acc8_0));
+        acc8_1 = fma(g8_0, x1_0, fma(g8_1, x1_1, acc8_1));
+        acc8_2 = fma(g8_0, x2_0, fma(g8_1, x2_1, acc8_2));
+        acc8_3 = fma(g8_0, x3_0, fma(g8_1, x3_1, acc8_3));
+        acc8_4 = fma(g8_0, x4_0, fma(g8_1, x4_1, acc8_4));
+        acc8_5 = fma(g8_0, x5_0, fma(g8_1, x5_1, acc8_5));
+        acc8_6 = fma(g8_0, x6_0, fma(g8_1, x6_1, acc8_6));
+        acc8_7 = fma(g8_0, x7_0, fma(g8_1, x7_1, acc8_7));
+        acc8_8 = fma(g8_0, x8_0, fma(g8_1, x8_1, acc8_8));
+        acc8_9 = fma(g8_0, x9_0, fma(g8_1, x9_1, acc8_9));
+        acc8_10 = fma(g8_0, x10_0, fma(g8_1, x10_1, acc8_10));
+        acc8_11 = fma(g8_0, x11_0, fma(g8_1, x11_1, acc8_11));
+        acc8_12 = fma(g8_0, x12_0, fma(g8_1, x12_1, acc8_12));
+        acc8_13 = fma(g8_0, x13_0, fma(g8_1, x13_1, acc8_13));
+        acc8_14 = fma(g8_0, x14_0, fma(g8_1, x14_1, acc8_14));
+        acc8_15 = fma(g8_0, x15_0, fma(g8_1, x15_1, acc8_15));
+        acc9_0 = fma(g9_0, x0_0, fma(g9_1, x0_1, acc9_0));
+        acc9_1 = fma(g9_0, x1_0, fma(g9_1, x1_1, acc9_1));
+        acc9_2 = fma(g9_0, x2_0, fma(g9_1, x2_1, acc9_2));
+        acc9_3 = fma(g9_0, x3_0, fma(g9_1, x3_1, acc9_3));
+        acc9_4 = fma(g9_0, x4_0, fma(g9_1, x4_1, acc9_4));
+        acc9_5 = fma(g9_0, x5_0, fma(g9_1, x5_1, acc9_5));
+        acc9_6 = fma(g9_0, x6_0, fma(g9_1, x6_1, acc9_6));
+        acc9_7 = fma(g9_0, x7_0, fma(g9_1, x7_1, acc9_7));
+        acc9_8 = fma(g9_0, x8_0, fma(g9_1, x8_1, acc9_8));
+        acc9_9 = fma(g9_0, x9_0, fma(g9_1, x9_1, acc9_9));
+        acc9_10 = fma(g9_0, x10_0, fma(g9_1, x10_1, acc9_10));
+        acc9_11 = fma(g9_0, x11_0, fma(g9_1, x11_1, acc9_11));
+        acc9_12 = fma(g9_0, x12_0, fma(g9_1, x12_1, acc9_12));
+        acc9_13 = fma(g9_0, x13_0, fma(g9_1, x13_1, acc9_13));
+        acc9_14 = fma(g9_0, x14_0, fma(g9_1, x14_1, acc9_14));
+        acc9_15 = fma(g9_0, x15_0, fma(g9_1, x15_1, acc9_15));
+        acc10_0 = fma(g10_0, x0_0, fma(g10_1, x0_1, acc10_0));
+        acc10_1 = fma(g10_0, x1_0, fma(g10_1, x1_1, acc10_1));
+        acc10_2 = fma(g10_0, x2_0, fma(g10_1, x2_1, acc10_2));
+        acc10_3 = fma(g10_0, x3_0, fma(g10_1, x3_1, acc10_3));
+        acc10_4 = fma(g10_0, x4_0, fma(g10_1, x4_1, acc10_4));
+        acc10_5 = fma(g10_0, x5_0, fma(g10_1, x5_1, acc10_5));
+        acc10_6 = fma(g10_0, x6_0, fma(g10_1, x6_1, acc10_6));
+        acc10_7 = fma(g10_0, x7_0, fma(g10_1, x7_1, acc10_7));
+        acc10_8 = fma(g10_0, x8_0, fma(g10_1, x8_1, acc10_8));
+        acc10_9 = fma(g10_0, x9_0, fma(g10_1, x9_1, acc10_9));
+        acc10_10 = fma(g10_0, x10_0, fma(g10_1, x10_1, acc10_10));
+        acc10_11 = fma(g10_0, x11_0, fma(g10_1, x11_1, acc10_11));
+        acc10_12 = fma(g10_0, x12_0, fma(g10_1, x12_1, acc10_12));
+        acc10_13 = fma(g10_0, x13_0, fma(g10_1, x13_1, acc10_13));
+        acc10_14 = fma(g10_0, x14_0, fma(g10_1, x14_1, acc10_14));
+        acc10_15 = fma(g10_0, x15_0, fma(g10_1, x15_1, acc10_15));
+        acc11_0 = fma(g11_0, x0_0, fma(g11_1, x0_1, acc11_0));
+        acc11_1 = fma(g11_0, x1_0, fma(g11_1, x1_1, acc11_1));
+        acc11_2 = fma(g11_0, x2_0, fma(g11_1, x2_1, acc11_2));
+        acc11_3 = fma(g11_0, x3_0, fma(g11_1, x3_1, acc11_3));
+        acc11_4 = fma(g11_0, x4_0, fma(g11_1, x4_1, acc11_4));
+        acc11_5 = fma(g11_0, x5_0, fma(g11_1, x5_1, acc11_5));
+        acc11_6 = fma(g11_0, x6_0, fma(g11_1, x6_1, acc11_6));
+        acc11_7 = fma(g11_0, x7_0, fma(g11_1, x7_1, acc11_7));
+        acc11_8 = fma(g11_0, x8_0, fma(g11_1, x8_1, acc11_8));
+        acc11_9 = fma(g11_0, x9_0, fma(g11_1, x9_1, acc11_9));
+        acc11_10 = fma(g11_0, x10_0, fma(g11_1, x10_1, acc11_10));
+        acc11_11 = fma(g11_0, x11_0, fma(g11_1, x11_1, acc11_11));
+        acc11_12 = fma(g11_0, x12_0, fma(g11_1, x12_1, acc11_12));
+        acc11_13 = fma(g11_0, x13_0, fma(g11_1, x13_1, acc11_13));
+        acc11_14 = fma(g11_0, x14_0, fma(g11_1, x14_1, acc11_14));
+        acc11_15 = fma(g11_0, x15_0, fma(g11_1, x15_1, acc11_15));
+        acc12_0 = fma(g12_0, x0_0, fma(g12_1, x0_1, acc12_0));
+        acc12_1 = fma(g12_0, x1_0, fma(g12_1, x1_1, acc12_1));
+        acc12_2 = fma(g12_0, x2_0, fma(g12_1, x2_1, acc12_2));
+        acc12_3 = fma(g12_0, x3_0, fma(g12_1, x3_1, acc12_3));
+        acc12_4 = fma(g12_0, x4_0, fma(g12_1, x4_1, acc12_4));
+        acc12_5 = fma(g12_0, x5_0, fma(g12_1, x5_1, acc12_5));
+        acc12_6 = fma(g12_0, x6_0, fma(g12_1, x6_1, acc12_6));
+        acc12_7 = fma(g12_0, x7_0, fma(g12_1, x7_1, acc12_7));
+        acc12_8 = fma(g12_0, x8_0, fma(g12_1, x8_1, acc12_8));
+        acc12_9 = fma(g12_0, x9_0, fma(g12_1, x9_1, acc12_9));
+        acc12_10 = fma(g12_0, x10_0, fma(g12_1, x10_1, acc12_10));
+        acc12_11 = fma(g12_0, x11_0, fma(g12_1, x11_1, acc12_11));
+        acc12_12 = fma(g12_0, x12_0, fma(g12_1, x12_1, acc12_12));
+        acc12_13 = fma(g12_0, x13_0, fma(g12_1, x13_1, acc12_13));
+        acc12_14 = fma(g12_0, x14_0, fma(g12_1, x14_1, acc12_14));
+        acc12_15 = fma(g12_0, x15_0, fma(g12_1, x15_1, acc12_15));
+        acc13_0 = fma(g13_0, x0_0, fma(g13_1, x0_1, acc13_0));
+        acc13_1 = fma(g13_0, x1_0, fma(g13_1, x1_1, acc13_1));
+        acc13_2 = fma(g13_0, x2_0, fma(g13_1, x2_1, acc13_2));
+        acc13_3 = fma(g13_0, x3_0, fma(g13_1, x3_1, acc13_3));
+        acc13_4 = fma(g13_0, x4_0, fma(g13_1, x4_1, acc13_4));
+        acc13_5 = fma(g13_0, x5_0, fma(g13_1, x5_1, acc13_5));
+        acc13_6 = fma(g13_0, x6_0, fma(g13_1, x6_1, acc13_6));
+        acc13_7 = fma(g13_0, x7_0, fma(g13_1, x7_1, acc13_7));
+        acc13_8 = fma(g13_0, x8_0, fma(g13_1, x8_1, acc13_8));
+        acc13_9 = fma(g13_0, x9_0, fma(g13_1, x9_1, acc13_9));
+        acc13_10 = fma(g13_0, x10_0, fma(g13_1, x10_1, acc13_10));
+        acc13_11 = fma(g13_0, x11_0, fma(g13_1, x11_1, acc13_11));
+        acc13_12 = fma(g13_0, x12_0, fma(g13_1, x12_1, acc13_12));
+        acc13_13 = fma(g13_0, x13_0, fma(g13_1, x13_1, acc13_13));
+        acc13_14 = fma(g13_0, x14_0, fma(g13_1, x14_1, acc13_14));
+        acc13_15 = fma(g13_0, x15_0, fma(g13_1, x15_1, acc13_15));
+        acc14_0 = fma(g14_0, x0_0, fma(g14_1, x0_1, acc14_0));
+        acc14_1 = fma(g14_0, x1_0, fma(g14_1, x1_1, acc14_1));
+        acc14_2 = fma(g14_0, x2_0, fma(g14_1, x2_1, acc14_2));
+        acc14_3 = fma(g14_0, x3_0, fma(g14_1, x3_1, acc14_3));
+        acc14_4 = fma(g14_0, x4_0, fma(g14_1, x4_1, acc14_4));
+        acc14_5 = fma(g14_0, x5_0, fma(g14_1, x5_1, acc14_5));
+        acc14_6 = fma(g14_0, x6_0, fma(g14_1, x6_1, acc14_6));
+        acc14_7 = fma(g14_0, x7_0, fma(g14_1, x7_1, acc14_7));
+        acc14_8 = fma(g14_0, x8_0, fma(g14_1, x8_1, acc14_8));
+        acc14_9 = fma(g14_0, x9_0, fma(g14_1, x9_1, acc14_9));
+        acc14_10 = fma(g14_0, x10_0, fma(g14_1, x10_1, acc14_10));
+        acc14_11 = fma(g14_0, x11_0, fma(g14_1, x11_1, acc14_11));
+        acc14_12 = fma(g14_0, x12_0, fma(g14_1, x12_1, acc14_12));
+        acc14_13 = fma(g14_0, x13_0, fma(g14_1, x13_1, acc14_13));
+        acc14_14 = fma(g14_0, x14_0, fma(g14_1, x14_1, acc14_14));
+        acc14_15 = fma(g14_0, x15_0, fma(g14_1, x15_1, acc14_15));
+        acc15_0 = fma(g15_0, x0_0, fma(g15_1, x0_1, acc15_0));
+        acc15_1 = fma(g15_0, x1_0, fma(g15_1, x1_1, acc15_1));
+        acc15_2 = fma(g15_0, x2_0, fma(g15_1, x2_1, acc15_2));
+        acc15_3 = fma(g15_0, x3_0, fma(g15_1, x3_1, acc15_3));
+        acc15_4 = fma(g15_0, x4_0, fma(g15_1, x4_1, acc15_4));
+        acc15_5 = fma(g15_0, x5_0, fma(g15_1, x5_1, acc15_5));
+        acc15_6 = fma(g15_0, x6_0, fma(g15_1, x6_1, acc15_6));
+        acc15_7 = fma(g15_0, x7_0, fma(g15_1, x7_1, acc15_7));
+        acc15_8 = fma(g15_0, x8_0, fma(g15_1, x8_1, acc15_8));
+        acc15_9 = fma(g15_0, x9_0, fma(g15_1, x9_1, acc15_9));
+        acc15_10 = fma(g15_0, x10_0, fma(g15_1, x10_1, acc15_10));
+        acc15_11 = fma(g15_0, x11_0, fma(g15_1, x11_1, acc15_11));
+        acc15_12 = fma(g15_0, x12_0, fma(g15_1, x12_1, acc15_12));
+        acc15_13 = fma(g15_0, x13_0, fma(g15_1, x13_1, acc15_13));
+        acc15_14 = fma(g15_0, x14_0, fma(g15_1, x14_1, acc15_14));
+        acc15_15 = fma(g15_0, x15_0, fma(g15_1, x15_1, acc15_15));
+    }
+    partial[lane * 16u + 0u] = acc0_0;
+    partial[lane * 16u + 1u] = acc0_1;
+    partial[lane * 16u + 2u] = acc0_2;
+    partial[lane * 16u + 3u] = acc0_3;
+    partial[lane * 16u + 4u] = acc0_4;
+    partial[lane * 16u + 5u] = acc0_5;
+    partial[lane * 16u + 6u] = acc0_6;
+    partial[lane * 16u + 7u] = acc0_7;
+    partial[lane * 16u + 8u] = acc0_8;
+    partial[lane * 16u + 9u] = acc0_9;
+    partial[lane * 16u + 10u] = acc0_10;
+    partial[lane * 16u + 11u] = acc0_11;
+    partial[lane * 16u + 12u] = acc0_12;
+    partial[lane * 16u + 13u] = acc0_13;
+    partial[lane * 16u + 14u] = acc0_14;
+    partial[lane * 16u + 15u] = acc0_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 0u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+    partial[lane * 16u + 0u] = acc1_0;
+    partial[lane * 16u + 1u] = acc1_1;
+    partial[lane * 16u + 2u] = acc1_2;
+    partial[lane * 16u + 3u] = acc1_3;
+    partial[lane * 16u + 4u] = acc1_4;
+    partial[lane * 16u + 5u] = acc1_5;
+    partial[lane * 16u + 6u] = acc1_6;
+    partial[lane * 16u + 7u] = acc1_7;
+    partial[lane * 16u + 8u] = acc1_8;
+    partial[lane * 16u + 9u] = acc1_9;
+    partial[lane * 16u + 10u] = acc1_10;
+    partial[lane * 16u + 11u] = acc1_11;
+    partial[lane * 16u + 12u] = acc1_12;
+    partial[lane * 16u + 13u] = acc1_13;
+    partial[lane * 16u + 14u] = acc1_14;
+    partial[lane * 16u + 15u] = acc1_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 16u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+    partial[lane * 16u + 0u] = acc2_0;
+    partial[lane * 16u + 1u] = acc2_1;
+    partial[lane * 16u + 2u] = acc2_2;
+    partial[lane * 16u + 3u] = acc2_3;
+    partial[lane * 16u + 4u] = acc2_4;
+    partial[lane * 16u + 5u] = acc2_5;
+    partial[lane * 16u + 6u] = acc2_6;
+    partial[lane * 16u + 7u] = acc2_7;
+    partial[lane * 16u + 8u] = acc2_8;
+    partial[lane * 16u + 9u] = acc2_9;
+    partial[lane * 16u + 10u] = acc2_10;
+    partial[lane * 16u + 11u] = acc2_11;
+    partial[lane * 16u + 12u] = acc2_12;
+    partial[lane * 16u + 13u] = acc2_13;
+    partial[lane * 16u + 14u] = acc2_14;
+    partial[lane * 16u + 15u] = acc2_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 32u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+    partial[lane * 16u + 0u] = acc3_0;
+    partial[lane * 16u + 1u] = acc3_1;
+    partial[lane * 16u + 2u] = acc3_2;
+    partial[lane * 16u + 3u] = acc3_3;
+    partial[lane * 16u + 4u] = acc3_4;
+    partial[lane * 16u + 5u] = acc3_5;
+    partial[lane * 16u + 6u] = acc3_6;
+    partial[lane * 16u + 7u] = acc3_7;
+    partial[lane * 16u + 8u] = acc3_8;
+    partial[lane * 16u + 9u] = acc3_9;
+    partial[lane * 16u + 10u] = acc3_10;
+    partial[lane * 16u + 11u] = acc3_11;
+    partial[lane * 16u + 12u] = acc3_12;
+    partial[lane * 16u + 13u] = acc3_13;
+    partial[lane * 16u + 14u] = acc3_14;
+    partial[lane * 16u + 15u] = acc3_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 48u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+    partial[lane * 16u + 0u] = acc4_0;
+    partial[lane * 16u + 1u] = acc4_1;
+    partial[lane * 16u + 2u] = acc4_2;
+    partial[lane * 16u + 3u] = acc4_3;
+    partial[lane * 16u + 4u] = acc4_4;
+    partial[lane * 16u + 5u] = acc4_5;
+    partial[lane * 16u + 6u] = acc4_6;
+    partial[lane * 16u + 7u] = acc4_7;
+    partial[lane * 16u + 8u] = acc4_8;
+    partial[lane * 16u + 9u] = acc4_9;
+    partial[lane * 16u + 10u] = acc4_10;
+    partial[lane * 16u + 11u] = acc4_11;
+    partial[lane * 16u + 12u] = acc4_12;
+    partial[lane * 16u + 13u] = acc4_13;
+    partial[lane * 16u + 14u] = acc4_14;
+    partial[lane * 16u + 15u] = acc4_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 64u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+    partial[lane * 16u + 0u] = acc5_0;
+    partial[lane * 16u + 1u] = acc5_1;
+    partial[lane * 16u + 2u] = acc5_2;
+    partial[lane * 16u + 3u] = acc5_3;
+    partial[lane * 16u + 4u] = acc5_4;
+    partial[lane * 16u + 5u] = acc5_5;
+    partial[lane * 16u + 6u] = acc5_6;
+    partial[lane * 16u + 7u] = acc5_7;
+    partial[lane * 16u + 8u] = acc5_8;
+    partial[lane * 16u + 9u] = acc5_9;
+    partial[lane * 16u + 10u] = acc5_10;
+    partial[lane * 16u + 11u] = acc5_11;
+    partial[lane * 16u + 12u] = acc5_12;
+    partial[lane * 16u + 13u] = acc5_13;
+    partial[lane * 16u + 14u] = acc5_14;
+    partial[lane * 16u + 15u] = acc5_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 80u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+    partial[lane * 16u + 0u] = acc6_0;
+    partial[lane * 16u + 1u] = acc6_1;
+    partial[lane * 16u + 2u] = acc6_2;
+    partial[lane * 16u + 3u] = acc6_3;
+    partial[lane * 16u + 4u] = acc6_4;
+    partial[lane * 16u + 5u] = acc6_5;
+    partial[lane * 16u + 6u] = acc6_6;
+    partial[lane * 16u + 7u] = acc6_7;
+    partial[lane * 16u + 8u] = acc6_8;
+    partial[lane * 16u + 9u] = acc6_9;
+    partial[lane * 16u + 10u] = acc6_10;
+    partial[lane * 16u + 11u] = acc6_11;
+    partial[lane * 16u + 12u] = acc6_12;
+    partial[lane * 16u + 13u] = acc6_13;
+    partial[lane * 16u + 14u] = acc6_14;
+    partial[lane * 16u + 15u] = acc6_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 96u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+    partial[lane * 16u + 0u] = acc7_0;
+    partial[lane * 16u + 1u] = acc7_1;
+    partial[lane * 16u + 2u] = acc7_2;
+    partial[lane * 16u + 3u] = acc7_3;
+    partial[lane * 16u + 4u] = acc7_4;
+    partial[lane * 16u + 5u] = acc7_5;
+    partial[lane * 16u + 6u] = acc7_6;
+    partial[lane * 16u + 7u] = acc7_7;
+    partial[lane * 16u + 8u] = acc7_8;
+    partial[lane * 16u + 9u] = acc7_9;
+    partial[lane * 16u + 10u] = acc7_10;
+    partial[lane * 16u + 11u] = acc7_11;
+    partial[lane * 16u + 12u] = acc7_12;
+    partial[lane * 16u + 13u] = acc7_13;
+    partial[lane * 16u + 14u] = acc7_14;
+    partial[lane * 16u + 15u] = acc7_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 112u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+    partial[lane * 16u + 0u] = acc8_0;
+    partial[lane * 16u + 1u] = acc8_1;
+    partial[lane * 16u + 2u] = acc8_2;
+    partial[lane * 16u + 3u] = acc8_3;
+    partial[lane * 16u + 4u] = acc8_4;
+    partial[lane * 16u + 5u] = acc8_5;
+    partial[lane * 16u + 6u] = acc8_6;
+    partial[lane * 16u + 7u] = acc8_7;
+    partial[lane * 16u + 8u] = acc8_8;
+    partial[lane * 16u + 9u] = acc8_9;
+    partial[lane * 16u + 10u] = acc8_10;
+    partial[lane * 16u + 11u] = acc8_11;
+    partial[lane * 16u + 12u] = acc8_12;
+    partial[lane * 16u + 13u] = acc8_13;
+    partial[lane * 16u + 14u] = acc8_14;
+    partial[lane * 16u + 15u] = acc8_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 128u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+    partial[lane * 16u + 0u] = acc9_0;
+    partial[lane * 16u + 1u] = acc9_1;
+    partial[lane * 16u + 2u] = acc9_2;
+    partial[lane * 16u + 3u] = acc9_3;
+    partial[lane * 16u + 4u] = acc9_4;
+    partial[lane * 16u + 5u] = acc9_5;
+    partial[lane * 16u + 6u] = acc9_6;
+    partial[lane * 16u + 7u] = acc9_7;
+    partial[lane * 16u + 8u] = acc9_8;
+    partial[lane * 16u + 9u] = acc9_9;
+    partial[lane * 16u + 10u] = acc9_10;
+    partial[lane * 16u + 11u] = acc9_11;
+    partial[lane * 16u + 12u] = acc9_12;
+    partial[lane * 16u + 13u] = acc9_13;
+    partial[lane * 16u + 14u] = acc9_14;
+    partial[lane * 16u + 15u] = acc9_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 144u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+    partial[lane * 16u + 0u] = acc10_0;
+    partial[lane * 16u + 1u] = acc10_1;
+    partial[lane * 16u + 2u] = acc10_2;
+    partial[lane * 16u + 3u] = acc10_3;
+    partial[lane * 16u + 4u] = acc10_4;
+    partial[lane * 16u + 5u] = acc10_5;
+    partial[lane * 16u + 6u] = acc10_6;
+    partial[lane * 16u + 7u] = acc10_7;
+    partial[lane * 16u + 8u] = acc10_8;
+    partial[lane * 16u + 9u] = acc10_9;
+    partial[lane * 16u + 10u] = acc10_10;
+    partial[lane * 16u + 11u] = acc10_11;
+    partial[lane * 16u + 12u] = acc10_12;
+    partial[lane * 16u + 13u] = acc10_13;
+    partial[lane * 16u + 14u] = acc10_14;
+    partial[lane * 16u + 15u] = acc10_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 160u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+    partial[lane * 16u + 0u] = acc11_0;
+    partial[lane * 16u + 1u] = acc11_1;
+    partial[lane * 16u + 2u] = acc11_2;
+    partial[lane * 16u + 3u] = acc11_3;
+    partial[lane * 16u + 4u] = acc11_4;
+    partial[lane * 16u + 5u] = acc11_5;
+    partial[lane * 16u + 6u] = acc11_6;
+    partial[lane * 16u + 7u] = acc11_7;
+    partial[lane * 16u + 8u] = acc11_8;
+    partial[lane * 16u + 9u] = acc11_9;
+    partial[lane * 16u + 10u] = acc11_10;
+    partial[lane * 16u + 11u] = acc11_11;
+    partial[lane * 16u + 12u] = acc11_12;
+    partial[lane * 16u + 13u] = acc11_13;
+    partial[lane * 16u + 14u] = acc11_14;
+    partial[lane * 16u + 15u] = acc11_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 176u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+    partial[lane * 16u + 0u] = acc12_0;
+    partial[lane * 16u + 1u] = acc12_1;
+    partial[lane * 16u + 2u] = acc12_2;
+    partial[lane * 16u + 3u] = acc12_3;
+    partial[lane * 16u + 4u] = acc12_4;
+    partial[lane * 16u + 5u] = acc12_5;
+    partial[lane * 16u + 6u] = acc12_6;
+    partial[lane * 16u + 7u] = acc12_7;
+    partial[lane * 16u + 8u] = acc12_8;
+    partial[lane * 16u + 9u] = acc12_9;
+    partial[lane * 16u + 10u] = acc12_10;
+    partial[lane * 16u + 11u] = acc12_11;
+    partial[lane * 16u + 12u] = acc12_12;
+    partial[lane * 16u + 13u] = acc12_13;
+    partial[lane * 16u + 14u] = acc12_14;
+    partial[lane * 16u + 15u] = acc12_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 192u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+    partial[lane * 16u + 0u] = acc13_0;
+    partial[lane * 16u + 1u] = acc13_1;
+    partial[lane * 16u + 2u] = acc13_2;
+    partial[lane * 16u + 3u] = acc13_3;
+    partial[lane * 16u + 4u] = acc13_4;
+    partial[lane * 16u + 5u] = acc13_5;
+    partial[lane * 16u + 6u] = acc13_6;
+    partial[lane * 16u + 7u] = acc13_7;
+    partial[lane * 16u + 8u] = acc13_8;
+    partial[lane * 16u + 9u] = acc13_9;
+    partial[lane * 16u + 10u] = acc13_10;
+    partial[lane * 16u + 11u] = acc13_11;
+    partial[lane * 16u + 12u] = acc13_12;
+    partial[lane * 16u + 13u] = acc13_13;
+    partial[lane * 16u + 14u] = acc13_14;
+    partial[lane * 16u + 15u] = acc13_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 208u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+    partial[lane * 16u + 0u] = acc14_0;
+    partial[lane * 16u + 1u] = acc14_1;
+    partial[lane * 16u + 2u] = acc14_2;
+    partial[lane * 16u + 3u] = acc14_3;
+    partial[lane * 16u + 4u] = acc14_4;
+    partial[lane * 16u + 5u] = acc14_5;
+    partial[lane * 16u + 6u] = acc14_6;
+    partial[lane * 16u + 7u] = acc14_7;
+    partial[lane * 16u + 8u] = acc14_8;
+    partial[lane * 16u + 9u] = acc14_9;
+    partial[lane * 16u + 10u] = acc14_10;
+    partial[lane * 16u + 11u] = acc14_11;
+    partial[lane * 16u + 12u] = acc14_12;
+    partial[lane * 16u + 13u] = acc14_13;
+    partial[lane * 16u + 14u] = acc14_14;
+    partial[lane * 16u + 15u] = acc14_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 224u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+    partial[lane * 16u + 0u] = acc15_0;
+    partial[lane * 16u + 1u] = acc15_1;
+    partial[lane * 16u + 2u] = acc15_2;
+    partial[lane * 16u + 3u] = acc15_3;
+    partial[lane * 16u + 4u] = acc15_4;
+    partial[lane * 16u + 5u] = acc15_5;
+    partial[lane * 16u + 6u] = acc15_6;
+    partial[lane * 16u + 7u] = acc15_7;
+    partial[lane * 16u + 8u] = acc15_8;
+    partial[lane * 16u + 9u] = acc15_9;
+    partial[lane * 16u + 10u] = acc15_10;
+    partial[lane * 16u + 11u] = acc15_11;
+    partial[lane * 16u + 12u] = acc15_12;
+    partial[lane * 16u + 13u] = acc15_13;
+    partial[lane * 16u + 14u] = acc15_14;
+    partial[lane * 16u + 15u] = acc15_15;
+    workgroupBarrier();
+    if (lane < 16u) {
+        var sum = 0.0;
+        for (var l = 0u; l < 64u; l++) { sum += partial[l * 16u + lane]; }
+        let v = 240u + lane;
+        if (v < 256u) {
+            let m = m0 + v / 16u;
+            let k = k0 + v % 16u;
+            if (m < p.m_rows && k < p.k_rows) { put(p.dst_off + m * p.k_rows + k, sum); }
+        }
+    }
+    workgroupBarrier();
+}
+
+// As conv1x1_weight_grad, but src is the raw input of a training-mode BN-ReLU and each loaded
+// value goes through relu((x - mean) * invstd * gamma + beta) first, so backward never has to
+// recompute and store the normalised tensor just for this gradient.
+@compute @workgroup_size(64)
+fn conv1x1_weight_grad_bnrelu(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let pixels = p.n * p.src_h * p.src_w;
+    let m0 = wg.z * 16u;
+    let k0 = wg.x * 16u;
+    let dr0 = p.wt_off + min(m0 + 0u, p.m_rows - 1u) * pixels;
+    let dr1 = p.wt_off + min(m0 + 1u, p.m_rows - 1u) * pixels;
+    let dr2 = p.wt_off + min(m0 + 2u, p.m_rows - 1u) * pixels;
+    let dr3 = p.wt_off + min(m0 + 3u, p.m_rows - 1u) * pixels;
+    let dr4 = p.wt_off + min(m0 + 4u, p.m_rows - 1u) * pixels;
+    let dr5 = p.wt_off + min(m0 + 5u, p.m_rows - 1u) * pixels;
+    let dr6 = p.wt_off + min(m0 + 6u, p.m_rows - 1u) * pixels;
+    let dr7 = p.wt_off + min(m0 + 7u, p.m_rows - 1u) * pixels;
+    let dr8 = p.wt_off + min(m0 + 8u, p.m_rows - 1u) * pixels;
+    let dr9 = p.wt_off + min(m0 + 9u, p.m_rows - 1u) * pixels;
+    let dr10 = p.wt_off + min(m0 + 10u, p.m_rows - 1u) * pixels;
+    let dr11 = p.wt_off + min(m0 + 11u, p.m_rows - 1u) * pixels;
+    let dr12 = p.wt_off + min(m0 + 12u, p.m_rows - 1u) * pixels;
+    let dr13 = p.wt_off + min(m0 + 13u, p.m_rows - 1u) * pixels;
+    let dr14 = p.wt_off + min(m0 + 14u, p.m_rows - 1u) * pixels;
+    let dr15 = p.wt_off + min(m0 + 15u, p.m_rows - 1u) * pixels;
+    let sr0 = p.src_off + min(k0 + 0u, p.k_rows - 1u) * pixels;
+    let sr1 = p.src_off + min(k0 + 1u, p.k_rows - 1u) * pixels;
+    let sr2 = p.src_off + min(k0 + 2u, p.k_rows - 1u) * pixels;
+    let sr3 = p.src_off + min(k0 + 3u, p.k_rows - 1u) * pixels;
+    let sr4 = p.src_off + min(k0 + 4u, p.k_rows - 1u) * pixels;
+    let sr5 = p.src_off + min(k0 + 5u, p.k_rows - 1u) * pixels;
+    let sr6 = p.src_off + min(k0 + 6u, p.k_rows - 1u) * pixels;
+    let sr7 = p.src_off + min(k0 + 7u, p.k_rows - 1u) * pixels;
+    let sr8 = p.src_off + min(k0 + 8u, p.k_rows - 1u) * pixels;
+    let sr9 = p.src_off + min(k0 + 9u, p.k_rows - 1u) * pixels;
+    let sr10 = p.src_off + min(k0 + 10u, p.k_rows - 1u) * pixels;
+    let sr11 = p.src_off + min(k0 + 11u, p.k_rows - 1u) * pixels;
+    let sr12 = p.src_off + min(k0 + 12u, p.k_rows - 1u) * pixels;
+    let sr13 = p.src_off + min(k0 + 13u, p.k_rows - 1u) * pixels;
+    let sr14 = p.src_off + min(k0 + 14u, p.k_rows - 1u) * pixels;
+    let sr15 = p.src_off + min(k0 + 15u, p.k_rows - 1u) * pixels;
+    let kc0 = min(k0 + 0u, p.k_rows - 1u);
+    let mu0 = bn_stats[p.stats_off + kc0];
+    let sc0 = bn_stats[p.stats_off + p.k_rows + kc0] * bn_affine[p.affine_off + kc0];
+    let be0 = bn_affine[p.affine_off + p.k_rows + kc0];
+    let kc1 = min(k0 + 1u, p.k_rows - 1u);
+    let mu1 = bn_stats[p.stats_off + kc1];
+    let sc1 = bn_stats[p.stats_off + p.k_rows + kc1] * bn_affine[p.affine_off + kc1];
+    let be1 = bn_affine[p.affine_off + p.k_rows + kc1];
+    let kc2 = min(k0 + 2u, p.k_rows - 1u);
+    let mu2 = bn_stats[p.stats_off + kc2];
+    let sc2 = bn_stats[p.stats_off + p.k_rows + kc2] * bn_affine[p.affine_off + kc2];
+    let be2 = bn_affine[p.affine_off + p.k_rows + kc2];
+    let kc3 = min(k0 + 3u, p.k_rows - 1u);
+    let mu3 = bn_stats[p.stats_off + kc3];
+    let sc3 = bn_stats[p.stats_off + p.k_rows + kc3] * bn_affine[p.affine_off + kc3];
+    let be3 = bn_affine[p.affine_off + p.k_rows + kc3];
+    let kc4 = min(k0 + 4u, p.k_rows - 1u);
+    let mu4 = bn_stats[p.stats_off + kc4];
+    let sc4 = bn_stats[p.stats_off + p.k_rows + kc4] * bn_affine[p.affine_off + kc4];
+    let be4 = bn_affine[p.affine_off + p.k_rows + kc4];
+    let kc5 = min(k0 + 5u, p.k_rows - 1u);
+    let mu5 = bn_stats[p.stats_off + kc5];
+    let sc5 = bn_stats[p.stats_off + p.k_rows + kc5] * bn_affine[p.affine_off + kc5];
+    let be5 = bn_affine[p.affine_off + p.k_rows + kc5];
+    let kc6 = min(k0 + 6u, p.k_rows - 1u);
+    let mu6 = bn_stats[p.stats_off + kc6];
+    let sc6 = bn_stats[p.stats_off + p.k_rows + kc6] * bn_affine[p.affine_off + kc6];
+    let be6 = bn_affine[p.affine_off + p.k_rows + kc6];
+    let kc7 = min(k0 + 7u, p.k_rows - 1u);
+    let mu7 = bn_stats[p.stats_off + kc7];
+    let sc7 = bn_stats[p.stats_off + p.k_rows + kc7] * bn_affine[p.affine_off + kc7];
+    let be7 = bn_affine[p.affine_off + p.k_rows + kc7];
+    let kc8 = min(k0 + 8u, p.k_rows - 1u);
+    let mu8 = bn_stats[p.stats_off + kc8];
+    let sc8 = bn_stats[p.stats_off + p.k_rows + kc8] * bn_affine[p.affine_off + kc8];
+    let be8 = bn_affine[p.affine_off + p.k_rows + kc8];
+    let kc9 = min(k0 + 9u, p.k_rows - 1u);
+    let mu9 = bn_stats[p.stats_off + kc9];
+    let sc9 = bn_stats[p.stats_off + p.k_rows + kc9] * bn_affine[p.affine_off + kc9];
+    let be9 = bn_affine[p.affine_off + p.k_rows + kc9];
+    let kc10 = min(k0 + 10u, p.k_rows - 1u);
+    let mu10 = bn_stats[p.stats_off + kc10];
+    let sc10 = bn_stats[p.stats_off + p.k_rows + kc10] * bn_affine[p.affine_off + kc10];
+    let be10 = bn_affine[p.affine_off + p.k_rows + kc10];
+    let kc11 = min(k0 + 11u, p.k_rows - 1u);
+    let mu11 = bn_stats[p.stats_off + kc11];
+    let sc11 = bn_stats[p.stats_off + p.k_rows + kc11] * bn_affine[p.affine_off + kc11];
+    let be11 = bn_affine[p.affine_off + p.k_rows + kc11];
+    let kc12 = min(k0 + 12u, p.k_rows - 1u);
+    let mu12 = bn_stats[p.stats_off + kc12];
+    let sc12 = bn_stats[p.stats_off + p.k_rows + kc12] * bn_affine[p.affine_off + kc12];
+    let be12 = bn_affine[p.affine_off + p.k_rows + kc12];
+    let kc13 = min(k0 + 13u, p.k_rows - 1u);
+    let mu13 = bn_stats[p.stats_off + kc13];
+    let sc13 = bn_stats[p.stats_off + p.k_rows + kc13] * bn_affine[p.affine_off + kc13];
+    let be13 = bn_affine[p.affine_off + p.k_rows + kc13];
+    let kc14 = min(k0 + 14u, p.k_rows - 1u);
+    let mu14 = bn_stats[p.stats_off + kc14];
+    let sc14 = bn_stats[p.stats_off + p.k_rows + kc14] * bn_affine[p.affine_off + kc14];
+    let be14 = bn_affine[p.affine_off + p.k_rows + kc14];
+    let kc15 = min(k0 + 15u, p.k_rows - 1u);
+    let mu15 = bn_stats[p.stats_off + kc15];
+    let sc15 = bn_stats[p.stats_off + p.k_rows + kc15] * bn_affine[p.affine_off + kc15];
+    let be15 = bn_affine[p.affine_off + p.k_rows + kc15];
+    var acc0_0 = 0.0;
+    var acc0_1 = 0.0;
+    var acc0_2 = 0.0;
+    var acc0_3 = 0.0;
+    var acc0_4 = 0.0;
+    var acc0_5 = 0.0;
+    var acc0_6 = 0.0;
+    var acc0_7 = 0.0;
+    var acc0_8 = 0.0;
+    var acc0_9 = 0.0;
+    var acc0_10 = 0.0;
+    var acc0_11 = 0.0;
+    var acc0_12 = 0.0;
+    var acc0_13 = 0.0;
+    var acc0_14 = 0.0;
+    var acc0_15 = 0.0;
+    var acc1_0 = 0.0;
+    var acc1_1 = 0.0;
+    var acc1_2 = 0.0;
+    var acc1_3 = 0.0;
+    var acc1_4 = 0.0;
+    var acc1_5 = 0.0;
+    var acc1_6 = 0.0;
+    var acc1_7 = 0.0;
+    var acc1_8 = 0.0;
+    var acc1_9 = 0.0;
+    var acc1_10 = 0.0;
+    var acc1_11 = 0.0;
+    var acc1_12 = 0.0;
+    var acc1_13 = 0.0;
+    var acc1_14 = 0.0;
+    var acc1_15 = 0.0;
+    var acc2_0 = 0.0;
+    var acc2_1 = 0.0;
+    var acc2_2 = 0.0;
+    var acc2_3 = 0.0;
+    var acc2_4 = 0.0;
+    var acc2_5 = 0.0;
+    var acc2_6 = 0.0;
+    var acc2_7 = 0.0;
+    var acc2_8 = 0.0;
+    var acc2_9 = 0.0;
+    var acc2_10 = 0.0;
+    var acc2_11 = 0.0;
+    var acc2_12 = 0.0;
+    var acc2_13 = 0.0;
+    var acc2_14 = 0.0;
+    var acc2_15 = 0.0;
+    var acc3_0 = 0.0;
+    var acc3_1 = 0.0;
+    var acc3_2 = 0.0;
+    var acc3_3 = 0.0;
+    var acc3_4 = 0.0;
+    var acc3_5 = 0.0;
+    var acc3_6 = 0.0;
+    var acc3_7 = 0.0;
+    var acc3_8 = 0.0;
+    var acc3_9 = 0.0;
+    var acc3_10 = 0.0;
+    var acc3_11 = 0.0;
+    var acc3_12 = 0.0;
+    var acc3_13 = 0.0;
+    var acc3_14 = 0.0;
+    var acc3_15 = 0.0;
+    var acc4_0 = 0.0;
+    var acc4_1 = 0.0;
+    var acc4_2 = 0.0;
+    var acc4_3 = 0.0;
+    var acc4_4 = 0.0;
+    var acc4_5 = 0.0;
+    var acc4_6 = 0.0;
+    var acc4_7 = 0.0;
+    var acc4_8 = 0.0;
+    var acc4_9 = 0.0;
+    var acc4_10 = 0.0;
+    var acc4_11 = 0.0;
+    var acc4_12 = 0.0;
+    var acc4_13 = 0.0;
+    var acc4_14 = 0.0;
+    var acc4_15 = 0.0;
+    var acc5_0 = 0.0;
+    var acc5_1 = 0.0;
+    var acc5_2 = 0.0;
+    var acc5_3 = 0.0;
+    var acc5_4 = 0.0;
+    var acc5_5 = 0.0;
+    var acc5_6 = 0.0;
+    var acc5_7 = 0.0;
+    var acc5_8 = 0.0;
+    var acc5_9 = 0.0;
+    var acc5_10 = 0.0;
+    var acc5_11 = 0.0;
+    var acc5_12 = 0.0;
+    var acc5_13 = 0.0;
+    var acc5_14 = 0.0;
+    var acc5_15 = 0.0;
+    var acc6_0 = 0.0;
+    var acc6_1 = 0.0;
+    var acc6_2 = 0.0;
+    var acc6_3 = 0.0;
+    var acc6_4 = 0.0;
+    var acc6_5 = 0.0;
+    var acc6_6 = 0.0;
+    var acc6_7 = 0.0;
+    var acc6_8 = 0.0;
+    var acc6_9 = 0.0;
+    var acc6_10 = 0.0;
+    var acc6_11 = 0.0;
+    var acc6_12 = 0.0;
+    var acc6_13 = 0.0;
+    var acc6_14 = 0.0;
+    var acc6_15 = 0.0;
+    var acc7_0 = 0.0;
+    var acc7_1 = 0.0;
+    var acc7_2 = 0.0;
+    var acc7_3 = 0.0;
+    var acc7_4 = 0.0;
+    var acc7_5 = 0.0;
+    var acc7_6 = 0.0;
+    var acc7_7 = 0.0;
+    var acc7_8 = 0.0;
+    var acc7_9 = 0.0;
+    var acc7_10 = 0.0;
+    var acc7_11 = 0.0;
+    var acc7_12 = 0.0;
+    var acc7_13 = 0.0;
+    var acc7_14 = 0.0;
+    var acc7_15 = 0.0;
+    var acc8_0 = 0.0;
+    var acc8_1 = 0.0;
+    var acc8_2 = 0.0;
+    var acc8_3 = 0.0;
+    var acc8_4 = 0.0;
+    var acc8_5 = 0.0;
+    var acc8_6 = 0.0;
+    var acc8_7 = 0.0;
+    var acc8_8 = 0.0;
+    var acc8_9 = 0.0;
+    var acc8_10 = 0.0;
+    var acc8_11 = 0.0;
+    var acc8_12 = 0.0;
+    var acc8_13 = 0.0;
+    var acc8_14 = 0.0;
+    var acc8_15 = 0.0;
+    var acc9_0 = 0.0;
+    var acc9_1 = 0.0;
+    var acc9_2 = 0.0;
+    var acc9_3 = 0.0;
+    var acc9_4 = 0.0;
+    var acc9_5 = 0.0;
+    var acc9_6 = 0.0;
+    var acc9_7 = 0.0;
+    var acc9_8 = 0.0;
+    var acc9_9 = 0.0;
+    var acc9_10 = 0.0;
+    var acc9_11 = 0.0;
+    var acc9_12 = 0.0;
+    var acc9_13 = 0.0;
+    var acc9_14 = 0.0;
+    var acc9_15 = 0.0;
+    var acc10_0 = 0.0;
+    var acc10_1 = 0.0;
+    var acc10_2 = 0.0;
+    var acc10_3 = 0.0;
+    var acc10_4 = 0.0;
+    var acc10_5 = 0.0;
+    var acc10_6 = 0.0;
+    var acc10_7 = 0.0;
+    var acc10_8 = 0.0;
+    var acc10_9 = 0.0;
+    var acc10_10 = 0.0;
+    var acc10_11 = 0.0;
+    var acc10_12 = 0.0;
+    var acc10_13 = 0.0;
+    var acc10_14 = 0.0;
+    var acc10_15 = 0.0;
+    var acc11_0 = 0.0;
+    var acc11_1 = 0.0;
+    var acc11_2 = 0.0;
+    var acc11_3 = 0.0;
+    var acc11_4 = 0.0;
+    var acc11_5 = 0.0;
+    var acc11_6 = 0.0;
+    var acc11_7 = 0.0;
+    var acc11_8 = 0.0;
+    var acc11_9 = 0.0;
+    var acc11_10 = 0.0;
+    var acc11_11 = 0.0;
+    var acc11_12 = 0.0;
+    var acc11_13 = 0.0;
+    var acc11_14 = 0.0;
+    var acc11_15 = 0.0;
+    var acc12_0 = 0.0;
+    var acc12_1 = 0.0;
+    var acc12_2 = 0.0;
+    var acc12_3 = 0.0;
+    var acc12_4 = 0.0;
+    var acc12_5 = 0.0;
+    var acc12_6 = 0.0;
+    var acc12_7 = 0.0;
+    var acc12_8 = 0.0;
+    var acc12_9 = 0.0;
+    var acc12_10 = 0.0;
+    var acc12_11 = 0.0;
+    var acc12_12 = 0.0;
+    var acc12_13 = 0.0;
+    var acc12_14 = 0.0;
+    var acc12_15 = 0.0;
+    var acc13_0 = 0.0;
+    var acc13_1 = 0.0;
+    var acc13_2 = 0.0;
+    var acc13_3 = 0.0;
+    var acc13_4 = 0.0;
+    var acc13_5 = 0.0;
+    var acc13_6 = 0.0;
+    var acc13_7 = 0.0;
+    var acc13_8 = 0.0;
+    var acc13_9 = 0.0;
+    var acc13_10 = 0.0;
+    var acc13_11 = 0.0;
+    var acc13_12 = 0.0;
+    var acc13_13 = 0.0;
+    var acc13_14 = 0.0;
+    var acc13_15 = 0.0;
+    var acc14_0 = 0.0;
+    var acc14_1 = 0.0;
+    var acc14_2 = 0.0;
+    var acc14_3 = 0.0;
+    var acc14_4 = 0.0;
+    var acc14_5 = 0.0;
+    var acc14_6 = 0.0;
+    var acc14_7 = 0.0;
+    var acc14_8 = 0.0;
+    var acc14_9 = 0.0;
+    var acc14_10 = 0.0;
+    var acc14_11 = 0.0;
+    var acc14_12 = 0.0;
+    var acc14_13 = 0.0;
+    var acc14_14 = 0.0;
+    var acc14_15 = 0.0;
+    var acc15_0 = 0.0;
+    var acc15_1 = 0.0;
+    var acc15_2 = 0.0;
+    var acc15_3 = 0.0;
+    var acc15_4 = 0.0;
+    var acc15_5 = 0.0;
+    var acc15_6 = 0.0;
+    var acc15_7 = 0.0;
+    var acc15_8 = 0.0;
+    var acc15_9 = 0.0;
+    var acc15_10 = 0.0;
+    var acc15_11 = 0.0;
+    var acc15_12 = 0.0;
+    var acc15_13 = 0.0;
+    var acc15_14 = 0.0;
+    var acc15_15 = 0.0;
+    let group = lane / 8u;
+    let sub = lane % 8u;
+    let span = (pixels + 127u) / 128u * 16u;
+    let end = min(group * span + span, pixels);
+    for (var b = group * span; b < end; b += 16u) {
+        let q0 = b + 0u + sub;
+        let ok0 = q0 < end;
+        let c0 = min(q0, pixels - 1u);
+        let q1 = b + 8u + sub;
+        let ok1 = q1 < end;
+        let c1 = min(q1, pixels - 1u);
+        let g0_0 = select(0.0, wt[dr0 + c0], ok0);
+        let g1_0 = select(0.0, wt[dr1 + c0], ok0);
+        let g2_0 = select(0.0, wt[dr2 + c0], ok0);
+        let g3_0 = select(0.0, wt[dr3 + c0], ok0);
+        let g4_0 = select(0.0, wt[dr4 + c0], ok0);
+        let g5_0 = select(0.0, wt[dr5 + c0], ok0);
+        let g6_0 = select(0.0, wt[dr6 + c0], ok0);
+        let g7_0 = select(0.0, wt[dr7 + c0], ok0);
+        let g8_0 = select(0.0, wt[dr8 + c0], ok0);
+        let g9_0 = select(0.0, wt[dr9 + c0], ok0);
+        let g10_0 = select(0.0, wt[dr10 + c0], ok0);
+        let g11_0 = select(0.0, wt[dr11 + c0], ok0);
+        let g12_0 = select(0.0, wt[dr12 + c0], ok0);
+        let g13_0 = select(0.0, wt[dr13 + c0], ok0);
+        let g14_0 = select(0.0, wt[dr14 + c0], ok0);
+        let g15_0 = select(0.0, wt[dr15 + c0], ok0);
+        let x0_0 = max(fma(src[sr0 + c0] - mu0, sc0, be0), 0.0);
+        let x1_0 = max(fma(src[sr1 + c0] - mu1, sc1, be1), 0.0);
+        let x2_0 = max(fma(src[sr2 + c0] - mu2, sc2, be2), 0.0);
+        let x3_0 = max(fma(src[sr3 + c0] - mu3, sc3, be3), 0.0);
+        let x4_0 = max(fma(src[sr4 + c0] - mu4, sc4, be4), 0.0);
+        let x5_0 = max(fma(src[sr5 + c0] - mu5, sc5, be5), 0.0);
+        let x6_0 = max(fma(src[sr6 + c0] - mu6, sc6, be6), 0.0);
+        let x7_0 = max(fma(src[sr7 + c0] - mu7, sc7, be7), 0.0);
+        let x8_0 = max(fma(src[sr8 + c0] - mu8, sc8, be8), 0.0);
+        let x9_0 = max(fma(src[sr9 + c0] - mu9, sc9, be9), 0.0);
+        let x10_0 = max(fma(src[sr10 + c0] - mu10, sc10, be10), 0.0);
+        let x11_0 = max(fma(src[sr11 + c0] - mu11, sc11, be11), 0.0);
+        let x12_0 = max(fma(src[sr12 + c0] - mu12, sc12, be12), 0.0);
+        let x13_0 = max(fma(src[sr13 + c0] - mu13, sc13, be13), 0.0);
+        let x14_0 = max(fma(src[sr14 + c0] - mu14, sc14, be14), 0.0);
+        let x15_0 = max(fma(src[sr15 + c0] - mu15, sc15, be15), 0.0);
+        let g0_1 = select(0.0, wt[dr0 + c1], ok1);
+        let g1_1 = select(0.0, wt[dr1 + c1], ok1);
+        let g2_1 = select(0.0, wt[dr2 + c1], ok1);
+        let g3_1 = select(0.0, wt[dr3 + c1], ok1);
+        let g4_1 = select(0.0, wt[dr4 + c1], ok1);
+        let g5_1 = select(0.0, wt[dr5 + c1], ok1);
+        let g6_1 = select(0.0, wt[dr6 + c1], ok1);
+        let g7_1 = select(0.0, wt[dr7 + c1], ok1);
+        let g8_1 = select(0.0, wt[dr8 + c1], ok1);
+        let g9_1 = select(0.0, wt[dr9 + c1], ok1);
+        let g10_1 = select(0.0, wt[dr10 + c1], ok1);
+        let g11_1 = select(0.0, wt[dr11 + c1], ok1);
+        let g12_1 = select(0.0, wt[dr12 + c1], ok1);
+        let g13_1 = select(0.0, wt[dr13 + c1], ok1);
+        let g14_1 = select(0.0, wt[dr14 + c1], ok1);
+        let g15_1 = select(0.0, wt[dr15 + c1], ok1);
+        let x0_1 = max(fma(src[sr0 + c1] - mu0, sc0, be0), 0.0);
+        let x1_1 = max(fma(src[sr1 + c1] - mu1, sc1, be1), 0.0);
+        let x2_1 = max(fma(src[sr2 + c1] - mu2, sc2, be2), 0.0);
+        let x3_1 = max(fma(src[sr3 + c1] - mu3, sc3, be3), 0.0);
+        let x4_1 = max(fma(src[sr4 + c1] - mu4, sc4, be4), 0.0);
+        let x5_1 = max(fma(src[sr5 + c1] - mu5, sc5, be5), 0.0);
+        let x6_1 = max(fma(src[sr6 + c1] - mu6, sc6, be6), 0.0);
+        let x7_1 = max(fma(src[sr7 + c1] - mu7, sc7, be7), 0.0);
+        let x8_1 = max(fma(src[sr8 + c1] - mu8, sc8, be8), 0.0);
+        let x9_1 = max(fma(src[sr9 + c1] - mu9, sc9, be9), 0.0);
+        let x10_1 = max(fma(src[sr10 + c1] - mu10, sc10, be10), 0.0);
+        let x11_1 = max(fma(src[sr11 + c1] - mu11, sc11, be11), 0.0);
+        let x12_1 = max(fma(src[sr12 + c1] - mu12, sc12, be12), 0.0);
+        let x13_1 = max(fma(src[sr13 + c1] - mu13, sc13, be13), 0.0);
+        let x14_1 = max(fma(src[sr14 + c1] - mu14, sc14, be14), 0.0);
+        let x15_1 = max(fma(src[sr15 + c1] - mu15, sc15, be15), 0.0);
         acc0_0 = fma(g0_0, x0_0, fma(g0_1, x0_1, acc0_0));
         acc0_1 = fma(g0_0, x1_0, fma(g0_1, x1_1, acc0_1));
         acc0_2 = fma(g0_0, x2_0, fma(g0_1, x2_1, acc0_2));

@@ -543,6 +543,18 @@ impl Program {
                 LaunchOp::ConvBackwardWeight { shape, x, dy, dw, accumulate } => {
                     conv::conv2d_backward_weight(gpu, &shape, r(x), r(dy), r(dw), accumulate)
                 }
+                LaunchOp::ConvBackwardWeightBnRelu { shape, x, stats, affine, dy, dw, accumulate } => {
+                    conv::conv2d_backward_weight_bnrelu(
+                        gpu,
+                        &shape,
+                        r(x),
+                        r(stats),
+                        r(affine),
+                        r(dy),
+                        r(dw),
+                        accumulate,
+                    )
+                }
                 LaunchOp::BnTrainStats { shape, x, stats, running } => {
                     bn::batchnorm_train_stats(gpu, shape, r(x), r(stats), r(running), BN_MOMENTUM, BN_EPS)
                 }

@@ -89,6 +89,17 @@ pub enum LaunchOp {
         dw: Loc,
         accumulate: bool,
     },
+    /// The weight gradient of a 1x1 conv whose input is relu(batchnorm(x)), normalising x
+    /// on load with the batch-norm node's saved `stats` and its `affine` parameters.
+    ConvBackwardWeightBnRelu {
+        shape: Conv2dShape,
+        x: Loc,
+        stats: Loc,
+        affine: Loc,
+        dy: Loc,
+        dw: Loc,
+        accumulate: bool,
+    },
     BnTrainStats {
         shape: BatchNormShape,
         x: Loc,
@@ -236,6 +247,7 @@ impl LaunchOp {
             ConvForward { x, w, y, .. } => vec![*x, *w, *y],
             ConvBackwardInput { dy, w, dx, .. } => vec![*dy, *w, *dx],
             ConvBackwardWeight { x, dy, dw, .. } => vec![*x, *dy, *dw],
+            ConvBackwardWeightBnRelu { x, stats, affine, dy, dw, .. } => vec![*x, *stats, *affine, *dy, *dw],
             BnTrainStats { x, stats, running, .. } => vec![*x, *stats, *running],
             BnEvalStats { running, stats, .. } => vec![*running, *stats],
             BnApply { x, stats, affine, y, .. } => vec![*x, *stats, *affine, *y],
@@ -621,6 +633,11 @@ impl Compiler<'_> {
         }
         let Some(dy) = self.output_gradient(node.output) else { return };
         let xt = node.inputs[0];
+        if let Some(bn) = self.fusable_bn_relu(id) {
+            // Checked before saved_loc, which would recompute the BN-ReLU output.
+            self.fused_conv_backward(id, bn, dy);
+            return;
+        }
         let x = backward_needs_input(&node.op).then(|| self.saved_loc(xt));
         let dx = self.needs_gradient(xt).then(|| self.gradient_loc(xt));
         let [c, n, h, w] = g.shape(xt);
@@ -679,6 +696,56 @@ impl Compiler<'_> {
                 };
                 self.push(id, phase, op);
             }
+        }
+    }
+}
+
+impl Compiler<'_> {
+    /// The batch-norm node whose recomputation a 1x1 conv's backward can skip by normalising
+    /// on load: the conv (1x1, stride 1, unpadded) reads the whole output of a recomputed
+    /// BN-ReLU that has not been recomputed yet, and nothing else would ever read that
+    /// recomputed value (no other node's backward or recomputation takes it as input).
+    fn fusable_bn_relu(&self, conv: NodeId) -> Option<NodeId> {
+        let g = self.graph;
+        let node = &g.nodes[conv.0];
+        if !matches!(node.op, Op::Conv2d { kernel: 1, stride: 1, pad: 0, .. }) || node.recompute {
+            return None;
+        }
+        let xt = node.inputs[0];
+        let s = g.tensor(xt).storage;
+        let &p = self.producer.get(&s)?;
+        let bn = &g.nodes[p.0];
+        if !bn.recompute || !matches!(bn.op, Op::BatchNorm { relu: true, .. }) || self.recomputed.contains_key(&s) {
+            return None;
+        }
+        if g.tensor(xt).c0 != 0 || g.tensor(xt).c != g.storages[s.0].c {
+            return None;
+        }
+        let other_reader = g.nodes.iter().enumerate().any(|(i, n)| {
+            i != conv.0
+                && (n.recompute || backward_needs_input(&n.op))
+                && n.inputs.iter().any(|&t| g.tensor(t).storage == s)
+        });
+        (!other_reader).then_some(p)
+    }
+
+    /// A 1x1 conv's backward with its BN-ReLU input fused into the weight gradient.
+    fn fused_conv_backward(&mut self, id: NodeId, bn: NodeId, dy: Loc) {
+        let g = self.graph;
+        let node = &g.nodes[id.0];
+        let Op::Conv2d { weight, kernel, stride, pad } = node.op else { unreachable!("checked by the caller") };
+        let Op::BatchNorm { affine, stats, .. } = g.nodes[bn.0].op else { unreachable!("checked by the caller") };
+        let xt = node.inputs[0];
+        let shape = conv_shape(g, xt, node.output, kernel, stride, pad);
+        let x = self.saved_loc(g.nodes[bn.0].inputs[0]);
+        let stats = self.stats_loc(stats);
+        let dx = self.needs_gradient(xt).then(|| self.gradient_loc(xt));
+        let (dw, accumulate) = self.param_grad(weight);
+        let phase = Phase::Backward;
+        let op = LaunchOp::ConvBackwardWeightBnRelu { shape, x, stats, affine: Loc::Param(affine), dy, dw, accumulate };
+        self.push(id, phase, op);
+        if let Some((dx, accumulate)) = dx {
+            self.push(id, phase, LaunchOp::ConvBackwardInput { shape, dy, w: Loc::Param(weight), dx, accumulate });
         }
     }
 }

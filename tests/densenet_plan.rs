@@ -97,3 +97,28 @@ fn a_batch_too_large_for_the_binding_limit_is_refused_with_advice() {
     let err = plan_training(&config, fit + 1, MemoryMode::Minimal, &limits, Some(budget)).unwrap_err().to_string();
     assert!(err.contains("budget") && err.contains(&format!("is {fit}")), "{err}");
 }
+
+#[test]
+fn a_recomputed_bn_relu_read_only_by_a_1x1_weight_gradient_is_fused_into_it() {
+    use densegpu::schedule::{compile, LaunchOp, Phase, ValueKind};
+    // DenseNet-BC-40: 3 blocks of 6 layers, 2 transitions.
+    let config = DenseNetConfig::cifar_bc(40, 12, 10).unwrap();
+    let count = |mode| {
+        let g = config.build(2, mode).unwrap();
+        let s = compile(&g, Mode::Train).unwrap();
+        let fused = s.launches.iter().filter(|l| matches!(l.op, LaunchOp::ConvBackwardWeightBnRelu { .. })).count();
+        let recomputed_bn = s
+            .launches
+            .iter()
+            .filter(|l| l.phase == Phase::Recompute && matches!(l.op, LaunchOp::BnApply { .. }))
+            .count();
+        let recomputed_values = s.values.iter().filter(|v| v.kind == ValueKind::Recomputed).count();
+        (fused, recomputed_bn, recomputed_values)
+    };
+    assert_eq!(count(MemoryMode::Naive), (0, 0, 0));
+    // Efficient: every norm1 and transition norm is fused; only the norm2s are recomputed.
+    assert_eq!(count(MemoryMode::Efficient), (18 + 2, 18, 18));
+    // Minimal also recomputes each bottleneck conv, which needs its norm1 output materialised,
+    // so only the transitions fuse.
+    assert_eq!(count(MemoryMode::Minimal), (2, 18 * 2, 18 * 3));
+}

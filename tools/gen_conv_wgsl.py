@@ -48,12 +48,18 @@ struct Params {
     a_k: u32,
     a_i: u32,
     a_j: u32,
+    stats_off: u32,
+    affine_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> wt: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+// Only conv1x1_weight_grad_bnrelu binds these: the batch-norm statistics [mean, invstd] and
+// affine parameters [gamma, beta] of its k_rows source channels.
+@group(0) @binding(4) var<storage, read_write> bn_stats: array<f32>;
+@group(0) @binding(5) var<storage, read_write> bn_affine: array<f32>;
 
 // Writes one finished output: overwrite, or add to what is there.
 fn put(i: u32, v: f32) {
@@ -215,52 +221,72 @@ def reduce_block(names, store_fn):
 # ---------------- weight grad 1x1 ----------------
 MR, NR = WG1_MR, WG1_NR
 w(f"""var<workgroup> partial: array<f32, 1024>;
+""")
 
-// Weight gradient of a 1x1, stride 1, unpadded conv: dw[m, k] = sum_q wt[m, q] src[k, q] over
+def wgrad1x1(name, bnrelu):
+    if bnrelu:
+        w(f"""// As conv1x1_weight_grad, but src is the raw input of a training-mode BN-ReLU and each loaded
+// value goes through relu((x - mean) * invstd * gamma + beta) first, so backward never has to
+// recompute and store the normalised tensor just for this gradient.""")
+    else:
+        w(f"""// Weight gradient of a 1x1, stride 1, unpadded conv: dw[m, k] = sum_q wt[m, q] src[k, q] over
 // all N*H*W pixels q. One workgroup owns {MR} x {NR} weights; its 64 invocations split the pixels
 // (each group of 8 a contiguous span, see below) and their partial sums meet in workgroup
 // memory, 16 values per barrier pair. The fixed 64-way split keeps f32 sums short
-// (pixels / 64 terms each) without a scratch buffer.
-@compute @workgroup_size(64)
-fn conv1x1_weight_grad(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg: vec3<u32>) {{
+// (pixels / 64 terms each) without a scratch buffer.""")
+    w(f"""@compute @workgroup_size(64)
+fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg: vec3<u32>) {{
     let pixels = p.n * p.src_h * p.src_w;
     let m0 = wg.z * {MR}u;
     let k0 = wg.x * {NR}u;""")
-for r in range(MR):
-    w(f"    let dr{r} = p.wt_off + min(m0 + {r}u, p.m_rows - 1u) * pixels;")
-for c in range(NR):
-    w(f"    let sr{c} = p.src_off + min(k0 + {c}u, p.k_rows - 1u) * pixels;")
-for r in range(MR):
-    for c in range(NR):
-        w(f"    var acc{r}_{c} = 0.0;")
-# llvmpipe runs a workgroup as 8-lane SIMD groups, one after another, so each group of 8
-# invocations walks its own contiguous span of pixels, 16 at a time: two pixels per invocation,
-# a whole 64-byte cache line per row per step. Interleaving all 64 invocations instead made
-# every group stream every line for 1/8 of its content.
-w("    let group = lane / 8u;")
-w("    let sub = lane % 8u;")
-w("    let span = (pixels + 127u) / 128u * 16u;")
-w("    let end = min(group * span + span, pixels);")
-w("    for (var b = group * span; b < end; b += 16u) {")
-for h in range(2):
-    w(f"        let q{h} = b + {8 * h}u + sub;")
-    w(f"        let ok{h} = q{h} < end;")
-    w(f"        let c{h} = min(q{h}, pixels - 1u);")
-for h in range(2):
     for r in range(MR):
-        w(f"        let g{r}_{h} = select(0.0, wt[dr{r} + c{h}], ok{h});")
+        w(f"    let dr{r} = p.wt_off + min(m0 + {r}u, p.m_rows - 1u) * pixels;")
     for c in range(NR):
-        w(f"        let x{c}_{h} = src[sr{c} + c{h}];")
-for r in range(MR):
-    for c in range(NR):
-        w(f"        acc{r}_{c} = fma(g{r}_0, x{c}_0, fma(g{r}_1, x{c}_1, acc{r}_{c}));")
-w("    }")
-names = [f"acc{r}_{c}" for r in range(MR) for c in range(NR)]
-reduce_block(names, lambda: f"""            let m = m0 + v / {NR}u;
+        w(f"    let sr{c} = p.src_off + min(k0 + {c}u, p.k_rows - 1u) * pixels;")
+    if bnrelu:
+        # Per channel: scale = invstd * gamma and the mean and beta, loaded once.
+        for c in range(NR):
+            w(f"    let kc{c} = min(k0 + {c}u, p.k_rows - 1u);")
+            w(f"    let mu{c} = bn_stats[p.stats_off + kc{c}];")
+            w(f"    let sc{c} = bn_stats[p.stats_off + p.k_rows + kc{c}] * bn_affine[p.affine_off + kc{c}];")
+            w(f"    let be{c} = bn_affine[p.affine_off + p.k_rows + kc{c}];")
+    for r in range(MR):
+        for c in range(NR):
+            w(f"    var acc{r}_{c} = 0.0;")
+    # llvmpipe runs a workgroup as 8-lane SIMD groups, one after another, so each group of 8
+    # invocations walks its own contiguous span of pixels, 16 at a time: two pixels per invocation,
+    # a whole 64-byte cache line per row per step. Interleaving all 64 invocations instead made
+    # every group stream every line for 1/8 of its content.
+    w("    let group = lane / 8u;")
+    w("    let sub = lane % 8u;")
+    w("    let span = (pixels + 127u) / 128u * 16u;")
+    w("    let end = min(group * span + span, pixels);")
+    w("    for (var b = group * span; b < end; b += 16u) {")
+    for h in range(2):
+        w(f"        let q{h} = b + {8 * h}u + sub;")
+        w(f"        let ok{h} = q{h} < end;")
+        w(f"        let c{h} = min(q{h}, pixels - 1u);")
+    for h in range(2):
+        for r in range(MR):
+            w(f"        let g{r}_{h} = select(0.0, wt[dr{r} + c{h}], ok{h});")
+        for c in range(NR):
+            if bnrelu:
+                w(f"        let x{c}_{h} = max(fma(src[sr{c} + c{h}] - mu{c}, sc{c}, be{c}), 0.0);")
+            else:
+                w(f"        let x{c}_{h} = src[sr{c} + c{h}];")
+    for r in range(MR):
+        for c in range(NR):
+            w(f"        acc{r}_{c} = fma(g{r}_0, x{c}_0, fma(g{r}_1, x{c}_1, acc{r}_{c}));")
+    w("    }")
+    names = [f"acc{r}_{c}" for r in range(MR) for c in range(NR)]
+    reduce_block(names, lambda: f"""            let m = m0 + v / {NR}u;
             let k = k0 + v % {NR}u;
             if (m < p.m_rows && k < p.k_rows) {{ put(p.dst_off + m * p.k_rows + k, sum); }}""")
-w("}")
-w()
+    w("}")
+    w()
+
+wgrad1x1("conv1x1_weight_grad", False)
+wgrad1x1("conv1x1_weight_grad_bnrelu", True)
 
 # ---------------- weight grad 3x3 s1 ----------------
 MR = WG3_MR

@@ -71,6 +71,8 @@ const CONV_3X3_S1_NARROW: Kernel = kernel("conv3x3_s1_narrow");
 const GENERAL_FORWARD: Kernel = kernel("conv_general_forward");
 const GENERAL_BACKWARD_INPUT: Kernel = kernel("conv_general_backward_input");
 const WEIGHT_GRAD_1X1: Kernel = kernel("conv1x1_weight_grad");
+const WEIGHT_GRAD_1X1_BN_RELU: Kernel =
+    Kernel { shader: &shaders::CONV, entry: "conv1x1_weight_grad_bnrelu", buffers: 5 };
 const WEIGHT_GRAD_3X3_S1: Kernel = kernel("conv3x3_s1_weight_grad");
 const GENERAL_WEIGHT_GRAD: Kernel = kernel("conv_general_weight_grad");
 
@@ -105,6 +107,8 @@ struct Params {
     dst_off: u32,
     /// Weight strides for (m, k, i, j); they wrap, so a negative stride is `0u32.wrapping_sub(s)`.
     strides: [u32; 4],
+    /// (stats, affine) element offsets; only the fused BN-ReLU weight gradient reads them.
+    bn_offsets: (u32, u32),
 }
 
 impl Params {
@@ -129,6 +133,8 @@ impl Params {
             self.strides[1],
             self.strides[2],
             self.strides[3],
+            self.bn_offsets.0,
+            self.bn_offsets.1,
         ]
     }
 }
@@ -160,6 +166,7 @@ pub fn conv2d_forward(gpu: &Gpu, s: &Conv2dShape, x: View, w: View, y: View) -> 
         wt_off: w.offset,
         dst_off: y.offset,
         strides: weight_strides_oihw(s),
+        bn_offsets: (0, 0),
     };
     launch(gpu, s, &params, [x.buffer, w.buffer, y.buffer])
 }
@@ -181,6 +188,7 @@ pub fn conv2d_backward_input(gpu: &Gpu, s: &Conv2dShape, dy: View, w: View, dx: 
         dst_off: dx.offset,
         // The rows are now input channels and the reduction runs over output channels.
         strides: [i_stride, o_stride, row_stride, 1],
+        bn_offsets: (0, 0),
     };
     let buffers = [dy.buffer, w.buffer, dx.buffer];
     if s.is_pointwise() {
@@ -214,6 +222,7 @@ pub fn conv2d_backward_weight(gpu: &Gpu, s: &Conv2dShape, x: View, dy: View, dw:
         wt_off: dy.offset,
         dst_off: dw.offset,
         strides: [0; 4],
+        bn_offsets: (0, 0),
     };
     let words = params.words(s);
     let buffers = [x.buffer, dy.buffer, dw.buffer];
@@ -232,6 +241,43 @@ pub fn conv2d_backward_weight(gpu: &Gpu, s: &Conv2dShape, x: View, dy: View, dw:
     // One workgroup per weight; grid() folds the count into two dimensions.
     let groups = grid(s.weight_elems() as u64 * WORKGROUP as u64, WORKGROUP);
     gpu.dispatch(&GENERAL_WEIGHT_GRAD, &words, &buffers, groups)
+}
+
+/// dw (+)= the weight gradient of a 1x1, stride-1, unpadded conv whose input is
+/// relu(batchnorm(x)) with the given training statistics ([mean, invstd] per channel) and
+/// affine parameters ([gamma, beta]). The normalised input is computed on load and never
+/// stored, which spares backward a recomputation of it when nothing else reads it.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_weight_bnrelu(
+    gpu: &Gpu,
+    s: &Conv2dShape,
+    x: View,
+    stats: View,
+    affine: View,
+    dy: View,
+    dw: View,
+    accumulate: bool,
+) -> Dispatch {
+    s.check();
+    assert!(s.is_pointwise(), "conv2d: the fused BN-ReLU weight gradient serves only 1x1 convs, not {s:?}");
+    let params = Params {
+        n: s.n,
+        m_rows: s.c_out,
+        k_rows: s.c_in,
+        pad: 0,
+        src_hw: (s.h, s.w),
+        dst_hw: (s.out_h(), s.out_w()),
+        accumulate,
+        src_off: x.offset,
+        wt_off: dy.offset,
+        dst_off: dw.offset,
+        strides: [0; 4],
+        bn_offsets: (stats.offset, affine.offset),
+    };
+    let (blocks_k, blocks_m) = (s.c_in.div_ceil(WGRAD1_COLS), s.c_out.div_ceil(WGRAD1_ROWS));
+    assert!(blocks_k <= 65_535 && blocks_m <= 65_535, "conv2d: {s:?} has more weight blocks than the grid holds");
+    let buffers = [x.buffer, dy.buffer, dw.buffer, stats.buffer, affine.buffer];
+    gpu.dispatch(&WEIGHT_GRAD_1X1_BN_RELU, &params.words(s), &buffers, [blocks_k, 1, blocks_m])
 }
 
 /// A 3x3 stride-1 conv described by `params` (rows = destination channels): one invocation per

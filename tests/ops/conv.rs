@@ -160,3 +160,44 @@ fn conv2d_shape_arithmetic() {
     assert_eq!((growth.out_h(), growth.out_w()), (32, 32));
     assert_eq!(shape(1, 3, 9, 7, 13, 3, 2, 1).out_w(), 4);
 }
+
+#[test]
+fn conv1x1_weight_grad_with_bn_relu_on_load_matches_reference() {
+    // Odd sizes, partial weight blocks along both axes, long reductions, and (the last) more
+    // input channels than one column block at DenseNet-BC's bottleneck width.
+    let cases = [
+        (shape(5, 13, 7, 5, 3, 1, 1, 0), &[false, true][..]),
+        (shape(1, 3, 7, 5, 13, 1, 1, 0), &[false, true][..]),
+        (shape(3, 37, 5, 9, 19, 1, 1, 0), &[false, true][..]),
+        (shape(64, 24, 32, 32, 48, 1, 1, 0), &[true][..]),
+    ];
+    let g = gpu();
+    for (i, (s, accumulate_modes)) in cases.iter().enumerate() {
+        let seed = 500 + 10 * i as u64;
+        let c = s.c_in as usize;
+        let plane = (s.n * s.h * s.w) as usize;
+        let y_plane = (s.n * s.out_h() * s.out_w()) as usize;
+        // x is a channel prefix of a larger block and the statistics and affine parameters
+        // sit at odd offsets, as in the arena and the parameter buffers.
+        let x = Region::new(0, random(s.input_elems() as usize, seed), 2 * plane, seed + 1);
+        let mut stats = random(2 * c, seed + 2);
+        stats[c..].iter_mut().for_each(|v| *v = v.abs() + 0.5); // invstd > 0
+        let stats = Region::new(5, stats, 0, seed + 3);
+        let affine = Region::new(9, random(2 * c, seed + 4), 0, seed + 5);
+        let dy = Region::new(0, random(s.output_elems() as usize, seed + 6), 3 * y_plane, seed + 7);
+        let normed = densegpu::reference::batchnorm::apply(c, plane, x.inner(), stats.inner(), affine.inner(), true);
+        assert!(normed.contains(&0.0) && normed.iter().any(|&v| v > 0.0), "the ReLU clips some values");
+        let want = reference::conv2d_backward_weight(s, &normed, dy.inner());
+        let weights = s.weight_elems() as usize;
+        check_output(
+            "backward weight with BN-ReLU",
+            s,
+            &[x, stats, affine, dy],
+            weights,
+            1,
+            &want,
+            accumulate_modes,
+            &|v, out, acc| conv::conv2d_backward_weight_bnrelu(g, s, v[0], v[1], v[2], v[3], out, acc),
+        );
+    }
+}
