@@ -15,9 +15,9 @@ use rand::SeedableRng;
 use rand_distr::Distribution;
 use std::sync::Arc;
 
-/// Alignment of every arena offset, in bytes: WebGPU's storage offset alignment, which also
-/// keeps every tensor on its own cache lines.
-pub const ARENA_ALIGNMENT: u64 = 256;
+/// Alignment of every arena offset, in bytes: the binding-window alignment, so each value can
+/// be bound on its own; it also keeps every tensor on its own cache lines.
+pub const ARENA_ALIGNMENT: u64 = crate::gpu::ALIGNMENT;
 
 pub use crate::ops::sgd::SgdHyper;
 

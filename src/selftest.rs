@@ -114,8 +114,8 @@ pub async fn run(gpu: &Gpu) -> Vec<Check> {
 }
 
 /// Uniform values in [-1, -0.05] ∪ [0.05, 1]: random and never zero, so a kernel that
-/// ignores an input or writes zeros cannot pass by accident.
-fn random(len: usize, seed: u64) -> Vec<f32> {
+/// ignores an input or writes zeros cannot pass by accident. The op tests draw from it too.
+pub fn random(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
     (0..len)
         .map(|_| {

@@ -210,30 +210,15 @@ pub fn conv2d_backward_input(gpu: &Gpu, s: &Conv2dShape, dy: View, w: View, dx: 
 /// dw (+)= the gradient with respect to the weights, summed over the batch.
 pub fn conv2d_backward_weight(gpu: &Gpu, s: &Conv2dShape, x: View, dy: View, dw: View, accumulate: bool) -> Dispatch {
     s.check();
-    let params = Params {
-        n: s.n,
-        m_rows: s.c_out,
-        k_rows: s.c_in,
-        pad: s.pad,
-        src_hw: (s.h, s.w),
-        dst_hw: (s.out_h(), s.out_w()),
-        accumulate,
-        src_off: x.offset,
-        wt_off: dy.offset,
-        dst_off: dw.offset,
-        strides: [0; 4],
-        bn_offsets: (0, 0),
-    };
-    let words = params.words(s);
+    let words = weight_grad_params(s, x, dy, dw, accumulate).words(s);
     let buffers = [x.buffer, dy.buffer, dw.buffer];
+    if s.is_pointwise() {
+        return gpu.dispatch(&WEIGHT_GRAD_1X1, &words, &buffers, pointwise_weight_grad_groups(s));
+    }
     let in_range = |groups: u32| {
         assert!(groups <= 65_535, "conv2d: {groups} weight blocks exceed the workgroup grid");
         groups
     };
-    if s.is_pointwise() {
-        let groups = [in_range(s.c_in.div_ceil(WGRAD1_COLS)), 1, in_range(s.c_out.div_ceil(WGRAD1_ROWS))];
-        return gpu.dispatch(&WEIGHT_GRAD_1X1, &words, &buffers, groups);
-    }
     if s.kh == 3 && s.kw == 3 && s.stride == 1 {
         let groups = [in_range(s.c_in), 1, in_range(s.c_out.div_ceil(WGRAD3_ROWS))];
         return gpu.dispatch(&WEIGHT_GRAD_3X3_S1, &words, &buffers, groups);
@@ -260,11 +245,19 @@ pub fn conv2d_backward_weight_bnrelu(
 ) -> Dispatch {
     s.check();
     assert!(s.is_pointwise(), "conv2d: the fused BN-ReLU weight gradient serves only 1x1 convs, not {s:?}");
-    let params = Params {
+    let params = Params { bn_offsets: (stats.offset, affine.offset), ..weight_grad_params(s, x, dy, dw, accumulate) };
+    let buffers = [x.buffer, dy.buffer, dw.buffer, stats.buffer, affine.buffer];
+    gpu.dispatch(&WEIGHT_GRAD_1X1_BN_RELU, &params.words(s), &buffers, pointwise_weight_grad_groups(s))
+}
+
+/// The parameter words every weight-gradient kernel reads: x is the source, dy the "weights"
+/// operand, dw the destination.
+fn weight_grad_params(s: &Conv2dShape, x: View, dy: View, dw: View, accumulate: bool) -> Params {
+    Params {
         n: s.n,
         m_rows: s.c_out,
         k_rows: s.c_in,
-        pad: 0,
+        pad: s.pad,
         src_hw: (s.h, s.w),
         dst_hw: (s.out_h(), s.out_w()),
         accumulate,
@@ -272,12 +265,15 @@ pub fn conv2d_backward_weight_bnrelu(
         wt_off: dy.offset,
         dst_off: dw.offset,
         strides: [0; 4],
-        bn_offsets: (stats.offset, affine.offset),
-    };
+        bn_offsets: (0, 0),
+    }
+}
+
+/// One workgroup per WGRAD1_COLS x WGRAD1_ROWS block of a 1x1 conv's weights.
+fn pointwise_weight_grad_groups(s: &Conv2dShape) -> [u32; 3] {
     let (blocks_k, blocks_m) = (s.c_in.div_ceil(WGRAD1_COLS), s.c_out.div_ceil(WGRAD1_ROWS));
     assert!(blocks_k <= 65_535 && blocks_m <= 65_535, "conv2d: {s:?} has more weight blocks than the grid holds");
-    let buffers = [x.buffer, dy.buffer, dw.buffer, stats.buffer, affine.buffer];
-    gpu.dispatch(&WEIGHT_GRAD_1X1_BN_RELU, &params.words(s), &buffers, [blocks_k, 1, blocks_m])
+    [blocks_k, 1, blocks_m]
 }
 
 /// A 3x3 stride-1 conv described by `params` (rows = destination channels): one invocation per

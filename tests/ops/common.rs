@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use densegpu::gpu::{Dispatch, View};
+pub use densegpu::selftest::random;
 use densegpu::Gpu;
-use rand::{Rng, SeedableRng};
 use std::sync::OnceLock;
 
 pub const TOLERANCE: f64 = 1e-4;
@@ -12,22 +12,6 @@ pub const TOLERANCE: f64 = 1e-4;
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| Gpu::new_blocking().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}")))
-}
-
-/// Uniform values in [-1, -0.05] ∪ [0.05, 1]: random and never zero, so a kernel that
-/// ignores an input or writes zeros cannot pass by accident.
-pub fn random(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
-    (0..len)
-        .map(|_| {
-            let m: f32 = rng.random_range(0.05..1.0);
-            if rng.random::<bool>() {
-                m
-            } else {
-                -m
-            }
-        })
-        .collect()
 }
 
 /// ‖got − want‖ / ‖want‖, after checking that `got` has no NaN or infinity.
