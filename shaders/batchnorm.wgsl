@@ -2,7 +2,8 @@
 // contiguous, so a channel is one range and one workgroup can own it.
 //
 // Small per-BN tensors hold 2C floats each: stats = [mean, invstd], affine = [gamma, beta],
-// grad_affine = [dgamma, dbeta], running = [running_mean, running_var].
+// grad_affine = [dgamma, dbeta], running = [running_mean, running_var]. Their second half starts
+// c_stride after the first, so a launch can cover a slice of a batch norm's channels.
 //
 // Every kernel of this file uses the same binding roles, so a role never moves between
 // kernels; a kernel that does not use a role gets some other buffer bound there by the host.
@@ -22,8 +23,11 @@ struct Params {
     relu: u32,
     accumulate_affine: u32,
     accumulate_out: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // The channel count of the 2C tensors; more than c when a launch covers a slice of the
+    // channels (the host then adds the slice's first channel to their offsets).
+    c_stride: u32,
+    // backward_input reads dy from `out` and overwrites it, for a gradient computed in place.
+    in_place: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -97,10 +101,10 @@ fn train_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         let mean = shift + dm;
         let var_b = max(s.y / mf - dm * dm, 0.0);
         stats[p.stats_off + ch] = mean;
-        stats[p.stats_off + p.c + ch] = 1.0 / sqrt(var_b + p.eps);
+        stats[p.stats_off + p.c_stride + ch] = 1.0 / sqrt(var_b + p.eps);
         let mo = p.momentum;
         let rm = p.running_off + ch;
-        let rv = p.running_off + p.c + ch;
+        let rv = p.running_off + p.c_stride + ch;
         running[rm] = (1.0 - mo) * running[rm] + mo * mean;
         running[rv] = (1.0 - mo) * running[rv] + mo * var_b * (mf / (mf - 1.0));
     }
@@ -111,7 +115,7 @@ fn eval_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
     let ch = gid.x;
     if (ch >= p.c) { return; }
     stats[p.stats_off + ch] = running[p.running_off + ch];
-    stats[p.stats_off + p.c + ch] = 1.0 / sqrt(running[p.running_off + p.c + ch] + p.eps);
+    stats[p.stats_off + p.c_stride + ch] = 1.0 / sqrt(running[p.running_off + p.c_stride + ch] + p.eps);
 }
 
 // Grid: x strides over the channel's values, y is the channel.
@@ -119,9 +123,9 @@ fn eval_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let ch = gid.y;
     let mean = stats[p.stats_off + ch];
-    let invstd = stats[p.stats_off + p.c + ch];
+    let invstd = stats[p.stats_off + p.c_stride + ch];
     let gamma = affine[p.affine_off + ch];
-    let beta = affine[p.affine_off + p.c + ch];
+    let beta = affine[p.affine_off + p.c_stride + ch];
     let relu = p.relu != 0u;
     let src = p.x_off + ch * p.m;
     let dst = p.out_off + ch * p.m;
@@ -147,9 +151,9 @@ struct Channel {
 fn channel(ch: u32) -> Channel {
     return Channel(
         stats[p.stats_off + ch],
-        stats[p.stats_off + p.c + ch],
+        stats[p.stats_off + p.c_stride + ch],
         affine[p.affine_off + ch],
-        affine[p.affine_off + p.c + ch],
+        affine[p.affine_off + p.c_stride + ch],
         p.x_off + ch * p.m,
         p.dy_off + ch * p.m,
         p.out_off + ch * p.m,
@@ -160,7 +164,8 @@ fn channel(ch: u32) -> Channel {
 // inactive) of value i. The mask uses bn_value so it agrees with the forward output.
 fn xhat_and_grad(k: Channel, i: u32, relu: bool) -> vec2<f32> {
     let v = x[k.x_base + i];
-    let g = dy[k.dy_base + i];
+    var g: f32;
+    if (p.in_place != 0u) { g = out[k.out_base + i]; } else { g = dy[k.dy_base + i]; }
     let live = !relu || bn_value(v, k.mean, k.invstd, k.gamma, k.beta) > 0.0;
     return vec2((v - k.mean) * k.invstd, select(0.0, g, live));
 }
@@ -186,7 +191,7 @@ fn channel_sums(k: Channel, lid: u32) -> ChannelSums {
 
 fn store_affine_grad(ch: u32, s: ChannelSums) {
     let gi = p.grad_off + ch;
-    let bi = p.grad_off + p.c + ch;
+    let bi = p.grad_off + p.c_stride + ch;
     if (p.accumulate_affine != 0u) {
         grad[gi] += s.dgamma;
         grad[bi] += s.dbeta;
@@ -223,7 +228,7 @@ fn backward_affine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
 @compute @workgroup_size(256)
 fn backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let ch = gid.y;
-    let s = ChannelSums(grad[p.grad_off + ch], grad[p.grad_off + p.c + ch]);
+    let s = ChannelSums(grad[p.grad_off + ch], grad[p.grad_off + p.c_stride + ch]);
     input_grad(channel(ch), s, gid.x, groups.x * WG);
 }
 

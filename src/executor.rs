@@ -105,7 +105,9 @@ impl MemoryPlan {
             gradients,
             optimizer,
             activations: arena.activations,
-            workspace: arena.workspace,
+            // Everything the arena holds beyond the stored activations (transient values at
+            // the busiest step, and packing slack), so that the categories add up to the total.
+            workspace: arena.total - arena.activations,
             peak_live: arena.peak_live + parameters + gradients + optimizer,
             total: arena.total + parameters + gradients + optimizer,
         }
@@ -537,8 +539,8 @@ impl Program {
             use ops::{batchnorm as bn, conv, elementwise as ew, linear, loss, pool};
             let d = match launch.op {
                 LaunchOp::ConvForward { shape, x, w, y } => conv::conv2d_forward(gpu, &shape, r(x), r(w), r(y)),
-                LaunchOp::ConvBackwardInput { shape, dy, w, dx, accumulate } => {
-                    conv::conv2d_backward_input(gpu, &shape, r(dy), r(w), r(dx), accumulate)
+                LaunchOp::ConvBackwardInput { shape, channels, dy, w, dx, accumulate } => {
+                    conv::conv2d_backward_input_channels(gpu, &shape, channels, r(dy), r(w), r(dx), accumulate)
                 }
                 LaunchOp::ConvBackwardWeight { shape, x, dy, dw, accumulate } => {
                     conv::conv2d_backward_weight(gpu, &shape, r(x), r(dy), r(dw), accumulate)
@@ -567,10 +569,16 @@ impl Program {
                 LaunchOp::BnBackward { shape, x, dy, stats, affine, grad_affine, dx, relu, accumulate } => {
                     // The split pair measured faster on lavapipe than the fused kernel; the
                     // input pass reads the sums the affine pass just wrote.
+                    let dy_loc = dy;
                     let (x, dy, stats, affine, grad_affine) = (r(x), r(dy), r(stats), r(affine), r(grad_affine));
                     let affine_pass =
                         bn::batchnorm_backward_affine(gpu, shape, x, dy, stats, affine, grad_affine, relu, false);
                     match dx {
+                        Some(dx) if dx == dy_loc => {
+                            assert!(!accumulate, "an in-place batch-norm backward overwrites its input gradient");
+                            dispatches.push(affine_pass);
+                            bn::batchnorm_backward_input_in_place(gpu, shape, x, stats, affine, grad_affine, dy, relu)
+                        }
                         Some(dx) => {
                             dispatches.push(affine_pass);
                             bn::batchnorm_backward_input(

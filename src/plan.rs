@@ -123,10 +123,20 @@ pub enum Strategy {
     /// quadratic in the number of non-persistent tensors, so [`plan_arena`] skips it beyond
     /// some 10,000 of them.
     GreedyBySize,
+    /// The same placement, but the tensors that cover most of the memory-time plane (bytes
+    /// times steps alive) go first. Long-lived tensors then settle before the short ones that
+    /// must fit around them; on DenseNet training schedules split at a 128 MiB binding limit
+    /// this packed some 10 MiB tighter than by size alone.
+    GreedyByArea,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 3] = [Strategy::FirstFitByStart, Strategy::BestFitByStart, Strategy::GreedyBySize];
+    pub const ALL: [Strategy; 4] =
+        [Strategy::FirstFitByStart, Strategy::BestFitByStart, Strategy::GreedyBySize, Strategy::GreedyByArea];
+
+    fn is_greedy(self) -> bool {
+        matches!(self, Strategy::GreedyBySize | Strategy::GreedyByArea)
+    }
 }
 
 /// The planned arena.
@@ -214,7 +224,7 @@ pub fn plan_arena(requests: &[TensorRequest], limits: &ArenaLimits) -> Result<Ar
     let mut best: Option<(Vec<Placement>, Vec<u64>, Strategy)> = None;
     for strategy in Strategy::ALL {
         let n = problem.items.len() as u64;
-        if strategy == Strategy::GreedyBySize && n.saturating_mul(n) / 2 > GREEDY_WORK_LIMIT {
+        if strategy.is_greedy() && n.saturating_mul(n) / 2 > GREEDY_WORK_LIMIT {
             continue;
         }
         let (placements, buffers) = problem.run(strategy);
@@ -230,7 +240,7 @@ pub fn plan_arena(requests: &[TensorRequest], limits: &ArenaLimits) -> Result<Ar
     Ok(problem.finish(requests, placements, buffers, strategy))
 }
 
-/// Plans the arena with one given strategy, even GreedyBySize on a huge input. Meant for
+/// Plans the arena with one given strategy, even a greedy one on a huge input. Meant for
 /// comparing the heuristics; [`plan_arena`] is what the executor should call.
 pub fn plan_arena_with(
     requests: &[TensorRequest],
@@ -242,9 +252,9 @@ pub fn plan_arena_with(
     Ok(problem.finish(requests, placements, buffers, strategy))
 }
 
-/// GreedyBySize visits n²/2 placed tensors for n non-persistent ones, a few nanoseconds each.
-/// Above this (some 10,000 tensors; a DenseNet-201 step has a few thousand besides its
-/// persistent ones) [`plan_arena`] skips it so that planning stays well under a second, and the
+/// A greedy strategy visits n²/2 placed tensors for n non-persistent ones, a few nanoseconds
+/// each. Above this (some 10,000 tensors; a DenseNet-201 step has a few thousand besides its
+/// persistent ones) [`plan_arena`] skips the greedy ones so that planning stays well under a second, and the
 /// sweeps' answer has to do.
 const GREEDY_WORK_LIMIT: u64 = 50_000_000;
 
@@ -362,7 +372,10 @@ impl Problem {
         match strategy {
             Strategy::FirstFitByStart => self.sweep(false),
             Strategy::BestFitByStart => self.sweep(true),
-            Strategy::GreedyBySize => self.greedy_by_size(),
+            Strategy::GreedyBySize => self.greedy(|i| (Reverse(i.size as u128), i.first, Reverse(i.last))),
+            Strategy::GreedyByArea => {
+                self.greedy(|i| (Reverse(i.size as u128 * (i.last - i.first + 1) as u128), i.first, Reverse(i.last)))
+            }
         }
     }
 
@@ -422,15 +435,16 @@ impl Problem {
         (placements, arena.high)
     }
 
-    /// GreedyBySize. Each tensor scans every tensor already placed, in offset order, skipping
+    /// GreedyBySize and GreedyByArea, which differ only in the order `key` gives the tensors.
+    /// Each tensor scans every tensor already placed, in offset order, skipping
     /// those whose lifetimes miss its own. That is n²/2 visits in all, but of contiguous memory
     /// at about a nanosecond each; gathering just the conflicting tensors through an interval
     /// index and sorting them by offset was measured an order of magnitude slower on DenseNet-like
     /// schedules, where the stored activations all overlap each other.
-    fn greedy_by_size(&self) -> (Vec<Placement>, Vec<u64>) {
+    fn greedy<K: Ord>(&self, key: impl Fn(&Item) -> K) -> (Vec<Placement>, Vec<u64>) {
         let items = &self.items;
         let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_unstable_by_key(|&i| (Reverse(items[i].size), items[i].first, Reverse(items[i].last), i));
+        order.sort_unstable_by_key(|&i| (key(&items[i]), i));
 
         // Step ranks instead of steps keep a scanned entry at 24 bytes; comparisons are unchanged.
         let mut steps: Vec<usize> = items.iter().flat_map(|i| [i.first, i.last]).collect();

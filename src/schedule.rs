@@ -17,7 +17,7 @@
 //! - gradients of a storage accumulate by channel range: the first contribution to a range
 //!   overwrites it, later ones add, and a range that receives nothing is zero-filled.
 
-use crate::graph::{Graph, NodeId, Op, ParamId, StateId, StorageId, TensorId};
+use crate::graph::{Graph, NodeId, Op, ParamId, StateId, StorageId, Tensor, TensorId};
 use crate::ops::batchnorm::BatchNormShape;
 use crate::ops::conv::Conv2dShape;
 use crate::ops::linear::LinearShape;
@@ -75,8 +75,10 @@ pub enum LaunchOp {
         w: Loc,
         y: Loc,
     },
+    /// The gradient of input channels `[first, first + count)` into a `dx` holding just them.
     ConvBackwardInput {
         shape: Conv2dShape,
+        channels: (u32, u32),
         dy: Loc,
         w: Loc,
         dx: Loc,
@@ -119,7 +121,8 @@ pub enum LaunchOp {
         y: Loc,
         relu: bool,
     },
-    /// γ and β gradients (overwritten), and the input gradient when `dx` is given.
+    /// γ and β gradients (overwritten), and the input gradient when `dx` is given. `dx` may be
+    /// `dy` itself (in place, not accumulating).
     BnBackward {
         shape: BatchNormShape,
         x: Loc,
@@ -433,12 +436,20 @@ impl Compiler<'_> {
     /// place of a value those launches free.
     fn new_value(&mut self, storage: StorageId, kind: ValueKind) -> ValueId {
         let elems = self.graph.storages[storage.0].elems();
+        self.new_value_of(storage, kind, elems)
+    }
+
+    /// A value holding only `elems` elements of a storage (a slice of its channels).
+    fn new_value_of(&mut self, storage: StorageId, kind: ValueKind, elems: u64) -> ValueId {
         self.values.push(Value { storage, kind, elems, first: usize::MAX, last: 0 });
         ValueId(self.values.len() - 1)
     }
 
     fn loc_in(&mut self, v: ValueId, t: TensorId) -> Loc {
-        let tensor = self.graph.tensor(t);
+        self.loc_at(v, *self.graph.tensor(t))
+    }
+
+    fn loc_at(&self, v: ValueId, tensor: Tensor) -> Loc {
         let offset = tensor.c0 * self.graph.storages[tensor.storage.0].channel_elems();
         Loc::Value { value: v, offset }
     }
@@ -528,7 +539,7 @@ impl Compiler<'_> {
                 LaunchOp::ConvForward { shape, x, w: Loc::Param(weight), y }
             }
             Op::BatchNorm { affine, running, stats, relu } => {
-                let shape = BatchNormShape { c, n, hw: h * w };
+                let shape = BatchNormShape::new(c, n, h * w);
                 let stats = self.stats_loc(stats);
                 if !recompute {
                     let op = if train {
@@ -562,7 +573,10 @@ impl Compiler<'_> {
     /// contribution (so the next one must accumulate). Zero-fills any part of `t` that has
     /// a contribution elsewhere in its range, so one accumulate flag serves the whole tensor.
     fn gradient_loc(&mut self, t: TensorId) -> (Loc, bool) {
-        let tensor = *self.graph.tensor(t);
+        self.gradient_of(*self.graph.tensor(t))
+    }
+
+    fn gradient_of(&mut self, tensor: Tensor) -> (Loc, bool) {
         let s = tensor.storage;
         let v = match self.gradient.get(&s) {
             Some(&v) => v,
@@ -599,7 +613,7 @@ impl Compiler<'_> {
         }
         let written = self.written.get_mut(&s).unwrap();
         written.push((lo, hi));
-        (self.loc_in(v, t), accumulate)
+        (self.loc_at(v, tensor), accumulate)
     }
 
     /// The output gradient a node's backward reads, or None if nothing downstream produced
@@ -639,7 +653,9 @@ impl Compiler<'_> {
             return;
         }
         let x = backward_needs_input(&node.op).then(|| self.saved_loc(xt));
-        let dx = self.needs_gradient(xt).then(|| self.gradient_loc(xt));
+        // A sliced batch-norm backward takes the conv's input gradient slice by slice itself.
+        let sliced = self.sliceable_bn(id).is_some();
+        let dx = (self.needs_gradient(xt) && !sliced).then(|| self.gradient_loc(xt));
         let [c, n, h, w] = g.shape(xt);
         let len = g.elems(xt) as u32;
         let phase = Phase::Backward;
@@ -648,16 +664,10 @@ impl Compiler<'_> {
                 let shape = conv_shape(g, xt, node.output, kernel, stride, pad);
                 let (dw, accumulate) = self.param_grad(weight);
                 self.push(id, phase, LaunchOp::ConvBackwardWeight { shape, x: x.unwrap(), dy, dw, accumulate });
-                if let Some((dx, accumulate)) = dx {
-                    self.push(
-                        id,
-                        phase,
-                        LaunchOp::ConvBackwardInput { shape, dy, w: Loc::Param(weight), dx, accumulate },
-                    );
-                }
+                self.conv_backward_input(id, dy, dx);
             }
             Op::BatchNorm { affine, stats, relu, .. } => {
-                let shape = BatchNormShape { c, n, hw: h * w };
+                let shape = BatchNormShape::new(c, n, h * w);
                 let stats = self.stats_loc(stats);
                 let (grad_affine, shared) = self.param_grad(affine);
                 assert!(!shared, "{}: a batch norm's parameters are used once", node.name);
@@ -739,14 +749,108 @@ impl Compiler<'_> {
         let shape = conv_shape(g, xt, node.output, kernel, stride, pad);
         let x = self.saved_loc(g.nodes[bn.0].inputs[0]);
         let stats = self.stats_loc(stats);
-        let dx = self.needs_gradient(xt).then(|| self.gradient_loc(xt));
+        let sliced = self.sliceable_bn(id).is_some();
+        let dx = (self.needs_gradient(xt) && !sliced).then(|| self.gradient_loc(xt));
         let (dw, accumulate) = self.param_grad(weight);
-        let phase = Phase::Backward;
         let op = LaunchOp::ConvBackwardWeightBnRelu { shape, x, stats, affine: Loc::Param(affine), dy, dw, accumulate };
-        self.push(id, phase, op);
-        if let Some((dx, accumulate)) = dx {
-            self.push(id, phase, LaunchOp::ConvBackwardInput { shape, dy, w: Loc::Param(weight), dx, accumulate });
+        self.push(id, Phase::Backward, op);
+        self.conv_backward_input(id, dy, dx);
+    }
+
+    /// A conv's input gradient: into `dx` whole, or, when the conv's input is a batch norm's
+    /// output that nothing else reads, slice by slice of channels, each slice going straight
+    /// through that batch norm's backward (which then has nothing left to do) so the gradient
+    /// of the normalised tensor never exists whole.
+    fn conv_backward_input(&mut self, id: NodeId, dy: Loc, dx: Option<(Loc, bool)>) {
+        let g = self.graph;
+        let node = &g.nodes[id.0];
+        let Op::Conv2d { weight, kernel, stride, pad } = node.op else { unreachable!("a conv's backward") };
+        let xt = node.inputs[0];
+        let shape = conv_shape(g, xt, node.output, kernel, stride, pad);
+        let w = Loc::Param(weight);
+        let phase = Phase::Backward;
+        let Some(bn) = self.sliceable_bn(id) else {
+            if let Some((dx, accumulate)) = dx {
+                let op = LaunchOp::ConvBackwardInput { shape, channels: (0, shape.c_in), dy, w, dx, accumulate };
+                self.push(id, phase, op);
+            }
+            return;
+        };
+        let bn_node = &g.nodes[bn.0];
+        let Op::BatchNorm { affine, stats, relu, .. } = bn_node.op else { unreachable!("checked by sliceable_bn") };
+        let bn_input = *g.tensor(bn_node.inputs[0]);
+        let x = self.saved_loc(bn_node.inputs[0]);
+        let stats = self.stats_loc(stats);
+        let (grad_affine, shared) = self.param_grad(affine);
+        assert!(!shared, "{}: a batch norm's parameters are used once", bn_node.name);
+        let [c, n, h, w_] = g.shape(bn_node.inputs[0]);
+        let whole = BatchNormShape::new(c, n, h * w_);
+        let channel_elems = n * h * w_;
+        let width = slice_width(c, channel_elems, g.gradient_slice_bytes);
+        let normed = g.tensor(xt).storage;
+        for first in (0..c).step_by(width as usize) {
+            let count = width.min(c - first);
+            let input_slice = Tensor { storage: bn_input.storage, c0: bn_input.c0 + first, c: count };
+            let dx = self.needs_gradient(bn_node.inputs[0]).then(|| self.gradient_of(input_slice));
+            // Where the batch norm's input gradient is this slice's first contribution, the
+            // conv's gradient goes straight there and the batch norm's backward runs in place.
+            let slice = match dx {
+                Some((dx, false)) => dx,
+                _ => {
+                    let elems = count as u64 * channel_elems as u64;
+                    Loc::Value { value: self.new_value_of(normed, ValueKind::Gradient, elems), offset: 0 }
+                }
+            };
+            let op =
+                LaunchOp::ConvBackwardInput { shape, channels: (first, count), dy, w, dx: slice, accumulate: false };
+            self.push(id, phase, op);
+            let Loc::Value { value, offset } = x else { unreachable!("activations are values") };
+            let x = Loc::Value { value, offset: offset + first * channel_elems };
+            let op = LaunchOp::BnBackward {
+                shape: whole.slice(first, count),
+                x,
+                dy: slice,
+                stats,
+                affine: Loc::Param(affine),
+                grad_affine,
+                dx: dx.map(|d| d.0),
+                relu,
+                accumulate: dx.is_some_and(|d| d.1),
+            };
+            self.push(bn, phase, op);
         }
+    }
+
+    /// The batch norm whose backward a conv's backward can take over slice by slice: the
+    /// conv reads the whole output of the batch norm, and no other node reads any of it.
+    fn sliceable_bn(&self, conv: NodeId) -> Option<NodeId> {
+        let g = self.graph;
+        if !matches!(g.nodes[conv.0].op, Op::Conv2d { .. }) {
+            return None;
+        }
+        let xt = *g.tensor(g.nodes[conv.0].inputs[0]);
+        let &p = self.producer.get(&xt.storage)?;
+        if !matches!(g.nodes[p.0].op, Op::BatchNorm { .. }) || xt.c0 != 0 || xt.c != g.storages[xt.storage.0].c {
+            return None;
+        }
+        let other_reader = g
+            .nodes
+            .iter()
+            .enumerate()
+            .any(|(i, n)| i != conv.0 && n.inputs.iter().any(|&t| g.tensor(t).storage == xt.storage));
+        (!other_reader).then_some(p)
+    }
+}
+
+/// Channels per slice of a sliced batch-norm backward: as many as fit in `bytes`, rounded
+/// down to whole 16-channel tiles of the 1x1 kernels when that many fit, and at least one.
+fn slice_width(channels: u32, channel_elems: u32, bytes: u64) -> u32 {
+    let fit = (bytes / (channel_elems as u64 * 4).max(1)).min(channels as u64) as u32;
+    match fit {
+        _ if fit >= channels => channels,
+        0 => 1,
+        1..16 => fit,
+        _ => fit / 16 * 16,
     }
 }
 

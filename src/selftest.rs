@@ -275,7 +275,7 @@ async fn conv(gpu: &Gpu, family: &'static str, s: Conv2dShape) -> Result<Vec<Che
 /// Training mode with the fused ReLU, as the executor runs it: batch statistics and the
 /// running update, the normalisation, then the split backward (affine, then input).
 async fn batchnorm(gpu: &Gpu) -> Result<Vec<Check>> {
-    let s = BatchNormShape { c: 5, n: 3, hw: 9 * 11 };
+    let s = BatchNormShape::new(5, 3, 9 * 11);
     let (c, m) = (s.c as usize, s.m() as usize);
     // Channel means and spreads that differ, so per-channel statistics are really per channel.
     let mut x = random(c * m, 1);

@@ -122,3 +122,57 @@ fn a_recomputed_bn_relu_read_only_by_a_1x1_weight_gradient_is_fused_into_it() {
     // so only the transitions fuse.
     assert_eq!(count(MemoryMode::Minimal), (2, 18 * 2, 18 * 3));
 }
+
+/// The absolute target for efficient mode: at DenseNet-BC-100, batch 64, the stored
+/// activations plus workspace (that is, the whole activation arena) fit in 352 MiB, of which
+/// 330 MiB are the block buffers and bottleneck outputs that must be stored.
+#[test]
+fn efficient_mode_needs_at_most_352_mib_beyond_the_parameters_at_bc100_batch_64() {
+    let config = DenseNetConfig::cifar_bc(100, 12, 10).unwrap();
+    let r = memory_report(&config.build(64, MemoryMode::Efficient).unwrap(), Mode::Train).unwrap();
+    const MIB: u64 = 1 << 20;
+    assert_eq!(r.activations + r.workspace, r.total - r.parameters - r.gradients - r.optimizer);
+    assert!(r.activations + r.workspace <= 352 * MIB, "{:.1} MiB", (r.activations + r.workspace) as f64 / MIB as f64);
+}
+
+/// A batch norm read only by a conv gets its backward slice by slice inside the conv's: no
+/// gradient value of a whole batch-norm output exists, every slice stays within the slice
+/// budget, and where the batch norm's input gradient starts there (a transition, a
+/// bottleneck) the slices are computed in place in it.
+#[test]
+fn batch_norm_gradients_are_taken_in_slices_within_budget() {
+    use densegpu::schedule::{compile, LaunchOp, Loc, ValueKind};
+    let config = DenseNetConfig::cifar_bc(40, 12, 10).unwrap();
+    for mode in MemoryMode::ALL {
+        let mut g = config.build(16, mode).unwrap();
+        // 5 channels of the first block: 16 images of 32x32.
+        g.gradient_slice_bytes = 5 * 16 * 32 * 32 * 4;
+        let s = compile(&g, Mode::Train).unwrap();
+        // Every batch norm but norm5, which feeds the global pool.
+        let is_bn_output = |name: &str| name.contains(".norm") && !name.contains("norm5") && !name.ends_with("stats");
+        for v in s.values.iter().filter(|v| v.kind == ValueKind::Gradient) {
+            let storage = &g.storages[v.storage.0];
+            if is_bn_output(&storage.name) {
+                assert!(
+                    v.elems * 4 <= g.gradient_slice_bytes,
+                    "{mode}: {} gradient of {} elements",
+                    storage.name,
+                    v.elems
+                );
+            }
+        }
+        let (mut sliced, mut in_place) = (0, 0);
+        for l in &s.launches {
+            match l.op {
+                LaunchOp::ConvBackwardInput { channels, shape, .. } if channels.1 < shape.c_in => sliced += 1,
+                LaunchOp::BnBackward { dy, dx: Some(dx), .. } if matches!(dy, Loc::Value { .. }) && dx == dy => {
+                    in_place += 1
+                }
+                _ => {}
+            }
+        }
+        assert!(sliced > 18 * 2, "{mode}: {sliced} sliced input gradients");
+        // Each norm2 (18) and transition norm (2) is computed in place, in every slice.
+        assert!(in_place >= 20, "{mode}: {in_place} in-place batch-norm backward launches");
+    }
+}

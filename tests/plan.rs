@@ -365,7 +365,7 @@ fn adversarial(n: usize, seed: u64) -> Vec<TensorRequest> {
         .collect()
 }
 
-/// 10,000 tensors still get all three strategies; 20,000 exceed GreedyBySize's work limit.
+/// 10,000 tensors still get every strategy; 20,000 exceed the greedy ones' work limit.
 #[test]
 fn twenty_thousand_tensors_plan_quickly() {
     for n in [10_000, 20_000] {

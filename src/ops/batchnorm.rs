@@ -19,14 +19,30 @@
 use super::{flag, grid, shaders, Dispatch, Gpu, Kernel, View, Window};
 
 /// Channels, images and pixels per image; each channel holds `m() = n * hw` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// A launch may cover a slice of a batch norm's channels: then `c` is the slice's width,
+/// `first` its first channel and `total` the batch norm's channel count, which is what
+/// its stats, affine, grad_affine and running tensors hold. The activation views (x, dy,
+/// y or dx) are the slice's own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchNormShape {
     pub c: u32,
     pub n: u32,
     pub hw: u32,
+    pub first: u32,
+    pub total: u32,
 }
 
 impl BatchNormShape {
+    /// All `c` channels of a batch norm.
+    pub fn new(c: u32, n: u32, hw: u32) -> Self {
+        BatchNormShape { c, n, hw, first: 0, total: c }
+    }
+    /// Channels `[first, first + c)` of this (whole) batch norm.
+    pub fn slice(self, first: u32, c: u32) -> Self {
+        assert!(first + c <= self.total, "batch norm slice {first}+{c} of {} channels", self.total);
+        BatchNormShape { c, first, ..self }
+    }
     pub fn m(&self) -> u32 {
         self.n * self.hw
     }
@@ -58,8 +74,7 @@ const PER_INVOCATION: u32 = 4;
 /// binds all seven; roles a launch does not use get a window of their own that aliases nothing.
 #[derive(Default)]
 struct Launch<'a> {
-    c: u32,
-    m: u32,
+    shape: BatchNormShape,
     x: Option<View<'a>>,
     dy: Option<View<'a>>,
     out: Option<View<'a>>,
@@ -72,6 +87,7 @@ struct Launch<'a> {
     relu: bool,
     accumulate_affine: bool,
     accumulate_out: bool,
+    in_place: bool,
 }
 
 impl Launch<'_> {
@@ -79,24 +95,27 @@ impl Launch<'_> {
         let roles = [self.x, self.dy, self.out, self.stats, self.affine, self.grad, self.running];
         let buffers: Vec<Window> =
             roles.iter().enumerate().map(|(i, r)| r.map_or_else(|| gpu.unused_binding(i), |v| v.buffer)).collect();
+        let s = self.shape;
         let off = |r: Option<View>| r.map_or(0, |v| v.offset);
+        // The per-channel tensors are indexed from the slice's first channel.
+        let channel_off = |r: Option<View>| r.map_or(0, |v| v.offset + s.first);
         let params = [
-            self.c,
-            self.m,
+            s.c,
+            s.m(),
             off(self.x),
             off(self.dy),
             off(self.out),
-            off(self.stats),
-            off(self.affine),
-            off(self.grad),
-            off(self.running),
+            channel_off(self.stats),
+            channel_off(self.affine),
+            channel_off(self.grad),
+            channel_off(self.running),
             self.momentum.to_bits(),
             self.eps.to_bits(),
             flag(self.relu),
             flag(self.accumulate_affine),
             flag(self.accumulate_out),
-            0,
-            0,
+            s.total,
+            flag(self.in_place),
         ];
         gpu.dispatch(kernel, &params, &buffers, workgroups)
     }
@@ -131,8 +150,7 @@ pub fn batchnorm_train_stats(
 ) -> Dispatch {
     assert!(s.m() >= 2, "training-mode batch norm needs at least 2 values per channel, got {}", s.m());
     let launch = Launch {
-        c: s.c,
-        m: s.m(),
+        shape: s,
         x: Some(x),
         stats: Some(stats),
         running: Some(running),
@@ -146,7 +164,8 @@ pub fn batchnorm_train_stats(
 /// Evaluation-mode statistics: `stats` = [running_mean, 1/sqrt(running_var + eps)], so that
 /// [`batchnorm_apply`] serves both modes.
 pub fn batchnorm_eval_stats(gpu: &Gpu, c: u32, running: View, stats: View, eps: f32) -> Dispatch {
-    let launch = Launch { c, stats: Some(stats), running: Some(running), eps, ..Default::default() };
+    let shape = BatchNormShape::new(c, 0, 0);
+    let launch = Launch { shape, stats: Some(stats), running: Some(running), eps, ..Default::default() };
     launch.dispatch(gpu, &EVAL_STATS, grid(c as u64, 64))
 }
 
@@ -162,8 +181,7 @@ pub fn batchnorm_apply(
     relu: bool,
 ) -> Dispatch {
     let launch = Launch {
-        c: s.c,
-        m: s.m(),
+        shape: s,
         x: Some(x),
         out: Some(y),
         stats: Some(stats),
@@ -197,8 +215,7 @@ pub fn batchnorm_backward(
     accumulate_dx: bool,
 ) -> Dispatch {
     let launch = Launch {
-        c: s.c,
-        m: s.m(),
+        shape: s,
         x: Some(x),
         dy: Some(dy),
         out: Some(dx),
@@ -229,8 +246,7 @@ pub fn batchnorm_backward_affine(
     accumulate: bool,
 ) -> Dispatch {
     let launch = Launch {
-        c: s.c,
-        m: s.m(),
+        shape: s,
         x: Some(x),
         dy: Some(dy),
         stats: Some(stats),
@@ -261,8 +277,7 @@ pub fn batchnorm_backward_input(
     accumulate: bool,
 ) -> Dispatch {
     let launch = Launch {
-        c: s.c,
-        m: s.m(),
+        shape: s,
         x: Some(x),
         dy: Some(dy),
         out: Some(dx),
@@ -271,6 +286,34 @@ pub fn batchnorm_backward_input(
         grad: Some(grad_affine),
         relu,
         accumulate_out: accumulate,
+        ..Default::default()
+    };
+    launch.dispatch(gpu, &BACKWARD_INPUT, elementwise(s))
+}
+
+/// [`batchnorm_backward_input`] in place: `dy_dx` holds dy and receives dx (overwritten, never
+/// accumulated). For a gradient that reaches the batch norm's input range first, this spares
+/// a separate output-gradient buffer; WebGPU forbids binding one range as both.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_input_in_place(
+    gpu: &Gpu,
+    s: BatchNormShape,
+    x: View,
+    stats: View,
+    affine: View,
+    grad_affine: View,
+    dy_dx: View,
+    relu: bool,
+) -> Dispatch {
+    let launch = Launch {
+        shape: s,
+        x: Some(x),
+        out: Some(dy_dx),
+        stats: Some(stats),
+        affine: Some(affine),
+        grad: Some(grad_affine),
+        relu,
+        in_place: true,
         ..Default::default()
     };
     launch.dispatch(gpu, &BACKWARD_INPUT, elementwise(s))

@@ -173,18 +173,34 @@ pub fn conv2d_forward(gpu: &Gpu, s: &Conv2dShape, x: View, w: View, y: View) -> 
 
 /// dx (+)= conv_transpose(dy, w): the gradient with respect to the input.
 pub fn conv2d_backward_input(gpu: &Gpu, s: &Conv2dShape, dy: View, w: View, dx: View, accumulate: bool) -> Dispatch {
+    conv2d_backward_input_channels(gpu, s, (0, s.c_in), dy, w, dx, accumulate)
+}
+
+/// The input gradient of input channels `[first, first + count)` only, into a `dx` that holds
+/// just those channels: a consumer that works channel by channel (a batch norm's backward)
+/// can then take the gradient in slices and never hold all of it.
+pub fn conv2d_backward_input_channels(
+    gpu: &Gpu,
+    s: &Conv2dShape,
+    (first, count): (u32, u32),
+    dy: View,
+    w: View,
+    dx: View,
+    accumulate: bool,
+) -> Dispatch {
     s.check();
+    assert!(count > 0 && first + count <= s.c_in, "conv2d: input channels {first}+{count} of {}", s.c_in);
     let [o_stride, i_stride, row_stride, _] = weight_strides_oihw(s);
     let mut params = Params {
         n: s.n,
-        m_rows: s.c_in,
+        m_rows: count,
         k_rows: s.c_out,
         pad: s.pad,
         src_hw: (s.out_h(), s.out_w()),
         dst_hw: (s.h, s.w),
         accumulate,
         src_off: dy.offset,
-        wt_off: w.offset,
+        wt_off: w.offset + first * i_stride,
         dst_off: dx.offset,
         // The rows are now input channels and the reduction runs over output channels.
         strides: [i_stride, o_stride, row_stride, 1],
@@ -198,12 +214,12 @@ pub fn conv2d_backward_input(gpu: &Gpu, s: &Conv2dShape, dy: View, w: View, dx: 
         // A 3x3 stride-1 conv of dy with the kernel flipped in both axes and padding 2 - pad;
         // the flip is a start at tap (2, 2) and negative tap strides.
         params.pad = 2 - s.pad;
-        params.wt_off = w.offset + 2 * row_stride + 2;
+        params.wt_off += 2 * row_stride + 2;
         params.strides[2] = 0u32.wrapping_sub(row_stride);
         params.strides[3] = u32::MAX;
         return conv3x3(gpu, &params, s, buffers);
     }
-    let groups = grid_with_blocks((s.n * s.h * s.w) as u64, s.c_in.div_ceil(GENERAL_ROWS));
+    let groups = grid_with_blocks((s.n * s.h * s.w) as u64, count.div_ceil(GENERAL_ROWS));
     gpu.dispatch(&GENERAL_BACKWARD_INPUT, &params.words(s), &buffers, groups)
 }
 

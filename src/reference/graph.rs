@@ -145,7 +145,7 @@ pub fn run(
                     conv::conv2d_backward_input(&s, &dy, &params[weight.0])
                 }
                 Op::BatchNorm { affine, relu, .. } => {
-                    let s = BatchNormShape { c, n, hw: h * w };
+                    let s = BatchNormShape::new(c, n, h * w);
                     let (cu, m) = (c as usize, s.m() as usize);
                     let st = stats[i].as_ref().unwrap();
                     let ga = bn::backward_affine(cu, m, v.get(x), &dy, st, &params[affine.0], relu);

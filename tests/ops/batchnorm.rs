@@ -11,7 +11,7 @@ const SHAPES: &[(u32, u32, u32)] = &[(3, 1, 35), (3, 5, 35), (13, 1, 35), (13, 5
 const LARGE: (u32, u32, u32) = (4, 64, 32 * 32);
 
 fn shape((c, n, hw): (u32, u32, u32)) -> BatchNormShape {
-    BatchNormShape { c, n, hw }
+    BatchNormShape::new(c, n, hw)
 }
 
 fn all_shapes() -> impl Iterator<Item = BatchNormShape> {
@@ -246,6 +246,53 @@ fn split_backward_matches_reference() {
                 );
                 slots.assert_guards_intact(&buf);
             }
+        }
+    }
+}
+
+/// The split backward over a slice of the channels, as the schedule runs it when it takes a
+/// batch norm's gradient slice by slice: only the slice's dx and its entries of grad_affine
+/// change. In place, dy's slot receives dx.
+#[test]
+fn backward_over_a_channel_slice_matches_reference() {
+    let whole = shape((13, 5, 35));
+    let p = Problem::new(whole, 90);
+    let m = p.m();
+    for (first, c) in [(0u32, 5u32), (4, 5), (10, 3)] {
+        let s = whole.slice(first, c);
+        let range = first as usize * m..(first + c) as usize * m;
+        let (x, dy) = (&p.x[range.clone()], &p.dy[range.clone()]);
+        for (relu, in_place) in [(false, false), (true, false), (true, true)] {
+            let mut slots = Slots::new();
+            let (xs, dys, ss, afs) = (slots.input(x), slots.input(dy), slots.input(&p.stats), slots.input(&p.affine));
+            let grad0 = random(2 * p.c(), 91);
+            let gs = slots.input(&grad0);
+            let dxs = if in_place { dys } else { slots.output(c as usize * m) };
+            let buf = slots.upload();
+            let v = |slot| slots.view(&buf, slot);
+            let input_pass = if in_place {
+                batchnorm_backward_input_in_place(gpu(), s, v(xs), v(ss), v(afs), v(gs), v(dxs), relu)
+            } else {
+                batchnorm_backward_input(gpu(), s, v(xs), v(dys), v(ss), v(afs), v(gs), v(dxs), relu, false)
+            };
+            run(&[batchnorm_backward_affine(gpu(), s, v(xs), v(dys), v(ss), v(afs), v(gs), relu, false), input_pass]);
+            let what = format!("channels {first}+{c} relu={relu} in_place={in_place}");
+            let mut want_grad = grad0.clone();
+            let want_affine = p.want_affine(relu);
+            for ch in first as usize..(first + c) as usize {
+                want_grad[ch] = want_affine[ch];
+                want_grad[p.c() + ch] = want_affine[p.c() + ch];
+            }
+            let got_grad = slots.read(&buf, gs);
+            assert_halves_close(&format!("grad_affine {what}"), whole.c, &got_grad, &want_grad);
+            for (i, (g, w)) in got_grad.iter().zip(&grad0).enumerate() {
+                let ch = (i % p.c()) as u32;
+                if ch < first || ch >= first + c {
+                    assert_eq!(g.to_bits(), w.to_bits(), "{what}: grad_affine {i} outside the slice changed");
+                }
+            }
+            assert_close(&format!("dx {what}"), &slots.read(&buf, dxs), &p.want_dx(relu)[range.clone()]);
+            slots.assert_guards_intact(&buf);
         }
     }
 }

@@ -112,6 +112,7 @@ fn check_all_directions(s: &Conv2dShape, seed: u64, accumulate_modes: &[bool]) {
     let x = Region::new(0, random(s.input_elems() as usize, seed), 2 * x_plane, seed + 10);
     let w = Region::new(7, random(s.weight_elems() as usize, seed + 1), 0, seed + 11);
     let want = reference::conv2d_backward_input(s, dy.inner(), w.inner());
+    let w_again = Region::new(7, w.inner().to_vec(), 0, seed + 11);
     let dy_again = Region::new(0, dy.inner().to_vec(), 3 * y_plane, seed + 12);
     check_output(
         "backward input",
@@ -122,6 +123,21 @@ fn check_all_directions(s: &Conv2dShape, seed: u64, accumulate_modes: &[bool]) {
         &want,
         accumulate_modes,
         &|i, out, acc| conv::conv2d_backward_input(g, s, i[0], i[1], out, acc),
+    );
+
+    // A slice of the input channels: [1, c_in - 1), or the last one alone.
+    let (first, count) = if s.c_in > 2 { (1, s.c_in - 2) } else { (s.c_in - 1, 1) };
+    let slice = &want[first as usize * x_plane..(first + count) as usize * x_plane];
+    let dy_again = Region::new(0, dy.inner().to_vec(), 3 * y_plane, seed + 12);
+    check_output(
+        "backward input channels",
+        s,
+        &[dy_again, w_again],
+        slice.len(),
+        x_plane,
+        slice,
+        accumulate_modes,
+        &|i, out, acc| conv::conv2d_backward_input_channels(g, s, (first, count), i[0], i[1], out, acc),
     );
 
     let want = reference::conv2d_backward_weight(s, x.inner(), dy.inner());
