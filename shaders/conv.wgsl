@@ -41,8 +41,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> wt: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
-// Only conv1x1_weight_grad_bnrelu binds these: the batch-norm statistics [mean, invstd] and
-// affine parameters [gamma, beta] of its k_rows source channels.
+// Only the *_bnrelu kernels bind these: the batch-norm statistics [mean, invstd] and affine
+// parameters [gamma, beta] of their k_rows source channels.
 @group(0) @binding(4) var<storage, read_write> bn_stats: array<f32>;
 @group(0) @binding(5) var<storage, read_write> bn_affine: array<f32>;
 
@@ -169,6 +169,516 @@ fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         let b1 = vec4<f32>(src[s + q4], src[s + q5], src[s + q6], src[s + q7]);
         let b2 = vec4<f32>(src[s + q8], src[s + q9], src[s + q10], src[s + q11]);
         let b3 = vec4<f32>(src[s + q12], src[s + q13], src[s + q14], src[s + q15]);
+        let a0 = wt[wr0 + wk];
+        acc0_0 = fma(vec4<f32>(a0), b0, acc0_0);
+        acc0_1 = fma(vec4<f32>(a0), b1, acc0_1);
+        acc0_2 = fma(vec4<f32>(a0), b2, acc0_2);
+        acc0_3 = fma(vec4<f32>(a0), b3, acc0_3);
+        let a1 = wt[wr1 + wk];
+        acc1_0 = fma(vec4<f32>(a1), b0, acc1_0);
+        acc1_1 = fma(vec4<f32>(a1), b1, acc1_1);
+        acc1_2 = fma(vec4<f32>(a1), b2, acc1_2);
+        acc1_3 = fma(vec4<f32>(a1), b3, acc1_3);
+        let a2 = wt[wr2 + wk];
+        acc2_0 = fma(vec4<f32>(a2), b0, acc2_0);
+        acc2_1 = fma(vec4<f32>(a2), b1, acc2_1);
+        acc2_2 = fma(vec4<f32>(a2), b2, acc2_2);
+        acc2_3 = fma(vec4<f32>(a2), b3, acc2_3);
+        let a3 = wt[wr3 + wk];
+        acc3_0 = fma(vec4<f32>(a3), b0, acc3_0);
+        acc3_1 = fma(vec4<f32>(a3), b1, acc3_1);
+        acc3_2 = fma(vec4<f32>(a3), b2, acc3_2);
+        acc3_3 = fma(vec4<f32>(a3), b3, acc3_3);
+        let a4 = wt[wr4 + wk];
+        acc4_0 = fma(vec4<f32>(a4), b0, acc4_0);
+        acc4_1 = fma(vec4<f32>(a4), b1, acc4_1);
+        acc4_2 = fma(vec4<f32>(a4), b2, acc4_2);
+        acc4_3 = fma(vec4<f32>(a4), b3, acc4_3);
+        let a5 = wt[wr5 + wk];
+        acc5_0 = fma(vec4<f32>(a5), b0, acc5_0);
+        acc5_1 = fma(vec4<f32>(a5), b1, acc5_1);
+        acc5_2 = fma(vec4<f32>(a5), b2, acc5_2);
+        acc5_3 = fma(vec4<f32>(a5), b3, acc5_3);
+        let a6 = wt[wr6 + wk];
+        acc6_0 = fma(vec4<f32>(a6), b0, acc6_0);
+        acc6_1 = fma(vec4<f32>(a6), b1, acc6_1);
+        acc6_2 = fma(vec4<f32>(a6), b2, acc6_2);
+        acc6_3 = fma(vec4<f32>(a6), b3, acc6_3);
+        let a7 = wt[wr7 + wk];
+        acc7_0 = fma(vec4<f32>(a7), b0, acc7_0);
+        acc7_1 = fma(vec4<f32>(a7), b1, acc7_1);
+        acc7_2 = fma(vec4<f32>(a7), b2, acc7_2);
+        acc7_3 = fma(vec4<f32>(a7), b3, acc7_3);
+        let a8 = wt[wr8 + wk];
+        acc8_0 = fma(vec4<f32>(a8), b0, acc8_0);
+        acc8_1 = fma(vec4<f32>(a8), b1, acc8_1);
+        acc8_2 = fma(vec4<f32>(a8), b2, acc8_2);
+        acc8_3 = fma(vec4<f32>(a8), b3, acc8_3);
+        let a9 = wt[wr9 + wk];
+        acc9_0 = fma(vec4<f32>(a9), b0, acc9_0);
+        acc9_1 = fma(vec4<f32>(a9), b1, acc9_1);
+        acc9_2 = fma(vec4<f32>(a9), b2, acc9_2);
+        acc9_3 = fma(vec4<f32>(a9), b3, acc9_3);
+        let a10 = wt[wr10 + wk];
+        acc10_0 = fma(vec4<f32>(a10), b0, acc10_0);
+        acc10_1 = fma(vec4<f32>(a10), b1, acc10_1);
+        acc10_2 = fma(vec4<f32>(a10), b2, acc10_2);
+        acc10_3 = fma(vec4<f32>(a10), b3, acc10_3);
+        let a11 = wt[wr11 + wk];
+        acc11_0 = fma(vec4<f32>(a11), b0, acc11_0);
+        acc11_1 = fma(vec4<f32>(a11), b1, acc11_1);
+        acc11_2 = fma(vec4<f32>(a11), b2, acc11_2);
+        acc11_3 = fma(vec4<f32>(a11), b3, acc11_3);
+        let a12 = wt[wr12 + wk];
+        acc12_0 = fma(vec4<f32>(a12), b0, acc12_0);
+        acc12_1 = fma(vec4<f32>(a12), b1, acc12_1);
+        acc12_2 = fma(vec4<f32>(a12), b2, acc12_2);
+        acc12_3 = fma(vec4<f32>(a12), b3, acc12_3);
+        let a13 = wt[wr13 + wk];
+        acc13_0 = fma(vec4<f32>(a13), b0, acc13_0);
+        acc13_1 = fma(vec4<f32>(a13), b1, acc13_1);
+        acc13_2 = fma(vec4<f32>(a13), b2, acc13_2);
+        acc13_3 = fma(vec4<f32>(a13), b3, acc13_3);
+        let a14 = wt[wr14 + wk];
+        acc14_0 = fma(vec4<f32>(a14), b0, acc14_0);
+        acc14_1 = fma(vec4<f32>(a14), b1, acc14_1);
+        acc14_2 = fma(vec4<f32>(a14), b2, acc14_2);
+        acc14_3 = fma(vec4<f32>(a14), b3, acc14_3);
+        let a15 = wt[wr15 + wk];
+        acc15_0 = fma(vec4<f32>(a15), b0, acc15_0);
+        acc15_1 = fma(vec4<f32>(a15), b1, acc15_1);
+        acc15_2 = fma(vec4<f32>(a15), b2, acc15_2);
+        acc15_3 = fma(vec4<f32>(a15), b3, acc15_3);
+        s += pixels;
+        wk += p.a_k;
+    }
+    let full = first + 16u <= pixels;
+    if (m0 + 0u < p.m_rows) {
+        let o = p.dst_off + (m0 + 0u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc0_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc0_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc0_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc0_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc0_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc0_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc0_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc0_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc0_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc0_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc0_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc0_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc0_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc0_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc0_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc0_3[3]); }
+    }
+    if (m0 + 1u < p.m_rows) {
+        let o = p.dst_off + (m0 + 1u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc1_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc1_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc1_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc1_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc1_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc1_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc1_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc1_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc1_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc1_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc1_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc1_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc1_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc1_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc1_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc1_3[3]); }
+    }
+    if (m0 + 2u < p.m_rows) {
+        let o = p.dst_off + (m0 + 2u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc2_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc2_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc2_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc2_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc2_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc2_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc2_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc2_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc2_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc2_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc2_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc2_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc2_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc2_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc2_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc2_3[3]); }
+    }
+    if (m0 + 3u < p.m_rows) {
+        let o = p.dst_off + (m0 + 3u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc3_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc3_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc3_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc3_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc3_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc3_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc3_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc3_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc3_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc3_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc3_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc3_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc3_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc3_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc3_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc3_3[3]); }
+    }
+    if (m0 + 4u < p.m_rows) {
+        let o = p.dst_off + (m0 + 4u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc4_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc4_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc4_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc4_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc4_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc4_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc4_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc4_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc4_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc4_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc4_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc4_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc4_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc4_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc4_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc4_3[3]); }
+    }
+    if (m0 + 5u < p.m_rows) {
+        let o = p.dst_off + (m0 + 5u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc5_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc5_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc5_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc5_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc5_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc5_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc5_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc5_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc5_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc5_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc5_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc5_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc5_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc5_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc5_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc5_3[3]); }
+    }
+    if (m0 + 6u < p.m_rows) {
+        let o = p.dst_off + (m0 + 6u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc6_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc6_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc6_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc6_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc6_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc6_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc6_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc6_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc6_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc6_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc6_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc6_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc6_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc6_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc6_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc6_3[3]); }
+    }
+    if (m0 + 7u < p.m_rows) {
+        let o = p.dst_off + (m0 + 7u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc7_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc7_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc7_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc7_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc7_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc7_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc7_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc7_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc7_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc7_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc7_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc7_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc7_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc7_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc7_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc7_3[3]); }
+    }
+    if (m0 + 8u < p.m_rows) {
+        let o = p.dst_off + (m0 + 8u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc8_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc8_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc8_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc8_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc8_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc8_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc8_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc8_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc8_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc8_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc8_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc8_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc8_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc8_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc8_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc8_3[3]); }
+    }
+    if (m0 + 9u < p.m_rows) {
+        let o = p.dst_off + (m0 + 9u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc9_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc9_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc9_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc9_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc9_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc9_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc9_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc9_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc9_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc9_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc9_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc9_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc9_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc9_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc9_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc9_3[3]); }
+    }
+    if (m0 + 10u < p.m_rows) {
+        let o = p.dst_off + (m0 + 10u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc10_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc10_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc10_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc10_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc10_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc10_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc10_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc10_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc10_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc10_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc10_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc10_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc10_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc10_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc10_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc10_3[3]); }
+    }
+    if (m0 + 11u < p.m_rows) {
+        let o = p.dst_off + (m0 + 11u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc11_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc11_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc11_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc11_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc11_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc11_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc11_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc11_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc11_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc11_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc11_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc11_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc11_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc11_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc11_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc11_3[3]); }
+    }
+    if (m0 + 12u < p.m_rows) {
+        let o = p.dst_off + (m0 + 12u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc12_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc12_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc12_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc12_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc12_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc12_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc12_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc12_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc12_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc12_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc12_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc12_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc12_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc12_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc12_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc12_3[3]); }
+    }
+    if (m0 + 13u < p.m_rows) {
+        let o = p.dst_off + (m0 + 13u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc13_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc13_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc13_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc13_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc13_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc13_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc13_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc13_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc13_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc13_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc13_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc13_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc13_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc13_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc13_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc13_3[3]); }
+    }
+    if (m0 + 14u < p.m_rows) {
+        let o = p.dst_off + (m0 + 14u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc14_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc14_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc14_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc14_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc14_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc14_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc14_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc14_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc14_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc14_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc14_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc14_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc14_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc14_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc14_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc14_3[3]); }
+    }
+    if (m0 + 15u < p.m_rows) {
+        let o = p.dst_off + (m0 + 15u) * pixels + first;
+        if (full || first + 0u < pixels) { put(o + 0u, acc15_0[0]); }
+        if (full || first + 1u < pixels) { put(o + 1u, acc15_0[1]); }
+        if (full || first + 2u < pixels) { put(o + 2u, acc15_0[2]); }
+        if (full || first + 3u < pixels) { put(o + 3u, acc15_0[3]); }
+        if (full || first + 4u < pixels) { put(o + 4u, acc15_1[0]); }
+        if (full || first + 5u < pixels) { put(o + 5u, acc15_1[1]); }
+        if (full || first + 6u < pixels) { put(o + 6u, acc15_1[2]); }
+        if (full || first + 7u < pixels) { put(o + 7u, acc15_1[3]); }
+        if (full || first + 8u < pixels) { put(o + 8u, acc15_2[0]); }
+        if (full || first + 9u < pixels) { put(o + 9u, acc15_2[1]); }
+        if (full || first + 10u < pixels) { put(o + 10u, acc15_2[2]); }
+        if (full || first + 11u < pixels) { put(o + 11u, acc15_2[3]); }
+        if (full || first + 12u < pixels) { put(o + 12u, acc15_3[0]); }
+        if (full || first + 13u < pixels) { put(o + 13u, acc15_3[1]); }
+        if (full || first + 14u < pixels) { put(o + 14u, acc15_3[2]); }
+        if (full || first + 15u < pixels) { put(o + 15u, acc15_3[3]); }
+    }
+}
+
+// As conv1x1_gemm, but src is the raw input of a training- or eval-mode BN-ReLU and each
+// loaded value goes through max((x - mean) * invstd * gamma + beta, 0) first, written as
+// bn_value in batchnorm.wgsl so the product equals BnApply followed by conv1x1_gemm bit for bit.
+// The normalised tensor is then never stored: when the conv is its only reader, neither forward
+// nor a recomputation in backward needs memory for it.
+@compute @workgroup_size(64)
+fn conv1x1_gemm_bnrelu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                @builtin(workgroup_id) wg: vec3<u32>) {
+    let pixels = p.n * p.src_h * p.src_w;
+    let first = flat_id(gid, groups, 64u) * 16u;
+    if (first >= pixels) { return; }
+    let m0 = wg.z * 16u;
+    let last = pixels - 1u;
+    let q0 = min(first + 0u, last);
+    let q1 = min(first + 1u, last);
+    let q2 = min(first + 2u, last);
+    let q3 = min(first + 3u, last);
+    let q4 = min(first + 4u, last);
+    let q5 = min(first + 5u, last);
+    let q6 = min(first + 6u, last);
+    let q7 = min(first + 7u, last);
+    let q8 = min(first + 8u, last);
+    let q9 = min(first + 9u, last);
+    let q10 = min(first + 10u, last);
+    let q11 = min(first + 11u, last);
+    let q12 = min(first + 12u, last);
+    let q13 = min(first + 13u, last);
+    let q14 = min(first + 14u, last);
+    let q15 = min(first + 15u, last);
+    let wr0 = p.wt_off + min(m0 + 0u, p.m_rows - 1u) * p.a_m;
+    let wr1 = p.wt_off + min(m0 + 1u, p.m_rows - 1u) * p.a_m;
+    let wr2 = p.wt_off + min(m0 + 2u, p.m_rows - 1u) * p.a_m;
+    let wr3 = p.wt_off + min(m0 + 3u, p.m_rows - 1u) * p.a_m;
+    let wr4 = p.wt_off + min(m0 + 4u, p.m_rows - 1u) * p.a_m;
+    let wr5 = p.wt_off + min(m0 + 5u, p.m_rows - 1u) * p.a_m;
+    let wr6 = p.wt_off + min(m0 + 6u, p.m_rows - 1u) * p.a_m;
+    let wr7 = p.wt_off + min(m0 + 7u, p.m_rows - 1u) * p.a_m;
+    let wr8 = p.wt_off + min(m0 + 8u, p.m_rows - 1u) * p.a_m;
+    let wr9 = p.wt_off + min(m0 + 9u, p.m_rows - 1u) * p.a_m;
+    let wr10 = p.wt_off + min(m0 + 10u, p.m_rows - 1u) * p.a_m;
+    let wr11 = p.wt_off + min(m0 + 11u, p.m_rows - 1u) * p.a_m;
+    let wr12 = p.wt_off + min(m0 + 12u, p.m_rows - 1u) * p.a_m;
+    let wr13 = p.wt_off + min(m0 + 13u, p.m_rows - 1u) * p.a_m;
+    let wr14 = p.wt_off + min(m0 + 14u, p.m_rows - 1u) * p.a_m;
+    let wr15 = p.wt_off + min(m0 + 15u, p.m_rows - 1u) * p.a_m;
+    var acc0_0 = vec4<f32>();
+    var acc0_1 = vec4<f32>();
+    var acc0_2 = vec4<f32>();
+    var acc0_3 = vec4<f32>();
+    var acc1_0 = vec4<f32>();
+    var acc1_1 = vec4<f32>();
+    var acc1_2 = vec4<f32>();
+    var acc1_3 = vec4<f32>();
+    var acc2_0 = vec4<f32>();
+    var acc2_1 = vec4<f32>();
+    var acc2_2 = vec4<f32>();
+    var acc2_3 = vec4<f32>();
+    var acc3_0 = vec4<f32>();
+    var acc3_1 = vec4<f32>();
+    var acc3_2 = vec4<f32>();
+    var acc3_3 = vec4<f32>();
+    var acc4_0 = vec4<f32>();
+    var acc4_1 = vec4<f32>();
+    var acc4_2 = vec4<f32>();
+    var acc4_3 = vec4<f32>();
+    var acc5_0 = vec4<f32>();
+    var acc5_1 = vec4<f32>();
+    var acc5_2 = vec4<f32>();
+    var acc5_3 = vec4<f32>();
+    var acc6_0 = vec4<f32>();
+    var acc6_1 = vec4<f32>();
+    var acc6_2 = vec4<f32>();
+    var acc6_3 = vec4<f32>();
+    var acc7_0 = vec4<f32>();
+    var acc7_1 = vec4<f32>();
+    var acc7_2 = vec4<f32>();
+    var acc7_3 = vec4<f32>();
+    var acc8_0 = vec4<f32>();
+    var acc8_1 = vec4<f32>();
+    var acc8_2 = vec4<f32>();
+    var acc8_3 = vec4<f32>();
+    var acc9_0 = vec4<f32>();
+    var acc9_1 = vec4<f32>();
+    var acc9_2 = vec4<f32>();
+    var acc9_3 = vec4<f32>();
+    var acc10_0 = vec4<f32>();
+    var acc10_1 = vec4<f32>();
+    var acc10_2 = vec4<f32>();
+    var acc10_3 = vec4<f32>();
+    var acc11_0 = vec4<f32>();
+    var acc11_1 = vec4<f32>();
+    var acc11_2 = vec4<f32>();
+    var acc11_3 = vec4<f32>();
+    var acc12_0 = vec4<f32>();
+    var acc12_1 = vec4<f32>();
+    var acc12_2 = vec4<f32>();
+    var acc12_3 = vec4<f32>();
+    var acc13_0 = vec4<f32>();
+    var acc13_1 = vec4<f32>();
+    var acc13_2 = vec4<f32>();
+    var acc13_3 = vec4<f32>();
+    var acc14_0 = vec4<f32>();
+    var acc14_1 = vec4<f32>();
+    var acc14_2 = vec4<f32>();
+    var acc14_3 = vec4<f32>();
+    var acc15_0 = vec4<f32>();
+    var acc15_1 = vec4<f32>();
+    var acc15_2 = vec4<f32>();
+    var acc15_3 = vec4<f32>();
+    var s = p.src_off;
+    var wk = 0u;
+    for (var k = 0u; k < p.k_rows; k++) {
+        let mean = bn_stats[p.stats_off + k];
+        let invstd = bn_stats[p.stats_off + p.k_rows + k];
+        let gamma = bn_affine[p.affine_off + k];
+        let beta = bn_affine[p.affine_off + p.k_rows + k];
+        let b0 = max((vec4<f32>(src[s + q0], src[s + q1], src[s + q2], src[s + q3]) - mean) * invstd * gamma + beta, vec4<f32>());
+        let b1 = max((vec4<f32>(src[s + q4], src[s + q5], src[s + q6], src[s + q7]) - mean) * invstd * gamma + beta, vec4<f32>());
+        let b2 = max((vec4<f32>(src[s + q8], src[s + q9], src[s + q10], src[s + q11]) - mean) * invstd * gamma + beta, vec4<f32>());
+        let b3 = max((vec4<f32>(src[s + q12], src[s + q13], src[s + q14], src[s + q15]) - mean) * invstd * gamma + beta, vec4<f32>());
         let a0 = wt[wr0 + wk];
         acc0_0 = fma(vec4<f32>(a0), b0, acc0_0);
         acc0_1 = fma(vec4<f32>(a0), b1, acc0_1);

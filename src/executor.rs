@@ -539,6 +539,9 @@ impl Program {
             use ops::{batchnorm as bn, conv, elementwise as ew, linear, loss, pool};
             let d = match launch.op {
                 LaunchOp::ConvForward { shape, x, w, y } => conv::conv2d_forward(gpu, &shape, r(x), r(w), r(y)),
+                LaunchOp::ConvForwardBnRelu { shape, x, stats, affine, w, y } => {
+                    conv::conv2d_forward_bnrelu(gpu, &shape, r(x), r(stats), r(affine), r(w), r(y))
+                }
                 LaunchOp::ConvBackwardInput { shape, channels, dy, w, dx, accumulate } => {
                     conv::conv2d_backward_input_channels(gpu, &shape, channels, r(dy), r(w), r(dx), accumulate)
                 }

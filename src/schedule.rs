@@ -15,7 +15,10 @@
 //!   its first backward use, batch norm normalising with the statistics saved in forward, so
 //!   running statistics change exactly once per step;
 //! - gradients of a storage accumulate by channel range: the first contribution to a range
-//!   overwrites it, later ones add, and a range that receives nothing is zero-filled.
+//!   overwrites it, later ones add, and a range that receives nothing is zero-filled;
+//! - a recomputed BN-ReLU whose whole output is read by nothing but one 1x1 stride-1 unpadded
+//!   conv is never applied: the conv normalises its input on load, in forward, in any
+//!   recomputation and in its weight gradient, so that output has no value at all.
 
 use crate::graph::{Graph, NodeId, Op, ParamId, StateId, StorageId, Tensor, TensorId};
 use crate::ops::batchnorm::BatchNormShape;
@@ -23,7 +26,7 @@ use crate::ops::conv::Conv2dShape;
 use crate::ops::linear::LinearShape;
 use crate::ops::pool::PoolShape;
 use crate::plan::{Category, TensorRequest};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 pub const BN_MOMENTUM: f32 = 0.1;
 pub const BN_EPS: f32 = 1e-5;
@@ -72,6 +75,16 @@ pub enum LaunchOp {
     ConvForward {
         shape: Conv2dShape,
         x: Loc,
+        w: Loc,
+        y: Loc,
+    },
+    /// A 1x1 conv of relu(batchnorm(x)), normalising x on load with the batch-norm node's
+    /// `stats` and its `affine` parameters.
+    ConvForwardBnRelu {
+        shape: Conv2dShape,
+        x: Loc,
+        stats: Loc,
+        affine: Loc,
         w: Loc,
         y: Loc,
     },
@@ -248,6 +261,7 @@ impl LaunchOp {
         use LaunchOp::*;
         match self {
             ConvForward { x, w, y, .. } => vec![*x, *w, *y],
+            ConvForwardBnRelu { x, stats, affine, w, y, .. } => vec![*x, *stats, *affine, *w, *y],
             ConvBackwardInput { dy, w, dx, .. } => vec![*dy, *w, *dx],
             ConvBackwardWeight { x, dy, dw, .. } => vec![*x, *dy, *dw],
             ConvBackwardWeightBnRelu { x, stats, affine, dy, dw, .. } => vec![*x, *stats, *affine, *dy, *dw],
@@ -355,6 +369,10 @@ struct Compiler<'g> {
     /// The single node that writes each storage wholly (only such nodes may be recomputed).
     producer: HashMap<StorageId, NodeId>,
     has_writer: Vec<bool>,
+    /// Each conv that applies its input's BN-ReLU on load, and that batch-norm node.
+    bn_relu_input: HashMap<NodeId, NodeId>,
+    /// The batch-norm nodes of `bn_relu_input`: they compute statistics but never an output.
+    folded_bn: HashSet<NodeId>,
 }
 
 pub fn compile(graph: &Graph, mode: Mode) -> crate::Result<Schedule> {
@@ -368,6 +386,8 @@ pub fn compile(graph: &Graph, mode: Mode) -> crate::Result<Schedule> {
             producer.insert(t.storage, NodeId(i));
         }
     }
+    let bn_relu_input = bn_relu_folds(graph, &producer);
+    let folded_bn = bn_relu_input.values().copied().collect();
     let mut c = Compiler {
         graph,
         mode,
@@ -380,6 +400,8 @@ pub fn compile(graph: &Graph, mode: Mode) -> crate::Result<Schedule> {
         param_grad_written: vec![false; graph.params.len()],
         producer,
         has_writer,
+        bn_relu_input,
+        folded_bn,
     };
     let input = c.forward_loc(graph.input.unwrap());
     let labels = graph.labels.map(|l| c.forward_loc(l));
@@ -478,6 +500,11 @@ impl Compiler<'_> {
         }
         if !self.recomputed.contains_key(&s) {
             let p = self.producer[&s];
+            assert!(
+                !self.folded_bn.contains(&p),
+                "{}: the output of a batch norm folded into its consumer has no value to read",
+                self.graph.nodes[p.0].name
+            );
             self.forward_node(p, Phase::Recompute);
         }
         let v = self.recomputed[&s];
@@ -516,6 +543,15 @@ impl Compiler<'_> {
     /// can see (stored or recomputed values), the output is a new recomputed value, and batch
     /// norm reuses the statistics saved in forward instead of computing (and counting) new ones.
     fn forward_node(&mut self, id: NodeId, phase: Phase) {
+        // Both checked before any input is looked up: the folded output has no value.
+        if let Some(&bn) = self.bn_relu_input.get(&id) {
+            self.fused_conv_forward(id, bn, phase);
+            return;
+        }
+        if self.folded_bn.contains(&id) {
+            self.folded_bn_forward(id, phase);
+            return;
+        }
         let g = self.graph;
         let node = &g.nodes[id.0];
         let recompute = phase == Phase::Recompute;
@@ -542,12 +578,7 @@ impl Compiler<'_> {
                 let shape = BatchNormShape::new(c, n, h * w);
                 let stats = self.stats_loc(stats);
                 if !recompute {
-                    let op = if train {
-                        LaunchOp::BnTrainStats { shape, x, stats, running: Loc::State(running) }
-                    } else {
-                        LaunchOp::BnEvalStats { shape, running: Loc::State(running), stats }
-                    };
-                    self.push(id, phase, op);
+                    self.push(id, phase, self.bn_stats_op(shape, x, stats, running));
                 }
                 LaunchOp::BnApply { shape, x, stats, affine: Loc::Param(affine), y, relu }
             }
@@ -647,7 +678,8 @@ impl Compiler<'_> {
         }
         let Some(dy) = self.output_gradient(node.output) else { return };
         let xt = node.inputs[0];
-        if let Some(bn) = self.fusable_bn_relu(id) {
+        // A folded BN-ReLU has no output to read, so its conv always takes the fused path.
+        if let Some(bn) = self.bn_relu_input.get(&id).copied().or_else(|| self.fusable_bn_relu(id)) {
             // Checked before saved_loc, which would recompute the BN-ReLU output.
             self.fused_conv_backward(id, bn, dy);
             return;
@@ -852,6 +884,97 @@ fn slice_width(channels: u32, channel_elems: u32, bytes: u64) -> u32 {
         1..16 => fit,
         _ => fit / 16 * 16,
     }
+}
+
+impl Compiler<'_> {
+    /// The launch that fills a batch norm's statistics in forward: batch statistics (and a
+    /// running-statistics update) in training, the running statistics in evaluation.
+    fn bn_stats_op(&self, shape: BatchNormShape, x: Loc, stats: Loc, running: StateId) -> LaunchOp {
+        if self.mode == Mode::Train {
+            LaunchOp::BnTrainStats { shape, x, stats, running: Loc::State(running) }
+        } else {
+            LaunchOp::BnEvalStats { shape, running: Loc::State(running), stats }
+        }
+    }
+
+    /// A folded batch norm's forward: only its statistics, which its conv and its own
+    /// backward read. It is never recomputed, as nothing reads its output.
+    fn folded_bn_forward(&mut self, id: NodeId, phase: Phase) {
+        let g = self.graph;
+        let node = &g.nodes[id.0];
+        assert_eq!(phase, Phase::Forward, "{}: a folded batch norm is never recomputed", node.name);
+        let Op::BatchNorm { running, stats, .. } = node.op else { unreachable!("only batch norms fold") };
+        let x = self.forward_loc(node.inputs[0]);
+        let [c, n, h, w] = g.shape(node.inputs[0]);
+        let stats = self.stats_loc(stats);
+        self.push(id, phase, self.bn_stats_op(BatchNormShape::new(c, n, h * w), x, stats, running));
+    }
+
+    /// A 1x1 conv's forward or recomputation reading its folded BN-ReLU's input, normalised on load.
+    fn fused_conv_forward(&mut self, id: NodeId, bn: NodeId, phase: Phase) {
+        let g = self.graph;
+        let node = &g.nodes[id.0];
+        let Op::Conv2d { weight, kernel, stride, pad } = node.op else { unreachable!("only convs fuse") };
+        let Op::BatchNorm { affine, stats, .. } = g.nodes[bn.0].op else { unreachable!("only batch norms fold") };
+        let bn_x = g.nodes[bn.0].inputs[0];
+        let (x, y) = if phase == Phase::Recompute {
+            let x = self.saved_loc(bn_x);
+            let s = g.tensor(node.output).storage;
+            let v = self.new_value(s, ValueKind::Recomputed);
+            self.recomputed.insert(s, v);
+            (x, self.loc_in(v, node.output))
+        } else {
+            (self.forward_loc(bn_x), self.forward_loc(node.output))
+        };
+        let stats = self.stats_loc(stats);
+        let shape = conv_shape(g, node.inputs[0], node.output, kernel, stride, pad);
+        let op = LaunchOp::ConvForwardBnRelu { shape, x, stats, affine: Loc::Param(affine), w: Loc::Param(weight), y };
+        self.push(id, phase, op);
+    }
+}
+
+/// The BN-ReLUs whose application folds into the load of their consumer, as a map from the
+/// consuming conv to the batch-norm node. Decided before any launch is emitted, because the
+/// batch norm's forward comes first and must already know to skip its output. A batch norm
+/// folds when it is marked `recompute` (so its output is not worth keeping anyway), has ReLU,
+/// is the only writer of its output storage, and that whole storage is the input of one 1x1
+/// stride-1 unpadded conv and of nothing else: no other node, forward or backward, and not the
+/// host, ever reads that output.
+fn bn_relu_folds(g: &Graph, producer: &HashMap<StorageId, NodeId>) -> HashMap<NodeId, NodeId> {
+    let mut readers: HashMap<StorageId, Vec<NodeId>> = HashMap::new();
+    let mut writers: HashMap<StorageId, usize> = HashMap::new();
+    for (i, node) in g.nodes.iter().enumerate() {
+        for &t in &node.inputs {
+            let list = readers.entry(g.tensor(t).storage).or_default();
+            if !list.contains(&NodeId(i)) {
+                list.push(NodeId(i));
+            }
+        }
+        *writers.entry(g.tensor(node.output).storage).or_default() += 1;
+    }
+    let host_visible: Vec<StorageId> =
+        [g.input, g.labels, g.logits, g.loss].into_iter().flatten().map(|t| g.tensor(t).storage).collect();
+    let mut folds = HashMap::new();
+    for (i, node) in g.nodes.iter().enumerate() {
+        if !matches!(node.op, Op::Conv2d { kernel: 1, stride: 1, pad: 0, .. }) {
+            continue;
+        }
+        let xt = node.inputs[0];
+        let s = g.tensor(xt).storage;
+        let Some(&bn) = producer.get(&s) else { continue };
+        let bn_node = &g.nodes[bn.0];
+        let whole = g.tensor(xt).c0 == 0 && g.tensor(xt).c == g.storages[s.0].c;
+        if bn_node.recompute
+            && matches!(bn_node.op, Op::BatchNorm { relu: true, .. })
+            && whole
+            && writers[&s] == 1
+            && readers[&s] == [NodeId(i)]
+            && !host_visible.contains(&s)
+        {
+            folds.insert(NodeId(i), bn);
+        }
+    }
+    folds
 }
 
 fn conv_shape(g: &Graph, x: TensorId, y: TensorId, kernel: u32, stride: u32, pad: u32) -> Conv2dShape {

@@ -118,9 +118,66 @@ fn a_recomputed_bn_relu_read_only_by_a_1x1_weight_gradient_is_fused_into_it() {
     assert_eq!(count(MemoryMode::Naive), (0, 0, 0));
     // Efficient: every norm1 and transition norm is fused; only the norm2s are recomputed.
     assert_eq!(count(MemoryMode::Efficient), (18 + 2, 18, 18));
-    // Minimal also recomputes each bottleneck conv, which needs its norm1 output materialised,
-    // so only the transitions fuse.
-    assert_eq!(count(MemoryMode::Minimal), (2, 18 * 2, 18 * 3));
+    // Minimal also recomputes each bottleneck conv, but that recomputation normalises on load
+    // too (see below), so every norm1 and transition norm fuses here as well, and only the
+    // norm2s and bottleneck outputs are recomputed.
+    assert_eq!(count(MemoryMode::Minimal), (18 + 2, 18, 18 * 2));
+}
+
+#[test]
+fn a_recomputed_bn_relu_read_only_by_a_1x1_conv_is_applied_on_its_load_and_never_stored() {
+    use densegpu::graph::Op;
+    use densegpu::schedule::{compile, LaunchOp, Phase, ValueKind};
+    use std::collections::HashSet;
+    // DenseNet-BC-40: 3 blocks of 6 layers (norm1, conv1, norm2, conv2 each), 2 transitions
+    // (norm, conv, pool) and the final norm: 18 * 2 + 2 + 1 = 39 batch norms.
+    let config = DenseNetConfig::cifar_bc(40, 12, 10).unwrap();
+    let bns = 39;
+    let count = |mode, run| {
+        let g = config.build(2, mode).unwrap();
+        let s = compile(&g, run).unwrap();
+        let launches = |phase: Phase, pick: &dyn Fn(&LaunchOp) -> bool| {
+            s.launches.iter().filter(|l| l.phase == phase && pick(&l.op)).count()
+        };
+        let fused = |op: &LaunchOp| matches!(op, LaunchOp::ConvForwardBnRelu { .. });
+        let apply = |op: &LaunchOp| matches!(op, LaunchOp::BnApply { .. });
+        let stats = |op: &LaunchOp| matches!(op, LaunchOp::BnTrainStats { .. } | LaunchOp::BnEvalStats { .. });
+        // The storages the fused launches normalise on load: the folded BN-ReLU outputs.
+        let folded: HashSet<_> = s
+            .launches
+            .iter()
+            .filter(|l| fused(&l.op))
+            .map(|l| {
+                let conv = &g.nodes[l.node.unwrap().0];
+                assert!(matches!(conv.op, Op::Conv2d { kernel: 1, stride: 1, pad: 0, .. }), "{}", conv.name);
+                g.tensor(conv.inputs[0]).storage
+            })
+            .collect();
+        // Its gradient still flows from the conv's backward input to the batch norm's backward.
+        assert!(
+            s.values.iter().all(|v| v.kind == ValueKind::Gradient || !folded.contains(&v.storage)),
+            "{mode}: a folded BN-ReLU output has a value in the schedule"
+        );
+        // Statistics are still computed once per batch norm, in forward only.
+        assert_eq!(launches(Phase::Forward, &stats), bns, "{mode}");
+        assert_eq!(launches(Phase::Recompute, &stats), 0, "{mode}");
+        (
+            folded.len(),
+            launches(Phase::Forward, &fused),
+            launches(Phase::Recompute, &fused),
+            launches(Phase::Forward, &apply),
+            launches(Phase::Recompute, &apply),
+        )
+    };
+    // Naive keeps every BN-ReLU output (none is marked recompute), so nothing folds.
+    assert_eq!(count(MemoryMode::Naive, Mode::Train), (0, 0, 0, bns, 0));
+    // Efficient: the 18 norm1s and 2 transition norms fold; the norm2s feed 3x3 convs.
+    assert_eq!(count(MemoryMode::Efficient, Mode::Train), (20, 20, 0, bns - 20, 18));
+    // Minimal: the same folds, and each recomputed bottleneck conv normalises on load again.
+    assert_eq!(count(MemoryMode::Minimal, Mode::Train), (20, 20, 18, bns - 20, 18));
+    // Inference folds the same batch norms (with running statistics).
+    assert_eq!(count(MemoryMode::Efficient, Mode::Eval), (20, 20, 0, bns - 20, 0));
+    assert_eq!(count(MemoryMode::Naive, Mode::Eval), (0, 0, 0, bns, 0));
 }
 
 /// The absolute target for efficient mode: at DenseNet-BC-100, batch 64, the stored

@@ -56,8 +56,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> wt: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
-// Only conv1x1_weight_grad_bnrelu binds these: the batch-norm statistics [mean, invstd] and
-// affine parameters [gamma, beta] of its k_rows source channels.
+// Only the *_bnrelu kernels bind these: the batch-norm statistics [mean, invstd] and affine
+// parameters [gamma, beta] of their k_rows source channels.
 @group(0) @binding(4) var<storage, read_write> bn_stats: array<f32>;
 @group(0) @binding(5) var<storage, read_write> bn_affine: array<f32>;
 
@@ -74,45 +74,66 @@ fn put(i: u32, v: f32) {
 # ---------------- 1x1 GEMM ----------------
 MR, PR = GEMM_MR, GEMM_PR
 V = PR // 4
-w(f"""// 1x1, stride 1, no padding: a matrix product dst[m, q] = sum_k A(m, k) src[k, q] over the
+
+def gemm1x1(name, bnrelu):
+    if bnrelu:
+        w(f"""// As conv1x1_gemm, but src is the raw input of a training- or eval-mode BN-ReLU and each
+// loaded value goes through max((x - mean) * invstd * gamma + beta, 0) first, written as
+// bn_value in batchnorm.wgsl so the product equals BnApply followed by conv1x1_gemm bit for bit.
+// The normalised tensor is then never stored: when the conv is its only reader, neither forward
+// nor a recomputation in backward needs memory for it.""")
+    else:
+        w(f"""// 1x1, stride 1, no padding: a matrix product dst[m, q] = sum_k A(m, k) src[k, q] over the
 // N*H*W pixels q. Each invocation owns {MR} rows x {PR} consecutive pixels; the grid's z picks the
-// row block. Out-of-range rows and pixels load clamped (valid) addresses and are not stored.
-@compute @workgroup_size(64)
-fn conv1x1_gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+// row block. Out-of-range rows and pixels load clamped (valid) addresses and are not stored.""")
+    w(f"""@compute @workgroup_size(64)
+fn {name}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
                 @builtin(workgroup_id) wg: vec3<u32>) {{
     let pixels = p.n * p.src_h * p.src_w;
     let first = flat_id(gid, groups, 64u) * {PR}u;
     if (first >= pixels) {{ return; }}
     let m0 = wg.z * {MR}u;
     let last = pixels - 1u;""")
-for j in range(PR):
-    w(f"    let q{j} = min(first + {j}u, last);")
-for r in range(MR):
-    w(f"    let wr{r} = p.wt_off + min(m0 + {r}u, p.m_rows - 1u) * p.a_m;")
-for r in range(MR):
-    for v in range(V):
-        w(f"    var acc{r}_{v} = vec4<f32>();")
-w("    var s = p.src_off;")
-w("    var wk = 0u;")
-w("    for (var k = 0u; k < p.k_rows; k++) {")
-for v in range(V):
-    w(f"        let b{v} = vec4<f32>(" + ", ".join(f"src[s + q{4*v+t}]" for t in range(4)) + ");")
-for r in range(MR):
-    w(f"        let a{r} = wt[wr{r} + wk];")
-    for v in range(V):
-        w(f"        acc{r}_{v} = fma(vec4<f32>(a{r}), b{v}, acc{r}_{v});")
-w("        s += pixels;")
-w("        wk += p.a_k;")
-w("    }")
-w(f"    let full = first + {PR}u <= pixels;")
-for r in range(MR):
-    w(f"    if (m0 + {r}u < p.m_rows) {{")
-    w(f"        let o = p.dst_off + (m0 + {r}u) * pixels + first;")
     for j in range(PR):
-        w(f"        if (full || first + {j}u < pixels) {{ put(o + {j}u, acc{r}_{j//4}[{j%4}]); }}")
+        w(f"    let q{j} = min(first + {j}u, last);")
+    for r in range(MR):
+        w(f"    let wr{r} = p.wt_off + min(m0 + {r}u, p.m_rows - 1u) * p.a_m;")
+    for r in range(MR):
+        for v in range(V):
+            w(f"    var acc{r}_{v} = vec4<f32>();")
+    w("    var s = p.src_off;")
+    w("    var wk = 0u;")
+    w("    for (var k = 0u; k < p.k_rows; k++) {")
+    if bnrelu:
+        w("        let mean = bn_stats[p.stats_off + k];")
+        w("        let invstd = bn_stats[p.stats_off + p.k_rows + k];")
+        w("        let gamma = bn_affine[p.affine_off + k];")
+        w("        let beta = bn_affine[p.affine_off + p.k_rows + k];")
+    for v in range(V):
+        load = "vec4<f32>(" + ", ".join(f"src[s + q{4*v+t}]" for t in range(4)) + ")"
+        if bnrelu:
+            w(f"        let b{v} = max(({load} - mean) * invstd * gamma + beta, vec4<f32>());")
+        else:
+            w(f"        let b{v} = {load};")
+    for r in range(MR):
+        w(f"        let a{r} = wt[wr{r} + wk];")
+        for v in range(V):
+            w(f"        acc{r}_{v} = fma(vec4<f32>(a{r}), b{v}, acc{r}_{v});")
+    w("        s += pixels;")
+    w("        wk += p.a_k;")
     w("    }")
-w("}")
-w()
+    w(f"    let full = first + {PR}u <= pixels;")
+    for r in range(MR):
+        w(f"    if (m0 + {r}u < p.m_rows) {{")
+        w(f"        let o = p.dst_off + (m0 + {r}u) * pixels + first;")
+        for j in range(PR):
+            w(f"        if (full || first + {j}u < pixels) {{ put(o + {j}u, acc{r}_{j//4}[{j%4}]); }}")
+        w("    }")
+    w("}")
+    w()
+
+gemm1x1("conv1x1_gemm", False)
+gemm1x1("conv1x1_gemm_bnrelu", True)
 
 # ---------------- 3x3 stride 1 ----------------
 def conv3x3(name, MR, PR, LINES, WG):

@@ -66,6 +66,7 @@ const fn kernel(entry: &'static str) -> Kernel {
     Kernel { shader: &shaders::CONV, entry, buffers: 3 }
 }
 const GEMM_1X1: Kernel = kernel("conv1x1_gemm");
+const GEMM_1X1_BN_RELU: Kernel = Kernel { shader: &shaders::CONV, entry: "conv1x1_gemm_bnrelu", buffers: 5 };
 const CONV_3X3_S1: Kernel = kernel("conv3x3_s1");
 const CONV_3X3_S1_NARROW: Kernel = kernel("conv3x3_s1_narrow");
 const GENERAL_FORWARD: Kernel = kernel("conv_general_forward");
@@ -107,7 +108,7 @@ struct Params {
     dst_off: u32,
     /// Weight strides for (m, k, i, j); they wrap, so a negative stride is `0u32.wrapping_sub(s)`.
     strides: [u32; 4],
-    /// (stats, affine) element offsets; only the fused BN-ReLU weight gradient reads them.
+    /// (stats, affine) element offsets; only the fused BN-ReLU kernels read them.
     bn_offsets: (u32, u32),
 }
 
@@ -154,7 +155,31 @@ fn weight_strides_oihw(s: &Conv2dShape) -> [u32; 4] {
 /// tensor is fine), y holds `s.c_out` channels (it may be a channel slice of a larger tensor).
 pub fn conv2d_forward(gpu: &Gpu, s: &Conv2dShape, x: View, w: View, y: View) -> Dispatch {
     s.check();
-    let params = Params {
+    launch(gpu, s, &forward_params(s, x, w, y), [x.buffer, w.buffer, y.buffer])
+}
+
+/// y = conv(relu(batchnorm(x)), w) for a 1x1, stride-1, unpadded conv, with the batch norm's
+/// statistics ([mean, invstd] per channel) and affine parameters ([gamma, beta]), overwriting
+/// y. Equal bit for bit to [`super::batchnorm::batchnorm_apply`] with ReLU followed by
+/// [`conv2d_forward`], but the normalised tensor never exists in memory.
+pub fn conv2d_forward_bnrelu(
+    gpu: &Gpu,
+    s: &Conv2dShape,
+    x: View,
+    stats: View,
+    affine: View,
+    w: View,
+    y: View,
+) -> Dispatch {
+    s.check();
+    assert!(s.is_pointwise(), "conv2d: the fused BN-ReLU forward serves only 1x1 convs, not {s:?}");
+    let params = Params { bn_offsets: (stats.offset, affine.offset), ..forward_params(s, x, w, y) };
+    let buffers = [x.buffer, w.buffer, y.buffer, stats.buffer, affine.buffer];
+    gpu.dispatch(&GEMM_1X1_BN_RELU, &params.words(s), &buffers, pointwise_groups(&params))
+}
+
+fn forward_params(s: &Conv2dShape, x: View, w: View, y: View) -> Params {
+    Params {
         n: s.n,
         m_rows: s.c_out,
         k_rows: s.c_in,
@@ -167,8 +192,7 @@ pub fn conv2d_forward(gpu: &Gpu, s: &Conv2dShape, x: View, w: View, y: View) -> 
         dst_off: y.offset,
         strides: weight_strides_oihw(s),
         bn_offsets: (0, 0),
-    };
-    launch(gpu, s, &params, [x.buffer, w.buffer, y.buffer])
+    }
 }
 
 /// dx (+)= conv_transpose(dy, w): the gradient with respect to the input.
@@ -309,15 +333,21 @@ fn conv3x3(gpu: &Gpu, params: &Params, s: &Conv2dShape, buffers: [Window; 3]) ->
     gpu.dispatch(kernel, &params.words(s), &buffers, [x, y, blocks])
 }
 
+/// The 1x1 matrix-product kernels' grid: GEMM_PIXELS pixels per invocation, GEMM_ROWS
+/// destination channels per block along z.
+fn pointwise_groups(params: &Params) -> [u32; 3] {
+    let (dh, dw) = params.dst_hw;
+    let pixels = params.n as u64 * dh as u64 * dw as u64;
+    grid_with_blocks(pixels.div_ceil(GEMM_PIXELS as u64), params.m_rows.div_ceil(GEMM_ROWS))
+}
+
 /// Forward, or backward input of a 1x1 conv: picks the kernel for `params` (whose rows are the
 /// destination channels) by the shape.
 fn launch(gpu: &Gpu, s: &Conv2dShape, params: &Params, buffers: [Window; 3]) -> Dispatch {
     let words = params.words(s);
     let (dh, dw) = params.dst_hw;
     if s.is_pointwise() {
-        let pixels = s.n as u64 * dh as u64 * dw as u64;
-        let groups = grid_with_blocks(pixels.div_ceil(GEMM_PIXELS as u64), params.m_rows.div_ceil(GEMM_ROWS));
-        return gpu.dispatch(&GEMM_1X1, &words, &buffers, groups);
+        return gpu.dispatch(&GEMM_1X1, &words, &buffers, pointwise_groups(params));
     }
     if s.is_3x3_stride_1() {
         return conv3x3(gpu, params, s, buffers);
