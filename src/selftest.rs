@@ -91,6 +91,7 @@ pub async fn run(gpu: &Gpu) -> Vec<Check> {
         // The general kernel, which the ImageNet stem's geometry takes.
         ("conv7x7s2", conv(gpu, "conv7x7s2", conv_shape(7, 2, 3)).await),
         ("batchnorm", batchnorm(gpu).await),
+        ("fused", fused(gpu).await),
         ("relu", relu(gpu).await),
         ("pool", pooling(gpu).await),
         ("linear", linear(gpu).await),
@@ -307,6 +308,49 @@ async fn batchnorm(gpu: &Gpu) -> Result<Vec<Check>> {
         bn::batchnorm_backward_affine(gpu, s, xv, dyv, sv, av, v(ga), true, false),
     ];
     d.extend(dx.map(|(acc, dx)| bn::batchnorm_backward_input(gpu, s, xv, dyv, sv, av, v(ga), v(dx), true, acc)));
+    t.check(gpu, &buffer, &d).await
+}
+
+/// The launches only the efficient and minimal modes make: a 1x1 conv that applies its
+/// input's BN-ReLU on load (forward and weight gradient), and a batch norm's backward taken in
+/// a channel slice, in place, from the conv's input gradient of that slice.
+async fn fused(gpu: &Gpu) -> Result<Vec<Check>> {
+    let s = Conv2dShape { n: 3, c_in: 5, h: 9, w: 11, c_out: 7, kh: 1, kw: 1, stride: 1, pad: 0 };
+    let (c, m) = (s.c_in as usize, (s.n * s.h * s.w) as usize);
+    let (first, count) = (1u32, 3u32);
+    let x = random(c * m, 21);
+    let stats = reference::batchnorm::train_stats(c, m, &x, &vec![0.0; 2 * c], BN_MOMENTUM, BN_EPS).0;
+    let (affine, w, dy) = (random(2 * c, 22), random(s.weight_elems() as usize, 23), random(7 * m, 24));
+    let normed = reference::batchnorm::apply(c, m, &x, &stats, &affine, true);
+    let dnormed = reference::conv::conv2d_backward_input(&s, &dy, &w);
+    let bn_affine = reference::batchnorm::backward_affine(c, m, &x, &dnormed, &stats, &affine, true);
+    let bn_dx = reference::batchnorm::backward_input(c, m, &x, &dnormed, &stats, &affine, true);
+    let slice = first as usize..(first + count) as usize;
+
+    let mut t = Tensors::new("fused", format!("n=3 c=5->7 9x11 bn-relu, channels {first}+{count}"));
+    let (xs, ss, afs, ws, dys) = (t.input(&x), t.input(&stats), t.input(&affine), t.input(&w), t.input(&dy));
+    let y = t.output("conv1x1_bnrelu_forward", reference::conv::conv2d_forward(&s, &normed, &w));
+    let dw = t.output("conv1x1_bnrelu_weight_grad", reference::conv::conv2d_backward_weight(&s, &normed, &dy));
+    // Only the slice's channels of grad_affine change.
+    let grad_before = random(2 * c, 25);
+    let mut grad_want = grad_before.clone();
+    for ch in slice.clone() {
+        (grad_want[ch], grad_want[c + ch]) = (bn_affine[ch], bn_affine[c + ch]);
+    }
+    let ga = t.update("sliced_bn_backward_affine", &grad_before, grad_want);
+    let dx = t.output("sliced_bn_backward_in_place", bn_dx[slice.start * m..slice.end * m].to_vec());
+    let buffer = t.upload(gpu).await?;
+    let v = |slot| t.view(&buffer, slot);
+    let (xv, sv, av) = (v(xs), v(ss), v(afs));
+    let bn_slice = BatchNormShape::new(s.c_in, s.n, s.h * s.w).slice(first, count);
+    let x_slice = xv.at(first * m as u32);
+    let d = [
+        conv::conv2d_forward_bnrelu(gpu, &s, xv, sv, av, v(ws), v(y)),
+        conv::conv2d_backward_weight_bnrelu(gpu, &s, xv, sv, av, v(dys), v(dw), false),
+        conv::conv2d_backward_input_channels(gpu, &s, (first, count), v(dys), v(ws), v(dx), false),
+        bn::batchnorm_backward_affine(gpu, bn_slice, x_slice, v(dx), sv, av, v(ga), true, false),
+        bn::batchnorm_backward_input_in_place(gpu, bn_slice, x_slice, sv, av, v(ga), v(dx), true),
+    ];
     t.check(gpu, &buffer, &d).await
 }
 

@@ -86,6 +86,13 @@ fn every_memory_mode_gives_the_same_training() {
             assert!(rel_err(&other.1, &naive.1) < 1e-5, "{what}: gradients differ");
             assert!(rel_err(&other.2, &naive.2) < 1e-5, "{what}: parameters differ");
             assert!(rel_err(&other.3, &naive.3) < 1e-5, "{what}: running statistics differ");
+            // Stronger, and true on lavapipe: every fused or sliced kernel computes each value
+            // with the same operations in the same order as naive's separate launches.
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&other.0), bits(&naive.0), "{what}: losses are not bit-identical");
+            assert_eq!(bits(&other.1), bits(&naive.1), "{what}: gradients are not bit-identical");
+            assert_eq!(bits(&other.2), bits(&naive.2), "{what}: parameters are not bit-identical");
+            assert_eq!(bits(&other.3), bits(&naive.3), "{what}: running statistics are not bit-identical");
         }
     }
 }

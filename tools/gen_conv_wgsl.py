@@ -265,11 +265,14 @@ fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
     for c in range(NR):
         w(f"    let sr{c} = p.src_off + min(k0 + {c}u, p.k_rows - 1u) * pixels;")
     if bnrelu:
-        # Per channel: scale = invstd * gamma and the mean and beta, loaded once.
+        # Per channel: mean, invstd, gamma and beta, loaded once. They are applied in
+        # batchnorm.wgsl's bn_value order, not folded into one scale, so the value equals the
+        # stored BN-ReLU output of the other memory modes bit for bit.
         for c in range(NR):
             w(f"    let kc{c} = min(k0 + {c}u, p.k_rows - 1u);")
             w(f"    let mu{c} = bn_stats[p.stats_off + kc{c}];")
-            w(f"    let sc{c} = bn_stats[p.stats_off + p.k_rows + kc{c}] * bn_affine[p.affine_off + kc{c}];")
+            w(f"    let is{c} = bn_stats[p.stats_off + p.k_rows + kc{c}];")
+            w(f"    let ga{c} = bn_affine[p.affine_off + kc{c}];")
             w(f"    let be{c} = bn_affine[p.affine_off + p.k_rows + kc{c}];")
     for r in range(MR):
         for c in range(NR):
@@ -292,7 +295,7 @@ fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
             w(f"        let g{r}_{h} = select(0.0, wt[dr{r} + c{h}], ok{h});")
         for c in range(NR):
             if bnrelu:
-                w(f"        let x{c}_{h} = max(fma(src[sr{c} + c{h}] - mu{c}, sc{c}, be{c}), 0.0);")
+                w(f"        let x{c}_{h} = max((src[sr{c} + c{h}] - mu{c}) * is{c} * ga{c} + be{c}, 0.0);")
             else:
                 w(f"        let x{c}_{h} = src[sr{c} + c{h}];")
     for r in range(MR):
