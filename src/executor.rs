@@ -91,9 +91,12 @@ impl MemoryPlan {
         Ok(MemoryPlan { params, states, schedule, arena, mode })
     }
 
-    /// Peak bytes by category for this schedule. Parameters include the batch-norm running
-    /// statistics; gradients and optimizer state exist only when training. `total` is every
-    /// byte the executor allocates: persistent buffers plus the activation arena.
+    /// Bytes by category for this schedule, adding up to `total`: every byte the executor
+    /// allocates. Parameters include the batch-norm running statistics; gradients and
+    /// optimizer state exist only when training. Activations are the most that forward keeps
+    /// for backward at any one step; workspace is the rest of the activation arena (gradients
+    /// of activations, recomputed values, packing slack), so activations + workspace is the
+    /// arena the plan allocates beside the persistent buffers.
     pub fn report(&self) -> MemoryReport {
         let arena = self.arena.report();
         let train = self.mode == Mode::Train;
