@@ -18,7 +18,11 @@
 //!   overwrites it, later ones add, and a range that receives nothing is zero-filled;
 //! - a recomputed BN-ReLU whose whole output is read by nothing but one 1x1 stride-1 unpadded
 //!   conv is never applied: the conv normalises its input on load, in forward, in any
-//!   recomputation and in its weight gradient, so that output has no value at all.
+//!   recomputation and in its weight gradient, so that output has no value at all;
+//! - a batch norm whose output only a conv reads gets its backward inside the conv's, one
+//!   channel slice of the conv's input gradient at a time (at most `gradient_slice_bytes`),
+//!   computed in place where the batch norm's input gradient starts, so the gradient of the
+//!   normalised tensor never exists whole.
 
 use crate::graph::{Graph, NodeId, Op, ParamId, StateId, StorageId, Tensor, TensorId};
 use crate::ops::batchnorm::BatchNormShape;
@@ -369,6 +373,9 @@ struct Compiler<'g> {
     /// The single node that writes each storage wholly (only such nodes may be recomputed).
     producer: HashMap<StorageId, NodeId>,
     has_writer: Vec<bool>,
+    /// The storages that exactly one node reads, reading all of them, and the host never
+    /// sees: their producer's output exists only to feed that node.
+    sole_reader: HashMap<StorageId, NodeId>,
     /// Each conv that applies its input's BN-ReLU on load, and that batch-norm node.
     bn_relu_input: HashMap<NodeId, NodeId>,
     /// The batch-norm nodes of `bn_relu_input`: they compute statistics but never an output.
@@ -386,7 +393,8 @@ pub fn compile(graph: &Graph, mode: Mode) -> crate::Result<Schedule> {
             producer.insert(t.storage, NodeId(i));
         }
     }
-    let bn_relu_input = bn_relu_folds(graph, &producer);
+    let sole_reader = sole_whole_readers(graph);
+    let bn_relu_input = bn_relu_folds(graph, &producer, &sole_reader);
     let folded_bn = bn_relu_input.values().copied().collect();
     let mut c = Compiler {
         graph,
@@ -400,6 +408,7 @@ pub fn compile(graph: &Graph, mode: Mode) -> crate::Result<Schedule> {
         param_grad_written: vec![false; graph.params.len()],
         producer,
         has_writer,
+        sole_reader,
         bn_relu_input,
         folded_bn,
     };
@@ -678,16 +687,15 @@ impl Compiler<'_> {
         }
         let Some(dy) = self.output_gradient(node.output) else { return };
         let xt = node.inputs[0];
-        // A folded BN-ReLU has no output to read, so its conv always takes the fused path.
-        if let Some(bn) = self.bn_relu_input.get(&id).copied().or_else(|| self.fusable_bn_relu(id)) {
-            // Checked before saved_loc, which would recompute the BN-ReLU output.
+        // A folded BN-ReLU has no output to read: its conv's weight gradient applies it on load.
+        if let Some(&bn) = self.bn_relu_input.get(&id) {
             self.fused_conv_backward(id, bn, dy);
             return;
         }
         let x = backward_needs_input(&node.op).then(|| self.saved_loc(xt));
-        // A sliced batch-norm backward takes the conv's input gradient slice by slice itself.
-        let sliced = self.sliceable_bn(id).is_some();
-        let dx = (self.needs_gradient(xt) && !sliced).then(|| self.gradient_loc(xt));
+        // A conv's input gradient is conv_backward_input's, which may take it in slices.
+        let conv = matches!(node.op, Op::Conv2d { .. });
+        let dx = (self.needs_gradient(xt) && !conv).then(|| self.gradient_loc(xt));
         let [c, n, h, w] = g.shape(xt);
         let len = g.elems(xt) as u32;
         let phase = Phase::Backward;
@@ -696,7 +704,7 @@ impl Compiler<'_> {
                 let shape = conv_shape(g, xt, node.output, kernel, stride, pad);
                 let (dw, accumulate) = self.param_grad(weight);
                 self.push(id, phase, LaunchOp::ConvBackwardWeight { shape, x: x.unwrap(), dy, dw, accumulate });
-                self.conv_backward_input(id, dy, dx);
+                self.conv_backward_input(id, dy);
             }
             Op::BatchNorm { affine, stats, relu, .. } => {
                 let shape = BatchNormShape::new(c, n, h * w);
@@ -743,34 +751,6 @@ impl Compiler<'_> {
 }
 
 impl Compiler<'_> {
-    /// The batch-norm node whose recomputation a 1x1 conv's backward can skip by normalising
-    /// on load: the conv (1x1, stride 1, unpadded) reads the whole output of a recomputed
-    /// BN-ReLU that has not been recomputed yet, and nothing else would ever read that
-    /// recomputed value (no other node's backward or recomputation takes it as input).
-    fn fusable_bn_relu(&self, conv: NodeId) -> Option<NodeId> {
-        let g = self.graph;
-        let node = &g.nodes[conv.0];
-        if !matches!(node.op, Op::Conv2d { kernel: 1, stride: 1, pad: 0, .. }) || node.recompute {
-            return None;
-        }
-        let xt = node.inputs[0];
-        let s = g.tensor(xt).storage;
-        let &p = self.producer.get(&s)?;
-        let bn = &g.nodes[p.0];
-        if !bn.recompute || !matches!(bn.op, Op::BatchNorm { relu: true, .. }) || self.recomputed.contains_key(&s) {
-            return None;
-        }
-        if g.tensor(xt).c0 != 0 || g.tensor(xt).c != g.storages[s.0].c {
-            return None;
-        }
-        let other_reader = g.nodes.iter().enumerate().any(|(i, n)| {
-            i != conv.0
-                && (n.recompute || backward_needs_input(&n.op))
-                && n.inputs.iter().any(|&t| g.tensor(t).storage == s)
-        });
-        (!other_reader).then_some(p)
-    }
-
     /// A 1x1 conv's backward with its BN-ReLU input fused into the weight gradient.
     fn fused_conv_backward(&mut self, id: NodeId, bn: NodeId, dy: Loc) {
         let g = self.graph;
@@ -781,19 +761,17 @@ impl Compiler<'_> {
         let shape = conv_shape(g, xt, node.output, kernel, stride, pad);
         let x = self.saved_loc(g.nodes[bn.0].inputs[0]);
         let stats = self.stats_loc(stats);
-        let sliced = self.sliceable_bn(id).is_some();
-        let dx = (self.needs_gradient(xt) && !sliced).then(|| self.gradient_loc(xt));
         let (dw, accumulate) = self.param_grad(weight);
         let op = LaunchOp::ConvBackwardWeightBnRelu { shape, x, stats, affine: Loc::Param(affine), dy, dw, accumulate };
         self.push(id, Phase::Backward, op);
-        self.conv_backward_input(id, dy, dx);
+        self.conv_backward_input(id, dy);
     }
 
-    /// A conv's input gradient: into `dx` whole, or, when the conv's input is a batch norm's
-    /// output that nothing else reads, slice by slice of channels, each slice going straight
-    /// through that batch norm's backward (which then has nothing left to do) so the gradient
-    /// of the normalised tensor never exists whole.
-    fn conv_backward_input(&mut self, id: NodeId, dy: Loc, dx: Option<(Loc, bool)>) {
+    /// A conv's input gradient: whole, or, when the conv's input is a batch norm's output that
+    /// nothing else reads, slice by slice of channels, each slice going straight through that
+    /// batch norm's backward (which then has nothing left to do) so the gradient of the
+    /// normalised tensor never exists whole.
+    fn conv_backward_input(&mut self, id: NodeId, dy: Loc) {
         let g = self.graph;
         let node = &g.nodes[id.0];
         let Op::Conv2d { weight, kernel, stride, pad } = node.op else { unreachable!("a conv's backward") };
@@ -802,7 +780,7 @@ impl Compiler<'_> {
         let w = Loc::Param(weight);
         let phase = Phase::Backward;
         let Some(bn) = self.sliceable_bn(id) else {
-            if let Some((dx, accumulate)) = dx {
+            if let Some((dx, accumulate)) = self.needs_gradient(xt).then(|| self.gradient_loc(xt)) {
                 let op = LaunchOp::ConvBackwardInput { shape, channels: (0, shape.c_in), dy, w, dx, accumulate };
                 self.push(id, phase, op);
             }
@@ -857,20 +835,10 @@ impl Compiler<'_> {
     /// conv reads the whole output of the batch norm, and no other node reads any of it.
     fn sliceable_bn(&self, conv: NodeId) -> Option<NodeId> {
         let g = self.graph;
-        if !matches!(g.nodes[conv.0].op, Op::Conv2d { .. }) {
-            return None;
-        }
-        let xt = *g.tensor(g.nodes[conv.0].inputs[0]);
-        let &p = self.producer.get(&xt.storage)?;
-        if !matches!(g.nodes[p.0].op, Op::BatchNorm { .. }) || xt.c0 != 0 || xt.c != g.storages[xt.storage.0].c {
-            return None;
-        }
-        let other_reader = g
-            .nodes
-            .iter()
-            .enumerate()
-            .any(|(i, n)| i != conv.0 && n.inputs.iter().any(|&t| g.tensor(t).storage == xt.storage));
-        (!other_reader).then_some(p)
+        let s = g.tensor(g.nodes[conv.0].inputs[0]).storage;
+        let &p = self.producer.get(&s)?;
+        let is_bn = matches!(g.nodes[p.0].op, Op::BatchNorm { .. });
+        (is_bn && self.sole_reader.get(&s) == Some(&conv)).then_some(p)
     }
 }
 
@@ -933,43 +901,54 @@ impl Compiler<'_> {
     }
 }
 
+/// The storages that exactly one node reads (possibly through several inputs), every read
+/// covering all of the storage's channels, and that the host never reads or writes.
+fn sole_whole_readers(g: &Graph) -> HashMap<StorageId, NodeId> {
+    let host_visible: Vec<StorageId> =
+        [g.input, g.labels, g.logits, g.loss].into_iter().flatten().map(|t| g.tensor(t).storage).collect();
+    // Per storage: its one reader so far, or None once a second reader or a partial read shows.
+    let mut reader: HashMap<StorageId, Option<NodeId>> = HashMap::new();
+    for (i, node) in g.nodes.iter().enumerate() {
+        for &t in &node.inputs {
+            let tensor = g.tensor(t);
+            let whole = tensor.c0 == 0 && tensor.c == g.storages[tensor.storage.0].c;
+            let entry = reader.entry(tensor.storage).or_insert(Some(NodeId(i)));
+            if !whole || *entry != Some(NodeId(i)) {
+                *entry = None;
+            }
+        }
+    }
+    reader.into_iter().filter_map(|(s, r)| r.filter(|_| !host_visible.contains(&s)).map(|r| (s, r))).collect()
+}
+
 /// The BN-ReLUs whose application folds into the load of their consumer, as a map from the
 /// consuming conv to the batch-norm node. Decided before any launch is emitted, because the
 /// batch norm's forward comes first and must already know to skip its output. A batch norm
 /// folds when it is marked `recompute` (so its output is not worth keeping anyway), has ReLU,
-/// is the only writer of its output storage, and that whole storage is the input of one 1x1
-/// stride-1 unpadded conv and of nothing else: no other node, forward or backward, and not the
-/// host, ever reads that output.
-fn bn_relu_folds(g: &Graph, producer: &HashMap<StorageId, NodeId>) -> HashMap<NodeId, NodeId> {
-    let mut readers: HashMap<StorageId, Vec<NodeId>> = HashMap::new();
+/// is the only writer of its output storage, and that storage's sole reader is a 1x1
+/// stride-1 unpadded conv: no other node, forward or backward, and not the host, ever reads
+/// that output.
+fn bn_relu_folds(
+    g: &Graph,
+    producer: &HashMap<StorageId, NodeId>,
+    sole_reader: &HashMap<StorageId, NodeId>,
+) -> HashMap<NodeId, NodeId> {
     let mut writers: HashMap<StorageId, usize> = HashMap::new();
-    for (i, node) in g.nodes.iter().enumerate() {
-        for &t in &node.inputs {
-            let list = readers.entry(g.tensor(t).storage).or_default();
-            if !list.contains(&NodeId(i)) {
-                list.push(NodeId(i));
-            }
-        }
+    for node in &g.nodes {
         *writers.entry(g.tensor(node.output).storage).or_default() += 1;
     }
-    let host_visible: Vec<StorageId> =
-        [g.input, g.labels, g.logits, g.loss].into_iter().flatten().map(|t| g.tensor(t).storage).collect();
     let mut folds = HashMap::new();
     for (i, node) in g.nodes.iter().enumerate() {
         if !matches!(node.op, Op::Conv2d { kernel: 1, stride: 1, pad: 0, .. }) {
             continue;
         }
-        let xt = node.inputs[0];
-        let s = g.tensor(xt).storage;
+        let s = g.tensor(node.inputs[0]).storage;
         let Some(&bn) = producer.get(&s) else { continue };
         let bn_node = &g.nodes[bn.0];
-        let whole = g.tensor(xt).c0 == 0 && g.tensor(xt).c == g.storages[s.0].c;
         if bn_node.recompute
             && matches!(bn_node.op, Op::BatchNorm { relu: true, .. })
-            && whole
             && writers[&s] == 1
-            && readers[&s] == [NodeId(i)]
-            && !host_visible.contains(&s)
+            && sole_reader.get(&s) == Some(&NodeId(i))
         {
             folds.insert(NodeId(i), bn);
         }
