@@ -276,19 +276,7 @@ pub fn batchnorm_backward_input(
     relu: bool,
     accumulate: bool,
 ) -> Dispatch {
-    let launch = Launch {
-        shape: s,
-        x: Some(x),
-        dy: Some(dy),
-        out: Some(dx),
-        stats: Some(stats),
-        affine: Some(affine),
-        grad: Some(grad_affine),
-        relu,
-        accumulate_out: accumulate,
-        ..Default::default()
-    };
-    launch.dispatch(gpu, &BACKWARD_INPUT, elementwise(s))
+    input_pass(gpu, s, x, Some(dy), stats, affine, grad_affine, dx, relu, accumulate)
 }
 
 /// [`batchnorm_backward_input`] in place: `dy_dx` holds dy and receives dx (overwritten, never
@@ -305,15 +293,34 @@ pub fn batchnorm_backward_input_in_place(
     dy_dx: View,
     relu: bool,
 ) -> Dispatch {
+    input_pass(gpu, s, x, None, stats, affine, grad_affine, dy_dx, relu, false)
+}
+
+/// The input pass, reading dy from `dy`, or from `dx` itself when `dy` is None.
+#[allow(clippy::too_many_arguments)]
+fn input_pass(
+    gpu: &Gpu,
+    s: BatchNormShape,
+    x: View,
+    dy: Option<View>,
+    stats: View,
+    affine: View,
+    grad_affine: View,
+    dx: View,
+    relu: bool,
+    accumulate: bool,
+) -> Dispatch {
     let launch = Launch {
         shape: s,
         x: Some(x),
-        out: Some(dy_dx),
+        dy,
+        out: Some(dx),
         stats: Some(stats),
         affine: Some(affine),
         grad: Some(grad_affine),
         relu,
-        in_place: true,
+        accumulate_out: accumulate,
+        in_place: dy.is_none(),
         ..Default::default()
     };
     launch.dispatch(gpu, &BACKWARD_INPUT, elementwise(s))
