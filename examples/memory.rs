@@ -7,7 +7,6 @@
 
 use clap::Parser;
 use densegpu::densenet::{largest_batch, memory_plans_json, plan_training, DenseNetConfig, MemoryMode};
-use densegpu::plan::ArenaLimits;
 
 #[derive(Parser)]
 #[command(about = "Planned training memory of a DenseNet in each memory mode")]
@@ -71,7 +70,7 @@ fn run(args: &Args) -> densegpu::Result<()> {
     if let Some(size) = args.image_size {
         config.image_size = size;
     }
-    let limits = ArenaLimits { max_buffer_bytes: args.binding_limit, alignment: densegpu::executor::ARENA_ALIGNMENT };
+    let limits = densegpu::executor::arena_limits(args.binding_limit);
     if args.json {
         println!("{}", memory_plans_json(&config, args.batch_size, &limits, args.budget));
         return Ok(());

@@ -9,7 +9,6 @@ use clap::Parser;
 use densegpu::checkpoint::{self, TrainingState, Weights};
 use densegpu::data::{self, BatchLoader, LoaderOptions, TrainTest};
 use densegpu::densenet::{plan_training, DenseNetConfig, MemoryMode};
-use densegpu::plan::ArenaLimits;
 use densegpu::{Error, Gpu, Mode, Result, Session, SgdHyper};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
@@ -152,8 +151,7 @@ fn run(args: &Args) -> Result<()> {
     };
 
     let gpu = Arc::new(Gpu::new_blocking()?);
-    let limits =
-        ArenaLimits { max_buffer_bytes: gpu.max_binding_bytes(), alignment: densegpu::executor::ARENA_ALIGNMENT };
+    let limits = densegpu::executor::arena_limits(gpu.max_binding_bytes());
     // Refuse a batch that cannot fit before allocating anything.
     plan_training(&config, args.batch_size, args.memory, &limits, None)?;
     let graph = config.build(args.batch_size, args.memory)?;

@@ -19,6 +19,11 @@ use std::sync::Arc;
 /// be bound on its own; it also keeps every tensor on its own cache lines.
 pub const ARENA_ALIGNMENT: u64 = crate::gpu::ALIGNMENT;
 
+/// The arena limits on a device whose storage bindings hold at most `binding_limit` bytes.
+pub fn arena_limits(binding_limit: u64) -> ArenaLimits {
+    ArenaLimits { max_buffer_bytes: binding_limit, alignment: ARENA_ALIGNMENT }
+}
+
 pub use crate::ops::sgd::SgdHyper;
 
 /// Every persistent tensor by torchvision state-dict name: (name, PyTorch shape, values).
@@ -152,7 +157,7 @@ impl Session {
     /// deterministically from `seed`.
     pub async fn new(gpu: Arc<Gpu>, graph: Graph, seed: u64) -> Result<Session> {
         graph.validate()?;
-        let limits = ArenaLimits { max_buffer_bytes: gpu.max_binding_bytes(), alignment: ARENA_ALIGNMENT };
+        let limits = arena_limits(gpu.max_binding_bytes());
         let param_layout = Segments::layout(&graph.params, limits.max_buffer_bytes)?;
         let state_layout = Segments::layout(&graph.states, limits.max_buffer_bytes)?;
         let alloc = async |name: &str, layout: &Segments| -> Result<Vec<wgpu::Buffer>> {

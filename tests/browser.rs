@@ -13,8 +13,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use densegpu::densenet::memory_plans_json;
-use densegpu::executor::ARENA_ALIGNMENT;
-use densegpu::plan::ArenaLimits;
+use densegpu::executor::arena_limits;
 use densegpu::DenseNetConfig;
 use serde_json::Value;
 use tract_onnx::prelude::*;
@@ -109,7 +108,7 @@ fn the_plan_shown_equals_the_native_plan() {
     )
     .unwrap();
     // The page plans with its device's binding limit; plan natively with the same one.
-    let limits = ArenaLimits { max_buffer_bytes: shown["binding_limit"].as_u64().unwrap(), alignment: ARENA_ALIGNMENT };
+    let limits = arena_limits(shown["binding_limit"].as_u64().unwrap());
     let native = memory_plans_json(&config, m["batch_size"].as_u64().unwrap() as u32, &limits, None);
     assert_eq!(shown, native, "the browser's plan differs from the native one");
     assert!(native["modes"].as_array().unwrap().iter().all(|p| p["total"].as_u64().unwrap() > 0));

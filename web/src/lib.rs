@@ -14,7 +14,7 @@ use std::sync::Arc;
 use densegpu::checkpoint::{self, NamedTensor};
 use densegpu::data::{self, BatchLoader, Dataset, LoaderOptions, Normalization, CIFAR10_CLASSES};
 use densegpu::densenet::{largest_batch, memory_plans_json, plan_training};
-use densegpu::executor::ARENA_ALIGNMENT;
+use densegpu::executor::arena_limits;
 use densegpu::plan::ArenaLimits;
 use densegpu::train::{evaluate_async, softmax};
 use densegpu::{DenseNetConfig, Error, Gpu, MemoryMode, Mode, Session, SgdHyper};
@@ -105,7 +105,7 @@ where
 
 fn limits(gpu: Option<&Gpu>) -> ArenaLimits {
     match gpu {
-        Some(g) => ArenaLimits { max_buffer_bytes: g.max_binding_bytes(), alignment: ARENA_ALIGNMENT },
+        Some(g) => arena_limits(g.max_binding_bytes()),
         None => ArenaLimits::WEBGPU_DEFAULT,
     }
 }
