@@ -293,20 +293,8 @@ pub fn conv2d_backward_weight_bnrelu(
 /// The parameter words every weight-gradient kernel reads: x is the source, dy the "weights"
 /// operand, dw the destination.
 fn weight_grad_params(s: &Conv2dShape, x: View, dy: View, dw: View, accumulate: bool) -> Params {
-    Params {
-        n: s.n,
-        m_rows: s.c_out,
-        k_rows: s.c_in,
-        pad: s.pad,
-        src_hw: (s.h, s.w),
-        dst_hw: (s.out_h(), s.out_w()),
-        accumulate,
-        src_off: x.offset,
-        wt_off: dy.offset,
-        dst_off: dw.offset,
-        strides: [0; 4],
-        bn_offsets: (0, 0),
-    }
+    // The forward's geometry, with dy in the weights' place; these kernels use no weight strides.
+    Params { accumulate, strides: [0; 4], ..forward_params(s, x, dy, dw) }
 }
 
 /// One workgroup per WGRAD1_COLS x WGRAD1_ROWS block of a 1x1 conv's weights.
