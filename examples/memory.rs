@@ -104,7 +104,8 @@ fn run(args: &Args) -> densegpu::Result<()> {
                 mib(r.workspace),
                 mib(r.total)
             ),
-            Err(e) => println!("{:<10} does not fit: {e}", mode.name()),
+            Err(e @ densegpu::Error::TooLarge(_)) => println!("{:<10} does not fit: {e}", mode.name()),
+            Err(e) => println!("{:<10} cannot train: {e}", mode.name()),
         }
     }
     if let Some(b) = args.budget {

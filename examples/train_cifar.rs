@@ -31,6 +31,7 @@ struct Args {
     depth: Option<u32>,
     #[arg(long, default_value_t = 12)]
     growth_rate: u32,
+    /// Bottleneck width as a multiple of the growth rate (DenseNet-BC's 1x1 conv); at least 1.
     #[arg(long, default_value_t = 4)]
     bn_size: u32,
     #[arg(long, default_value_t = 0.5)]
@@ -51,7 +52,7 @@ struct Args {
     momentum: f32,
     #[arg(long, default_value_t = 1e-4)]
     weight_decay: f32,
-    /// Learning-rate drops (x0.1) as fractions of the run.
+    /// Learning-rate drops (x0.1) as fractions of the run, each in [0, 1].
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.75")]
     milestones: Vec<f64>,
     #[arg(long, default_value = "efficient")]
@@ -118,7 +119,63 @@ fn load_data(args: &Args, synthetic: bool) -> Result<TrainTest> {
     }
 }
 
+/// Keys of this trainer's entries in a checkpoint's `extra`: the running sums of the epoch in
+/// progress, so that a resumed epoch's row in metrics.csv covers the whole epoch.
+const EPOCH_LOSS_SUM: &str = "train_cifar.epoch_loss_sum";
+const EPOCH_CORRECT: &str = "train_cifar.epoch_correct";
+const EPOCH_SEEN: &str = "train_cifar.epoch_seen";
+
+/// Refuses flags that would train something other than what they say, before anything loads.
+fn check_args(args: &Args) -> Result<()> {
+    if args.model.is_none() && args.bn_size == 0 {
+        return Err(Error::Config(
+            "--bn-size 0 removes DenseNet-BC's bottleneck, which would build a plain DenseNet with another \
+             depth than --depth says; use --bn-size 1 or more (the paper's is 4)"
+                .into(),
+        ));
+    }
+    let sgd = SgdHyper { lr: args.lr, momentum: args.momentum, weight_decay: args.weight_decay, nesterov: true };
+    densegpu::train::check_sgd(&sgd)?;
+    if let Some(m) = args.milestones.iter().find(|m| !(0.0..=1.0).contains(*m)) {
+        return Err(Error::Config(format!("--milestones are fractions of the run in [0, 1] (e.g. 0.5,0.75), got {m}")));
+    }
+    Ok(())
+}
+
+/// Where the run's last good (finite) checkpoint is, for the message when training stops.
+enum LastGood {
+    /// None yet, and none to fall back on.
+    Nothing,
+    /// The checkpoint this run resumed from, untouched so far.
+    Resumed(PathBuf, u64),
+    /// Written by this run, at this step.
+    Saved(PathBuf, u64),
+}
+
+impl LastGood {
+    fn describe(&self, save: Option<&Path>) -> String {
+        match (self, save) {
+            (LastGood::Saved(path, step), _) => {
+                format!("the last good checkpoint, {} (step {step}), is kept", path.display())
+            }
+            (LastGood::Resumed(path, step), _) => {
+                format!(
+                    "no checkpoint was saved since resuming; the one resumed from, {} (step {step}), is unchanged",
+                    path.display()
+                )
+            }
+            (LastGood::Nothing, Some(dir)) => format!(
+                "no checkpoint had been saved yet (one is written at the end of each epoch), so {} holds none \
+                 from this run",
+                dir.display()
+            ),
+            (LastGood::Nothing, None) => "nothing was saved (--save DIR keeps a checkpoint every epoch)".into(),
+        }
+    }
+}
+
 fn run(args: &Args) -> Result<()> {
+    check_args(args)?;
     let synthetic = args.data.is_none() && args.download.is_none();
     if synthetic && !args.json {
         println!(
@@ -186,10 +243,20 @@ fn run(args: &Args) -> Result<()> {
     };
 
     let mut state = TrainingState { rng_state: vec![args.seed], ..Default::default() };
+    let mut last_good = LastGood::Nothing;
     if let Some(dir) = &args.resume {
-        let (weights, saved, momentum) = checkpoint::load_checkpoint(&dir.join("checkpoint.safetensors"))?;
+        let path = dir.join("checkpoint.safetensors");
+        let (weights, saved, momentum) = checkpoint::load_checkpoint(&path)?;
         checkpoint::apply_checkpoint_blocking(&mut session, &weights, &saved, &momentum)?;
+        if let Some(what) = checkpoint::non_finite_state_blocking(&session)? {
+            return Err(Error::Data(format!(
+                "{}: {what}, so this run cannot go on from it (it was saved while training diverged); start \
+                 again with a lower --lr, or from an earlier copy of the checkpoint",
+                path.display()
+            )));
+        }
         state = saved;
+        last_good = LastGood::Resumed(path, session.step);
         if !args.json {
             println!("Resumed from {} at epoch {}, step {}", dir.display(), state.epoch, session.step);
         }
@@ -225,8 +292,33 @@ fn run(args: &Args) -> Result<()> {
     // them whether or not --save writes them to disk.
     let mut best_weights: Option<Weights> = None;
     let mut valid_accuracy = None;
+    let stop = |why: String, last_good: &LastGood| {
+        Error::Training(format!(
+            "{why}; training stopped, and {}. Try a lower learning rate, e.g. --lr {}",
+            last_good.describe(args.save.as_deref()),
+            short(args.lr / 10.0)
+        ))
+    };
+    // The running sums of the epoch in progress; a resumed epoch starts from the saved ones.
+    let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0u64, 0u64);
+    if state.batch_in_epoch > 0 {
+        let saved = |key: &str| state.extra.get(key).map(String::as_str);
+        match (saved(EPOCH_LOSS_SUM), saved(EPOCH_CORRECT), saved(EPOCH_SEEN)) {
+            (Some(l), Some(c), Some(n)) => {
+                let bad = |key: &str| Error::Data(format!("the checkpoint's `{key}` is not a number"));
+                loss_sum = l.parse().map_err(|_| bad(EPOCH_LOSS_SUM))?;
+                correct = c.parse().map_err(|_| bad(EPOCH_CORRECT))?;
+                seen = n.parse().map_err(|_| bad(EPOCH_SEEN))?;
+            }
+            _ if !args.json => println!(
+                "note: the checkpoint holds no running sums for epoch {}, so its row in metrics.csv covers only \
+                 the steps after resuming",
+                state.epoch + 1
+            ),
+            _ => {}
+        }
+    }
     while state.epoch < epochs as u64 && session.step < total_steps {
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0u64, 0u64);
         for batch in loader.epoch_from(state.epoch, state.batch_in_epoch as usize) {
             if session.step >= total_steps {
                 break;
@@ -235,15 +327,8 @@ fn run(args: &Args) -> Result<()> {
             let r = session.train_step_blocking(&batch.images, &batch.labels, &sgd)?;
             if !r.loss.is_finite() {
                 bar.abandon();
-                return Err(Error::Training(format!(
-                    "the loss became {} at step {} (epoch {}); training stopped and the last good checkpoint{} is kept. \
-                     Try a lower learning rate, e.g. --lr {}",
-                    r.loss,
-                    session.step,
-                    state.epoch,
-                    args.save.as_ref().map(|d| format!(" in {}", d.display())).unwrap_or_default(),
-                    args.lr / 10.0
-                )));
+                let why = format!("the loss became {} at step {} (epoch {})", r.loss, session.step, state.epoch + 1);
+                return Err(stop(why, &last_good));
             }
             loss_sum += r.loss as f64 * batch.len() as f64;
             correct += r.correct as u64;
@@ -261,6 +346,13 @@ fn run(args: &Args) -> Result<()> {
                 arena as f64 / (1 << 20) as f64
             ));
             bar.set_position(session.step);
+        }
+        // Nothing is saved, or kept as the best, unless all of it is finite: a diverging run can
+        // keep a finite loss for a while after its running variances overflow.
+        if let Some(what) = checkpoint::non_finite_state_blocking(&session)? {
+            bar.abandon();
+            let why = format!("after step {} (epoch {}), {what}", session.step, state.epoch + 1);
+            return Err(stop(why, &last_good));
         }
         let epoch_done = state.batch_in_epoch >= per_epoch;
         if epoch_done {
@@ -292,11 +384,17 @@ fn run(args: &Args) -> Result<()> {
             }
             state.epoch += 1;
             state.batch_in_epoch = 0;
+            (loss_sum, correct, seen) = (0.0, 0, 0);
         }
         state.best_valid_accuracy = best;
         state.sgd = sgd_at(session.step);
+        state.extra.insert(EPOCH_LOSS_SUM.into(), loss_sum.to_string());
+        state.extra.insert(EPOCH_CORRECT.into(), correct.to_string());
+        state.extra.insert(EPOCH_SEEN.into(), seen.to_string());
         if let Some(dir) = &args.save {
-            checkpoint::save_checkpoint_blocking(&dir.join("checkpoint.safetensors"), &session, &config, &state)?;
+            let path = dir.join("checkpoint.safetensors");
+            checkpoint::save_checkpoint_blocking(&path, &session, &config, &state)?;
+            last_good = LastGood::Saved(path, session.step);
         }
         if !epoch_done {
             break;
@@ -360,10 +458,23 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// A number as a flag value: plain when short, in exponent form (1e29) when not.
+fn short(v: f32) -> String {
+    let plain = v.to_string();
+    if plain.len() <= 8 {
+        plain
+    } else {
+        format!("{v:e}")
+    }
+}
+
 fn describe(config: &DenseNetConfig) -> String {
     if config.small_inputs {
-        let depth = config.block_config.iter().sum::<u32>() * if config.bn_size > 0 { 2 } else { 1 } + 4;
-        format!("DenseNet-BC-{depth} (k={})", config.growth_rate)
+        let layers = config.block_config.iter().sum::<u32>();
+        match config.bn_size {
+            0 => format!("DenseNet-{} (k={})", layers + 4, config.growth_rate),
+            _ => format!("DenseNet-BC-{} (k={})", 2 * layers + 4, config.growth_rate),
+        }
     } else {
         format!("DenseNet (k={}, blocks {:?})", config.growth_rate, config.block_config)
     }

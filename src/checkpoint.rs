@@ -18,7 +18,8 @@
 //! Any safetensors state dict loads, ours or one saved from PyTorch: `F32` as is, `F16`, `BF16`
 //! and `F64` converted to f32; `num_batches_tracked` may be absent or any integer type; the old
 //! key spelling of released torchvision checkpoints (`denselayer1.norm.1.weight`) is renamed to
-//! the current one (`denselayer1.norm1.weight`). Matching against a model
+//! the current one (`denselayer1.norm1.weight`), and the `module.` prefix of a state dict saved
+//! from `torch.nn.DataParallel` is removed when every key has it. Matching against a model
 //! ([`weights_for_graph`], [`apply_weights`]) is strict: a missing tensor, a tensor of another
 //! shape, and a tensor the model does not have are all errors that name the tensor. Nothing is
 //! dropped quietly; the one exception is stated where it happens: [`load_weights`] on a resume
@@ -59,6 +60,8 @@ pub const META_TRAINING: &str = "densegpu.training";
 /// Name prefix of the momentum buffers in a checkpoint.
 pub const MOMENTUM_PREFIX: &str = "optimizer.momentum.";
 const NUM_BATCHES_TRACKED: &str = "num_batches_tracked";
+/// The key prefix of a state dict saved from a model wrapped in `torch.nn.DataParallel`.
+pub const DATA_PARALLEL_PREFIX: &str = "module.";
 
 /// One tensor by its torchvision state-dict name, PyTorch shape and row-major values.
 #[derive(Clone, Debug, PartialEq)]
@@ -545,6 +548,10 @@ fn parse(bytes: &[u8], origin: &str) -> Result<Parsed> {
     let mut entries: Vec<(&str, safetensors::tensor::TensorView<'_>)> = file.iter().collect();
     // The header's order is a hash map's; sort so errors and results do not vary run to run.
     entries.sort_by(|a, b| a.0.cmp(b.0));
+    // A model wrapped in torch.nn.DataParallel (or DistributedDataParallel) saves every key
+    // as `module.<key>`; when all of them are, the wrapper's prefix goes.
+    let model_keys = || entries.iter().map(|e| e.0).filter(|n| !(is_checkpoint && n.starts_with(MOMENTUM_PREFIX)));
+    let wrapped = model_keys().next().is_some() && model_keys().all(|n| n.starts_with(DATA_PARALLEL_PREFIX));
     for (raw_name, view) in entries {
         let (dtype, shape, data) = (view.dtype(), view.shape().to_vec(), view.data());
         if is_checkpoint {
@@ -557,7 +564,7 @@ fn parse(bytes: &[u8], origin: &str) -> Result<Parsed> {
                 continue;
             }
         }
-        let name = canonical_name(raw_name);
+        let name = canonical_name(if wrapped { &raw_name[DATA_PARALLEL_PREFIX.len()..] } else { raw_name });
         if let Some(first) = sources.insert(name.clone(), raw_name.to_string()) {
             return Err(Error::Data(format!("{origin}: `{first}` and `{raw_name}` are the same tensor `{name}`")));
         }
@@ -660,8 +667,16 @@ pub fn weights_for_graph(graph: &Graph, weights: &Weights) -> Result<(GroupValue
         .map(|t| t.name.clone())
         .collect();
     if !extra.is_empty() {
+        let why = if extra.iter().any(|n| n.starts_with(DATA_PARALLEL_PREFIX)) {
+            format!(
+                "keys starting with `{DATA_PARALLEL_PREFIX}` come from torch.nn.DataParallel; the prefix is removed \
+                 only when every key has it, so save `model.module.state_dict()` instead"
+            )
+        } else {
+            "is it another configuration?".to_string()
+        };
         return Err(Error::Data(format!(
-            "the weights have {} tensor(s) the model does not: {} (is it another configuration?)",
+            "the weights have {} tensor(s) the model does not: {} ({why})",
             extra.len(),
             shown(&extra)
         )));
@@ -696,6 +711,62 @@ pub async fn session_weights(session: &Session) -> Result<Vec<NamedTensor>> {
         });
     }
     Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finiteness
+
+/// Describes the tensors among `tensors` that hold a value that is not finite (NaN or ±inf):
+/// `None` when every value is finite, otherwise the first such tensor, the kind of value, and
+/// how many tensors are affected, e.g. "`features.norm5.running_var` holds inf (7 of its 342
+/// values), as do 6 more tensors". `what` prefixes each name (e.g. "the momentum of ").
+pub fn describe_non_finite<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [f32])>, what: &str) -> Option<String> {
+    let mut first = None;
+    let mut more = 0usize;
+    for (name, data) in tensors {
+        let bad = data.iter().filter(|v| !v.is_finite()).count();
+        if bad == 0 {
+            continue;
+        }
+        if first.is_some() {
+            more += 1;
+            continue;
+        }
+        let kind = if data.iter().any(|v| v.is_nan()) {
+            "NaN"
+        } else if data.contains(&f32::INFINITY) {
+            "inf"
+        } else {
+            "-inf"
+        };
+        first = Some(format!("{what}`{name}` holds {kind} ({bad} of its {} values)", data.len()));
+    }
+    first.map(|f| match more {
+        0 => f,
+        1 => format!("{f}, as does 1 more tensor"),
+        n => format!("{f}, as do {n} more tensors"),
+    })
+}
+
+/// Whether a session's state is fit to save as a good checkpoint: `None` when every parameter,
+/// running statistic and momentum buffer is finite, otherwise what is not (see
+/// [`describe_non_finite`]). A diverging run can keep a finite loss for a while after its
+/// running variances overflow, so a trainer checks this before it writes a checkpoint.
+pub async fn non_finite_state(session: &Session) -> Result<Option<String>> {
+    let tensors = session.state_dict().await?;
+    if let Some(m) = describe_non_finite(tensors.iter().map(|(n, _, d)| (n.as_str(), d.as_slice())), "") {
+        return Ok(Some(m));
+    }
+    let momentum = session.momentum().await?;
+    let mut named = Vec::new();
+    for (g, values) in session.graph.params.iter().zip(&momentum) {
+        let mut at = 0;
+        for p in &g.tensors {
+            named.push((p.name.as_str(), &values[at..at + p.len()]));
+            at += p.len();
+        }
+    }
+    Ok(describe_non_finite(named, "the momentum of "))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -810,6 +881,12 @@ pub fn session_weights_blocking(session: &Session) -> Result<Vec<NamedTensor>> {
     pollster::block_on(session_weights(session))
 }
 
+/// [`non_finite_state`], blocking.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn non_finite_state_blocking(session: &Session) -> Result<Option<String>> {
+    pollster::block_on(non_finite_state(session))
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 pub fn apply_weights_blocking(session: &Session, weights: &Weights) -> Result<()> {
     pollster::block_on(apply_weights(session, weights))
@@ -833,4 +910,50 @@ pub fn apply_checkpoint_blocking(
     momentum: &[NamedTensor],
 ) -> Result<()> {
     pollster::block_on(apply_checkpoint(session, weights, state, momentum))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_non_finite_names_the_first_tensor_and_counts_the_rest() {
+        let ok = [1.0f32, -2.0, 0.0];
+        let inf = [1.0, f32::INFINITY, f32::INFINITY];
+        let nan = [f32::NAN, f32::NEG_INFINITY];
+        let neg = [f32::NEG_INFINITY];
+        assert_eq!(describe_non_finite([("a", &ok[..])], ""), None);
+        assert_eq!(
+            describe_non_finite([("a", &ok[..]), ("b.running_var", &inf[..])], ""),
+            Some("`b.running_var` holds inf (2 of its 3 values)".into())
+        );
+        assert_eq!(
+            describe_non_finite([("w", &nan[..]), ("x", &inf[..])], "the momentum of "),
+            Some("the momentum of `w` holds NaN (2 of its 2 values), as does 1 more tensor".into())
+        );
+        assert_eq!(
+            describe_non_finite([("v", &neg[..]), ("x", &inf[..]), ("y", &nan[..])], ""),
+            Some("`v` holds -inf (1 of its 1 values), as do 2 more tensors".into())
+        );
+    }
+
+    #[test]
+    fn the_data_parallel_prefix_goes_only_when_every_key_has_it() {
+        let file = |names: &[&str]| {
+            let data = 1.0f32.to_le_bytes().to_vec();
+            let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = names
+                .iter()
+                .map(|n| (n.to_string(), safetensors::tensor::TensorView::new(Dtype::F32, vec![1], &data).unwrap()))
+                .collect();
+            safetensors::serialize(views, None).unwrap()
+        };
+        let names = |w: Weights| w.tensors.into_iter().map(|t| t.name).collect::<Vec<_>>();
+        let all = file(&["module.classifier.bias", "module.features.denseblock1.denselayer1.norm.1.weight"]);
+        assert_eq!(
+            names(weights_from_bytes(&all, "all").unwrap()),
+            ["classifier.bias", "features.denseblock1.denselayer1.norm1.weight"]
+        );
+        let some = file(&["module.classifier.bias", "classifier.weight"]);
+        assert_eq!(names(weights_from_bytes(&some, "some").unwrap()), ["classifier.weight", "module.classifier.bias"]);
+    }
 }

@@ -346,17 +346,16 @@ fn fits(config: &DenseNetConfig, batch: u32, mode: MemoryMode, limits: &ArenaLim
 }
 
 /// The largest training batch whose plan fits the limits (and the budget, if given), or
-/// None if not even one image fits.
+/// None if no batch that can train fits. A model whose last batch norm sees a 1x1 map trains
+/// only from batch 2 (batch statistics need 2 values per channel), so its answer is never 1.
 pub fn largest_batch(
     config: &DenseNetConfig,
     mode: MemoryMode,
     limits: &ArenaLimits,
     budget: Option<u64>,
 ) -> Option<u32> {
-    if !fits(config, 1, mode, limits, budget) {
-        return None;
-    }
-    let (mut lo, mut hi) = (1u32, 2u32);
+    let smallest = (1..=2).find(|&b| fits(config, b, mode, limits, budget))?;
+    let (mut lo, mut hi) = (smallest, smallest + 1);
     while hi < 1 << 20 && fits(config, hi, mode, limits, budget) {
         lo = hi;
         hi *= 2;

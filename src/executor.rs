@@ -430,9 +430,12 @@ impl Session {
     }
 
     /// One SGD training step on a batch: forward (batch statistics), backward, update.
-    /// Returns the batch's loss and correct count from before the update.
+    /// Returns the batch's loss and correct count from before the update. Hyper-parameters
+    /// that [`crate::train::check_sgd`] refuses (momentum outside [0, 1), a negative or NaN
+    /// learning rate or weight decay) are an error, before anything runs.
     pub async fn train_step(&mut self, images: &[f32], labels: &[u32], sgd: &SgdHyper) -> Result<StepResult> {
         self.check_batch(images, labels)?;
+        crate::train::check_sgd(sgd)?;
         let step = self.step;
         let gpu = self.gpu.clone();
         self.program(Mode::Train).await?;

@@ -35,11 +35,15 @@ pub struct Storage {
 }
 
 impl Storage {
+    /// Elements of one channel (N·H·W). Only meaningful for storages a plan accepts: those
+    /// hold fewer than 2^32 elements; [`Storage::elems`] is exact for any size.
     pub fn channel_elems(&self) -> u32 {
-        self.n * self.h * self.w
+        self.n.wrapping_mul(self.h).wrapping_mul(self.w)
     }
+    /// Elements of the whole storage (C·N·H·W), computed in u64 so that a huge batch gives
+    /// the true size (and an honest "too large" error) rather than a wrapped one.
     pub fn elems(&self) -> u64 {
-        self.c as u64 * self.channel_elems() as u64
+        self.c as u64 * self.n as u64 * self.h as u64 * self.w as u64
     }
 }
 
@@ -377,4 +381,16 @@ impl Graph {
 pub enum Conv2dOut {
     New(u32),
     Into(TensorId),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_elems_do_not_wrap_at_a_huge_batch() {
+        // 5,000,000 images of 32x32: 5.12e9 values per channel, beyond u32.
+        let s = Storage { name: "input".into(), c: 3, n: 5_000_000, h: 32, w: 32 };
+        assert_eq!(s.elems(), 3 * 5_000_000 * 1024);
+    }
 }

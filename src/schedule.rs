@@ -384,6 +384,9 @@ struct Compiler<'g> {
 
 pub fn compile(graph: &Graph, mode: Mode) -> crate::Result<Schedule> {
     graph.validate()?;
+    if mode == Mode::Train {
+        check_batch_statistics(graph)?;
+    }
     let mut producer = HashMap::new();
     let mut has_writer = vec![false; graph.storages.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
@@ -455,6 +458,37 @@ pub fn compile(graph: &Graph, mode: Mode) -> crate::Result<Schedule> {
         logits,
         loss,
     })
+}
+
+/// Refuses a training graph in which a batch norm sees fewer than 2 values per channel
+/// (batch × height × width < 2): its batch variance would be undefined, as PyTorch says with
+/// "Expected more than 1 value per channel when training". Inference is unaffected, since it
+/// normalises with the running statistics.
+pub fn check_batch_statistics(graph: &Graph) -> crate::Result<()> {
+    let per_channel = |node: &crate::graph::Node| {
+        let [_, n, h, w] = graph.shape(node.inputs[0]);
+        n as u64 * h as u64 * w as u64
+    };
+    let starved: Vec<&crate::graph::Node> =
+        graph.nodes.iter().filter(|node| matches!(node.op, Op::BatchNorm { .. }) && per_channel(node) < 2).collect();
+    let (Some(first), Some(last)) = (starved.first(), starved.last()) else { return Ok(()) };
+    let [_, n, h, w] = graph.shape(first.inputs[0]);
+    let image = graph.input.map(|t| graph.shape(t)).map(|[_, _, ih, iw]| format!(" from {iw}x{ih} images"));
+    let later = match starved.len() - 1 {
+        0 => String::new(),
+        1 => format!(", and so would `{}`", last.name),
+        more => format!(", and so would {more} later ones, up to `{}`", last.name),
+    };
+    let min_batch = 2u64.div_ceil((h as u64 * w as u64).max(1));
+    Err(crate::Error::Config(format!(
+        "batch norm `{}` would see {} value per channel in training (batch {n} of {h}x{w} maps{}){later}, but \
+         batch statistics need more than 1 (PyTorch: \"Expected more than 1 value per channel when training\"); \
+         train with a batch size of at least {min_batch}, or with larger images. Evaluation and prediction at \
+         batch {n} work: they use the running statistics",
+        first.name,
+        per_channel(first),
+        image.unwrap_or_default()
+    )))
 }
 
 impl Compiler<'_> {

@@ -2,7 +2,33 @@
 //! browser demo) shares.
 
 use crate::data::{BatchLoader, Dataset, LoaderOptions};
-use crate::{Mode, Result, Session};
+use crate::{Error, Mode, Result, Session, SgdHyper};
+
+/// Checks SGD hyper-parameters before they are used: a finite, non-negative learning rate and
+/// weight decay, and a momentum in [0, 1) (at 1 or above the momentum buffer never forgets and
+/// training diverges). [`Session::train_step`] checks every step's values with it.
+pub fn check_sgd(sgd: &SgdHyper) -> Result<()> {
+    let bad = |m: String| Err(Error::Config(m));
+    if !(sgd.lr.is_finite() && sgd.lr >= 0.0) {
+        return bad(format!(
+            "the learning rate must be a finite number >= 0, got {}; the DenseNet recipe starts at 0.1",
+            sgd.lr
+        ));
+    }
+    if !(0.0..1.0).contains(&sgd.momentum) {
+        return bad(format!(
+            "the momentum must be in [0, 1), got {}; the DenseNet recipe uses 0.9 (0 turns momentum off)",
+            sgd.momentum
+        ));
+    }
+    if !(sgd.weight_decay.is_finite() && sgd.weight_decay >= 0.0) {
+        return bad(format!(
+            "the weight decay must be a finite number >= 0, got {}; the DenseNet recipe uses 1e-4 (0 turns it off)",
+            sgd.weight_decay
+        ));
+    }
+    Ok(())
+}
 
 /// Accuracy and mean loss of eval-mode inference over a dataset.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -65,4 +91,32 @@ pub fn softmax(logits: &[f32]) -> Vec<f64> {
     let e: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
     let sum: f64 = e.iter().sum();
     e.iter().map(|v| v / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_sgd_accepts_the_recipe_and_names_what_is_wrong() {
+        check_sgd(&SgdHyper::densenet_cifar()).unwrap();
+        check_sgd(&SgdHyper { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false }).unwrap();
+        let with = |lr: f32, momentum: f32, weight_decay: f32| {
+            check_sgd(&SgdHyper { lr, momentum, weight_decay, nesterov: true }).unwrap_err().to_string()
+        };
+        for (msg, parts) in [
+            (with(0.1, 1.5, 1e-4), ["momentum must be in [0, 1), got 1.5", "0.9"]),
+            (with(0.1, 1.0, 1e-4), ["momentum must be in [0, 1), got 1", "0.9"]),
+            (with(0.1, -0.1, 1e-4), ["momentum must be in [0, 1), got -0.1", "0.9"]),
+            (with(0.1, f32::NAN, 1e-4), ["momentum must be in [0, 1), got NaN", "0.9"]),
+            (with(-1.0, 0.9, 1e-4), ["learning rate must be a finite number >= 0, got -1", "0.1"]),
+            (with(f32::INFINITY, 0.9, 1e-4), ["learning rate must be a finite number >= 0, got inf", "0.1"]),
+            (with(0.1, 0.9, -1e-4), ["weight decay must be a finite number >= 0, got -0.0001", "1e-4"]),
+            (with(0.1, 0.9, f32::NAN), ["weight decay must be a finite number >= 0, got NaN", "1e-4"]),
+        ] {
+            for p in parts {
+                assert!(msg.contains(p), "{msg:?} does not say {p:?}");
+            }
+        }
+    }
 }

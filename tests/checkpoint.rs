@@ -179,6 +179,46 @@ fn torchvision_file_with_old_key_spelling_loads() {
 }
 
 #[test]
+fn a_state_dict_saved_from_data_parallel_loads_without_its_module_prefix() {
+    let config = tiny_config(0.0);
+    let graph = graph_of(&config);
+    let tensors = random_tensors(&graph, 4);
+    // torch.nn.DataParallel's `module.` prefix, on top of the old key spelling.
+    let wrapped = |n: &str| format!("module.{}", n.replace(".norm1.", ".norm.1."));
+    let bytes = torch_file(&tensors, 5, wrapped);
+    assert!(SafeTensors::deserialize(&bytes).unwrap().names().iter().all(|n| n.starts_with("module.")));
+    let w = checkpoint::weights_from_bytes(&bytes, "dp.safetensors").unwrap();
+    assert_same_tensors(&w.tensors, &tensors);
+    assert_eq!(w.batches_tracked, Some(5));
+    assert!(w.tensor("classifier.bias").is_some());
+    checkpoint::weights_for_graph(&graph, &w).unwrap();
+
+    // A densegpu weights file whose keys were prefixed loads with its config too, so every
+    // loader (eval, predict, export_onnx, --init) takes it.
+    let ours = checkpoint::weights_to_bytes(&config, &tensors).unwrap();
+    let file = SafeTensors::deserialize(&ours).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&ours).unwrap();
+    let raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (format!("module.{n}"), v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dp.safetensors");
+    std::fs::write(&path, raw_file(&raw, header.metadata().clone())).unwrap();
+    let w = checkpoint::load_weights(&path).unwrap();
+    assert_eq!(w.config.as_ref(), Some(&config));
+    assert_same_tensors(&w.tensors, &tensors);
+
+    // Only some keys prefixed: nothing is renamed, and the error says where the prefix comes from.
+    let mut raw = raw;
+    raw[0].0 = raw[0].0.strip_prefix("module.").unwrap().to_string();
+    let w = checkpoint::weights_from_bytes(&raw_file(&raw, header.metadata().clone()), "mixed.safetensors").unwrap();
+    let m = message(checkpoint::weights_for_graph(&graph, &w));
+    assert!(m.contains("`module.") && m.contains("DataParallel") && m.contains("model.module.state_dict()"), "{m}");
+}
+
+#[test]
 fn missing_misshaped_and_extra_tensors_are_named() {
     let graph = graph_of(&tiny_config(0.0));
     let tensors = random_tensors(&graph, 4);

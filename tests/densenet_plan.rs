@@ -233,3 +233,54 @@ fn batch_norm_gradients_are_taken_in_slices_within_budget() {
         assert!(in_place >= 20, "{mode}: {in_place} in-place batch-norm backward launches");
     }
 }
+
+#[test]
+fn training_refuses_a_batch_norm_with_one_value_per_channel_but_inference_does_not() {
+    use densegpu::densenet::memory_plans_json;
+    // DenseNet-121 on 32x32 images: the last block's maps are 1x1, so at batch 1 each of its
+    // batch norms (and norm5) would see one value per channel.
+    let config = DenseNetConfig { image_size: 32, ..DenseNetConfig::densenet121(10) };
+    let limits = ArenaLimits::WEBGPU_DEFAULT;
+    for mode in MemoryMode::ALL {
+        let err = plan_training(&config, 1, mode, &limits, None).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, densegpu::Error::Config(_)), "{err:?}");
+        for part in [
+            "`features.denseblock4.denselayer1.norm1`",
+            "`features.norm5`",
+            "1 value per channel",
+            "Expected more than 1 value per channel when training",
+            "batch size of at least 2",
+            "larger images",
+        ] {
+            assert!(msg.contains(part), "{mode}: {msg:?} does not say {part:?}");
+        }
+        assert!(plan_training(&config, 2, mode, &limits, None).is_ok(), "{mode}: batch 2 trains");
+        // Inference at batch 1 uses the running statistics and stays possible.
+        let graph = config.build(1, mode).unwrap();
+        MemoryPlan::new(&graph, Mode::Eval, &limits).unwrap();
+        // The planners never offer batch 1 for training.
+        assert!(largest_batch(&config, mode, &limits, Some(4 << 30)).unwrap() >= 2);
+        let tight = plan_training(&config, 2, mode, &limits, None).unwrap().report().total;
+        assert_eq!(largest_batch(&config, mode, &limits, Some(tight)), Some(2), "{mode}");
+        assert_eq!(largest_batch(&config, mode, &limits, Some(tight - 1)), None, "{mode}");
+    }
+    let json = memory_plans_json(&config, 1, &limits, None);
+    for mode in json["modes"].as_array().unwrap() {
+        assert!(mode["error"].as_str().unwrap().contains("`features.norm5`"), "{mode}");
+    }
+    // 64x64 inputs leave 2x2 maps: batch 1 trains.
+    let larger = DenseNetConfig { image_size: 64, ..config };
+    assert!(plan_training(&larger, 1, MemoryMode::Efficient, &limits, None).is_ok());
+}
+
+#[test]
+fn a_huge_batch_is_refused_with_its_true_size() {
+    // 5,000,000 images of 32x32 are 5.12e9 values per channel, beyond u32: the error must give
+    // the input's real size, 3 channels x 5e6 x 32 x 32 x 4 bytes, not a wrapped one.
+    let config = DenseNetConfig::cifar_bc(10, 4, 10).unwrap();
+    let limits = ArenaLimits::WEBGPU_DEFAULT;
+    let msg = plan_training(&config, 5_000_000, MemoryMode::Naive, &limits, None).unwrap_err().to_string();
+    assert!(msg.contains("tensor `input`"), "{msg}");
+    assert!(msg.contains(&format!("needs {} bytes", 3u64 * 5_000_000 * 32 * 32 * 4)), "{msg}");
+}

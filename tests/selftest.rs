@@ -7,6 +7,15 @@ use densegpu::Gpu;
 /// One check per kernel and direction the executor launches; the test fails if the
 /// self-test stops covering any of them.
 const REQUIRED: &[&str] = &[
+    "training_step/gradients (median tensor)",
+    "training_step/gradients (worst tensor)",
+    "realistic-conv1x1/forward",
+    "realistic-conv1x1/backward_input",
+    "realistic-conv1x1/backward_weight",
+    "realistic-conv3x3/forward",
+    "realistic-conv3x3/backward_input",
+    "realistic-conv3x3/backward_weight",
+    "realistic-batchnorm/backward_affine",
     "conv1x1/forward",
     "conv1x1/backward_input",
     "conv1x1/backward_input (accumulate)",
@@ -39,7 +48,7 @@ const REQUIRED: &[&str] = &[
 
 #[test]
 fn every_kernel_matches_the_reference_on_this_device() {
-    let gpu = Gpu::new_blocking().unwrap_or_else(|e| panic!("this test needs a GPU adapter: {e}"));
+    let gpu = std::sync::Arc::new(Gpu::new_blocking().unwrap_or_else(|e| panic!("this test needs a GPU adapter: {e}")));
     let checks = pollster::block_on(selftest::run(&gpu));
     for c in &checks {
         println!("{:<8} {:<44} {:>10.3e}  {}", if c.passed { "ok" } else { "FAILED" }, c.name, c.rel_err, c.shape);
@@ -95,4 +104,17 @@ fn compare_catches_wrong_and_unwritten_results() {
     assert!(selftest::all_passed(std::slice::from_ref(&exact)));
     assert!(!selftest::all_passed(&[exact, c]));
     assert!(!selftest::all_passed(&[]), "an empty self-test proves nothing");
+}
+
+#[test]
+fn compare_within_fails_an_element_outside_its_bound() {
+    let want = [1.0f32, 2.0, 3.0];
+    let bound = [1e-6, 1e-6, 1e-6];
+    assert!(selftest::compare_within("exact", "3", &want, &want, &bound).passed);
+    let off = [1.0f32, 2.0 + 4.8e-7, 3.0];
+    let check = selftest::compare_within("off by 2 ulp", "3", &off, &want, &[1e-6, 2e-7, 1e-6]);
+    assert!(!check.passed, "an element 2.4x outside its bound passed");
+    assert!(check.detail.unwrap().contains("element 1"));
+    // The relative error (1e-7) is far below the plain tolerance: only the bound catches it.
+    assert!(selftest::compare("off by 2 ulp", "3", &off, &want).passed);
 }

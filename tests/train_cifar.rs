@@ -1,6 +1,6 @@
 //! The CIFAR trainer as users run it: the example binary that `cargo test` builds.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn example(name: &str) -> PathBuf {
@@ -9,11 +9,61 @@ fn example(name: &str) -> PathBuf {
     deps.parent().unwrap().join("examples").join(name)
 }
 
-fn train(args: &[&str]) -> std::process::Output {
-    let bin = example("train_cifar");
+/// Runs an example without `XDG_RUNTIME_DIR`, as in a container or over ssh: the driver's
+/// complaint about it must not reach the terminal.
+fn run_example(name: &str, args: &[&str]) -> std::process::Output {
+    let bin = example(name);
     assert!(bin.exists(), "{} is built by `cargo test`", bin.display());
-    Command::new(bin).args(args).output().unwrap()
+    let out = Command::new(bin).args(args).env_remove("XDG_RUNTIME_DIR").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "the driver's XDG_RUNTIME_DIR complaint got through:\n{stderr}");
+    out
 }
+
+fn train(args: &[&str]) -> std::process::Output {
+    run_example("train_cifar", args)
+}
+
+/// A failed run's error: exit status 1 (an error, not a panic) and its stderr.
+fn refused(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "expected an error exit, got {:?}:\n{stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// An image folder of two classes: `train` images per class for training, 2 per class for
+/// testing, each 32x32 with its own pattern.
+fn image_folder(root: &Path, train: u32) {
+    for (split, count) in [("train", train), ("test", 2)] {
+        for class in 0..2u32 {
+            let dir = root.join(split).join(format!("class{class}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..count {
+                let tag = class * 97 + i * 13 + if split == "test" { 5 } else { 0 };
+                let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                    let v = (x * (3 + class * 4) + y * (5 + i) + tag) % 256;
+                    image::Rgb([v as u8, (255 - v) as u8, ((x * y + tag) % 256) as u8])
+                });
+                img.save(dir.join(format!("{i:03}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+/// Every tensor of a saved file is finite (momentum included, for a checkpoint).
+fn assert_all_finite(path: &Path) {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (name, view) in file.tensors() {
+        if view.dtype() == safetensors::Dtype::F32 {
+            let bad = view.data().chunks_exact(4).filter(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite());
+            assert_eq!(bad.count(), 0, "`{name}` in {} is not finite", path.display());
+        }
+    }
+}
+
+const SMALL: [&str; 8] = ["--depth", "10", "--growth-rate", "4", "--batch-size", "16", "--valid-size", "0"];
 
 #[test]
 fn a_nan_loss_stops_training_keeps_the_last_checkpoint_and_suggests_a_lower_lr() {
@@ -38,11 +88,132 @@ fn a_nan_loss_stops_training_keeps_the_last_checkpoint_and_suggests_a_lower_lr()
 
     let diverging =
         train(&[&small[..], &["--max-steps", "6", "--save", save, "--resume", save, "--lr", "1e30"]].concat());
-    assert!(!diverging.status.success());
-    let stderr = String::from_utf8_lossy(&diverging.stderr);
-    assert!(stderr.contains("loss became"), "{stderr}");
-    assert!(stderr.contains("--lr"), "{stderr}");
+    let stderr = refused(&diverging);
+    assert!(stderr.contains("became"), "{stderr}");
+    assert!(stderr.contains("--lr 1e29"), "{stderr}");
+    // It says which checkpoint is kept: the one it resumed from, at step 2.
+    assert!(stderr.contains(&format!("{} (step 2), is unchanged", checkpoint.display())), "{stderr}");
     assert_eq!(std::fs::read(&checkpoint).unwrap(), before, "the last good checkpoint is kept");
+}
+
+#[test]
+fn a_nan_before_the_first_checkpoint_says_that_none_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("run");
+    let out = train(&[&SMALL[..], &["--max-steps", "20", "--lr", "1e30", "--save", save.to_str().unwrap()]].concat());
+    let stderr = refused(&out);
+    assert!(stderr.contains("training stopped"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "no checkpoint had been saved yet (one is written at the end of each epoch), so {}",
+            save.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("is kept"), "{stderr}");
+    assert!(!save.join("checkpoint.safetensors").exists());
+}
+
+#[test]
+fn only_a_finite_state_is_saved_and_called_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    image_folder(&data, 8); // 16 training images: one batch of 16 per epoch
+    let data = data.to_str().unwrap();
+
+    // Divergence after a good first epoch: the checkpoint of step 1 is finite and is the one kept.
+    let save = dir.path().join("diverged");
+    let out = train(
+        &[&SMALL[..], &["--data", data, "--epochs", "4", "--lr", "1e30", "--save", save.to_str().unwrap()]].concat(),
+    );
+    let stderr = refused(&out);
+    let checkpoint = save.join("checkpoint.safetensors");
+    assert!(
+        stderr.contains(&format!("the last good checkpoint, {} (step 1), is kept", checkpoint.display())),
+        "{stderr}"
+    );
+    assert_all_finite(&checkpoint);
+    assert_all_finite(&save.join("best.safetensors"));
+
+    // A running variance that is already infinite (the loss stays finite: training normalises
+    // with batch statistics) is found before anything is written.
+    let good = dir.path().join("good");
+    let out = train(&[&SMALL[..], &["--data", data, "--max-steps", "1", "--save", good.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut weights = densegpu::checkpoint::load_weights(&good.join("last.safetensors")).unwrap();
+    let var = weights.tensors.iter_mut().find(|t| t.name == "features.norm5.running_var").unwrap();
+    var.data[0] = f32::INFINITY;
+    let init = dir.path().join("inf.safetensors");
+    densegpu::checkpoint::save_weights(&init, weights.config.as_ref().unwrap(), &weights.tensors).unwrap();
+    let save = dir.path().join("inf");
+    let out = train(
+        &[
+            &SMALL[..],
+            &["--data", data, "--max-steps", "1", "--init", init.to_str().unwrap(), "--save", save.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    let stderr = refused(&out);
+    assert!(stderr.contains("`features.norm5.running_var` holds inf (1 of its"), "{stderr}");
+    assert!(stderr.contains("no checkpoint had been saved yet"), "{stderr}");
+    for file in ["checkpoint.safetensors", "best.safetensors", "last.safetensors", "metrics.csv"] {
+        assert!(!save.join(file).exists(), "{file} was written from a non-finite state");
+    }
+}
+
+#[test]
+fn a_resumed_epoch_is_reported_whole_in_metrics_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    image_folder(&data, 24); // 48 training images: 3 batches of 16 per epoch
+    let data = data.to_str().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let save = dir.path().join(name);
+        let args = [&SMALL[..], &["--data", data, "--epochs", "1", "--save", save.to_str().unwrap()], extra].concat();
+        let out = train(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        save
+    };
+    let whole = run("whole", &[]);
+    let split = run("split", &["--max-steps", "1"]);
+    assert!(!split.join("metrics.csv").exists(), "the first epoch is not over yet");
+    run("split", &["--resume", split.to_str().unwrap()]);
+    let want = std::fs::read_to_string(whole.join("metrics.csv")).unwrap();
+    let got = std::fs::read_to_string(split.join("metrics.csv")).unwrap();
+    assert_eq!(want.lines().count(), 2, "{want}");
+    assert_eq!(got, want, "the resumed epoch's row covers all of its steps");
+}
+
+#[test]
+fn bad_flags_are_refused_with_the_problem_and_the_fix() {
+    let cases: [(&[&str], &[&str]); 6] = [
+        (&["--momentum", "1.5"], &["momentum must be in [0, 1), got 1.5", "0.9"]),
+        (&["--lr=-1"], &["learning rate must be a finite number >= 0, got -1", "0.1"]),
+        (&["--lr", "NaN"], &["learning rate must be a finite number >= 0, got NaN"]),
+        (&["--weight-decay=-0.1"], &["weight decay must be a finite number >= 0, got -0.1", "1e-4"]),
+        (&["--bn-size", "0"], &["--bn-size 0", "plain DenseNet", "--bn-size 1 or more"]),
+        (&["--milestones", "0.5,1.5"], &["--milestones", "[0, 1]", "1.5"]),
+    ];
+    for (args, parts) in cases {
+        let stderr = refused(&train(args));
+        for p in parts {
+            assert!(stderr.contains(p), "{args:?}: {stderr:?} does not say {p:?}");
+        }
+    }
+}
+
+#[test]
+fn batch_1_on_densenet121_is_refused_naming_the_layer() {
+    // 32x32 inputs leave DenseNet-121's last block with 1x1 maps: one value per channel.
+    let stderr = refused(&train(&["--model", "densenet121", "--batch-size", "1", "--max-steps", "1"]));
+    for p in ["`features.norm5`", "1 value per channel", "batch size of at least 2", "larger images"] {
+        assert!(stderr.contains(p), "{stderr:?} does not say {p:?}");
+    }
+    // The memory planner agrees instead of saying it fits.
+    let out = run_example("memory", &["--model", "densenet121", "--image-size", "32", "--batch-size", "1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("cannot train").count(), 3, "{stdout}");
+    assert!(stdout.contains("`features.norm5`"), "{stdout}");
 }
 
 #[test]
@@ -52,4 +223,35 @@ fn bad_data_gets_an_error_naming_the_problem() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("missing"), "{stderr}");
+}
+
+#[test]
+fn export_onnx_takes_a_state_dict_saved_from_data_parallel() {
+    use safetensors::tensor::TensorView;
+    let config = densegpu::DenseNetConfig::cifar_bc(10, 4, 10).unwrap();
+    let graph = config.build(1, densegpu::MemoryMode::Efficient).unwrap();
+    let tensors: Vec<densegpu::checkpoint::NamedTensor> = graph
+        .params
+        .iter()
+        .chain(&graph.states)
+        .flat_map(|g| &g.tensors)
+        .map(|t| densegpu::checkpoint::NamedTensor {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            data: vec![0.5; t.len()],
+        })
+        .collect();
+    let ours = densegpu::checkpoint::weights_to_bytes(&config, &tensors).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&ours).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&ours).unwrap();
+    let views: Vec<(String, TensorView<'_>)> =
+        file.tensors().into_iter().map(|(n, v)| (format!("module.{n}"), v)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("dp.safetensors");
+    std::fs::write(&weights, safetensors::serialize(views, header.metadata().clone()).unwrap()).unwrap();
+    let onnx = dir.path().join("dp.onnx");
+    let out = run_example("export_onnx", &["--weights", weights.to_str().unwrap(), "--out", onnx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    use tract_onnx::prelude::*;
+    tract_onnx::onnx().model_for_path(&onnx).expect("the exported model loads in tract");
 }

@@ -154,3 +154,40 @@ fn finite_differences_agree_with_backward_on_a_tiny_graph() {
     }
     assert!(checked >= 15);
 }
+
+#[test]
+fn batch_1_with_1x1_maps_evaluates_but_refuses_to_train() {
+    // DenseNet-BC-16 on 4x4 images: block 3 (and norm5) sees 1x1 maps, one value per channel
+    // at batch 1. Training must refuse with an error (the statistics kernel would fail);
+    // evaluation uses the running statistics and works.
+    let config = densegpu::DenseNetConfig { image_size: 4, ..tiny_config(0.0) };
+    let graph = config.build(1, MemoryMode::Efficient).unwrap();
+    let mut session = Session::new_blocking(gpu(), graph.clone(), 3).unwrap();
+    let (nchw, _, labels) = batch(&graph, 5);
+    let err = session.train_step_blocking(&nchw, &labels, &SGD).unwrap_err();
+    assert!(matches!(err, densegpu::Error::Config(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("`features.norm5`") && msg.contains("batch size of at least 2"), "{msg}");
+    assert_eq!(session.step, 0, "nothing ran");
+    let (logits, result) = session.eval_batch_blocking(&nchw, &labels).unwrap();
+    assert_eq!(logits.len(), 5);
+    assert!(logits.iter().all(|v| v.is_finite()) && result.loss.is_finite(), "{logits:?}");
+}
+
+#[test]
+fn a_session_refuses_sgd_hyperparameters_outside_their_range() {
+    let graph = tiny_config(0.0).build(3, MemoryMode::Efficient).unwrap();
+    let mut session = Session::new_blocking(gpu(), graph.clone(), 3).unwrap();
+    let before = pollster::block_on(session.parameters()).unwrap();
+    let (nchw, _, labels) = batch(&graph, 6);
+    for (sgd, part) in [
+        (SgdHyper { momentum: 1.5, ..SGD }, "momentum must be in [0, 1), got 1.5"),
+        (SgdHyper { lr: -0.1, ..SGD }, "learning rate must be a finite number >= 0, got -0.1"),
+        (SgdHyper { weight_decay: f32::NAN, ..SGD }, "weight decay must be a finite number >= 0, got NaN"),
+    ] {
+        let msg = session.train_step_blocking(&nchw, &labels, &sgd).unwrap_err().to_string();
+        assert!(msg.contains(part), "{msg:?} does not say {part:?}");
+    }
+    assert_eq!(session.step, 0);
+    assert_eq!(pollster::block_on(session.parameters()).unwrap(), before, "no step ran");
+}

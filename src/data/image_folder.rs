@@ -31,7 +31,8 @@ fn decode_into(bytes: &[u8], name: &str, height: usize, width: usize, out: &mut 
         })?;
     if img.width() as usize != width || img.height() as usize != height {
         return Err(Error::Data(format!(
-            "{name} is {}x{} (width x height) but this dataset's images must be {width}x{height}; resize it or declare the size",
+            "{name} is {}x{} (width x height) but this dataset's images must be {width}x{height}: resize it to \
+             {width}x{height} (every image of a dataset must have the same size)",
             img.width(),
             img.height()
         )));

@@ -53,11 +53,47 @@ const NO_ADAPTER_HELP: &str = "this browser offers no WebGPU adapter. Use a brow
 (Chrome or Edge 113+, Safari 26+, Firefox 141+ on Windows); on Linux, Chromium needs \
 `--enable-unsafe-webgpu` (and `--enable-features=Vulkan` for a real GPU)";
 
+/// Gives the process a private `XDG_RUNTIME_DIR` when it has none (or one that is not a
+/// directory), before the first wgpu instance exists. Without one, the Vulkan loader or Mesa
+/// prints `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` on every run
+/// (in containers, over ssh, under CI), which reads like a failure of ours. The directory is
+/// `densegpu-runtime-<uid>` in the temporary directory, mode 0700, and is used only if it is a
+/// real directory owned by this user and closed to everyone else; otherwise nothing changes.
+#[cfg(unix)]
+fn ensure_runtime_dir() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        const VAR: &str = "XDG_RUNTIME_DIR";
+        if std::env::var_os(VAR).is_some_and(|d| std::path::Path::new(&d).is_dir()) {
+            return;
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        let dir = std::env::temp_dir().join(format!("densegpu-runtime-{uid}"));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(_) => return,
+        }
+        // Not a symlink, ours, and private: anything else may belong to someone else.
+        let ok = std::fs::symlink_metadata(&dir)
+            .is_ok_and(|m| m.file_type().is_dir() && m.uid() == uid && m.mode() & 0o077 == 0);
+        if ok {
+            std::env::set_var(VAR, &dir);
+        }
+    });
+}
+
 impl Gpu {
     /// Opens the first adapter wgpu offers (preferring a discrete GPU) and requests a device
     /// with that adapter's own limits, not WebGPU's conservative defaults: densegpu's arena
-    /// wants the largest storage bindings the hardware allows.
+    /// wants the largest storage bindings the hardware allows. On unix, a process without a
+    /// valid `XDG_RUNTIME_DIR` first gets a private one, which keeps the Vulkan driver's
+    /// complaint about it off the terminal.
     pub async fn new() -> Result<Gpu> {
+        #[cfg(unix)]
+        ensure_runtime_dir();
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = if cfg!(target_arch = "wasm32") {
             wgpu::Backends::BROWSER_WEBGPU

@@ -54,6 +54,17 @@ impl BatchNormShape {
     }
 }
 
+impl BatchNormShape {
+    /// The most roundings a value passes through in this shape's per-channel sums (the
+    /// statistics and the backward's dgamma and dbeta): each of the 256 invocations adds
+    /// ceil(M / 256) values in order, then `reduce_pair` adds 16 partials and 16 totals. A sum
+    /// of depth `d` lies within Higham's `γ_d · Σ|terms|` of the exact one ("Accuracy and
+    /// Stability of Numerical Algorithms", 2nd ed., §3.1). Follows shaders/batchnorm.wgsl.
+    pub fn sum_rounding_depth(&self) -> u64 {
+        (self.m() as u64).div_ceil(WG as u64) + 32
+    }
+}
+
 const fn kernel(entry: &'static str) -> Kernel {
     Kernel { shader: &shaders::BATCHNORM, entry, buffers: 7 }
 }

@@ -140,6 +140,53 @@ impl Params {
     }
 }
 
+/// The rounding depth of each direction's kernel for this shape: the most roundings any one
+/// product passes through on its way into an output (its multiply, its adds into a register
+/// accumulator, and the workgroup combine). A kernel whose depth is `d` computes every output
+/// within Higham's bound `γ_d · Σ|terms|` of the exact sum ("Accuracy and Stability of
+/// Numerical Algorithms", 2nd ed., §3.1), which is what the op tests and the self-test assert.
+/// The figures follow the loops of shaders/conv.wgsl and must change with them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundingDepth {
+    pub forward: u64,
+    pub backward_input: u64,
+    pub backward_weight: u64,
+}
+
+impl Conv2dShape {
+    /// See [`RoundingDepth`].
+    pub fn rounding_depth(&self) -> RoundingDepth {
+        let taps = (self.kh * self.kw) as u64;
+        // Forward and input gradient: the 3x3 kernel sums each channel's nine taps on their own
+        // and adds them to the accumulator (k_rows + 9); the GEMM and the general kernel keep
+        // one serial chain of fmas over k_rows x taps.
+        let chain = |k_rows: u32| {
+            if self.is_3x3_stride_1() {
+                k_rows as u64 + taps
+            } else {
+                k_rows as u64 * taps
+            }
+        };
+        let (forward, backward_input) = (chain(self.c_in), chain(self.c_out));
+        let lanes = WORKGROUP as u64;
+        let pixels = (self.n * self.out_h() * self.out_w()) as u64;
+        let backward_weight = if self.is_pointwise() {
+            // Each lane of a group of 8 walks ceil(pixels / 128) steps of two nested fmas, then
+            // the 64 lane partials are added in order.
+            2 * pixels.div_ceil(128) + lanes
+        } else if self.kh == 3 && self.kw == 3 && self.stride == 1 {
+            // Each lane adds ceil(items / 64) row segments of 8 pixels (two 4-wide dot products
+            // and their sum: at most 4 roundings inside a segment), then the 64-lane combine.
+            let items = (self.n * self.out_h() * self.out_w().div_ceil(8)) as u64;
+            items.div_ceil(lanes) + 4 + lanes
+        } else {
+            // One fma per output pixel of the lane's rows, then the 64-lane combine.
+            (self.n * self.out_h()).div_ceil(WORKGROUP) as u64 * self.out_w() as u64 + lanes
+        };
+        RoundingDepth { forward, backward_input, backward_weight }
+    }
+}
+
 /// A 1-D grid of `threads` invocations (folded past 65,535 groups) times `blocks` along z.
 fn grid_with_blocks(threads: u64, blocks: u32) -> [u32; 3] {
     let [x, y, _] = grid(threads, WORKGROUP);

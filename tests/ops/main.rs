@@ -9,4 +9,5 @@ mod elementwise;
 mod linear;
 mod loss;
 mod pool;
+mod realistic;
 mod sgd;

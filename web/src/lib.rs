@@ -242,6 +242,9 @@ pub async fn create_model(request_json: &str) -> Result<String, JsError> {
     let request: ModelRequest =
         serde_json::from_str(request_json).map_err(|e| js_error(format!("bad model request {request_json}: {e}")))?;
     let mode: MemoryMode = request.mode.parse().map_err(js_error)?;
+    let sgd =
+        SgdHyper { lr: request.lr, momentum: request.momentum, weight_decay: request.weight_decay, nesterov: true };
+    densegpu::train::check_sgd(&sgd).map_err(js_error)?;
     let (gpu, train) = DEMO.with_borrow_mut(|d| {
         if d.busy {
             return Err(js_error("the model is busy; stop training before creating a new one"));
@@ -285,8 +288,6 @@ pub async fn create_model(request_json: &str) -> Result<String, JsError> {
             .and_then(|m| m.iter().find(|p| p["mode"] == mode.name()).cloned()),
         "allocated_bytes": session.allocated_bytes(),
     });
-    let sgd =
-        SgdHyper { lr: request.lr, momentum: request.momentum, weight_decay: request.weight_decay, nesterov: true };
     let model = Model { session, config, mode, sgd, loader, classes, epoch: 0, batch_in_epoch: 0 };
     DEMO.with_borrow_mut(|d| d.model = Some(model));
     Ok(summary.to_string())

@@ -1,0 +1,453 @@
+//! Every conv and batch-norm kernel variant at the shapes users run (DenseNet-BC-100 at batch
+//! 64 on 32x32, 16x16 and 8x8 maps; DenseNet-121's stem and a block-2 layer) on the values
+//! training sees: post-ReLU activations (non-negative, mean far from zero, many exact zeros),
+//! batch-norm inputs whose channel means lie several deviations from zero, He-initialised
+//! weights and gradients four orders of magnitude smaller than the activations.
+//!
+//! Each output element must lie within its own f32 rounding bound, derived from the kernel's
+//! order of operations: a sum whose terms pass through at most `d` roundings is within
+//! `γ_d · Σ|terms|` of the exact one (Higham, "Accuracy and Stability of Numerical
+//! Algorithms", 2nd ed., §3.1), and the reference's own rounding to f32 adds `u·|want|`. The
+//! depths come from the kernels' host code (`Conv2dShape::rounding_depth`,
+//! `BatchNormShape::sum_rounding_depth`). For a sum that does not cancel, the bound is about
+//! `d · 6e-8` relative: 2e-6 for a 3x3 conv over 48 channels, 3e-5 for a batch-norm sum over
+//! 65,536 values. Each check prints the relative L2 error it measured.
+
+use crate::common::*;
+use densegpu::ops::batchnorm::*;
+use densegpu::ops::conv::*;
+use densegpu::reference::{batchnorm as bn_ref, conv as conv_ref};
+use densegpu::selftest::{compare_within, gamma, sum_bound, UNIT_ROUNDOFF as U};
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+
+const MOMENTUM: f32 = 0.1;
+const EPS: f32 = 1e-5;
+
+fn normal(len: usize, mean: f32, std: f32, seed: u64) -> Vec<f32> {
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+    let d = Normal::new(mean, std).unwrap();
+    (0..len).map(|_| d.sample(&mut rng)).collect()
+}
+
+/// Post-ReLU activations: max(0, 0.8 + z), mean about 0.9, one value in five exactly zero.
+fn post_relu(len: usize, seed: u64) -> Vec<f32> {
+    normal(len, 0.8, 1.0, seed).into_iter().map(|v| v.max(0.0)).collect()
+}
+
+/// He-initialised weights (std sqrt(2 / fan_in)), as torchvision initialises its convs.
+fn he(len: usize, fan_in: u32, seed: u64) -> Vec<f32> {
+    normal(len, 0.0, (2.0 / fan_in as f32).sqrt(), seed)
+}
+
+/// Gradients 1e4 times smaller than the activations.
+fn small_gradients(len: usize, seed: u64) -> Vec<f32> {
+    normal(len, 0.0, 1e-4, seed)
+}
+
+/// Batch-norm inputs (C, M): channel `c` has mean 3·sin(c) + 1 and deviation 0.2 to 2, so
+/// most means lie several deviations away from zero.
+fn pre_batchnorm(c: usize, m: usize, seed: u64) -> Vec<f32> {
+    let mut x = normal(c * m, 0.0, 1.0, seed);
+    for (ch, values) in x.chunks_mut(m).enumerate() {
+        let (mean, std) = (3.0 * (ch as f32).sin() + 1.0, 0.2 + 1.8 * ((ch * 7 % 11) as f32 / 10.0));
+        values.iter_mut().for_each(|v| *v = mean + std * *v);
+    }
+    x
+}
+
+fn abs(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|a| a.abs()).collect()
+}
+
+/// As [`sum_bound`] for an output added onto `before`: one more rounding, on `before` too.
+fn accumulated_bound(depth: u64, abs_terms: &[f32], before: &[f32], want: &[f32]) -> Vec<f64> {
+    let terms: Vec<f32> = abs_terms.iter().zip(before).map(|(a, b)| a + b.abs()).collect();
+    sum_bound(depth + 1, &terms, want).iter().zip(want).map(|(b, w)| b + U * (*w as f64).abs()).collect()
+}
+
+#[track_caller]
+fn assert_within(what: &str, got: &[f32], want: &[f32], bound: &[f64]) {
+    let check = compare_within(what, "", got, want, bound);
+    println!("{what}: relative L2 error {:.2e}", check.rel_err);
+    assert!(check.passed, "{what}: {}", check.detail.unwrap_or_default());
+}
+
+fn plus(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
+}
+
+fn conv(n: u32, c_in: u32, c_out: u32, hw: u32, k: u32, stride: u32, pad: u32) -> Conv2dShape {
+    Conv2dShape { n, c_in, h: hw, w: hw, c_out, kh: k, kw: k, stride, pad }
+}
+
+/// The convs of DenseNet-BC-100 (k=12) at batch 64, one of each kernel and map size, and of
+/// DenseNet-121 (its 7x7 stride-2 stem and a block-2 layer) at smaller batches.
+fn densenet_convs() -> Vec<(&'static str, Conv2dShape)> {
+    vec![
+        ("BC-100 stem 3x3", conv(64, 3, 24, 32, 3, 1, 1)),
+        ("BC-100 block 1 bottleneck 1x1", conv(64, 204, 48, 32, 1, 1, 0)),
+        ("BC-100 block 1 growth 3x3", conv(64, 48, 12, 32, 3, 1, 1)),
+        ("BC-100 block 2 bottleneck 1x1", conv(64, 300, 48, 16, 1, 1, 0)),
+        ("BC-100 block 2 growth 3x3", conv(64, 48, 12, 16, 3, 1, 1)),
+        ("BC-100 block 3 bottleneck 1x1", conv(64, 342, 48, 8, 1, 1, 0)),
+        ("BC-100 block 3 growth 3x3 (narrow)", conv(64, 48, 12, 8, 3, 1, 1)),
+        ("DenseNet-121 stem 7x7/2", conv(2, 3, 64, 224, 7, 2, 3)),
+        ("DenseNet-121 block 2 bottleneck 1x1", conv(8, 256, 128, 28, 1, 1, 0)),
+        ("DenseNet-121 block 2 growth 3x3", conv(8, 128, 32, 28, 3, 1, 1)),
+    ]
+}
+
+#[test]
+fn conv_kernels_at_densenet_shapes_stay_within_f32_rounding() {
+    for (k, (name, s)) in densenet_convs().into_iter().enumerate() {
+        let seed = 1000 * k as u64;
+        let x = post_relu(s.input_elems() as usize, seed);
+        let w = he(s.weight_elems() as usize, s.c_in * s.kh * s.kw, seed + 1);
+        let dy = small_gradients(s.output_elems() as usize, seed + 2);
+        let depth = s.rounding_depth();
+        let y = conv_ref::conv2d_forward(&s, &x, &w);
+        let y_abs = conv_ref::conv2d_forward(&s, &x, &abs(&w));
+        let dx = conv_ref::conv2d_backward_input(&s, &dy, &w);
+        let dx_abs = conv_ref::conv2d_backward_input(&s, &abs(&dy), &abs(&w));
+        let dw = conv_ref::conv2d_backward_weight(&s, &x, &dy);
+        let dw_abs = conv_ref::conv2d_backward_weight(&s, &x, &abs(&dy));
+        let dx_before = small_gradients(dx.len(), seed + 3);
+        let dw_before = small_gradients(dw.len(), seed + 4);
+
+        let what = |op: &str| format!("{name} {op} (depth {depth:?})");
+        // One buffer per direction: block 1's activations at batch 64 do not fit one binding
+        // together.
+        let mut slots = Slots::new();
+        let (xs, ws, ys) = (slots.input(&x), slots.input(&w), slots.output(y.len()));
+        let buf = slots.upload();
+        let v = |slot| slots.view(&buf, slot);
+        run(&[conv2d_forward(gpu(), &s, v(xs), v(ws), v(ys))]);
+        assert_within(&what("forward"), &slots.read(&buf, ys), &y, &sum_bound(depth.forward, &y_abs, &y));
+        slots.assert_guards_intact(&buf);
+
+        let mut slots = Slots::new();
+        let (ws, dys, dxs, dxa) = (slots.input(&w), slots.input(&dy), slots.output(dx.len()), slots.input(&dx_before));
+        let buf = slots.upload();
+        let v = |slot| slots.view(&buf, slot);
+        run(&[
+            conv2d_backward_input(gpu(), &s, v(dys), v(ws), v(dxs), false),
+            conv2d_backward_input(gpu(), &s, v(dys), v(ws), v(dxa), true),
+        ]);
+        let bound = sum_bound(depth.backward_input, &dx_abs, &dx);
+        assert_within(&what("backward_input"), &slots.read(&buf, dxs), &dx, &bound);
+        let want = plus(&dx, &dx_before);
+        let bound = accumulated_bound(depth.backward_input, &dx_abs, &dx_before, &want);
+        assert_within(&what("backward_input accumulate"), &slots.read(&buf, dxa), &want, &bound);
+        slots.assert_guards_intact(&buf);
+
+        let mut slots = Slots::new();
+        let (xs, dys, dws, dwa) = (slots.input(&x), slots.input(&dy), slots.output(dw.len()), slots.input(&dw_before));
+        let buf = slots.upload();
+        let v = |slot| slots.view(&buf, slot);
+        run(&[
+            conv2d_backward_weight(gpu(), &s, v(xs), v(dys), v(dws), false),
+            conv2d_backward_weight(gpu(), &s, v(xs), v(dys), v(dwa), true),
+        ]);
+        let bound = sum_bound(depth.backward_weight, &dw_abs, &dw);
+        assert_within(&what("backward_weight"), &slots.read(&buf, dws), &dw, &bound);
+        let want = plus(&dw, &dw_before);
+        let bound = accumulated_bound(depth.backward_weight, &dw_abs, &dw_before, &want);
+        assert_within(&what("backward_weight accumulate"), &slots.read(&buf, dwa), &want, &bound);
+        slots.assert_guards_intact(&buf);
+    }
+}
+
+/// The input gradient of a channel slice (what the sliced batch-norm backward asks for), at
+/// block 1's shapes: it must equal the same channels of the whole gradient's bound.
+#[test]
+fn channel_sliced_input_gradient_stays_within_f32_rounding() {
+    for (name, s) in [
+        ("BC-100 block 1 bottleneck 1x1", conv(64, 204, 48, 32, 1, 1, 0)),
+        ("BC-100 block 1 growth 3x3", conv(64, 48, 12, 32, 3, 1, 1)),
+    ] {
+        let w = he(s.weight_elems() as usize, s.c_in * s.kh * s.kw, 11);
+        let dy = small_gradients(s.output_elems() as usize, 12);
+        let (first, count) = (5u32, 19u32);
+        let plane = (s.n * s.h * s.w) as usize;
+        let range = first as usize * plane..(first + count) as usize * plane;
+        let dx = conv_ref::conv2d_backward_input(&s, &dy, &w)[range.clone()].to_vec();
+        let dx_abs = conv_ref::conv2d_backward_input(&s, &abs(&dy), &abs(&w))[range].to_vec();
+        let mut slots = Slots::new();
+        let (ws, dys, dxs) = (slots.input(&w), slots.input(&dy), slots.output(dx.len()));
+        let buf = slots.upload();
+        let v = |slot| slots.view(&buf, slot);
+        run(&[conv2d_backward_input_channels(gpu(), &s, (first, count), v(dys), v(ws), v(dxs), false)]);
+        let bound = sum_bound(s.rounding_depth().backward_input, &dx_abs, &dx);
+        assert_within(&format!("{name} backward_input channels {first}+{count}"), &slots.read(&buf, dxs), &dx, &bound);
+        slots.assert_guards_intact(&buf);
+    }
+}
+
+/// A batch-norm problem at a real size, with the statistics of its own batch (as in training)
+/// and no value within 1e-3 of the ReLU's kink, where a rounding could flip the mask: a
+/// flipped mask is a discontinuity, not a rounding error, and no f32 bound covers it.
+struct BatchNormProblem {
+    s: BatchNormShape,
+    x: Vec<f32>,
+    stats: Vec<f32>,
+    affine: Vec<f32>,
+    dy: Vec<f32>,
+}
+
+impl BatchNormProblem {
+    fn new(c: u32, n: u32, hw: u32, seed: u64) -> BatchNormProblem {
+        let s = BatchNormShape::new(c, n, hw);
+        let (cu, m) = (c as usize, s.m() as usize);
+        let mut x = pre_batchnorm(cu, m, seed);
+        let stats = bn_ref::train_stats(cu, m, &x, &vec![0.0; 2 * cu], MOMENTUM, EPS).0;
+        // γ in [0.5, 1.5] and β in [−0.2, 0.2], as in a trained network.
+        let affine: Vec<f32> = normal(2 * cu, 0.0, 1.0, seed + 1)
+            .iter()
+            .enumerate()
+            .map(|(i, z)| if i < cu { 1.0 + 0.5 * z.tanh() } else { 0.2 * z.tanh() })
+            .collect();
+        for ch in 0..cu {
+            let scale = stats[cu + ch] as f64 * affine[ch] as f64;
+            for v in &mut x[ch * m..(ch + 1) * m] {
+                let pre = (*v as f64 - stats[ch] as f64) * scale + affine[cu + ch] as f64;
+                if pre.abs() < 1e-3 {
+                    *v = (*v as f64 + 2e-3 / scale) as f32;
+                }
+            }
+        }
+        let dy = small_gradients(cu * m, seed + 2);
+        BatchNormProblem { s, x, stats, affine, dy }
+    }
+    fn c(&self) -> usize {
+        self.s.c as usize
+    }
+    fn m(&self) -> usize {
+        self.s.m() as usize
+    }
+    /// Per element: xhat and the gradient reaching the normalisation (dy masked by the ReLU).
+    fn xhat_and_grad(&self, relu: bool) -> (Vec<f64>, Vec<f64>) {
+        let (c, m) = (self.c(), self.m());
+        let mut xhat = vec![0.0; c * m];
+        let mut g = vec![0.0; c * m];
+        for ch in 0..c {
+            let (mean, invstd) = (self.stats[ch] as f64, self.stats[c + ch] as f64);
+            let (gamma, beta) = (self.affine[ch] as f64, self.affine[c + ch] as f64);
+            for i in ch * m..(ch + 1) * m {
+                xhat[i] = (self.x[i] as f64 - mean) * invstd;
+                g[i] = if relu && gamma * xhat[i] + beta <= 0.0 { 0.0 } else { self.dy[i] as f64 };
+            }
+        }
+        (xhat, g)
+    }
+    /// Bounds for [dgamma, dbeta] and dx, from the sums' depth `d`: dbeta = Σ g is within
+    /// γ_d·Σ|g|; dgamma = Σ g·xhat within γ_{d+3}·Σ|g·xhat| (xhat itself takes two roundings,
+    /// its product one); dx = scale·(g − (dbeta + xhat·dgamma)/M) carries those errors divided by
+    /// M, plus 8 roundings of its own on each term.
+    fn backward_bounds(&self, relu: bool, want_affine: &[f32], want_dx: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        let (c, m) = (self.c(), self.m());
+        let d = self.s.sum_rounding_depth();
+        let (xhat, g) = self.xhat_and_grad(relu);
+        let mut affine_bound = vec![0.0; 2 * c];
+        let mut dx_bound = vec![0.0; c * m];
+        for ch in 0..c {
+            let r = ch * m..(ch + 1) * m;
+            let sum_g: f64 = g[r.clone()].iter().map(|v| v.abs()).sum();
+            let sum_gx: f64 = r.clone().map(|i| (g[i] * xhat[i]).abs()).sum();
+            affine_bound[ch] = gamma(d + 3) * sum_gx + U * (want_affine[ch] as f64).abs();
+            affine_bound[c + ch] = gamma(d) * sum_g + U * (want_affine[c + ch] as f64).abs();
+            let scale = (self.affine[ch] as f64 * self.stats[c + ch] as f64).abs();
+            for i in r {
+                let carried = (gamma(d) * sum_g + xhat[i].abs() * gamma(d + 3) * sum_gx) / m as f64;
+                let own = 8.0 * U * (g[i].abs() + (sum_g + xhat[i].abs() * sum_gx) / m as f64);
+                dx_bound[i] = scale * (carried + own) + U * (want_dx[i] as f64).abs();
+            }
+        }
+        (affine_bound, dx_bound)
+    }
+}
+
+/// Block 1 of DenseNet-BC-100 at batch 64 (65,536 values per channel) and block 3 (4,096).
+fn batchnorm_problems() -> Vec<(&'static str, BatchNormProblem)> {
+    vec![
+        ("BC-100 block 1 (32x32, batch 64)", BatchNormProblem::new(24, 64, 32 * 32, 1)),
+        ("BC-100 block 3 (8x8, batch 64)", BatchNormProblem::new(48, 64, 8 * 8, 2)),
+    ]
+}
+
+#[test]
+fn batchnorm_statistics_and_apply_at_real_sizes_stay_within_f32_rounding() {
+    for (name, p) in batchnorm_problems() {
+        let (c, m) = (p.c(), p.m());
+        let running: Vec<f32> =
+            (0..2 * c).map(|i| if i < c { 0.1 * i as f32 } else { 1.0 + 0.05 * i as f32 }).collect();
+        let (want_stats, want_running) = bn_ref::train_stats(c, m, &p.x, &running, MOMENTUM, EPS);
+        let mut slots = Slots::new();
+        let (xs, rs, ss, afs, ys) = (
+            slots.input(&p.x),
+            slots.input(&running),
+            slots.output(2 * c),
+            slots.input(&p.affine),
+            slots.output(c * m),
+        );
+        let ref_stats = slots.input(&want_stats);
+        let buf = slots.upload();
+        let v = |slot| slots.view(&buf, slot);
+        run(&[
+            batchnorm_train_stats(gpu(), p.s, v(xs), v(ss), v(rs), MOMENTUM, EPS),
+            batchnorm_apply(gpu(), p.s, v(xs), v(ref_stats), v(afs), v(ys), true),
+        ]);
+        // The kernel shifts by the mean of 256 evenly spaced values, then sums x − shift and
+        // (x − shift)² to depth d: the mean's error is γ_{d+1}·Σ|x − shift|/M plus its own
+        // rounding, and the variance's relative error is γ_{d+5}·(1 + (mean − shift)²/var).
+        // invstd's is half that plus 8 roundings of eps, sqrt and the division (WGSL allows
+        // those a few ULP).
+        let d = p.s.sum_rounding_depth();
+        let mo = MOMENTUM as f64;
+        let mut stats_bound = vec![0.0; 2 * c];
+        let mut running_bound = vec![0.0; 2 * c];
+        let sampled = m.min(256);
+        for ch in 0..c {
+            let values = &p.x[ch * m..(ch + 1) * m];
+            let shift = (0..sampled).map(|i| values[i * (m / sampled)] as f64).sum::<f64>() / sampled as f64;
+            let mean = want_stats[ch] as f64;
+            let spread = values.iter().map(|&v| (v as f64 - shift).abs()).sum::<f64>() / m as f64;
+            stats_bound[ch] = gamma(d + 1) * spread + 2.0 * U * mean.abs();
+            let invstd = want_stats[c + ch] as f64;
+            let var = 1.0 / (invstd * invstd) - EPS as f64;
+            let var_rel = gamma(d + 5) * (1.0 + (mean - shift).powi(2) / var);
+            stats_bound[c + ch] = (var_rel / 2.0 + 8.0 * U) * invstd;
+            let var_unbiased = var * m as f64 / (m as f64 - 1.0);
+            let (rm, rv) = (running[ch] as f64, running[c + ch] as f64);
+            running_bound[ch] = 4.0 * U * ((1.0 - mo) * rm.abs() + mo * mean.abs()) + mo * stats_bound[ch];
+            running_bound[c + ch] =
+                4.0 * U * ((1.0 - mo) * rv + mo * var_unbiased) + mo * var_unbiased * (var_rel + 4.0 * U);
+        }
+        assert_within(&format!("{name} train_stats"), &slots.read(&buf, ss), &want_stats, &stats_bound);
+        assert_within(&format!("{name} running update"), &slots.read(&buf, rs), &want_running, &running_bound);
+        // y = (x − mean)·invstd·γ + β: four roundings of the terms' magnitudes.
+        let want_y = bn_ref::apply(c, m, &p.x, &want_stats, &p.affine, true);
+        let y_bound: Vec<f64> = (0..c * m)
+            .map(|i| {
+                let ch = i / m;
+                let t = (p.x[i] as f64 - want_stats[ch] as f64) * want_stats[c + ch] as f64 * p.affine[ch] as f64;
+                4.0 * U * (t.abs() + (p.affine[c + ch] as f64).abs()) + U * (want_y[i] as f64).abs()
+            })
+            .collect();
+        assert_within(&format!("{name} apply (relu)"), &slots.read(&buf, ys), &want_y, &y_bound);
+        slots.assert_guards_intact(&buf);
+    }
+}
+
+#[test]
+fn batchnorm_backward_variants_at_real_sizes_stay_within_f32_rounding() {
+    for (name, p) in batchnorm_problems() {
+        let (c, m) = (p.c(), p.m());
+        for relu in [false, true] {
+            let want_affine = bn_ref::backward_affine(c, m, &p.x, &p.dy, &p.stats, &p.affine, relu);
+            let want_dx = bn_ref::backward_input(c, m, &p.x, &p.dy, &p.stats, &p.affine, relu);
+            let (affine_bound, dx_bound) = p.backward_bounds(relu, &want_affine, &want_dx);
+            let dx_before = small_gradients(c * m, 7);
+            let want_dx_acc = plus(&want_dx, &dx_before);
+            let dx_acc_bound: Vec<f64> = dx_bound
+                .iter()
+                .zip(&dx_before)
+                .zip(&want_dx_acc)
+                .map(|((b, before), w)| b + U * (before.abs() as f64 + (*w as f64).abs()))
+                .collect();
+
+            let mut slots = Slots::new();
+            let (xs, dys, ss, afs) =
+                (slots.input(&p.x), slots.input(&p.dy), slots.input(&p.stats), slots.input(&p.affine));
+            let (gs, dxs, dxa) = (slots.output(2 * c), slots.output(c * m), slots.input(&dx_before));
+            let (fused_g, fused_dx) = (slots.output(2 * c), slots.output(c * m));
+            // In place on a channel slice, as the sliced schedule runs it: dy's copy receives dx.
+            let (first, count) = (3u32, 7u32);
+            let range = first as usize * m..(first + count) as usize * m;
+            let sliced = p.s.slice(first, count);
+            let (slice_xs, slice_dx) = (slots.input(&p.x[range.clone()]), slots.input(&p.dy[range.clone()]));
+            let slice_g = slots.output(2 * c);
+            let buf = slots.upload();
+            let v = |slot| slots.view(&buf, slot);
+            let (x, dy, st, af) = (v(xs), v(dys), v(ss), v(afs));
+            run(&[
+                batchnorm_backward_affine(gpu(), p.s, x, dy, st, af, v(gs), relu, false),
+                batchnorm_backward_input(gpu(), p.s, x, dy, st, af, v(gs), v(dxs), relu, false),
+                batchnorm_backward_input(gpu(), p.s, x, dy, st, af, v(gs), v(dxa), relu, true),
+                batchnorm_backward(gpu(), p.s, x, dy, st, af, v(fused_g), v(fused_dx), relu, false, false),
+                batchnorm_backward_affine(gpu(), sliced, v(slice_xs), v(slice_dx), st, af, v(slice_g), relu, false),
+                batchnorm_backward_input_in_place(gpu(), sliced, v(slice_xs), st, af, v(slice_g), v(slice_dx), relu),
+            ]);
+            let what = |op: &str| format!("{name} relu={relu} {op} (sum depth {})", p.s.sum_rounding_depth());
+            assert_within(&what("backward_affine"), &slots.read(&buf, gs), &want_affine, &affine_bound);
+            assert_within(&what("backward_input"), &slots.read(&buf, dxs), &want_dx, &dx_bound);
+            assert_within(&what("backward_input accumulate"), &slots.read(&buf, dxa), &want_dx_acc, &dx_acc_bound);
+            assert_within(&what("fused backward affine"), &slots.read(&buf, fused_g), &want_affine, &affine_bound);
+            assert_within(&what("fused backward dx"), &slots.read(&buf, fused_dx), &want_dx, &dx_bound);
+            let slice_affine: Vec<usize> = (first as usize..(first + count) as usize)
+                .chain(c + first as usize..c + (first + count) as usize)
+                .collect();
+            let got_g = slots.read(&buf, slice_g);
+            let pick = |v: &[f32]| slice_affine.iter().map(|&i| v[i]).collect::<Vec<f32>>();
+            let pick64 = |v: &[f64]| slice_affine.iter().map(|&i| v[i]).collect::<Vec<f64>>();
+            assert_within(&what("sliced backward_affine"), &pick(&got_g), &pick(&want_affine), &pick64(&affine_bound));
+            assert_within(
+                &what("sliced in-place backward_input"),
+                &slots.read(&buf, slice_dx),
+                &want_dx[range.clone()],
+                &dx_bound[range.clone()],
+            );
+        }
+    }
+}
+
+/// The 1x1 conv that applies its input's BN-ReLU on load, forward and weight gradient, at
+/// block 1's bottleneck. Its operand a = relu(bn(x)) carries the four roundings of the
+/// normalisation, which the conv multiplies by |w| (or |dy|) and sums.
+#[test]
+fn fused_bnrelu_conv_at_real_size_stays_within_f32_rounding() {
+    let s = conv(64, 204, 48, 32, 1, 1, 0);
+    let p = BatchNormProblem::new(s.c_in, s.n, s.h * s.w, 21);
+    let (c, m) = (p.c(), p.m());
+    let w = he(s.weight_elems() as usize, s.c_in, 22);
+    let dy = small_gradients(s.output_elems() as usize, 23);
+    let a = bn_ref::apply(c, m, &p.x, &p.stats, &p.affine, true);
+    // The rounding of each loaded operand: 4u·(|(x − mean)·invstd·γ| + |β|).
+    let a_err: Vec<f32> = (0..c * m)
+        .map(|i| {
+            let ch = i / m;
+            let t = (p.x[i] as f64 - p.stats[ch] as f64) * p.stats[c + ch] as f64 * p.affine[ch] as f64;
+            (4.0 * U * (t.abs() + (p.affine[c + ch] as f64).abs()) + U * (a[i] as f64).abs()) as f32
+        })
+        .collect();
+    let depth = s.rounding_depth();
+    let y = conv_ref::conv2d_forward(&s, &a, &w);
+    let y_abs = conv_ref::conv2d_forward(&s, &a, &abs(&w));
+    let y_carried = conv_ref::conv2d_forward(&s, &a_err, &abs(&w));
+    let dw = conv_ref::conv2d_backward_weight(&s, &a, &dy);
+    let dw_abs = conv_ref::conv2d_backward_weight(&s, &a, &abs(&dy));
+    let dw_carried = conv_ref::conv2d_backward_weight(&s, &a_err, &abs(&dy));
+    let mut slots = Slots::new();
+    let (xs, ss, afs, ws, dys) =
+        (slots.input(&p.x), slots.input(&p.stats), slots.input(&p.affine), slots.input(&w), slots.input(&dy));
+    let (ys, dws) = (slots.output(y.len()), slots.output(dw.len()));
+    let buf = slots.upload();
+    let v = |slot| slots.view(&buf, slot);
+    run(&[
+        conv2d_forward_bnrelu(gpu(), &s, v(xs), v(ss), v(afs), v(ws), v(ys)),
+        conv2d_backward_weight_bnrelu(gpu(), &s, v(xs), v(ss), v(afs), v(dys), v(dws), false),
+    ]);
+    let with_carried = |bound: Vec<f64>, carried: &[f32]| -> Vec<f64> {
+        bound.iter().zip(carried).map(|(b, c)| b + *c as f64 * (1.0 + gamma(depth.backward_weight))).collect()
+    };
+    let bound = with_carried(sum_bound(depth.forward, &y_abs, &y), &y_carried);
+    assert_within("BC-100 block 1 bottleneck forward with BN-ReLU on load", &slots.read(&buf, ys), &y, &bound);
+    let bound = with_carried(sum_bound(depth.backward_weight, &dw_abs, &dw), &dw_carried);
+    assert_within(
+        "BC-100 block 1 bottleneck weight gradient with BN-ReLU on load",
+        &slots.read(&buf, dws),
+        &dw,
+        &bound,
+    );
+    slots.assert_guards_intact(&buf);
+}
