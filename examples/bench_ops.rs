@@ -3,7 +3,7 @@
 //! table; a filter keeps the rows whose name contains it (e.g. `3x3`).
 
 use densegpu::gpu::{Dispatch, View};
-use densegpu::ops::conv::{self, Conv2dShape};
+use densegpu::ops::conv::{kernels as conv, Conv2dShape};
 use densegpu::Gpu;
 use std::time::Instant;
 

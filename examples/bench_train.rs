@@ -8,7 +8,7 @@
 
 use clap::Parser;
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
-use densegpu::{Gpu, Mode, Session, SgdHyper};
+use densegpu::{Gpu, Pass, Session, SgdHyper};
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,7 +54,7 @@ fn run(args: Args) -> densegpu::Result<()> {
     for mode in modes {
         let graph = config.build(args.batch_size, mode)?;
         let mut session = Session::new_blocking(gpu.clone(), graph, 0)?;
-        let planned = session.memory_plan(Mode::Train)?.report().total;
+        let planned = session.memory_plan(Pass::Train)?.report().total;
         let sgd = SgdHyper::densenet_cifar();
         session.train_step_blocking(&images, &labels, &sgd)?;
         let start = Instant::now();

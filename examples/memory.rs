@@ -70,7 +70,7 @@ fn run(args: &Args) -> densegpu::Result<()> {
     if let Some(size) = args.image_size {
         config.image_size = size;
     }
-    let limits = densegpu::executor::arena_limits(args.binding_limit);
+    let limits = densegpu::memory::arena_limits(args.binding_limit);
     if args.json {
         println!("{}", memory_plans_json(&config, args.batch_size, &limits, args.budget));
         return Ok(());

@@ -9,7 +9,7 @@ use clap::Parser;
 use densegpu::checkpoint::{self, TrainingState, Weights};
 use densegpu::data::{self, BatchLoader, LoaderOptions, TrainTest};
 use densegpu::densenet::{plan_training, DenseNetConfig, MemoryMode};
-use densegpu::{Error, Gpu, Mode, Result, Session, SgdHyper};
+use densegpu::{Error, Gpu, Pass, Result, Session, SgdHyper};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -208,7 +208,7 @@ fn run(args: &Args) -> Result<()> {
     };
 
     let gpu = Arc::new(Gpu::new_blocking()?);
-    let limits = densegpu::executor::arena_limits(gpu.max_binding_bytes());
+    let limits = densegpu::memory::arena_limits(gpu.max_binding_bytes());
     // Refuse a batch that cannot fit before allocating anything.
     plan_training(&config, args.batch_size, args.memory, &limits, None)?;
     let graph = config.build(args.batch_size, args.memory)?;
@@ -265,7 +265,7 @@ fn run(args: &Args) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::Data(format!("cannot create {}: {e}", dir.display())))?;
     }
 
-    pollster::block_on(session.prepare(Mode::Train))?;
+    pollster::block_on(session.prepare(Pass::Train))?;
     let arena = session.allocated_bytes();
     if !args.json {
         println!(

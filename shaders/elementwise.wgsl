@@ -12,9 +12,6 @@ struct Params {
     threshold: u32,    // dropout drops an element when its hash is below this
     scale: f32,        // 1 / (1 - rate)
     accumulate: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 // Each invocation handles every stride-th element from its own index on: a few elements per

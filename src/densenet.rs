@@ -5,10 +5,10 @@
 //! the schedule compiler, planner and executor treat every graph alike.
 
 use crate::error::{Error, Result};
-use crate::executor::MemoryPlan;
 use crate::graph::{Conv2dOut, Graph, Op, TensorId};
-use crate::plan::ArenaLimits;
-use crate::schedule::Mode;
+use crate::memory::arena::ArenaLimits;
+use crate::memory::MemoryPlan;
+use crate::schedule::Pass;
 use std::fmt;
 use std::str::FromStr;
 
@@ -339,7 +339,7 @@ fn mark_recompute(g: &mut Graph, t: TensorId) {
 /// with a budget, allocate no more than it.
 fn fits(config: &DenseNetConfig, batch: u32, mode: MemoryMode, limits: &ArenaLimits, budget: Option<u64>) -> bool {
     let Ok(graph) = config.build(batch, mode) else { return false };
-    match MemoryPlan::new(&graph, Mode::Train, limits) {
+    match MemoryPlan::new(&graph, Pass::Train, limits) {
         Ok(plan) => budget.is_none_or(|b| plan.report().total <= b),
         Err(_) => false,
     }
@@ -393,7 +393,7 @@ pub fn plan_training(
         };
         Error::TooLarge(format!("batch {batch} in {mode} mode: {why}; {advice}{leaner}"))
     };
-    let plan = MemoryPlan::new(&graph, Mode::Train, limits).map_err(|e| match e {
+    let plan = MemoryPlan::new(&graph, Pass::Train, limits).map_err(|e| match e {
         Error::TooLarge(m) => too_large(m),
         other => other,
     })?;

@@ -7,22 +7,15 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, View};
 use crate::graph::{Graph, Init, ParamGroup, StateId};
+use crate::graph::{BN_EPS, BN_MOMENTUM};
+use crate::memory::arena::{ArenaLimits, ArenaPlan};
+use crate::memory::{arena_limits, MemoryPlan, PersistentLayout, Segments};
 use crate::ops;
-use crate::plan::{self, ArenaLimits, ArenaPlan, MemoryReport, TensorRequest};
-use crate::schedule::{self, LaunchOp, Loc, Mode, Schedule, BN_EPS, BN_MOMENTUM};
+use crate::schedule::{LaunchOp, Loc, Pass, Schedule};
 use crate::Gpu;
 use rand::SeedableRng;
 use rand_distr::Distribution;
 use std::sync::Arc;
-
-/// Alignment of every arena offset, in bytes: the binding-window alignment, so each value can
-/// be bound on its own; it also keeps every tensor on its own cache lines.
-pub const ARENA_ALIGNMENT: u64 = crate::gpu::ALIGNMENT;
-
-/// The arena limits on a device whose storage bindings hold at most `binding_limit` bytes.
-pub fn arena_limits(binding_limit: u64) -> ArenaLimits {
-    ArenaLimits { max_buffer_bytes: binding_limit, alignment: ARENA_ALIGNMENT }
-}
 
 pub use crate::ops::sgd::SgdHyper;
 
@@ -30,97 +23,6 @@ pub use crate::ops::sgd::SgdHyper;
 pub type StateDict = Vec<(String, Vec<usize>, Vec<f32>)>;
 /// One vector per parameter (or state) group, in group order and layout.
 pub type GroupValues = Vec<Vec<f32>>;
-
-/// Groups of persistent tensors laid out back to back in as few buffers as the binding
-/// limit allows. Parameters, gradients and momentum share one layout, so one SGD launch per
-/// buffer updates everything.
-#[derive(Clone, Debug, Default)]
-pub struct Segments {
-    /// Elements per buffer.
-    pub buffer_elems: Vec<u64>,
-    /// (buffer, element offset) of each group.
-    pub places: Vec<(usize, u32)>,
-}
-
-impl Segments {
-    /// Elements a group takes: group starts are binding-window aligned, so each group can be
-    /// bound on its own.
-    pub fn padded_len(group: &ParamGroup) -> u64 {
-        (group.len() as u64).next_multiple_of(crate::gpu::ALIGNMENT / 4)
-    }
-
-    pub fn layout(groups: &[ParamGroup], max_buffer_bytes: u64) -> Result<Segments> {
-        let max_elems = max_buffer_bytes / 4;
-        let mut s = Segments::default();
-        for g in groups {
-            let len = Self::padded_len(g);
-            if len > max_elems {
-                let name = g.tensors.first().map(|t| t.name.as_str()).unwrap_or("?");
-                return Err(Error::TooLarge(format!(
-                    "parameter `{name}` needs {} bytes, more than one storage binding holds ({max_buffer_bytes})",
-                    len * 4
-                )));
-            }
-            if s.buffer_elems.last().is_none_or(|&used| used + len > max_elems) {
-                s.buffer_elems.push(0);
-            }
-            let b = s.buffer_elems.len() - 1;
-            s.places.push((b, s.buffer_elems[b] as u32));
-            s.buffer_elems[b] += len;
-        }
-        Ok(s)
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.buffer_elems.iter().sum::<u64>() * 4
-    }
-}
-
-/// The persistent layout and the activation plan of one schedule, computed without a GPU.
-#[derive(Clone, Debug)]
-pub struct MemoryPlan {
-    pub params: Segments,
-    pub states: Segments,
-    pub schedule: Schedule,
-    pub arena: ArenaPlan,
-    pub mode: Mode,
-}
-
-impl MemoryPlan {
-    pub fn new(graph: &Graph, mode: Mode, limits: &ArenaLimits) -> Result<MemoryPlan> {
-        let params = Segments::layout(&graph.params, limits.max_buffer_bytes)?;
-        let states = Segments::layout(&graph.states, limits.max_buffer_bytes)?;
-        let schedule = schedule::compile(graph, mode)?;
-        let requests: Vec<TensorRequest> = schedule.requests(graph);
-        let arena = plan::plan_arena(&requests, limits)?;
-        Ok(MemoryPlan { params, states, schedule, arena, mode })
-    }
-
-    /// Bytes by category for this schedule, adding up to `total`: every byte the executor
-    /// allocates. Parameters include the batch-norm running statistics; gradients and
-    /// optimizer state exist only when training. Activations are the most that forward keeps
-    /// for backward at any one step; workspace is the rest of the activation arena (gradients
-    /// of activations, recomputed values, packing slack), so activations + workspace is the
-    /// arena the plan allocates beside the persistent buffers.
-    pub fn report(&self) -> MemoryReport {
-        let arena = self.arena.report();
-        let train = self.mode == Mode::Train;
-        let parameters = self.params.bytes() + self.states.bytes();
-        let gradients = if train { self.params.bytes() } else { 0 };
-        let optimizer = gradients;
-        MemoryReport {
-            parameters,
-            gradients,
-            optimizer,
-            activations: arena.activations,
-            // Everything the arena holds beyond the stored activations (transient values at
-            // the busiest step, and packing slack), so that the categories add up to the total.
-            workspace: arena.total - arena.activations,
-            peak_live: arena.peak_live + parameters + gradients + optimizer,
-            total: arena.total + parameters + gradients + optimizer,
-        }
-    }
-}
 
 struct Persistent {
     params: Vec<wgpu::Buffer>,
@@ -134,8 +36,7 @@ pub struct Session {
     pub gpu: Arc<Gpu>,
     pub graph: Graph,
     limits: ArenaLimits,
-    param_layout: Segments,
-    state_layout: Segments,
+    layout: PersistentLayout,
     persistent: Persistent,
     train: Option<Program>,
     eval: Option<Program>,
@@ -158,8 +59,7 @@ impl Session {
     pub async fn new(gpu: Arc<Gpu>, graph: Graph, seed: u64) -> Result<Session> {
         graph.validate()?;
         let limits = arena_limits(gpu.max_binding_bytes());
-        let param_layout = Segments::layout(&graph.params, limits.max_buffer_bytes)?;
-        let state_layout = Segments::layout(&graph.states, limits.max_buffer_bytes)?;
+        let layout = PersistentLayout::new(&graph, &limits)?;
         let alloc = async |name: &str, layout: &Segments| -> Result<Vec<wgpu::Buffer>> {
             let mut out = Vec::new();
             for (i, &elems) in layout.buffer_elems.iter().enumerate() {
@@ -168,23 +68,13 @@ impl Session {
             Ok(out)
         };
         let persistent = Persistent {
-            params: alloc("parameters", &param_layout).await?,
-            grads: alloc("gradients", &param_layout).await?,
-            momentum: alloc("momentum", &param_layout).await?,
-            states: alloc("running statistics", &state_layout).await?,
+            params: alloc("parameters", &layout.params).await?,
+            grads: alloc("gradients", &layout.params).await?,
+            momentum: alloc("momentum", &layout.params).await?,
+            states: alloc("running statistics", &layout.states).await?,
         };
-        let session = Session {
-            gpu,
-            graph,
-            limits,
-            param_layout,
-            state_layout,
-            persistent,
-            train: None,
-            eval: None,
-            step: 0,
-            batches_tracked: 0,
-        };
+        let session =
+            Session { gpu, graph, limits, layout, persistent, train: None, eval: None, step: 0, batches_tracked: 0 };
         session.initialise(seed);
         Ok(session)
     }
@@ -198,15 +88,15 @@ impl Session {
         let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
         for (i, group) in self.graph.params.iter().enumerate() {
             let values: Vec<f32> = group.tensors.iter().flat_map(|t| init_values(t.init, t.len(), &mut rng)).collect();
-            self.write_group(&self.persistent.params, &self.param_layout, i, &values);
+            self.write_group(&self.persistent.params, &self.layout.params, i, &values);
         }
         // Momentum starts at zero, which makes the first update PyTorch's `buf = g` exactly.
-        for (b, &elems) in self.persistent.momentum.iter().zip(&self.param_layout.buffer_elems) {
+        for (b, &elems) in self.persistent.momentum.iter().zip(&self.layout.params.buffer_elems) {
             self.gpu.fill_f32(b, 0, elems as usize, 0.0);
         }
         for (i, group) in self.graph.states.iter().enumerate() {
             let values: Vec<f32> = group.tensors.iter().flat_map(|t| init_values(t.init, t.len(), &mut rng)).collect();
-            self.write_group(&self.persistent.states, &self.state_layout, i, &values);
+            self.write_group(&self.persistent.states, &self.layout.states, i, &values);
         }
     }
 
@@ -220,8 +110,8 @@ impl Session {
     pub async fn state_dict(&self) -> Result<StateDict> {
         let mut out = Vec::new();
         let sets = [
-            (&self.graph.params, &self.param_layout, &self.persistent.params),
-            (&self.graph.states, &self.state_layout, &self.persistent.states),
+            (&self.graph.params, &self.layout.params, &self.persistent.params),
+            (&self.graph.states, &self.layout.states, &self.persistent.states),
         ];
         for (groups, layout, buffers) in sets {
             for (i, g) in groups.iter().enumerate() {
@@ -252,22 +142,22 @@ impl Session {
 
     /// Every parameter group's values, in group order and layout.
     pub async fn parameters(&self) -> Result<GroupValues> {
-        self.read_groups(&self.graph.params, &self.param_layout, &self.persistent.params).await
+        self.read_groups(&self.graph.params, &self.layout.params, &self.persistent.params).await
     }
 
     /// Every parameter group's gradient from the last training step.
     pub async fn gradients(&self) -> Result<GroupValues> {
-        self.read_groups(&self.graph.params, &self.param_layout, &self.persistent.grads).await
+        self.read_groups(&self.graph.params, &self.layout.params, &self.persistent.grads).await
     }
 
     /// Every state group (batch-norm running mean and variance).
     pub async fn states(&self) -> Result<GroupValues> {
-        self.read_groups(&self.graph.states, &self.state_layout, &self.persistent.states).await
+        self.read_groups(&self.graph.states, &self.layout.states, &self.persistent.states).await
     }
 
     /// Every parameter group's momentum buffer.
     pub async fn momentum(&self) -> Result<GroupValues> {
-        self.read_groups(&self.graph.params, &self.param_layout, &self.persistent.momentum).await
+        self.read_groups(&self.graph.params, &self.layout.params, &self.persistent.momentum).await
     }
 
     fn write_groups(
@@ -299,24 +189,24 @@ impl Session {
 
     /// Replaces every parameter group (same order and layout as [`Session::parameters`]).
     pub fn set_parameters(&self, values: &[Vec<f32>]) -> Result<()> {
-        self.write_groups(&self.graph.params, &self.param_layout, &self.persistent.params, values, "parameter")
+        self.write_groups(&self.graph.params, &self.layout.params, &self.persistent.params, values, "parameter")
     }
 
     /// Replaces every state group (same order and layout as [`Session::states`]).
     pub fn set_states(&self, values: &[Vec<f32>]) -> Result<()> {
-        self.write_groups(&self.graph.states, &self.state_layout, &self.persistent.states, values, "state")
+        self.write_groups(&self.graph.states, &self.layout.states, &self.persistent.states, values, "state")
     }
 
     /// Replaces every momentum buffer (for resuming training).
     pub fn set_momentum(&self, values: &[Vec<f32>]) -> Result<()> {
-        self.write_groups(&self.graph.params, &self.param_layout, &self.persistent.momentum, values, "momentum")
+        self.write_groups(&self.graph.params, &self.layout.params, &self.persistent.momentum, values, "momentum")
     }
 
     /// Overwrites a persistent tensor by its state-dict name. The length must match.
     pub fn set_tensor(&self, name: &str, values: &[f32]) -> Result<()> {
         let sets = [
-            (&self.graph.params, &self.param_layout, &self.persistent.params),
-            (&self.graph.states, &self.state_layout, &self.persistent.states),
+            (&self.graph.params, &self.layout.params, &self.persistent.params),
+            (&self.graph.states, &self.layout.states, &self.persistent.states),
         ];
         for (groups, layout, buffers) in sets {
             for (i, g) in groups.iter().enumerate() {
@@ -342,32 +232,37 @@ impl Session {
         Err(Error::Shape(format!("the model has no tensor named `{name}`")))
     }
 
-    pub fn memory_plan(&self, mode: Mode) -> Result<MemoryPlan> {
-        MemoryPlan::new(&self.graph, mode, &self.limits)
+    /// The memory plan of this session's program for `mode` (compiled or not).
+    pub fn memory_plan(&self, mode: Pass) -> Result<MemoryPlan> {
+        MemoryPlan::with_persistent(&self.graph, mode, &self.limits, self.layout.clone())
     }
 
-    async fn program(&mut self, mode: Mode) -> Result<&mut Program> {
-        let slot = match mode {
-            Mode::Train => &mut self.train,
-            Mode::Eval => &mut self.eval,
+    async fn program(&mut self, mode: Pass) -> Result<&mut Program> {
+        let plan = match mode {
+            Pass::Train if self.train.is_none() => Some(self.memory_plan(mode)?),
+            Pass::Eval if self.eval.is_none() => Some(self.memory_plan(mode)?),
+            _ => None,
         };
-        if slot.is_none() {
-            let plan = MemoryPlan::new(&self.graph, mode, &self.limits)?;
+        let slot = match mode {
+            Pass::Train => &mut self.train,
+            Pass::Eval => &mut self.eval,
+        };
+        if let Some(plan) = plan {
             *slot = Some(Program::new(&self.gpu, &self.graph, plan, &self.persistent).await?);
         }
         Ok(slot.as_mut().unwrap())
     }
 
     /// Compiles and allocates the program for `mode` now (otherwise the first step does).
-    pub async fn prepare(&mut self, mode: Mode) -> Result<()> {
+    pub async fn prepare(&mut self, mode: Pass) -> Result<()> {
         self.program(mode).await.map(|_| ())
     }
 
     /// Frees a compiled program's arena (e.g. the training arena before a long evaluation).
-    pub fn release(&mut self, mode: Mode) {
+    pub fn release(&mut self, mode: Pass) {
         match mode {
-            Mode::Train => self.train = None,
-            Mode::Eval => self.eval = None,
+            Pass::Train => self.train = None,
+            Pass::Eval => self.eval = None,
         }
     }
 
@@ -380,10 +275,10 @@ impl Session {
     }
 
     /// Bytes of the compiled program's activation arena, if it is compiled.
-    pub fn arena_bytes(&self, mode: Mode) -> Option<u64> {
+    pub fn arena_bytes(&self, mode: Pass) -> Option<u64> {
         match mode {
-            Mode::Train => self.train.as_ref(),
-            Mode::Eval => self.eval.as_ref(),
+            Pass::Train => self.train.as_ref(),
+            Pass::Eval => self.eval.as_ref(),
         }
         .map(Program::arena_bytes)
     }
@@ -438,7 +333,7 @@ impl Session {
         crate::train::check_sgd(sgd)?;
         let step = self.step;
         let gpu = self.gpu.clone();
-        self.program(Mode::Train).await?;
+        self.program(Pass::Train).await?;
         let program = self.train.as_ref().unwrap();
         self.upload(program, images, labels);
         program.set_step(&gpu, step, sgd);
@@ -454,7 +349,7 @@ impl Session {
     pub async fn eval_batch(&mut self, images: &[f32], labels: &[u32]) -> Result<(Vec<f32>, StepResult)> {
         self.check_batch(images, labels)?;
         let gpu = self.gpu.clone();
-        self.program(Mode::Eval).await?;
+        self.program(Pass::Eval).await?;
         let program = self.eval.as_ref().unwrap();
         self.upload(program, images, labels);
         gpu.run(&program.dispatches).await?;
@@ -519,7 +414,12 @@ pub struct Program {
 
 impl Program {
     async fn new(gpu: &Gpu, graph: &Graph, memory: MemoryPlan, persistent: &Persistent) -> Result<Program> {
-        let MemoryPlan { params: param_layout, states: state_layout, schedule, arena: plan, .. } = memory;
+        let MemoryPlan {
+            persistent: PersistentLayout { params: param_layout, states: state_layout },
+            schedule,
+            arena: plan,
+            ..
+        } = memory;
         let mut arena = Vec::new();
         for (i, &bytes) in plan.buffer_bytes.iter().enumerate() {
             arena.push(gpu.storage_buffer(&format!("arena {i}"), bytes).await?);
@@ -547,7 +447,9 @@ impl Program {
         let mut step_params = Vec::new();
         for launch in &program.schedule.launches {
             let r = resolve;
-            use ops::{batchnorm as bn, conv, elementwise as ew, linear, loss, pool};
+            use ops::batchnorm::kernels as bn;
+            use ops::elementwise::kernels as ew;
+            use ops::{conv::kernels as conv, linear::kernels as linear, loss::kernels as loss, pool::kernels as pool};
             let d = match launch.op {
                 LaunchOp::ConvForward { shape, x, w, y } => conv::conv2d_forward(gpu, &shape, r(x), r(w), r(y)),
                 LaunchOp::ConvForwardBnRelu { shape, x, stats, affine, w, y } => {
@@ -667,7 +569,7 @@ impl Program {
                 LaunchOp::Add { len, x, y } => ew::add(gpu, len, r(x), r(y)),
                 LaunchOp::Fill { len, y, value } => ew::fill(gpu, len, r(y), value),
                 LaunchOp::Loss { n, classes, logits, labels, loss, dlogits } => {
-                    let s = loss::LossShape::new(classes, n);
+                    let s = ops::loss::LossShape::new(classes, n);
                     loss::cross_entropy(gpu, s, r(logits), r(labels), dlogits.map(r), r(loss), false)
                 }
                 LaunchOp::SgdUpdate => {
@@ -677,7 +579,7 @@ impl Program {
                             View::new(&buffers[b], 0)
                         }
                         step_params.push(StepParams::Sgd { launch: dispatches.len(), len, offset: 0 });
-                        dispatches.push(ops::sgd::sgd_step(
+                        dispatches.push(ops::sgd::kernels::sgd_step(
                             gpu,
                             len,
                             view(&persistent.params, b),
@@ -712,10 +614,11 @@ impl Program {
                 StepParams::Dropout { launch, len, x, y, rate, key, accumulate } => {
                     let seed = [key, step as u32];
                     self.dispatches[launch]
-                        .set_params(gpu, &ops::elementwise::dropout_params(len, x, y, rate, seed, accumulate));
+                        .set_params(gpu, &ops::elementwise::kernels::dropout_params(len, x, y, rate, seed, accumulate));
                 }
                 StepParams::Sgd { launch, len, offset } => {
-                    self.dispatches[launch].set_params(gpu, &ops::sgd::sgd_params(len, offset, offset, offset, sgd));
+                    self.dispatches[launch]
+                        .set_params(gpu, &ops::sgd::kernels::sgd_params(len, offset, offset, offset, sgd));
                 }
             }
         }
@@ -729,9 +632,4 @@ impl Program {
         let v = gpu.read_f32(&self.arena[b], off, 2).await?;
         Ok(StepResult { loss: v[0], correct: v[1] as u32 })
     }
-}
-
-/// Memory plans of a graph without a device, for the default WebGPU binding limit.
-pub fn memory_report(graph: &Graph, mode: Mode) -> Result<MemoryReport> {
-    Ok(MemoryPlan::new(graph, mode, &ArenaLimits::WEBGPU_DEFAULT)?.report())
 }

@@ -24,6 +24,12 @@ pub struct ParamId(pub usize);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StateId(pub usize);
 
+/// The running-statistics momentum of every batch norm: running ← (1 − m)·running + m·batch,
+/// PyTorch's `BatchNorm2d` default.
+pub const BN_MOMENTUM: f32 = 0.1;
+/// The epsilon every batch norm adds to the variance, PyTorch's `BatchNorm2d` default.
+pub const BN_EPS: f32 = 1e-5;
+
 /// One planned allocation, channel-major (C, N, H, W).
 #[derive(Clone, Debug)]
 pub struct Storage {
@@ -326,7 +332,6 @@ impl Graph {
             ParamTensor { name: format!("{name}.bias"), shape: vec![out_features as usize], init: Init::Constant(0.0) },
         ]);
         self.add_node(name, Op::Linear { params }, vec![x], y);
-        self.logits = Some(y);
         y
     }
 
@@ -335,6 +340,8 @@ impl Graph {
         self.add_node(name, Op::Copy, vec![x], y)
     }
 
+    /// The softmax cross-entropy of `logits` (K, N) against the batch's labels, which also
+    /// makes `logits` the graph's output (what inference returns and ONNX exports).
     pub fn cross_entropy(&mut self, logits: TensorId) -> TensorId {
         let labels_storage = self.new_storage("labels", 1, 1, 1);
         let labels = self.view(labels_storage, 0, 1);
@@ -342,6 +349,7 @@ impl Graph {
         let loss = self.view(loss_storage, 0, 2);
         self.add_node("loss", Op::SoftmaxCrossEntropy, vec![logits, labels], loss);
         self.labels = Some(labels);
+        self.logits = Some(logits);
         self.loss = Some(loss);
         loss
     }

@@ -18,8 +18,8 @@
 
 use crate::densenet::DenseNetConfig;
 use crate::error::{Error, Result};
+use crate::graph::BN_EPS;
 use crate::graph::{Graph, Node, Op, ParamGroup, ParamId, TensorId};
-use crate::schedule::BN_EPS;
 use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_proto::DataType;
 use onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
@@ -132,7 +132,7 @@ pub fn export_to_file(
 ) -> Result<()> {
     let bytes = export(graph, config, tensors, options)?;
     // All or nothing: a failed export leaves no partial model behind.
-    crate::checkpoint::write_atomic(path.as_ref(), |file| std::io::Write::write_all(file, &bytes))
+    crate::atomic_file::write_atomic(path.as_ref(), |file| std::io::Write::write_all(file, &bytes))
 }
 
 /// IR version matching an opset (the ONNX versioning table).

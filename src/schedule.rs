@@ -25,18 +25,18 @@
 //!   normalised tensor never exists whole.
 
 use crate::graph::{Graph, NodeId, Op, ParamId, StateId, StorageId, Tensor, TensorId};
+use crate::memory::arena::{Category, TensorRequest};
 use crate::ops::batchnorm::BatchNormShape;
 use crate::ops::conv::Conv2dShape;
 use crate::ops::linear::LinearShape;
 use crate::ops::pool::PoolShape;
-use crate::plan::{Category, TensorRequest};
 use std::collections::{HashMap, HashSet};
 
-pub const BN_MOMENTUM: f32 = 0.1;
-pub const BN_EPS: f32 = 1e-5;
-
+/// What a compiled schedule does: a training step or an inference pass (PyTorch's training and
+/// evaluation modes). Not to be confused with [`crate::MemoryMode`], which chooses what a training
+/// step keeps for backward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub enum Pass {
     /// Forward with batch statistics, backward, and the optimizer update.
     Train,
     /// Forward only, with running statistics and no dropout.
@@ -317,7 +317,7 @@ pub struct Launch {
 
 #[derive(Clone, Debug)]
 pub struct Schedule {
-    pub mode: Mode,
+    pub mode: Pass,
     pub values: Vec<Value>,
     pub launches: Vec<Launch>,
     /// The forward values the host writes (image and labels) and reads (logits and loss).
@@ -336,7 +336,7 @@ impl Schedule {
         self.values
             .iter()
             .map(|v| {
-                let stored = v.kind == ValueKind::Forward && v.last >= backward_start && self.mode == Mode::Train;
+                let stored = v.kind == ValueKind::Forward && v.last >= backward_start && self.mode == Pass::Train;
                 let kind = match v.kind {
                     ValueKind::Forward => "",
                     ValueKind::Recomputed => " (recomputed)",
@@ -361,7 +361,7 @@ fn backward_needs_input(op: &Op) -> bool {
 
 struct Compiler<'g> {
     graph: &'g Graph,
-    mode: Mode,
+    mode: Pass,
     values: Vec<Value>,
     launches: Vec<Launch>,
     forward: HashMap<StorageId, ValueId>,
@@ -382,9 +382,9 @@ struct Compiler<'g> {
     folded_bn: HashSet<NodeId>,
 }
 
-pub fn compile(graph: &Graph, mode: Mode) -> crate::Result<Schedule> {
+pub fn compile(graph: &Graph, mode: Pass) -> crate::Result<Schedule> {
     graph.validate()?;
-    if mode == Mode::Train {
+    if mode == Pass::Train {
         check_batch_statistics(graph)?;
     }
     let mut producer = HashMap::new();
@@ -420,7 +420,7 @@ pub fn compile(graph: &Graph, mode: Mode) -> crate::Result<Schedule> {
     for i in 0..graph.nodes.len() {
         c.forward_node(NodeId(i), Phase::Forward);
     }
-    if mode == Mode::Train {
+    if mode == Pass::Train {
         for i in (0..graph.nodes.len()).rev() {
             c.backward_node(NodeId(i));
         }
@@ -611,7 +611,7 @@ impl Compiler<'_> {
         let x = inputs[0];
         let [c, n, h, w] = g.shape(node.inputs[0]);
         let len = g.elems(node.output) as u32;
-        let train = self.mode == Mode::Train;
+        let train = self.mode == Pass::Train;
         let op = match node.op {
             Op::Conv2d { weight, kernel, stride, pad } => {
                 let shape = conv_shape(g, node.inputs[0], node.output, kernel, stride, pad);
@@ -892,7 +892,7 @@ impl Compiler<'_> {
     /// The launch that fills a batch norm's statistics in forward: batch statistics (and a
     /// running-statistics update) in training, the running statistics in evaluation.
     fn bn_stats_op(&self, shape: BatchNormShape, x: Loc, stats: Loc, running: StateId) -> LaunchOp {
-        if self.mode == Mode::Train {
+        if self.mode == Pass::Train {
             LaunchOp::BnTrainStats { shape, x, stats, running: Loc::State(running) }
         } else {
             LaunchOp::BnEvalStats { shape, running: Loc::State(running), stats }

@@ -8,15 +8,16 @@
 //! compilers and drivers are exactly what a native test run cannot vouch for.
 
 use crate::densenet::{DenseNetConfig, MemoryMode};
-use crate::ops::batchnorm::{self as bn, BatchNormShape};
-use crate::ops::conv::{self, Conv2dShape};
-use crate::ops::linear::{self, LinearShape};
-use crate::ops::loss::{self, LossShape};
-use crate::ops::pool::{self, PoolShape};
-use crate::ops::sgd::{self, SgdHyper};
-use crate::ops::{elementwise, Dispatch, View};
+use crate::gpu::{Dispatch, View};
+use crate::graph::{BN_EPS, BN_MOMENTUM};
+use crate::ops::batchnorm::{kernels as bn, BatchNormShape};
+use crate::ops::conv::{kernels as conv, Conv2dShape};
+use crate::ops::elementwise::kernels as elementwise;
+use crate::ops::linear::{kernels as linear, LinearShape};
+use crate::ops::loss::{kernels as loss, LossShape};
+use crate::ops::pool::{kernels as pool, PoolShape};
+use crate::ops::sgd::{kernels as sgd, SgdHyper};
 use crate::reference;
-use crate::schedule::{BN_EPS, BN_MOMENTUM};
 use crate::{Gpu, Result, Session};
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! browser demo) shares.
 
 use crate::data::{BatchLoader, Dataset, LoaderOptions};
-use crate::{Error, Mode, Result, Session, SgdHyper};
+use crate::{Error, Pass, Result, Session, SgdHyper};
 
 /// Checks SGD hyper-parameters before they are used: a finite, non-negative learning rate and
 /// weight decay, and a momentum in [0, 1) (at 1 or above the momentum buffer never forgets and
@@ -68,7 +68,7 @@ pub async fn evaluate_async(session: &mut Session, set: &Dataset) -> Result<Eval
         }
         seen += real;
     }
-    session.release(Mode::Eval);
+    session.release(Pass::Eval);
     let n = seen.max(1) as f64;
     Ok(Evaluation { loss: loss / n, accuracy: correct as f64 / n, images: seen })
 }

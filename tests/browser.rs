@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use densegpu::densenet::memory_plans_json;
-use densegpu::executor::arena_limits;
+use densegpu::memory::arena_limits;
 use densegpu::DenseNetConfig;
 use serde_json::Value;
 use tract_onnx::prelude::*;

@@ -2,9 +2,9 @@
 
 use densegpu::densenet::{largest_batch, plan_training};
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
-use densegpu::executor::{memory_report, MemoryPlan};
-use densegpu::plan::ArenaLimits;
-use densegpu::Mode;
+use densegpu::memory::arena::ArenaLimits;
+use densegpu::memory::{memory_report, MemoryPlan};
+use densegpu::Pass;
 
 #[test]
 fn parameter_counts_equal_torchvision() {
@@ -30,7 +30,7 @@ fn stored_activations(depth: u32, mode: MemoryMode) -> f64 {
     // Depth 250's first block buffer (516 channels) outgrows a 128 MiB binding at batch 64;
     // growth with depth is what is measured here, so plan for a device with 2 GiB bindings.
     let limits = ArenaLimits { max_buffer_bytes: 2 << 30, alignment: 256 };
-    MemoryPlan::new(&g, Mode::Train, &limits).unwrap().report().activations as f64
+    MemoryPlan::new(&g, Pass::Train, &limits).unwrap().report().activations as f64
 }
 
 #[test]
@@ -61,7 +61,7 @@ fn stored_activations_are_linear_in_depth_except_naive() {
 #[test]
 fn the_plan_orders_the_modes_and_meets_the_floor() {
     let config = DenseNetConfig::cifar_bc(100, 12, 10).unwrap();
-    let report = |mode| memory_report(&config.build(64, mode).unwrap(), Mode::Train).unwrap();
+    let report = |mode| memory_report(&config.build(64, mode).unwrap(), Pass::Train).unwrap();
     let (naive, efficient, minimal) =
         (report(MemoryMode::Naive), report(MemoryMode::Efficient), report(MemoryMode::Minimal));
     const MIB: u64 = 1 << 20;
@@ -105,7 +105,7 @@ fn a_recomputed_bn_relu_read_only_by_a_1x1_weight_gradient_is_fused_into_it() {
     let config = DenseNetConfig::cifar_bc(40, 12, 10).unwrap();
     let count = |mode| {
         let g = config.build(2, mode).unwrap();
-        let s = compile(&g, Mode::Train).unwrap();
+        let s = compile(&g, Pass::Train).unwrap();
         let fused = s.launches.iter().filter(|l| matches!(l.op, LaunchOp::ConvBackwardWeightBnRelu { .. })).count();
         let recomputed_bn = s
             .launches
@@ -170,14 +170,14 @@ fn a_recomputed_bn_relu_read_only_by_a_1x1_conv_is_applied_on_its_load_and_never
         )
     };
     // Naive keeps every BN-ReLU output (none is marked recompute), so nothing folds.
-    assert_eq!(count(MemoryMode::Naive, Mode::Train), (0, 0, 0, bns, 0));
+    assert_eq!(count(MemoryMode::Naive, Pass::Train), (0, 0, 0, bns, 0));
     // Efficient: the 18 norm1s and 2 transition norms fold; the norm2s feed 3x3 convs.
-    assert_eq!(count(MemoryMode::Efficient, Mode::Train), (20, 20, 0, bns - 20, 18));
+    assert_eq!(count(MemoryMode::Efficient, Pass::Train), (20, 20, 0, bns - 20, 18));
     // Minimal: the same folds, and each recomputed bottleneck conv normalises on load again.
-    assert_eq!(count(MemoryMode::Minimal, Mode::Train), (20, 20, 18, bns - 20, 18));
+    assert_eq!(count(MemoryMode::Minimal, Pass::Train), (20, 20, 18, bns - 20, 18));
     // Inference folds the same batch norms (with running statistics).
-    assert_eq!(count(MemoryMode::Efficient, Mode::Eval), (20, 20, 0, bns - 20, 0));
-    assert_eq!(count(MemoryMode::Naive, Mode::Eval), (0, 0, 0, bns, 0));
+    assert_eq!(count(MemoryMode::Efficient, Pass::Eval), (20, 20, 0, bns - 20, 0));
+    assert_eq!(count(MemoryMode::Naive, Pass::Eval), (0, 0, 0, bns, 0));
 }
 
 /// The absolute target for efficient mode: at DenseNet-BC-100, batch 64, the stored
@@ -186,7 +186,7 @@ fn a_recomputed_bn_relu_read_only_by_a_1x1_conv_is_applied_on_its_load_and_never
 #[test]
 fn efficient_mode_needs_at_most_352_mib_beyond_the_parameters_at_bc100_batch_64() {
     let config = DenseNetConfig::cifar_bc(100, 12, 10).unwrap();
-    let r = memory_report(&config.build(64, MemoryMode::Efficient).unwrap(), Mode::Train).unwrap();
+    let r = memory_report(&config.build(64, MemoryMode::Efficient).unwrap(), Pass::Train).unwrap();
     const MIB: u64 = 1 << 20;
     assert_eq!(r.activations + r.workspace, r.total - r.parameters - r.gradients - r.optimizer);
     assert!(r.activations + r.workspace <= 352 * MIB, "{:.1} MiB", (r.activations + r.workspace) as f64 / MIB as f64);
@@ -204,7 +204,7 @@ fn batch_norm_gradients_are_taken_in_slices_within_budget() {
         let mut g = config.build(16, mode).unwrap();
         // 5 channels of the first block: 16 images of 32x32.
         g.gradient_slice_bytes = 5 * 16 * 32 * 32 * 4;
-        let s = compile(&g, Mode::Train).unwrap();
+        let s = compile(&g, Pass::Train).unwrap();
         // Every batch norm but norm5, which feeds the global pool.
         let is_bn_output = |name: &str| name.contains(".norm") && !name.contains("norm5") && !name.ends_with("stats");
         for v in s.values.iter().filter(|v| v.kind == ValueKind::Gradient) {
@@ -258,7 +258,7 @@ fn training_refuses_a_batch_norm_with_one_value_per_channel_but_inference_does_n
         assert!(plan_training(&config, 2, mode, &limits, None).is_ok(), "{mode}: batch 2 trains");
         // Inference at batch 1 uses the running statistics and stays possible.
         let graph = config.build(1, mode).unwrap();
-        MemoryPlan::new(&graph, Mode::Eval, &limits).unwrap();
+        MemoryPlan::new(&graph, Pass::Eval, &limits).unwrap();
         // The planners never offer batch 1 for training.
         assert!(largest_batch(&config, mode, &limits, Some(4 << 30)).unwrap() >= 2);
         let tight = plan_training(&config, 2, mode, &limits, None).unwrap().report().total;

@@ -1,6 +1,7 @@
 //! The GPU context turns wgpu failures into errors, never panics.
 
 use densegpu::gpu::{grid, shaders, Kernel, Window};
+use densegpu::ops::elementwise::kernels::ElementwiseParams;
 use densegpu::{Error, Gpu};
 
 #[test]
@@ -15,8 +16,7 @@ fn an_invalid_binding_is_an_error_not_a_panic() {
         mapped_at_creation: false,
     });
     let relu = Kernel { shader: &shaders::ELEMENTWISE, entry: "relu_forward", buffers: 2 };
-    let mut words = vec![0u32; 12];
-    words[0] = 16;
+    let words = ElementwiseParams { len: 16, ..Default::default() };
     let window = |start| Window { buffer: &not_storage, start, size: 256 };
     let d = gpu.dispatch(&relu, &words, &[window(0), window(256)], grid(16, 256));
     match gpu.run_blocking(&[d]) {
@@ -39,7 +39,7 @@ fn overlapping_bindings_are_refused_on_every_platform() {
     let relu = Kernel { shader: &shaders::ELEMENTWISE, entry: "relu_forward", buffers: 2 };
     let x = Window { buffer: &buffer, start: 0, size: 512 };
     let y = Window { buffer: &buffer, start: 256, size: 512 };
-    gpu.dispatch(&relu, &[0; 12], &[x, y], grid(16, 256));
+    gpu.dispatch(&relu, &ElementwiseParams::default(), &[x, y], grid(16, 256));
 }
 
 #[test]
@@ -48,4 +48,17 @@ fn a_buffer_above_the_binding_limit_is_refused_with_the_numbers() {
     let too_big = gpu.max_binding_bytes() + 4;
     let err = pollster::block_on(gpu.storage_buffer("huge", too_big)).unwrap_err().to_string();
     assert!(err.contains("huge") && err.contains(&too_big.to_string()), "{err}");
+}
+
+/// A parameter block declared for another shader than the kernel's is refused before anything
+/// runs: its fields would land in the wrong places.
+#[test]
+#[should_panic(expected = "given the parameter block of")]
+fn a_parameter_block_of_another_shader_is_refused() {
+    let gpu = Gpu::new_blocking().expect("this test needs a GPU adapter");
+    let buffer = pollster::block_on(gpu.storage_buffer("x", 1024)).unwrap();
+    let relu = Kernel { shader: &shaders::ELEMENTWISE, entry: "relu_forward", buffers: 2 };
+    let x = Window { buffer: &buffer, start: 0, size: 256 };
+    let y = Window { buffer: &buffer, start: 256, size: 256 };
+    gpu.dispatch(&relu, &densegpu::ops::sgd::kernels::SgdParams::default(), &[x, y], grid(16, 256));
 }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use densegpu::plan::{
+use densegpu::memory::arena::{
     peak_live_bytes, plan_arena, plan_arena_with, ArenaLimits, ArenaPlan, Category, MemoryReport, Placement,
     Strategy as Heuristic, TensorRequest,
 };

@@ -102,7 +102,7 @@ fn the_measured_arena_equals_the_plan() {
     for mode in MemoryMode::ALL {
         let graph = tiny_config(0.0).build(3, mode).unwrap();
         let mut session = Session::new_blocking(gpu(), graph.clone(), 1).unwrap();
-        let planned = session.memory_plan(densegpu::Mode::Train).unwrap().report().total;
+        let planned = session.memory_plan(densegpu::Pass::Train).unwrap().report().total;
         let (nchw, _, labels) = batch(&graph, 1);
         session.train_step_blocking(&nchw, &labels, &SGD).unwrap();
         assert_eq!(session.allocated_bytes(), planned, "{mode}: allocated bytes differ from the plan");

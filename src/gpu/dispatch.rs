@@ -2,6 +2,7 @@
 //! kernel's uniform parameters and its buffers, and a workgroup grid.
 
 use super::shaders::Shader;
+use super::uniform::Uniform;
 use super::Gpu;
 use wgpu::util::DeviceExt;
 
@@ -73,13 +74,12 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
-    /// Rewrites the parameter words of a recorded launch (a new learning rate, a new dropout
-    /// step) without rebuilding it. Takes effect for work submitted after this call.
-    pub fn set_params(&self, gpu: &Gpu, params: &[u32]) {
-        let mut words = params.to_vec();
-        words.resize(params.len().next_multiple_of(4).max(4), 0);
-        assert_eq!(words.len() as u64 * 4, self.uniform.size(), "{}: parameter count changed", self.label);
-        gpu.queue.write_buffer(&self.uniform, 0, bytemuck::cast_slice(&words));
+    /// Rewrites the parameters of a recorded launch (a new learning rate, a new dropout step)
+    /// without rebuilding it. Takes effect for work submitted after this call.
+    pub fn set_params<P: Uniform>(&self, gpu: &Gpu, params: &P) {
+        let bytes = params.padded_bytes();
+        assert_eq!(bytes.len() as u64, self.uniform.size(), "{}: the parameter block changed size", self.label);
+        gpu.queue.write_buffer(&self.uniform, 0, &bytes);
     }
 
     pub(crate) fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
@@ -104,9 +104,27 @@ pub fn grid(threads: u64, workgroup_size: u32) -> [u32; 3] {
 }
 
 impl Gpu {
-    /// Builds a launch of `kernel` with its parameter words (u32 or f32 bits, in the order of
-    /// the shader's `Params` struct) and buffers bound to bindings 1, 2, ...
-    pub fn dispatch(&self, kernel: &Kernel, params: &[u32], buffers: &[Window], workgroups: [u32; 3]) -> Dispatch {
+    /// Builds a launch of `kernel` with its parameter block and buffers bound to bindings 1,
+    /// 2, ... Panics if the block mirrors another shader's `Params` than the kernel's, or if
+    /// two bindings overlap (which WebGPU forbids for writable storage).
+    pub fn dispatch<P: Uniform>(
+        &self,
+        kernel: &Kernel,
+        params: &P,
+        buffers: &[Window],
+        workgroups: [u32; 3],
+    ) -> Dispatch {
+        assert!(
+            std::ptr::eq(kernel.shader, P::SHADER),
+            "kernel {} of {} given the parameter block of {}",
+            kernel.entry,
+            kernel.shader.name,
+            P::SHADER.name
+        );
+        self.dispatch_bytes(kernel, &params.padded_bytes(), buffers, workgroups)
+    }
+
+    fn dispatch_bytes(&self, kernel: &Kernel, params: &[u8], buffers: &[Window], workgroups: [u32; 3]) -> Dispatch {
         assert_eq!(buffers.len() as u32, kernel.buffers, "kernel {} binds {} buffers", kernel.entry, kernel.buffers);
         for (i, a) in buffers.iter().enumerate() {
             if let Some(j) = buffers[i + 1..].iter().position(|b| a.overlaps(b)) {
@@ -121,12 +139,9 @@ impl Gpu {
         }
         let pipeline = self.pipeline(kernel);
         let layout = self.binding_layout(kernel.buffers);
-        // Uniform blocks are sized in 16-byte steps.
-        let mut words = params.to_vec();
-        words.resize(params.len().next_multiple_of(4).max(4), 0);
         let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(kernel.entry),
-            contents: bytemuck::cast_slice(&words),
+            contents: params,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         });
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];

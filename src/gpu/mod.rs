@@ -7,6 +7,7 @@
 
 mod dispatch;
 pub mod shaders;
+pub mod uniform;
 
 pub use dispatch::{grid, Dispatch, Kernel, View, Window};
 
@@ -14,7 +15,7 @@ use crate::error::{Error, Result};
 
 /// WebGPU's storage-buffer offset alignment (`minStorageBufferOffsetAlignment`) is at most 256
 /// bytes on every device, so windows start at multiples of it.
-pub const ALIGNMENT: u64 = 256;
+pub const ALIGNMENT: u64 = crate::memory::BINDING_ALIGNMENT;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

@@ -5,12 +5,12 @@
 //! can judge it.
 
 use crate::graph::{Graph, Op, StorageId, TensorId};
+use crate::graph::{BN_EPS, BN_MOMENTUM};
 use crate::ops::batchnorm::BatchNormShape;
 use crate::ops::conv::Conv2dShape;
 use crate::ops::linear::LinearShape;
 use crate::ops::pool::PoolShape;
 use crate::reference::{batchnorm as bn, conv, elementwise as ew, linear, loss, pool};
-use crate::schedule::{BN_EPS, BN_MOMENTUM};
 
 /// What a reference step produces, in the graph's layouts (activations channel-major).
 #[derive(Clone, Debug)]

@@ -1,5 +1,5 @@
 use crate::common::*;
-use densegpu::ops::batchnorm::*;
+use densegpu::ops::batchnorm::{kernels::*, BatchNormShape};
 use densegpu::reference::batchnorm as reference;
 
 const MOMENTUM: f32 = 0.1;
@@ -367,7 +367,7 @@ fn batchnorm_speed() {
             .fold(f64::INFINITY, f64::min);
         println!("{name:>16}: {ms:7.2} ms ({:.2} Gvalues/s)", len as f64 / ms / 1e6);
     };
-    time("copy", &|| densegpu::ops::elementwise::copy(gpu(), len as u32, v(xs), v(ys)));
+    time("copy", &|| densegpu::ops::elementwise::kernels::copy(gpu(), len as u32, v(xs), v(ys)));
     time("train_stats", &|| batchnorm_train_stats(gpu(), s, v(xs), v(ss), v(rs), MOMENTUM, EPS));
     time("apply+relu", &|| batchnorm_apply(gpu(), s, v(xs), v(ss), v(afs), v(ys), true));
     time("backward fused", &|| {

@@ -1,6 +1,6 @@
 use crate::common::*;
-use densegpu::ops::batchnorm::{self, BatchNormShape};
-use densegpu::ops::conv::{self, Conv2dShape};
+use densegpu::ops::batchnorm::{kernels as batchnorm, BatchNormShape};
+use densegpu::ops::conv::{kernels as conv, Conv2dShape};
 use densegpu::reference::conv as reference;
 
 #[allow(clippy::too_many_arguments)]

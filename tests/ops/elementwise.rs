@@ -1,5 +1,6 @@
 use crate::common::*;
-use densegpu::{ops::elementwise, reference};
+use densegpu::ops::elementwise::kernels as elementwise;
+use densegpu::reference;
 
 #[test]
 fn relu_forward_and_backward_match_reference() {

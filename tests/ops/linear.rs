@@ -1,5 +1,5 @@
 use crate::common::*;
-use densegpu::ops::linear::{self, LinearShape};
+use densegpu::ops::linear::{kernels as linear, LinearShape};
 use densegpu::reference::linear as reference;
 
 fn add(a: &[f32], b: &[f32]) -> Vec<f32> {

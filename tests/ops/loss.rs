@@ -1,5 +1,5 @@
 use crate::common::*;
-use densegpu::ops::loss::{self, LossShape};
+use densegpu::ops::loss::{kernels as loss, LossShape};
 use densegpu::reference::loss as reference;
 use rand::{Rng, SeedableRng};
 

@@ -1,5 +1,5 @@
 use crate::common::*;
-use densegpu::ops::pool::{self, PoolShape};
+use densegpu::ops::pool::{kernels as pool, PoolShape};
 use densegpu::reference::pool as reference;
 
 const SHAPES: &[(u32, u32, u32, u32)] = &[(3, 1, 7, 5), (13, 5, 7, 7), (3, 5, 5, 3), (1, 1, 2, 2), (13, 1, 1, 1)];

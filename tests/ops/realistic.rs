@@ -14,8 +14,8 @@
 //! 65,536 values. Each check prints the relative L2 error it measured.
 
 use crate::common::*;
-use densegpu::ops::batchnorm::*;
-use densegpu::ops::conv::*;
+use densegpu::ops::batchnorm::{kernels::*, BatchNormShape};
+use densegpu::ops::conv::{kernels::*, Conv2dShape};
 use densegpu::reference::{batchnorm as bn_ref, conv as conv_ref};
 use densegpu::selftest::{compare_within, gamma, sum_bound, UNIT_ROUNDOFF as U};
 use rand::SeedableRng;

@@ -1,6 +1,7 @@
 use crate::common::*;
 use densegpu::gpu::View;
-use densegpu::ops::sgd::{self, sgd_params, SgdHyper};
+use densegpu::ops::sgd::kernels::{self as sgd, sgd_params};
+use densegpu::ops::sgd::SgdHyper;
 use densegpu::reference::sgd as reference;
 
 const STRICT: f64 = 1e-5;

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use densegpu::checkpoint::{self, NamedTensor};
 use densegpu::data::{self, BatchLoader, Dataset, LoaderOptions, Normalization, CIFAR10_CLASSES};
 use densegpu::densenet::{largest_batch, memory_plans_json, plan_training};
-use densegpu::executor::arena_limits;
-use densegpu::plan::ArenaLimits;
+use densegpu::memory::arena::ArenaLimits;
+use densegpu::memory::arena_limits;
 use densegpu::train::{evaluate_async, softmax};
-use densegpu::{DenseNetConfig, Error, Gpu, MemoryMode, Mode, Session, SgdHyper};
+use densegpu::{DenseNetConfig, Error, Gpu, MemoryMode, Pass, Session, SgdHyper};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
@@ -273,7 +273,7 @@ pub async fn create_model(request_json: &str) -> Result<String, JsError> {
     let mut session = Session::new(gpu, graph, request.seed).await.map_err(js_error)?;
     // Allocating the arena now turns a device that refuses the memory into an error here,
     // with advice, rather than in the first step.
-    if let Err(e) = session.prepare(Mode::Train).await {
+    if let Err(e) = session.prepare(Pass::Train).await {
         return Err(js_error(refused_memory(e, &config, request.batch_size, mode, &limits, plan.report().total)));
     }
     let options = LoaderOptions { prefetch: 0, ..LoaderOptions::train(request.batch_size as usize, request.seed) };
@@ -401,7 +401,7 @@ async fn classify_chw(chw: Vec<u8>) -> Result<String, JsError> {
         // The eval program has the training batch size: repeat the image to fill it.
         let images: Vec<f32> = image.iter().copied().cycle().take(image.len() * batch).collect();
         let (logits, _) = m.session.eval_batch(&images, &vec![0; batch]).await?;
-        m.session.release(Mode::Eval);
+        m.session.release(Pass::Eval);
         let k = m.classes.len();
         let mut ranked: Vec<Prediction> = softmax(&logits[..k])
             .into_iter()

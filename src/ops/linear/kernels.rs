@@ -1,31 +1,33 @@
-//! The fully connected classifier on (features, N) activations (channel-major with 1x1
-//! spatial, as the global average pool leaves them); weights (out, in) as PyTorch stores them.
-//!
-//! Parameter words of every linear kernel, in order: `n`, `in_features`, `out_features`,
-//! `accumulate`, `off1`, `off2`, `off3`, `off4`, where `offN` is the element offset of the
-//! tensor at binding N (see each function for which tensor that is).
+//! The GPU side of [`super`]: the kernels' launches and parameter block.
 
-use super::{flag, grid, shaders, Dispatch, Gpu, Kernel, View};
+use super::LinearShape;
+use crate::gpu::{grid, shaders, Dispatch, Gpu, Kernel, View};
+use crate::ops::flag;
 
 const FORWARD: Kernel = Kernel { shader: &shaders::LINEAR, entry: "linear_forward", buffers: 4 };
 const BACKWARD_INPUT: Kernel = Kernel { shader: &shaders::LINEAR, entry: "linear_backward_input", buffers: 3 };
 const BACKWARD_WEIGHT: Kernel = Kernel { shader: &shaders::LINEAR, entry: "linear_backward_weight", buffers: 3 };
 const BACKWARD_BIAS: Kernel = Kernel { shader: &shaders::LINEAR, entry: "linear_backward_bias", buffers: 2 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LinearShape {
-    pub n: u32,
-    pub in_features: u32,
-    pub out_features: u32,
+impl LinearShape {
+    fn words(&self, accumulate: bool, offsets: [u32; 4]) -> LinearParams {
+        let [off1, off2, off3, off4] = offsets;
+        let (n, in_features, out_features) = (self.n, self.in_features, self.out_features);
+        LinearParams { n, in_features, out_features, accumulate: flag(accumulate), off1, off2, off3, off4 }
+    }
 }
 
-impl LinearShape {
-    pub fn new(n: u32, in_features: u32, out_features: u32) -> Self {
-        LinearShape { n, in_features, out_features }
-    }
-    fn words(&self, accumulate: bool, offsets: [u32; 4]) -> [u32; 8] {
-        let [o1, o2, o3, o4] = offsets;
-        [self.n, self.in_features, self.out_features, flag(accumulate), o1, o2, o3, o4]
+crate::uniform! {
+    /// The parameter block of every kernel in linear.wgsl.
+    pub struct LinearParams for shaders::LINEAR {
+        n: u32,
+        in_features: u32,
+        out_features: u32,
+        accumulate: u32,
+        off1: u32,
+        off2: u32,
+        off3: u32,
+        off4: u32,
     }
 }
 

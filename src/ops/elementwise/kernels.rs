@@ -1,21 +1,7 @@
-//! ReLU on its own (where it does not follow a batch norm), the copy that the naive memory
-//! mode uses to materialise concatenations, gradient accumulation, and dropout.
-//!
-//! Every kernel here takes the same 12 parameter words (`elementwise.wgsl`'s `Params`):
-//!
-//! | word | meaning |
-//! |---|---|
-//! | 0 | len |
-//! | 1 | input offset (relu/dropout x, copy/add src, dropout_backward dy) |
-//! | 2 | output offset |
-//! | 3 | relu_backward's and relu_backward_into's dy offset |
-//! | 4, 5 | dropout seed words |
-//! | 6 | dropout threshold: an element is dropped when its hash is below it |
-//! | 7 | dropout scale 1/(1 − rate), f32 bits |
-//! | 8 | accumulate flag (relu_backward_into, dropout_backward) |
-//! | 9..12 | zero |
+//! The GPU side of [`super`]: the kernels' launches and parameter block.
 
-use super::{flag, grid, shaders, Dispatch, Gpu, Kernel, View, Window};
+use crate::gpu::{grid, shaders, Dispatch, Gpu, Kernel, View, Window};
+use crate::ops::flag;
 
 const fn kernel(entry: &'static str) -> Kernel {
     Kernel { shader: &shaders::ELEMENTWISE, entry, buffers: 2 }
@@ -30,13 +16,30 @@ const DROPOUT_BACKWARD: Kernel = kernel("dropout_backward");
 const DROPOUT_BACKWARD_IN_PLACE: Kernel = kernel("dropout_backward_in_place");
 const FILL: Kernel = kernel("fill");
 
-/// Parameter words of every kernel in this module.
-pub const PARAM_WORDS: usize = 12;
+crate::uniform! {
+    /// The parameter block of every kernel in elementwise.wgsl; offsets are in elements.
+    pub struct ElementwiseParams for shaders::ELEMENTWISE {
+        len: u32,
+        /// The input: relu/dropout x, copy/add src, dropout_backward dy.
+        x_off: u32,
+        /// The output.
+        y_off: u32,
+        /// relu_backward's and relu_backward_into's dy.
+        dy_off: u32,
+        /// The dropout seed words.
+        seed0: u32,
+        seed1: u32,
+        /// Dropout drops an element when its hash is below this.
+        threshold: u32,
+        /// Dropout's 1 / (1 − rate); fill's value.
+        scale: f32,
+        /// relu_backward_into and dropout_backward add to their output instead of overwriting.
+        accumulate: u32,
+    }
+}
 
-fn params(len: u32, x_off: u32, y_off: u32, dy_off: u32) -> Vec<u32> {
-    let mut words = vec![0; PARAM_WORDS];
-    words[..4].copy_from_slice(&[len, x_off, y_off, dy_off]);
-    words
+fn params(len: u32, x_off: u32, y_off: u32, dy_off: u32) -> ElementwiseParams {
+    ElementwiseParams { len, x_off, y_off, dy_off, ..Default::default() }
 }
 
 /// Elements per invocation (the kernels stride over the whole range, so this only sizes the
@@ -47,8 +50,8 @@ fn invocations(len: u32) -> u64 {
     len.div_ceil(PER_INVOCATION) as u64
 }
 
-fn launch(gpu: &Gpu, kernel: &Kernel, params: &[u32], x: Window, y: Window) -> Dispatch {
-    gpu.dispatch(kernel, params, &[x, y], grid(invocations(params[0]), 256))
+fn launch(gpu: &Gpu, kernel: &Kernel, params: &ElementwiseParams, x: Window, y: Window) -> Dispatch {
+    gpu.dispatch(kernel, params, &[x, y], grid(invocations(params.len), 256))
 }
 
 /// y = max(x, 0) over `len` elements.
@@ -71,8 +74,7 @@ pub fn relu_backward_into(gpu: &Gpu, len: u32, x: View, dy: View, dx: View, accu
         assert!(!accumulate, "relu_backward_into: dy and dx share a window, so dx cannot accumulate");
         return relu_backward(gpu, len, x, dy, dx);
     }
-    let mut words = params(len, x.offset, dx.offset, dy.offset);
-    words[8] = flag(accumulate);
+    let words = ElementwiseParams { accumulate: flag(accumulate), ..params(len, x.offset, dx.offset, dy.offset) };
     gpu.dispatch(&RELU_BACKWARD_INTO, &words, &[x.buffer, dx.buffer, dy.buffer], grid(invocations(len), 256))
 }
 
@@ -98,7 +100,7 @@ pub fn dropout_scale(rate: f32) -> f32 {
     1.0 / (1.0 - rate)
 }
 
-/// The parameter words of a dropout launch (see the module table). The host redraws the mask
+/// The parameter block of a dropout launch. The host redraws the mask
 /// each step by rebuilding these with a new seed and passing them to [`Dispatch::set_params`];
 /// a recompute that reuses the forward's seed redraws the identical mask. Conventionally
 /// seed = [stream (e.g. the layer's index), step], but any two words will do.
@@ -109,14 +111,15 @@ pub fn dropout_params(
     rate: f32,
     seed: [u32; 2],
     accumulate: bool,
-) -> Vec<u32> {
-    let mut words = params(len, input_offset, output_offset, 0);
-    words[4] = seed[0];
-    words[5] = seed[1];
-    words[6] = dropout_threshold(rate);
-    words[7] = dropout_scale(rate).to_bits();
-    words[8] = flag(accumulate);
-    words
+) -> ElementwiseParams {
+    ElementwiseParams {
+        seed0: seed[0],
+        seed1: seed[1],
+        threshold: dropout_threshold(rate),
+        scale: dropout_scale(rate),
+        accumulate: flag(accumulate),
+        ..params(len, input_offset, output_offset, 0)
+    }
 }
 
 /// y = x·1/(1 − rate) where the mask of `seed` keeps element i, else 0. y must not overlap x.
@@ -148,8 +151,7 @@ pub fn dropout_backward(
 
 /// y = value over `len` elements.
 pub fn fill(gpu: &Gpu, len: u32, y: View, value: f32) -> Dispatch {
-    let mut words = params(len, y.offset, y.offset, 0);
-    words[7] = value.to_bits();
+    let words = ElementwiseParams { scale: value, ..params(len, y.offset, y.offset, 0) };
     launch(gpu, &FILL, &words, gpu.unused_binding(0), y.buffer)
 }
 

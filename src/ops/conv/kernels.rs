@@ -1,66 +1,9 @@
-//! 2-D convolution without bias (DenseNet convs have none), forward and both backwards.
-//!
-//! Activations are (C, N, H, W), weights OIHW. Each direction picks the fastest kernel that
-//! fits the shape: a matrix-product kernel for 1x1 stride-1 unpadded convs (the bottleneck and
-//! transition layers), a row-segment kernel for 3x3 stride-1 convs (the growth layers and the
-//! CIFAR stem), and a general direct kernel for everything else (e.g. the ImageNet 7x7 stem).
-//! None needs scratch memory: the weight gradient reduces inside each workgroup.
+//! The GPU side of [`super`]: the kernels' launches and parameter block.
 
-use super::{flag, grid, shaders, Dispatch, Gpu, Kernel, View, Window};
-
-/// The geometry of one convolution. Padding is symmetric and zero-filled; the kernel, stride
-/// and padding are the same along both axes except for the kernel's height and width.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Conv2dShape {
-    pub n: u32,
-    pub c_in: u32,
-    pub h: u32,
-    pub w: u32,
-    pub c_out: u32,
-    pub kh: u32,
-    pub kw: u32,
-    pub stride: u32,
-    pub pad: u32,
-}
-
-impl Conv2dShape {
-    pub fn out_h(&self) -> u32 {
-        (self.h + 2 * self.pad - self.kh) / self.stride + 1
-    }
-    pub fn out_w(&self) -> u32 {
-        (self.w + 2 * self.pad - self.kw) / self.stride + 1
-    }
-    pub fn input_elems(&self) -> u32 {
-        self.c_in * self.n * self.h * self.w
-    }
-    pub fn output_elems(&self) -> u32 {
-        self.c_out * self.n * self.out_h() * self.out_w()
-    }
-    pub fn weight_elems(&self) -> u32 {
-        self.c_out * self.c_in * self.kh * self.kw
-    }
-    /// Multiply-adds of the forward pass, counting padded taps too (as FLOP counts usually do).
-    pub fn macs(&self) -> u64 {
-        self.output_elems() as u64 * (self.c_in * self.kh * self.kw) as u64
-    }
-    /// 2 x multiply-adds. Each backward does the same number of multiply-adds as the forward.
-    pub fn flops_forward(&self) -> u64 {
-        2 * self.macs()
-    }
-    fn is_pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
-    }
-    /// The 3x3 kernels express backward input as a 3x3 conv with padding 2 - pad.
-    fn is_3x3_stride_1(&self) -> bool {
-        self.kh == 3 && self.kw == 3 && self.stride == 1 && self.pad <= 2
-    }
-    fn check(&self) {
-        assert!(
-            self.stride >= 1 && self.h + 2 * self.pad >= self.kh && self.w + 2 * self.pad >= self.kw,
-            "conv2d: invalid shape {self:?}"
-        );
-    }
-}
+use super::wgsl::{GENERAL_ROWS, TILES, WORKGROUP};
+use super::Conv2dShape;
+use crate::gpu::{grid, shaders, Dispatch, Gpu, Kernel, View, Window};
+use crate::ops::flag;
 
 const fn kernel(entry: &'static str) -> Kernel {
     Kernel { shader: &shaders::CONV, entry, buffers: 3 }
@@ -77,24 +20,22 @@ const WEIGHT_GRAD_1X1_BN_RELU: Kernel =
 const WEIGHT_GRAD_3X3_S1: Kernel = kernel("conv3x3_s1_weight_grad");
 const GENERAL_WEIGHT_GRAD: Kernel = kernel("conv_general_weight_grad");
 
-// Register tiles of the kernels in shaders/conv.wgsl: (rows, pixels) per invocation, or for the
-// weight gradients (output channels, input channels) per workgroup. Keep in step with the shader.
-const GEMM_ROWS: u32 = 16;
-const GEMM_PIXELS: u32 = 16;
-const CONV3_ROWS: u32 = 12;
-const CONV3_PIXELS: u32 = 16;
-const CONV3_LINES: u32 = 4;
-const CONV3_NARROW_LINES: u32 = 8;
-/// The narrow 3x3 kernel's segment width: it serves outputs at most this wide (the 8x8 maps).
-const CONV3_NARROW_PIXELS: u32 = 8;
-const CONV3_WORKGROUP: u32 = 16;
-const WGRAD1_ROWS: u32 = 16;
-const WGRAD1_COLS: u32 = 16;
-const WGRAD3_ROWS: u32 = 4;
-const GENERAL_ROWS: u32 = 4;
-const WORKGROUP: u32 = 64;
+/// Every kernel the conv host functions launch, so a GPU-free test can check each entry point
+/// and its bindings against the generated shader.
+pub const KERNELS: [Kernel; 10] = [
+    GEMM_1X1,
+    GEMM_1X1_BN_RELU,
+    CONV_3X3_S1,
+    CONV_3X3_S1_NARROW,
+    GENERAL_FORWARD,
+    GENERAL_BACKWARD_INPUT,
+    WEIGHT_GRAD_1X1,
+    WEIGHT_GRAD_1X1_BN_RELU,
+    WEIGHT_GRAD_3X3_S1,
+    GENERAL_WEIGHT_GRAD,
+];
 
-/// The `Params` block of shaders/conv.wgsl, in field order.
+/// The `Params` block of the conv shader ([`wgsl`]), in field order.
 struct Params {
     n: u32,
     m_rows: u32,
@@ -113,77 +54,60 @@ struct Params {
 }
 
 impl Params {
-    fn words(&self, s: &Conv2dShape) -> Vec<u32> {
-        vec![
-            self.n,
-            self.m_rows,
-            self.k_rows,
-            self.pad,
-            self.src_hw.0,
-            self.src_hw.1,
-            self.dst_hw.0,
-            self.dst_hw.1,
-            s.kh,
-            s.kw,
-            s.stride,
-            flag(self.accumulate),
-            self.src_off,
-            self.wt_off,
-            self.dst_off,
-            self.strides[0],
-            self.strides[1],
-            self.strides[2],
-            self.strides[3],
-            self.bn_offsets.0,
-            self.bn_offsets.1,
-        ]
+    fn words(&self, s: &Conv2dShape) -> ConvParams {
+        let [a_m, a_k, a_i, a_j] = self.strides;
+        ConvParams {
+            n: self.n,
+            m_rows: self.m_rows,
+            k_rows: self.k_rows,
+            pad: self.pad,
+            src_h: self.src_hw.0,
+            src_w: self.src_hw.1,
+            dst_h: self.dst_hw.0,
+            dst_w: self.dst_hw.1,
+            kh: s.kh,
+            kw: s.kw,
+            stride: s.stride,
+            accumulate: flag(self.accumulate),
+            src_off: self.src_off,
+            wt_off: self.wt_off,
+            dst_off: self.dst_off,
+            a_m,
+            a_k,
+            a_i,
+            a_j,
+            stats_off: self.bn_offsets.0,
+            affine_off: self.bn_offsets.1,
+        }
     }
 }
 
-/// The rounding depth of each direction's kernel for this shape: the most roundings any one
-/// product passes through on its way into an output (its multiply, its adds into a register
-/// accumulator, and the workgroup combine). A kernel whose depth is `d` computes every output
-/// within Higham's bound `γ_d · Σ|terms|` of the exact sum ("Accuracy and Stability of
-/// Numerical Algorithms", 2nd ed., §3.1), which is what the op tests and the self-test assert.
-/// The figures follow the loops of shaders/conv.wgsl and must change with them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RoundingDepth {
-    pub forward: u64,
-    pub backward_input: u64,
-    pub backward_weight: u64,
-}
-
-impl Conv2dShape {
-    /// See [`RoundingDepth`].
-    pub fn rounding_depth(&self) -> RoundingDepth {
-        let taps = (self.kh * self.kw) as u64;
-        // Forward and input gradient: the 3x3 kernel sums each channel's nine taps on their own
-        // and adds them to the accumulator (k_rows + 9); the GEMM and the general kernel keep
-        // one serial chain of fmas over k_rows x taps.
-        let chain = |k_rows: u32| {
-            if self.is_3x3_stride_1() {
-                k_rows as u64 + taps
-            } else {
-                k_rows as u64 * taps
-            }
-        };
-        let (forward, backward_input) = (chain(self.c_in), chain(self.c_out));
-        let lanes = WORKGROUP as u64;
-        let pixels = (self.n * self.out_h() * self.out_w()) as u64;
-        let backward_weight = if self.is_pointwise() {
-            // Each lane of a group of 8 walks ceil(pixels / 128) steps of two nested fmas, then
-            // the 64 lane partials are added in order.
-            2 * pixels.div_ceil(128) + lanes
-        } else if self.kh == 3 && self.kw == 3 && self.stride == 1 {
-            // Each lane adds ceil(items / 64) row segments of 8 pixels (two 4-wide dot products
-            // and their sum: at most 4 roundings inside a segment), then the 64-lane combine.
-            let items = (self.n * self.out_h() * self.out_w().div_ceil(8)) as u64;
-            items.div_ceil(lanes) + 4 + lanes
-        } else {
-            // One fma per output pixel of the lane's rows, then the 64-lane combine.
-            (self.n * self.out_h()).div_ceil(WORKGROUP) as u64 * self.out_w() as u64 + lanes
-        };
-        RoundingDepth { forward, backward_input, backward_weight }
+crate::uniform! {
+    /// The parameter block of every conv kernel (the generated shader's `Params`): geometry,
+    /// element offsets, and the weight strides for (m, k, tap row, tap column), which wrap in
+    /// u32 so that the input gradient reads the weights transposed and flipped in place.
+    pub struct ConvParams for shaders::CONV {
+        n: u32,
+        m_rows: u32,
+        k_rows: u32,
+        pad: u32,
+        src_h: u32,
+        src_w: u32,
+        dst_h: u32,
+        dst_w: u32,
+        kh: u32,
+        kw: u32,
+        stride: u32,
+        accumulate: u32,
+        src_off: u32,
+        wt_off: u32,
+        dst_off: u32,
+        a_m: u32,
+        a_k: u32,
+        a_i: u32,
+        a_j: u32,
+        stats_off: u32,
+        affine_off: u32,
     }
 }
 
@@ -307,7 +231,7 @@ pub fn conv2d_backward_weight(gpu: &Gpu, s: &Conv2dShape, x: View, dy: View, dw:
         groups
     };
     if s.kh == 3 && s.kw == 3 && s.stride == 1 {
-        let groups = [in_range(s.c_in), 1, in_range(s.c_out.div_ceil(WGRAD3_ROWS))];
+        let groups = [in_range(s.c_in), 1, in_range(s.c_out.div_ceil(TILES.wgrad3_rows))];
         return gpu.dispatch(&WEIGHT_GRAD_3X3_S1, &words, &buffers, groups);
     }
     // One workgroup per weight; grid() folds the count into two dimensions.
@@ -344,36 +268,36 @@ fn weight_grad_params(s: &Conv2dShape, x: View, dy: View, dw: View, accumulate: 
     Params { accumulate, strides: [0; 4], ..forward_params(s, x, dy, dw) }
 }
 
-/// One workgroup per WGRAD1_COLS x WGRAD1_ROWS block of a 1x1 conv's weights.
+/// One workgroup per `wgrad1_cols` x `wgrad1_rows` block of a 1x1 conv's weights.
 fn pointwise_weight_grad_groups(s: &Conv2dShape) -> [u32; 3] {
-    let (blocks_k, blocks_m) = (s.c_in.div_ceil(WGRAD1_COLS), s.c_out.div_ceil(WGRAD1_ROWS));
+    let (blocks_k, blocks_m) = (s.c_in.div_ceil(TILES.wgrad1_cols), s.c_out.div_ceil(TILES.wgrad1_rows));
     assert!(blocks_k <= 65_535 && blocks_m <= 65_535, "conv2d: {s:?} has more weight blocks than the grid holds");
     [blocks_k, 1, blocks_m]
 }
 
 /// A 3x3 stride-1 conv described by `params` (rows = destination channels): one invocation per
-/// block of lines x pixels of one image and CONV3_ROWS channels, with a narrower kernel for
-/// outputs at most CONV3_NARROW_PIXELS wide, so the 8x8 maps waste no accumulators.
+/// block of lines x pixels of one image and `conv3_rows` channels, with a narrower kernel for
+/// outputs at most `conv3_narrow_pixels` wide, so the 8x8 maps waste no accumulators.
 fn conv3x3(gpu: &Gpu, params: &Params, s: &Conv2dShape, buffers: [Window; 3]) -> Dispatch {
     let (dh, dw) = params.dst_hw;
-    let (kernel, lines, pixels) = if dw <= CONV3_NARROW_PIXELS {
-        (&CONV_3X3_S1_NARROW, CONV3_NARROW_LINES, CONV3_NARROW_PIXELS)
+    let (kernel, lines, pixels) = if dw <= TILES.conv3_narrow_pixels {
+        (&CONV_3X3_S1_NARROW, TILES.conv3_narrow_lines, TILES.conv3_narrow_pixels)
     } else {
-        (&CONV_3X3_S1, CONV3_LINES, CONV3_PIXELS)
+        (&CONV_3X3_S1, TILES.conv3_lines, TILES.conv3_pixels)
     };
     let threads = params.n as u64 * dh.div_ceil(lines) as u64 * dw.div_ceil(pixels) as u64;
-    let [x, y, _] = grid(threads, CONV3_WORKGROUP);
-    let blocks = params.m_rows.div_ceil(CONV3_ROWS);
+    let [x, y, _] = grid(threads, TILES.conv3_workgroup);
+    let blocks = params.m_rows.div_ceil(TILES.conv3_rows);
     assert!(blocks <= 65_535, "conv2d: {blocks} channel blocks exceed the workgroup grid");
     gpu.dispatch(kernel, &params.words(s), &buffers, [x, y, blocks])
 }
 
-/// The 1x1 matrix-product kernels' grid: GEMM_PIXELS pixels per invocation, GEMM_ROWS
+/// The 1x1 matrix-product kernels' grid: `gemm_pixels` pixels per invocation, `gemm_rows`
 /// destination channels per block along z.
 fn pointwise_groups(params: &Params) -> [u32; 3] {
     let (dh, dw) = params.dst_hw;
     let pixels = params.n as u64 * dh as u64 * dw as u64;
-    grid_with_blocks(pixels.div_ceil(GEMM_PIXELS as u64), params.m_rows.div_ceil(GEMM_ROWS))
+    grid_with_blocks(pixels.div_ceil(TILES.gemm_pixels as u64), params.m_rows.div_ceil(TILES.gemm_rows))
 }
 
 /// Forward, or backward input of a 1x1 conv: picks the kernel for `params` (whose rows are the

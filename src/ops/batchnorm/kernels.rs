@@ -1,69 +1,8 @@
-//! Batch norm (PyTorch `BatchNorm2d` semantics) with an optional fused ReLU, forward and
-//! backward, over channel-major (C, N, H, W) activations.
-//!
-//! Each batch norm owns four small tensors of 2C contiguous floats:
-//! - `affine` = [gamma(C), beta(C)] and its gradient `grad_affine` = [dgamma(C), dbeta(C)];
-//! - `running` = [running_mean(C), running_var(C)], updated once per training step;
-//! - `stats` = [mean(C), invstd(C)]: the statistics the normalisation uses. Training writes the
-//!   batch statistics there ([`batchnorm_train_stats`]), evaluation derives them from the
-//!   running ones ([`batchnorm_eval_stats`]); [`batchnorm_apply`] and the backward kernels only
-//!   read them. A recompute in backward therefore reuses the forward's statistics and never
-//!   touches the running ones a second time.
-//!
-//! The backward kernels assume training mode (mean and variance are functions of x) and
-//! recompute the ReLU mask from x, stats and affine, so the BN output need not be stored.
-//!
-//! Aliasing: the input `x` may be a channel prefix of a larger buffer (that is only an offset).
-//! No output range may overlap any input range of the same launch.
+//! The GPU side of [`super`]: the kernels' launches and parameter block.
 
-use super::{flag, grid, shaders, Dispatch, Gpu, Kernel, View, Window};
-
-/// Channels, images and pixels per image; each channel holds `m() = n * hw` values.
-///
-/// A launch may cover a slice of a batch norm's channels: then `c` is the slice's width,
-/// `first` its first channel and `total` the batch norm's channel count, which is what
-/// its stats, affine, grad_affine and running tensors hold. The activation views (x, dy,
-/// y or dx) are the slice's own.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BatchNormShape {
-    pub c: u32,
-    pub n: u32,
-    pub hw: u32,
-    pub first: u32,
-    pub total: u32,
-}
-
-impl BatchNormShape {
-    /// All `c` channels of a batch norm.
-    pub fn new(c: u32, n: u32, hw: u32) -> Self {
-        BatchNormShape { c, n, hw, first: 0, total: c }
-    }
-    /// Channels `[first, first + c)` of this (whole) batch norm.
-    pub fn slice(self, first: u32, c: u32) -> Self {
-        assert!(first + c <= self.total, "batch norm slice {first}+{c} of {} channels", self.total);
-        BatchNormShape { c, first, ..self }
-    }
-    pub fn m(&self) -> u32 {
-        self.n * self.hw
-    }
-    pub fn len(&self) -> u32 {
-        self.c * self.m()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl BatchNormShape {
-    /// The most roundings a value passes through in this shape's per-channel sums (the
-    /// statistics and the backward's dgamma and dbeta): each of the 256 invocations adds
-    /// ceil(M / 256) values in order, then `reduce_pair` adds 16 partials and 16 totals. A sum
-    /// of depth `d` lies within Higham's `γ_d · Σ|terms|` of the exact one ("Accuracy and
-    /// Stability of Numerical Algorithms", 2nd ed., §3.1). Follows shaders/batchnorm.wgsl.
-    pub fn sum_rounding_depth(&self) -> u64 {
-        (self.m() as u64).div_ceil(WG as u64) + 32
-    }
-}
+use super::{BatchNormShape, WG};
+use crate::gpu::{grid, shaders, Dispatch, Gpu, Kernel, View, Window};
+use crate::ops::flag;
 
 const fn kernel(entry: &'static str) -> Kernel {
     Kernel { shader: &shaders::BATCHNORM, entry, buffers: 7 }
@@ -75,11 +14,32 @@ const BACKWARD_AFFINE: Kernel = kernel("backward_affine");
 const BACKWARD_INPUT: Kernel = kernel("backward_input");
 const BACKWARD: Kernel = kernel("backward");
 
-/// Invocations per workgroup of every kernel here but `eval_stats`.
-const WG: u32 = 256;
 /// Values each invocation of the elementwise kernels handles (by striding), so that a launch
 /// is not dominated by per-workgroup overhead on CPU drivers.
 const PER_INVOCATION: u32 = 4;
+
+crate::uniform! {
+    /// The parameter block of every kernel in batchnorm.wgsl (see its `Params` for each
+    /// field's meaning); offsets are in elements.
+    pub struct BatchNormParams for shaders::BATCHNORM {
+        c: u32,
+        m: u32,
+        x_off: u32,
+        dy_off: u32,
+        out_off: u32,
+        stats_off: u32,
+        affine_off: u32,
+        grad_off: u32,
+        running_off: u32,
+        momentum: f32,
+        eps: f32,
+        relu: u32,
+        accumulate_affine: u32,
+        accumulate_out: u32,
+        c_stride: u32,
+        in_place: u32,
+    }
+}
 
 /// The launch's tensors by binding role (bindings 1..=7 of `batchnorm.wgsl`). Every kernel
 /// binds all seven; roles a launch does not use get a window of their own that aliases nothing.
@@ -110,24 +70,24 @@ impl Launch<'_> {
         let off = |r: Option<View>| r.map_or(0, |v| v.offset);
         // The per-channel tensors are indexed from the slice's first channel.
         let channel_off = |r: Option<View>| r.map_or(0, |v| v.offset + s.first);
-        let params = [
-            s.c,
-            s.m(),
-            off(self.x),
-            off(self.dy),
-            off(self.out),
-            channel_off(self.stats),
-            channel_off(self.affine),
-            channel_off(self.grad),
-            channel_off(self.running),
-            self.momentum.to_bits(),
-            self.eps.to_bits(),
-            flag(self.relu),
-            flag(self.accumulate_affine),
-            flag(self.accumulate_out),
-            s.total,
-            flag(self.in_place),
-        ];
+        let params = BatchNormParams {
+            c: s.c,
+            m: s.m(),
+            x_off: off(self.x),
+            dy_off: off(self.dy),
+            out_off: off(self.out),
+            stats_off: channel_off(self.stats),
+            affine_off: channel_off(self.affine),
+            grad_off: channel_off(self.grad),
+            running_off: channel_off(self.running),
+            momentum: self.momentum,
+            eps: self.eps,
+            relu: flag(self.relu),
+            accumulate_affine: flag(self.accumulate_affine),
+            accumulate_out: flag(self.accumulate_out),
+            c_stride: s.total,
+            in_place: flag(self.in_place),
+        };
         gpu.dispatch(kernel, &params, &buffers, workgroups)
     }
 }
