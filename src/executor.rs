@@ -305,16 +305,7 @@ impl Session {
 
     /// Writes a batch (NCHW images, as PyTorch takes them) into the program's input values.
     fn upload(&self, program: &Program, images: &[f32], labels: &[u32]) {
-        let [c, n, h, w] = self.graph.shape(self.graph.input.unwrap());
-        let plane = (h * w) as usize;
-        let mut cnhw = vec![0.0f32; images.len()];
-        for i in 0..n as usize {
-            for ch in 0..c as usize {
-                let src = (i * c as usize + ch) * plane;
-                let dst = (ch * n as usize + i) * plane;
-                cnhw[dst..dst + plane].copy_from_slice(&images[src..src + plane]);
-            }
-        }
+        let cnhw = crate::graph::channel_major(images, self.graph.shape(self.graph.input.unwrap()));
         let (b, off) = program.value_place(program.schedule.input);
         self.gpu.write_f32(&program.arena[b], off, &cnhw);
         if let Some(l) = program.schedule.labels {

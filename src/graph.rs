@@ -30,6 +30,22 @@ pub const BN_MOMENTUM: f32 = 0.1;
 /// The epsilon every batch norm adds to the variance, PyTorch's `BatchNorm2d` default.
 pub const BN_EPS: f32 = 1e-5;
 
+/// A batch of `images` in PyTorch's (N, C, H, W) order, rearranged into the channel-major
+/// (C, N, H, W) order of every activation here; `shape` is the (C, N, H, W) shape. Panics if
+/// `images` does not hold C·N·H·W values.
+pub fn channel_major(images: &[f32], [c, n, h, w]: [u32; 4]) -> Vec<f32> {
+    let (c, n, plane) = (c as usize, n as usize, (h * w) as usize);
+    assert_eq!(images.len(), c * n * plane, "a batch of {n} images of {c} channels and {plane} pixels");
+    let mut out = vec![0.0; images.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            let (src, dst) = ((i * c + ch) * plane, (ch * n + i) * plane);
+            out[dst..dst + plane].copy_from_slice(&images[src..src + plane]);
+        }
+    }
+    out
+}
+
 /// One planned allocation, channel-major (C, N, H, W).
 #[derive(Clone, Debug)]
 pub struct Storage {

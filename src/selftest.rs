@@ -668,15 +668,7 @@ impl StepFidelity {
 /// and `labels`, and compares its gradients with the reference's on the same weights and batch.
 pub async fn step_fidelity(session: &mut Session, images: &[f32], labels: &[u32]) -> Result<StepFidelity> {
     let graph = session.graph.clone();
-    let [c, n, h, w] = graph.shape(graph.input.unwrap());
-    let plane = (h * w) as usize;
-    let mut cnhw = vec![0.0; images.len()];
-    for i in 0..n as usize {
-        for ch in 0..c as usize {
-            let (s, d) = ((i * c as usize + ch) * plane, (ch * n as usize + i) * plane);
-            cnhw[d..d + plane].copy_from_slice(&images[s..s + plane]);
-        }
-    }
+    let cnhw = crate::graph::channel_major(images, graph.shape(graph.input.unwrap()));
     let params = session.parameters().await?;
     let states = session.states().await?;
     let labels_f: Vec<f32> = labels.iter().map(|&l| l as f32).collect();

@@ -42,14 +42,7 @@ pub fn batch(graph: &Graph, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
     let classes = graph.shape(graph.logits.unwrap())[0];
     let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
     let nchw: Vec<f32> = (0..c * n * h * w).map(|_| rng.random_range(-2.0..2.0)).collect();
-    let plane = (h * w) as usize;
-    let mut cnhw = vec![0.0; nchw.len()];
-    for i in 0..n as usize {
-        for ch in 0..c as usize {
-            let (src, dst) = ((i * c as usize + ch) * plane, (ch * n as usize + i) * plane);
-            cnhw[dst..dst + plane].copy_from_slice(&nchw[src..src + plane]);
-        }
-    }
+    let cnhw = densegpu::graph::channel_major(&nchw, [c, n, h, w]);
     let labels = (0..n).map(|_| rng.random_range(0..classes)).collect();
     (nchw, cnhw, labels)
 }
