@@ -46,6 +46,39 @@ pub fn channel_major(images: &[f32], [c, n, h, w]: [u32; 4]) -> Vec<f32> {
     out
 }
 
+/// Who writes and who reads each storage, from one pass over the nodes: the schedule compiler
+/// and the ONNX exporter both decide fusions and folds from it.
+#[derive(Clone, Debug, Default)]
+pub struct StorageUses {
+    /// Per storage (indexed by [`StorageId`]), the nodes writing into it, in node order.
+    pub writers: Vec<Vec<NodeId>>,
+    /// Per storage, every read as (node, the tensor it reads), in node order.
+    pub readers: Vec<Vec<(NodeId, TensorId)>>,
+}
+
+impl StorageUses {
+    /// The last node whose output covers all of `s`'s channels, if any.
+    pub fn whole_writer(&self, g: &Graph, s: StorageId) -> Option<NodeId> {
+        self.writers[s.0].iter().rev().copied().find(|&n| g.tensor(g.nodes[n.0].output).c == g.storages[s.0].c)
+    }
+
+    /// The node that reads `s` when exactly one node does (possibly through several inputs)
+    /// and every read covers all of its channels.
+    pub fn sole_whole_reader(&self, g: &Graph, s: StorageId) -> Option<NodeId> {
+        let reads = &self.readers[s.0];
+        let (first, _) = *reads.first()?;
+        let whole = |t: TensorId| g.tensor(t).c0 == 0 && g.tensor(t).c == g.storages[s.0].c;
+        reads.iter().all(|&(n, t)| n == first && whole(t)).then_some(first)
+    }
+
+    /// The nodes reading any channel of `s`, each once, in node order.
+    pub fn reader_nodes(&self, s: StorageId) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self.readers[s.0].iter().map(|&(n, _)| n).collect();
+        nodes.dedup();
+        nodes
+    }
+}
+
 /// One planned allocation, channel-major (C, N, H, W).
 #[derive(Clone, Debug)]
 pub struct Storage {
@@ -200,6 +233,21 @@ impl Graph {
 
     pub fn tensor(&self, t: TensorId) -> &Tensor {
         &self.tensors[t.0]
+    }
+
+    /// Who writes and who reads each storage.
+    pub fn uses(&self) -> StorageUses {
+        let mut uses = StorageUses {
+            writers: vec![Vec::new(); self.storages.len()],
+            readers: vec![Vec::new(); self.storages.len()],
+        };
+        for (i, node) in self.nodes.iter().enumerate() {
+            for &t in &node.inputs {
+                uses.readers[self.tensor(t).storage.0].push((NodeId(i), t));
+            }
+            uses.writers[self.tensor(node.output).storage.0].push(NodeId(i));
+        }
+        uses
     }
 
     pub fn storage_of(&self, t: TensorId) -> &Storage {

@@ -338,10 +338,7 @@ impl<'a> Builder<'a> {
     /// Nodes reading any channel of the input storage.
     fn input_readers(&self) -> Vec<usize> {
         let input = self.graph.tensor(self.graph.input.expect("validated"));
-        let storage = input.storage;
-        (0..self.graph.nodes.len())
-            .filter(|&i| self.graph.nodes[i].inputs.iter().any(|&t| self.graph.tensor(t).storage == storage))
-            .collect()
+        self.graph.uses().reader_nodes(input.storage).into_iter().map(|n| n.0).collect()
     }
 
     fn plan_input_normalization(&self) -> Result<InputNorm> {
@@ -803,20 +800,26 @@ fn foldable_batch_norms(graph: &Graph) -> HashMap<usize, usize> {
         a.storage == b.storage && a.c0 < b.c0 + b.c && b.c0 < a.c0 + a.c
     };
     let protected: Vec<TensorId> = [graph.input, graph.logits].into_iter().flatten().collect();
+    let uses = graph.uses();
     let mut out = HashMap::new();
     for (i, bn) in graph.nodes.iter().enumerate() {
         if !matches!(bn.op, Op::BatchNorm { .. }) {
             continue;
         }
         let x = bn.inputs[0];
-        let Some(j) = graph.nodes[..i].iter().rposition(|n| overlaps(n.output, x)) else { continue };
+        let writers = &uses.writers[graph.tensor(x).storage.0];
+        let Some(j) = writers.iter().map(|n| n.0).filter(|&j| j < i).rfind(|&j| overlaps(graph.nodes[j].output, x))
+        else {
+            continue;
+        };
         let conv = &graph.nodes[j];
         let Op::Conv2d { weight, .. } = conv.op else { continue };
         let same_range = graph.tensor(conv.output) == graph.tensor(x);
         let weight_shared =
             graph.nodes.iter().filter(|n| matches!(n.op, Op::Conv2d { weight: w, .. } if w == weight)).count() > 1;
-        let other_readers =
-            graph.nodes.iter().enumerate().any(|(k, n)| k != i && n.inputs.iter().any(|&t| overlaps(t, conv.output)));
+        let other_readers = uses.readers[graph.tensor(conv.output).storage.0]
+            .iter()
+            .any(|&(k, t)| k.0 != i && overlaps(t, conv.output));
         let touches_io = protected.iter().any(|&t| overlaps(t, conv.output) || overlaps(t, bn.output));
         if same_range && !weight_shared && !other_readers && !touches_io && !out.contains_key(&j) {
             out.insert(j, i);

@@ -24,7 +24,7 @@
 //!   computed in place where the batch norm's input gradient starts, so the gradient of the
 //!   normalised tensor never exists whole.
 
-use crate::graph::{Graph, NodeId, Op, ParamId, StateId, StorageId, Tensor, TensorId};
+use crate::graph::{Graph, NodeId, Op, ParamId, StateId, StorageId, StorageUses, Tensor, TensorId};
 use crate::memory::arena::{Category, TensorRequest};
 use crate::ops::batchnorm::BatchNormShape;
 use crate::ops::conv::Conv2dShape;
@@ -387,17 +387,13 @@ pub fn compile(graph: &Graph, mode: Pass) -> crate::Result<Schedule> {
     if mode == Pass::Train {
         check_batch_statistics(graph)?;
     }
-    let mut producer = HashMap::new();
-    let mut has_writer = vec![false; graph.storages.len()];
-    for (i, node) in graph.nodes.iter().enumerate() {
-        let t = graph.tensor(node.output);
-        has_writer[t.storage.0] = true;
-        if t.c == graph.storages[t.storage.0].c {
-            producer.insert(t.storage, NodeId(i));
-        }
-    }
-    let sole_reader = sole_whole_readers(graph);
-    let bn_relu_input = bn_relu_folds(graph, &producer, &sole_reader);
+    let uses = graph.uses();
+    let storages = (0..graph.storages.len()).map(StorageId);
+    let producer: HashMap<StorageId, NodeId> =
+        storages.clone().filter_map(|s| uses.whole_writer(graph, s).map(|n| (s, n))).collect();
+    let has_writer: Vec<bool> = uses.writers.iter().map(|w| !w.is_empty()).collect();
+    let sole_reader = sole_whole_readers(graph, &uses);
+    let bn_relu_input = bn_relu_folds(graph, &uses, &producer, &sole_reader);
     let folded_bn = bn_relu_input.values().copied().collect();
     let mut c = Compiler {
         graph,
@@ -937,22 +933,14 @@ impl Compiler<'_> {
 
 /// The storages that exactly one node reads (possibly through several inputs), every read
 /// covering all of the storage's channels, and that the host never reads or writes.
-fn sole_whole_readers(g: &Graph) -> HashMap<StorageId, NodeId> {
+fn sole_whole_readers(g: &Graph, uses: &StorageUses) -> HashMap<StorageId, NodeId> {
     let host_visible: Vec<StorageId> =
         [g.input, g.labels, g.logits, g.loss].into_iter().flatten().map(|t| g.tensor(t).storage).collect();
-    // Per storage: its one reader so far, or None once a second reader or a partial read shows.
-    let mut reader: HashMap<StorageId, Option<NodeId>> = HashMap::new();
-    for (i, node) in g.nodes.iter().enumerate() {
-        for &t in &node.inputs {
-            let tensor = g.tensor(t);
-            let whole = tensor.c0 == 0 && tensor.c == g.storages[tensor.storage.0].c;
-            let entry = reader.entry(tensor.storage).or_insert(Some(NodeId(i)));
-            if !whole || *entry != Some(NodeId(i)) {
-                *entry = None;
-            }
-        }
-    }
-    reader.into_iter().filter_map(|(s, r)| r.filter(|_| !host_visible.contains(&s)).map(|r| (s, r))).collect()
+    (0..g.storages.len())
+        .map(StorageId)
+        .filter(|s| !host_visible.contains(s))
+        .filter_map(|s| uses.sole_whole_reader(g, s).map(|n| (s, n)))
+        .collect()
 }
 
 /// The BN-ReLUs whose application folds into the load of their consumer, as a map from the
@@ -964,13 +952,10 @@ fn sole_whole_readers(g: &Graph) -> HashMap<StorageId, NodeId> {
 /// that output.
 fn bn_relu_folds(
     g: &Graph,
+    uses: &StorageUses,
     producer: &HashMap<StorageId, NodeId>,
     sole_reader: &HashMap<StorageId, NodeId>,
 ) -> HashMap<NodeId, NodeId> {
-    let mut writers: HashMap<StorageId, usize> = HashMap::new();
-    for node in &g.nodes {
-        *writers.entry(g.tensor(node.output).storage).or_default() += 1;
-    }
     let mut folds = HashMap::new();
     for (i, node) in g.nodes.iter().enumerate() {
         if !matches!(node.op, Op::Conv2d { kernel: 1, stride: 1, pad: 0, .. }) {
@@ -981,7 +966,7 @@ fn bn_relu_folds(
         let bn_node = &g.nodes[bn.0];
         if bn_node.recompute
             && matches!(bn_node.op, Op::BatchNorm { relu: true, .. })
-            && writers[&s] == 1
+            && uses.writers[s.0].len() == 1
             && sole_reader.get(&s) == Some(&NodeId(i))
         {
             folds.insert(NodeId(i), bn);
