@@ -1,5 +1,6 @@
-//! Every conv and batch-norm kernel variant at the shapes users run (DenseNet-BC-100 at batch
-//! 64 on 32x32, 16x16 and 8x8 maps; DenseNet-121's stem and a block-2 layer) on the values
+//! Every kernel variant at the shapes users run (the convs and batch norms of DenseNet-BC-100 at
+//! batch 64 on 32x32, 16x16 and 8x8 maps, DenseNet-121's stem and a block-2 layer, the pools,
+//! the classifier, ReLU, dropout and the SGD step) on the values
 //! training sees: post-ReLU activations (non-negative, mean far from zero, many exact zeros),
 //! batch-norm inputs whose channel means lie several deviations from zero, He-initialised
 //! weights and gradients four orders of magnitude smaller than the activations.
@@ -450,4 +451,152 @@ fn fused_bnrelu_conv_at_real_size_stays_within_f32_rounding() {
         &bound,
     );
     slots.assert_guards_intact(&buf);
+}
+
+/// The head of DenseNet-BC-100 at batch 64 (the global average pool over 8x8 maps of 342
+/// channels, the 342 → 10 classifier) and transition 1's 2x2 average pool at 32x32 (108
+/// channels): every sum's depth is its length plus the roundings around it (the bias, the
+/// 0.25 and 1/64 scalings).
+#[test]
+fn pools_and_classifier_at_real_sizes_stay_within_f32_rounding() {
+    use densegpu::ops::linear::{kernels as linear, LinearShape};
+    use densegpu::ops::pool::{kernels as pool, PoolShape};
+    use densegpu::reference::{linear as linear_ref, pool as pool_ref};
+
+    let head = PoolShape::new(342, 64, 8, 8);
+    let x = post_relu(head.len(), 31);
+    let pooled = pool_ref::global_avg_pool_forward(head, &x);
+    let s = LinearShape::new(64, 342, 10);
+    let w = he(10 * 342, 342, 32);
+    let b = normal(10, 0.0, 0.1, 33);
+    let params: Vec<f32> = w.iter().chain(&b).copied().collect();
+    let dy = small_gradients(10 * 64, 34);
+    let y = linear_ref::forward(s, &pooled, &w, &b);
+    let y_abs = linear_ref::forward(s, &pooled, &abs(&w), &abs(&b));
+    let dx = linear_ref::backward_input(s, &w, &dy);
+    let dx_abs = linear_ref::backward_input(s, &abs(&w), &abs(&dy));
+    let dw = linear_ref::backward_weight(s, &pooled, &dy);
+    let dw_abs = linear_ref::backward_weight(s, &pooled, &abs(&dy));
+    let db = linear_ref::backward_bias(s, &dy);
+    let db_abs = linear_ref::backward_bias(s, &abs(&dy));
+    let dpooled = small_gradients(342 * 64, 35);
+    let dhead = pool_ref::global_avg_pool_backward(head, &dpooled);
+    let trans = PoolShape::new(108, 64, 32, 32);
+    let t = post_relu(trans.len(), 36);
+    let t_out = pool_ref::avg_pool_forward(trans, &t);
+    let t_abs = pool_ref::avg_pool_forward(trans, &abs(&t));
+    let dt_out = small_gradients(t_out.len(), 37);
+    let dt = pool_ref::avg_pool_backward(trans, &dt_out);
+
+    let mut slots = Slots::new();
+    let (xs, gs, ps) = (slots.input(&x), slots.output(pooled.len()), slots.input(&pooled));
+    let (ws, dys, ys) = (slots.input(&params), slots.input(&dy), slots.output(y.len()));
+    let (dxs, dws, dbs) = (slots.output(dx.len()), slots.output(dw.len()), slots.output(db.len()));
+    let (dps, dhs) = (slots.input(&dpooled), slots.output(dhead.len()));
+    let buf = slots.upload();
+    let v = |slot| slots.view(&buf, slot);
+    let wv = v(ws);
+    run(&[
+        pool::global_avg_pool_forward(gpu(), head, v(xs), v(gs)),
+        pool::global_avg_pool_backward(gpu(), head, v(dps), v(dhs), false),
+        linear::forward(gpu(), s, v(ps), wv, v(ys)),
+        linear::backward_input(gpu(), s, wv, v(dys), v(dxs), false),
+        linear::backward_weight(gpu(), s, v(ps), v(dys), v(dws), false),
+        linear::backward_bias(gpu(), s, v(dys), v(dbs), false),
+    ]);
+    // Σ of 64 non-negative values, then a division (WGSL allows it 2.5 ULP: 3 roundings).
+    let pooled_abs = pool_ref::global_avg_pool_forward(head, &abs(&x));
+    assert_within("global average pool 8x8", &slots.read(&buf, gs), &pooled, &sum_bound(64 + 3, &pooled_abs, &pooled));
+    assert_within("global average pool backward", &slots.read(&buf, dhs), &dhead, &sum_bound(3, &abs(&dhead), &dhead));
+    assert_within("classifier forward", &slots.read(&buf, ys), &y, &sum_bound(342 + 1, &y_abs, &y));
+    assert_within("classifier backward_input", &slots.read(&buf, dxs), &dx, &sum_bound(10, &dx_abs, &dx));
+    assert_within("classifier backward_weight", &slots.read(&buf, dws), &dw, &sum_bound(64, &dw_abs, &dw));
+    assert_within("classifier backward_bias", &slots.read(&buf, dbs), &db, &sum_bound(64, &db_abs, &db));
+    slots.assert_guards_intact(&buf);
+
+    let mut slots = Slots::new();
+    let (ts, tos, dtos, dts) =
+        (slots.input(&t), slots.output(t_out.len()), slots.input(&dt_out), slots.output(dt.len()));
+    let buf = slots.upload();
+    let v = |slot| slots.view(&buf, slot);
+    run(&[
+        pool::avg_pool_forward(gpu(), trans, v(ts), v(tos)),
+        pool::avg_pool_backward(gpu(), trans, v(dtos), v(dts), false),
+    ]);
+    // (a + b) + (c + d), then the exact scaling by 0.25; the backward is that scaling alone.
+    assert_within("transition 2x2 average pool", &slots.read(&buf, tos), &t_out, &sum_bound(2, &t_abs, &t_out));
+    assert_within("transition 2x2 average pool backward", &slots.read(&buf, dts), &dt, &vec![0.0; dt.len()]);
+    slots.assert_guards_intact(&buf);
+}
+
+/// ReLU, dropout and one SGD step over block 1's sizes (216 channels at 32x32, batch 64 for
+/// the activations; the parameters of DenseNet-BC-100, 0.8 M, for SGD).
+#[test]
+fn relu_dropout_and_sgd_at_real_sizes_stay_within_f32_rounding() {
+    use densegpu::ops::elementwise::kernels as elementwise;
+    use densegpu::ops::sgd::{kernels as sgd, SgdHyper};
+    use densegpu::reference::{elementwise as ew_ref, sgd as sgd_ref};
+
+    let len = 216 * 64 * 32 * 32 / 4;
+    let x = normal(len, 0.2, 1.0, 41);
+    let dy = small_gradients(len, 42);
+    let (rate, seed) = (0.2, [7, 3]);
+    let relu = ew_ref::relu_forward(&x);
+    let drop = ew_ref::dropout_forward(&x, rate, seed);
+    let mut slots = Slots::new();
+    let (xs, dys, rs, ds) = (slots.input(&x), slots.input(&dy), slots.output(len), slots.output(len));
+    let (rbs, dbs) = (slots.output(len), slots.output(len));
+    let buf = slots.upload();
+    let v = |slot| slots.view(&buf, slot);
+    run(&[
+        elementwise::relu_forward(gpu(), len as u32, v(xs), v(rs)),
+        elementwise::relu_backward_into(gpu(), len as u32, v(xs), v(dys), v(rbs), false),
+        elementwise::dropout_forward(gpu(), len as u32, v(xs), v(ds), rate, seed),
+        elementwise::dropout_backward(gpu(), len as u32, v(dys), v(dbs), rate, seed, false),
+    ]);
+    // ReLU selects; dropout multiplies by 1/(1 − rate), itself rounded to f32 on the host.
+    assert_within("relu", &slots.read(&buf, rs), &relu, &vec![0.0; len]);
+    let relu_back = ew_ref::relu_backward(&x, &dy);
+    assert_within("relu backward", &slots.read(&buf, rbs), &relu_back, &vec![0.0; len]);
+    let two_roundings = |want: &[f32]| want.iter().map(|w| 2.0 * U * (*w as f64).abs()).collect::<Vec<f64>>();
+    assert_within("dropout", &slots.read(&buf, ds), &drop, &two_roundings(&drop));
+    let drop_back = ew_ref::dropout_backward(&dy, rate, seed);
+    assert_within("dropout backward", &slots.read(&buf, dbs), &drop_back, &two_roundings(&drop_back));
+    slots.assert_guards_intact(&buf);
+
+    // Two Nesterov steps, so the momentum buffer is non-zero in the second.
+    let n = 769_162;
+    let h = SgdHyper::densenet_cifar();
+    let w0 = he(n, 100, 43);
+    let grads = [small_gradients(n, 44), small_gradients(n, 45)];
+    let (mut w, mut b) = (w0.clone(), vec![0.0; n]);
+    let mut slots = Slots::new();
+    let (ws, gs, bs) = (slots.input(&w0), slots.input(&grads[0]), slots.input(&b));
+    let buf = slots.upload();
+    for g in &grads {
+        let b_before = b.clone();
+        let w_before = w.clone();
+        sgd_ref::sgd_step(&mut w, g, &mut b, &h);
+        gpu().write_f32(&buf, slots.view(&buf, gs).buffer_offset(), g);
+        run(&[sgd::sgd_step(
+            gpu(),
+            n as u32,
+            slots.view(&buf, ws),
+            slots.view(&buf, gs),
+            Some(slots.view(&buf, bs)),
+            &h,
+        )]);
+        // g' = g + λw, b = μb + g', g'' = g' + μb, w − lr·g'': two roundings per line.
+        let (lr, mu, wd) = (h.lr as f64, h.momentum as f64, h.weight_decay as f64);
+        let mut w_bound = Vec::with_capacity(n);
+        let mut b_bound = Vec::with_capacity(n);
+        for i in 0..n {
+            let t = g[i].abs() as f64 + wd * w_before[i].abs() as f64;
+            let bb = mu * b_before[i].abs() as f64 + t;
+            b_bound.push(gamma(4) * bb + U * b[i].abs() as f64);
+            w_bound.push(gamma(8) * (w_before[i].abs() as f64 + lr * (t + mu * bb)) + U * w[i].abs() as f64);
+        }
+        assert_within("sgd momentum buffer", &slots.read(&buf, bs), &b, &b_bound);
+        assert_within("sgd parameters", &slots.read(&buf, ws), &w, &w_bound);
+    }
 }

@@ -44,7 +44,7 @@ crate::uniform! {
 /// The launch's tensors by binding role (bindings 1..=7 of `batchnorm.wgsl`). Every kernel
 /// binds all seven; roles a launch does not use get a window of their own that aliases nothing.
 #[derive(Default)]
-struct Launch<'a> {
+struct Roles<'a> {
     shape: BatchNormShape,
     x: Option<View<'a>>,
     dy: Option<View<'a>>,
@@ -61,7 +61,7 @@ struct Launch<'a> {
     in_place: bool,
 }
 
-impl Launch<'_> {
+impl Roles<'_> {
     fn dispatch(&self, gpu: &Gpu, kernel: &Kernel, workgroups: [u32; 3]) -> Dispatch {
         let roles = [self.x, self.dy, self.out, self.stats, self.affine, self.grad, self.running];
         let buffers: Vec<Window> =
@@ -120,15 +120,8 @@ pub fn batchnorm_train_stats(
     eps: f32,
 ) -> Dispatch {
     assert!(s.m() >= 2, "training-mode batch norm needs at least 2 values per channel, got {}", s.m());
-    let launch = Launch {
-        shape: s,
-        x: Some(x),
-        stats: Some(stats),
-        running: Some(running),
-        momentum,
-        eps,
-        ..Default::default()
-    };
+    let launch =
+        Roles { shape: s, x: Some(x), stats: Some(stats), running: Some(running), momentum, eps, ..Default::default() };
     launch.dispatch(gpu, &TRAIN_STATS, per_channel(s))
 }
 
@@ -136,7 +129,7 @@ pub fn batchnorm_train_stats(
 /// [`batchnorm_apply`] serves both modes.
 pub fn batchnorm_eval_stats(gpu: &Gpu, c: u32, running: View, stats: View, eps: f32) -> Dispatch {
     let shape = BatchNormShape::new(c, 0, 0);
-    let launch = Launch { shape, stats: Some(stats), running: Some(running), eps, ..Default::default() };
+    let launch = Roles { shape, stats: Some(stats), running: Some(running), eps, ..Default::default() };
     launch.dispatch(gpu, &EVAL_STATS, grid(c as u64, 64))
 }
 
@@ -151,7 +144,7 @@ pub fn batchnorm_apply(
     y: View,
     relu: bool,
 ) -> Dispatch {
-    let launch = Launch {
+    let launch = Roles {
         shape: s,
         x: Some(x),
         out: Some(y),
@@ -185,7 +178,7 @@ pub fn batchnorm_backward(
     accumulate_affine: bool,
     accumulate_dx: bool,
 ) -> Dispatch {
-    let launch = Launch {
+    let launch = Roles {
         shape: s,
         x: Some(x),
         dy: Some(dy),
@@ -216,7 +209,7 @@ pub fn batchnorm_backward_affine(
     relu: bool,
     accumulate: bool,
 ) -> Dispatch {
-    let launch = Launch {
+    let launch = Roles {
         shape: s,
         x: Some(x),
         dy: Some(dy),
@@ -281,7 +274,7 @@ fn input_pass(
     relu: bool,
     accumulate: bool,
 ) -> Dispatch {
-    let launch = Launch {
+    let launch = Roles {
         shape: s,
         x: Some(x),
         dy,
