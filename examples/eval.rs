@@ -35,7 +35,7 @@ fn run(args: Args) -> densegpu::Result<()> {
     let test = densegpu::data::load(&args.data)?.test;
     let graph = config.build(args.batch_size, MemoryMode::Efficient)?;
     let mut session = Session::new_blocking(Arc::new(Gpu::new_blocking()?), graph, 0)?;
-    checkpoint::apply_weights_blocking(&session, &weights)?;
+    checkpoint::apply_weights(&session, &weights)?;
     let e = densegpu::train::evaluate(&mut session, &test)?;
     if args.json {
         println!("{}", serde_json::json!({ "test_accuracy": e.accuracy, "test_loss": e.loss, "images": e.images }));

@@ -57,7 +57,7 @@ fn run(args: Args) -> densegpu::Result<()> {
         .ok_or_else(|| Error::Data(format!("{} has no densegpu config in its metadata", args.weights.display())))?;
     let graph = config.build(1, MemoryMode::Efficient)?;
     let mut session = Session::new_blocking(Arc::new(Gpu::new_blocking()?), graph, 0)?;
-    checkpoint::apply_weights_blocking(&session, &weights)?;
+    checkpoint::apply_weights(&session, &weights)?;
     for path in &args.images {
         let input = prepare(path, config.image_size)?;
         let (logits, _) = session.eval_batch_blocking(&input, &[0])?;

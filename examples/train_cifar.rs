@@ -214,7 +214,7 @@ fn run(args: &Args) -> Result<()> {
     let graph = config.build(args.batch_size, args.memory)?;
     let mut session = Session::new_blocking(gpu.clone(), graph, args.seed)?;
     if let Some(path) = &args.init {
-        checkpoint::apply_weights_blocking(&session, &checkpoint::load_weights(path)?)?;
+        checkpoint::apply_weights(&session, &checkpoint::load_weights(path)?)?;
     }
 
     let mut loader_options = LoaderOptions::train(args.batch_size as usize, args.seed);
@@ -419,7 +419,7 @@ fn run(args: &Args) -> Result<()> {
         (None, None) => None,
     };
     if let Some(w) = &best_weights {
-        checkpoint::apply_weights_blocking(&session, w)?;
+        checkpoint::apply_weights(&session, w)?;
     }
     let test_accuracy = densegpu::train::evaluate(&mut session, &data.test)?.accuracy;
     if let Some(path) = &args.onnx {

@@ -621,7 +621,7 @@ pub fn weights_for_graph(graph: &Graph, weights: &Weights) -> Result<(GroupValue
 /// [`weights_for_graph`]; nothing is written unless all of it matches). The session's
 /// `batches_tracked` counter is not touched (it needs `&mut`): set it from
 /// `weights.batches_tracked` if the count matters, as [`apply_checkpoint`] does.
-pub async fn apply_weights(session: &Session, weights: &Weights) -> Result<()> {
+pub fn apply_weights(session: &Session, weights: &Weights) -> Result<()> {
     let (params, states) = weights_for_graph(&session.graph, weights)?;
     session.set_parameters(&params)?;
     session.set_states(&states)
@@ -816,11 +816,6 @@ pub fn session_weights_blocking(session: &Session) -> Result<Vec<NamedTensor>> {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn non_finite_state_blocking(session: &Session) -> Result<Option<String>> {
     pollster::block_on(non_finite_state(session))
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-pub fn apply_weights_blocking(session: &Session, weights: &Weights) -> Result<()> {
-    pollster::block_on(apply_weights(session, weights))
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -11,7 +11,7 @@ use crate::graph::{BN_EPS, BN_MOMENTUM};
 use crate::memory::arena::{ArenaLimits, ArenaPlan};
 use crate::memory::{arena_limits, MemoryPlan, PersistentLayout, Segments};
 use crate::ops;
-use crate::schedule::{LaunchOp, Loc, Pass, Schedule};
+use crate::schedule::{LaunchOp, Loc, Pass, Schedule, ScheduleOptions};
 use crate::Gpu;
 use rand::SeedableRng;
 use rand_distr::Distribution;
@@ -37,6 +37,7 @@ pub struct Session {
     pub graph: Graph,
     limits: ArenaLimits,
     layout: PersistentLayout,
+    schedule_options: ScheduleOptions,
     persistent: Persistent,
     train: Option<Program>,
     eval: Option<Program>,
@@ -73,8 +74,18 @@ impl Session {
             momentum: alloc("momentum", &layout.params).await?,
             states: alloc("running statistics", &layout.states).await?,
         };
-        let session =
-            Session { gpu, graph, limits, layout, persistent, train: None, eval: None, step: 0, batches_tracked: 0 };
+        let session = Session {
+            gpu,
+            graph,
+            limits,
+            layout,
+            schedule_options: ScheduleOptions::default(),
+            persistent,
+            train: None,
+            eval: None,
+            step: 0,
+            batches_tracked: 0,
+        };
         session.initialise(seed);
         Ok(session)
     }
@@ -234,7 +245,15 @@ impl Session {
 
     /// The memory plan of this session's program for `mode` (compiled or not).
     pub fn memory_plan(&self, mode: Pass) -> Result<MemoryPlan> {
-        MemoryPlan::with_persistent(&self.graph, mode, &self.limits, self.layout.clone())
+        MemoryPlan::with_persistent(&self.graph, mode, &self.limits, self.layout.clone(), &self.schedule_options)
+    }
+
+    /// Sets the schedule compiler's options for this session's programs; compiled programs are
+    /// released, so the next step compiles with the new options.
+    pub fn set_schedule_options(&mut self, options: ScheduleOptions) {
+        self.schedule_options = options;
+        self.train = None;
+        self.eval = None;
     }
 
     async fn program(&mut self, mode: Pass) -> Result<&mut Program> {

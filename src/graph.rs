@@ -217,18 +217,11 @@ pub struct Graph {
     pub labels: Option<TensorId>,
     pub logits: Option<TensorId>,
     pub loss: Option<TensorId>,
-    /// How much of a batch norm's output gradient backward may hold at once where it takes
-    /// that gradient in channel slices (see the schedule); tests make it tiny to get many
-    /// uneven slices.
-    pub gradient_slice_bytes: u64,
 }
-
-/// About 32 channels of a CIFAR DenseNet's first block at batch 64: small beside the block.
-pub const GRADIENT_SLICE_BYTES: u64 = 8 << 20;
 
 impl Graph {
     pub fn new(batch: u32) -> Self {
-        Graph { batch, gradient_slice_bytes: GRADIENT_SLICE_BYTES, ..Default::default() }
+        Graph { batch, ..Default::default() }
     }
 
     pub fn tensor(&self, t: TensorId) -> &Tensor {

@@ -20,7 +20,7 @@
 //!   conv is never applied: the conv normalises its input on load, in forward, in any
 //!   recomputation and in its weight gradient, so that output has no value at all;
 //! - a batch norm whose output only a conv reads gets its backward inside the conv's, one
-//!   channel slice of the conv's input gradient at a time (at most `gradient_slice_bytes`),
+//!   channel slice of the conv's input gradient at a time (at most [`ScheduleOptions::gradient_slice_bytes`]),
 //!   computed in place where the batch norm's input gradient starts, so the gradient of the
 //!   normalised tensor never exists whole.
 
@@ -362,6 +362,7 @@ fn backward_needs_input(op: &Op) -> bool {
 struct Compiler<'g> {
     graph: &'g Graph,
     mode: Pass,
+    options: ScheduleOptions,
     values: Vec<Value>,
     launches: Vec<Launch>,
     forward: HashMap<StorageId, ValueId>,
@@ -382,7 +383,30 @@ struct Compiler<'g> {
     folded_bn: HashSet<NodeId>,
 }
 
+/// Choices of the schedule compiler that trade memory against the number of launches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScheduleOptions {
+    /// How much of a batch norm's output gradient backward may hold at once where it takes
+    /// that gradient in channel slices, in bytes. Tests make it tiny to get many uneven slices.
+    pub gradient_slice_bytes: u64,
+}
+
+impl Default for ScheduleOptions {
+    /// 8 MiB: about 32 channels of a CIFAR DenseNet's first block at batch 64, small beside the
+    /// block.
+    fn default() -> Self {
+        ScheduleOptions { gradient_slice_bytes: 8 << 20 }
+    }
+}
+
+/// Compiles `graph` for `mode` with the default [`ScheduleOptions`].
 pub fn compile(graph: &Graph, mode: Pass) -> crate::Result<Schedule> {
+    compile_with(graph, mode, &ScheduleOptions::default())
+}
+
+/// Compiles `graph` for `mode`: forward (and for training, backward and the update) as
+/// launches over planned values.
+pub fn compile_with(graph: &Graph, mode: Pass, options: &ScheduleOptions) -> crate::Result<Schedule> {
     graph.validate()?;
     if mode == Pass::Train {
         check_batch_statistics(graph)?;
@@ -398,6 +422,7 @@ pub fn compile(graph: &Graph, mode: Pass) -> crate::Result<Schedule> {
     let mut c = Compiler {
         graph,
         mode,
+        options: *options,
         values: Vec::new(),
         launches: Vec::new(),
         forward: HashMap::new(),
@@ -826,7 +851,7 @@ impl Compiler<'_> {
         let [c, n, h, w_] = g.shape(bn_node.inputs[0]);
         let whole = BatchNormShape::new(c, n, h * w_);
         let channel_elems = n * h * w_;
-        let width = slice_width(c, channel_elems, g.gradient_slice_bytes);
+        let width = slice_width(c, channel_elems, self.options.gradient_slice_bytes);
         let normed = g.tensor(xt).storage;
         for first in (0..c).step_by(width as usize) {
             let count = width.min(c - first);

@@ -198,20 +198,20 @@ fn efficient_mode_needs_at_most_352_mib_beyond_the_parameters_at_bc100_batch_64(
 /// bottleneck) the slices are computed in place in it.
 #[test]
 fn batch_norm_gradients_are_taken_in_slices_within_budget() {
-    use densegpu::schedule::{compile, LaunchOp, Loc, ValueKind};
+    use densegpu::schedule::{compile_with, LaunchOp, Loc, ScheduleOptions, ValueKind};
     let config = DenseNetConfig::cifar_bc(40, 12, 10).unwrap();
+    // 5 channels of the first block: 16 images of 32x32.
+    let options = ScheduleOptions { gradient_slice_bytes: 5 * 16 * 32 * 32 * 4 };
     for mode in MemoryMode::ALL {
-        let mut g = config.build(16, mode).unwrap();
-        // 5 channels of the first block: 16 images of 32x32.
-        g.gradient_slice_bytes = 5 * 16 * 32 * 32 * 4;
-        let s = compile(&g, Pass::Train).unwrap();
+        let g = config.build(16, mode).unwrap();
+        let s = compile_with(&g, Pass::Train, &options).unwrap();
         // Every batch norm but norm5, which feeds the global pool.
         let is_bn_output = |name: &str| name.contains(".norm") && !name.contains("norm5") && !name.ends_with("stats");
         for v in s.values.iter().filter(|v| v.kind == ValueKind::Gradient) {
             let storage = &g.storages[v.storage.0];
             if is_bn_output(&storage.name) {
                 assert!(
-                    v.elems * 4 <= g.gradient_slice_bytes,
+                    v.elems * 4 <= options.gradient_slice_bytes,
                     "{mode}: {} gradient of {} elements",
                     storage.name,
                     v.elems

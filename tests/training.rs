@@ -4,6 +4,7 @@
 use densegpu::densenet::MemoryMode;
 use densegpu::graph::{Conv2dOut, Graph, Op};
 use densegpu::reference::graph as reference;
+use densegpu::schedule::ScheduleOptions;
 use densegpu::{Session, SgdHyper};
 
 mod support;
@@ -22,9 +23,9 @@ const FIVE_CHANNELS: u64 = 5 * 3 * 8 * 8 * 4;
 #[test]
 fn naive_training_step_matches_cpu_reference() {
     for (drop_rate, slice_bytes) in [(0.0, FIVE_CHANNELS), (0.2, FIVE_CHANNELS), (0.0, u64::MAX)] {
-        let mut graph = tiny_config(drop_rate).build(3, MemoryMode::Naive).unwrap();
-        graph.gradient_slice_bytes = slice_bytes;
+        let graph = tiny_config(drop_rate).build(3, MemoryMode::Naive).unwrap();
         let mut session = Session::new_blocking(gpu(), graph.clone(), 11).unwrap();
+        session.set_schedule_options(ScheduleOptions { gradient_slice_bytes: slice_bytes });
         for step in 0..2u64 {
             let params = pollster::block_on(session.parameters()).unwrap();
             let states = pollster::block_on(session.states()).unwrap();
@@ -60,9 +61,9 @@ fn naive_training_step_matches_cpu_reference() {
 
 /// Three SGD steps per mode from the same initialisation and data.
 fn run_three_steps(mode: MemoryMode, drop_rate: f32, slice_bytes: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mut graph = tiny_config(drop_rate).build(3, mode).unwrap();
-    graph.gradient_slice_bytes = slice_bytes;
+    let graph = tiny_config(drop_rate).build(3, mode).unwrap();
     let mut session = Session::new_blocking(gpu(), graph.clone(), 5).unwrap();
+    session.set_schedule_options(ScheduleOptions { gradient_slice_bytes: slice_bytes });
     let mut losses = Vec::new();
     for step in 0..3 {
         let (nchw, _, labels) = batch(&graph, 200 + step);

@@ -9,7 +9,7 @@ pub mod arena;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, ParamGroup};
-use crate::schedule::{self, Pass, Schedule};
+use crate::schedule::{self, Pass, Schedule, ScheduleOptions};
 use arena::{ArenaLimits, ArenaPlan, MemoryReport, TensorRequest};
 
 /// WebGPU's default `minStorageBufferOffsetAlignment`, in bytes: every binding window, and so
@@ -98,19 +98,23 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// Compiles `graph`'s schedule for `mode` and plans its arena under `limits`.
+    /// Compiles `graph`'s schedule for `mode` (default options) and plans its arena under
+    /// `limits`.
     pub fn new(graph: &Graph, mode: Pass, limits: &ArenaLimits) -> Result<MemoryPlan> {
-        Self::with_persistent(graph, mode, limits, PersistentLayout::new(graph, limits)?)
+        let persistent = PersistentLayout::new(graph, limits)?;
+        Self::with_persistent(graph, mode, limits, persistent, &ScheduleOptions::default())
     }
 
-    /// As [`MemoryPlan::new`], for a model whose persistent layout already exists (a session's).
+    /// As [`MemoryPlan::new`], for a model whose persistent layout already exists (a
+    /// session's), with the session's schedule options.
     pub fn with_persistent(
         graph: &Graph,
         mode: Pass,
         limits: &ArenaLimits,
         persistent: PersistentLayout,
+        options: &ScheduleOptions,
     ) -> Result<MemoryPlan> {
-        let schedule = schedule::compile(graph, mode)?;
+        let schedule = schedule::compile_with(graph, mode, options)?;
         let requests: Vec<TensorRequest> = schedule.requests(graph);
         let arena = arena::plan_arena(&requests, limits)?;
         Ok(MemoryPlan { persistent, schedule, arena, mode })

@@ -446,7 +446,7 @@ pub async fn export_safetensors() -> Result<js_sys::Uint8Array, JsError> {
 pub async fn load_safetensors(bytes: &[u8], file_name: &str) -> Result<String, JsError> {
     let weights = checkpoint::weights_from_bytes(bytes, file_name).map_err(js_error)?;
     with_model(async |m: &mut Model| {
-        checkpoint::apply_weights(&m.session, &weights).await?;
+        checkpoint::apply_weights(&m.session, &weights)?;
         if let Some(count) = weights.batches_tracked {
             m.session.batches_tracked = count;
         }
