@@ -94,40 +94,39 @@ fn run(args: Args) -> densegpu::Result<()> {
             batch.labels.len()
         )));
     }
-    let mut dumped = densegpu::checkpoint::session_weights_blocking(&session)?;
+    let initial = densegpu::checkpoint::session_weights_blocking(&session)?;
     let f = pollster::block_on(selftest::step_fidelity(&mut session, &batch.images, &batch.labels))?;
-    let [c, n, h, w] = graph.shape(graph.input.unwrap());
-    let shape = vec![n as usize, c as usize, h as usize, w as usize];
-    dumped.push(NamedTensor { name: "input".into(), shape, data: batch.images.clone() });
-    let labels: Vec<f32> = batch.labels.iter().map(|&l| l as f32).collect();
-    dumped.push(NamedTensor { name: "labels".into(), shape: vec![labels.len()], data: labels });
-    for t in &f.tensors {
-        for (prefix, data) in [("densegpu_grad", &t.device), ("reference_grad", &t.reference)] {
-            let name = format!("{prefix}.{}", t.name);
-            dumped.push(NamedTensor { name, shape: t.shape.clone(), data: data.clone() });
-        }
-    }
     if let Some(path) = &args.dump {
+        let mut dumped = initial;
+        let [c, n, h, w] = graph.shape(graph.input.unwrap());
+        let shape = vec![n as usize, c as usize, h as usize, w as usize];
+        dumped.push(NamedTensor { name: "input".into(), shape, data: batch.images.clone() });
+        let labels: Vec<f32> = batch.labels.iter().map(|&l| l as f32).collect();
+        dumped.push(NamedTensor { name: "labels".into(), shape: vec![labels.len()], data: labels });
+        for t in &f.tensors {
+            for (prefix, data) in [("densegpu_grad", &t.device), ("reference_grad", &t.reference)] {
+                let name = format!("{prefix}.{}", t.name);
+                dumped.push(NamedTensor { name, shape: t.shape.clone(), data: data.clone() });
+            }
+        }
         densegpu::checkpoint::save_weights(path, &config, &dumped)?;
     }
-    let mut errors: Vec<(f64, String)> = f.tensors.iter().map(|t| (t.rel_err, t.name.clone())).collect();
     if args.all {
-        for (e, name) in &errors {
-            println!("{name:<60} {e:.2e}");
+        for t in &f.tensors {
+            println!("{:<60} {:.2e}", t.name, t.rel_err);
         }
     }
-    errors.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (median, worst) = (&errors[errors.len() / 2], &errors[errors.len() - 1]);
+    let worst = f.worst();
     println!(
         "{} on {}: loss {:.7} (reference {:.7}); gradients of {} tensors: median {:.2e}, worst {:.2e} ({})",
         args.memory,
         gpu.describe(),
         f.loss,
         f.reference_loss,
-        errors.len(),
-        median.0,
-        worst.0,
-        worst.1
+        f.tensors.len(),
+        f.median(),
+        worst.rel_err,
+        worst.name
     );
     Ok(())
 }

@@ -596,13 +596,12 @@ async fn realistic(gpu: &Gpu) -> Result<Vec<Check>> {
             let ch = j % c;
             let (mean, invstd) = (stats[ch] as f64, stats[c + ch] as f64);
             let range = ch * m..(ch + 1) * m;
-            let terms: f64 = if j < c {
-                range.map(|i| (dy[i] as f64 * (x[i] as f64 - mean) * invstd).abs()).sum::<f64>() * gamma(d + 3)
-                    / gamma(d)
+            let (depth, terms) = if j < c {
+                (d + 3, range.map(|i| (dy[i] as f64 * (x[i] as f64 - mean) * invstd).abs()).sum::<f64>())
             } else {
-                range.map(|i| (dy[i] as f64).abs()).sum()
+                (d, range.map(|i| (dy[i] as f64).abs()).sum())
             };
-            gamma(d) * terms + UNIT_ROUNDOFF * (want[j] as f64).abs()
+            gamma(depth) * terms + UNIT_ROUNDOFF * (want[j] as f64).abs()
         })
         .collect();
     let mut t = Tensors::new("realistic-batchnorm", format!("c={} n={} hw=16x16, means 4 to 9", s.c, s.n));
