@@ -689,14 +689,8 @@ pub async fn non_finite_state(session: &Session) -> Result<Option<String>> {
         return Ok(Some(m));
     }
     let momentum = session.momentum().await?;
-    let mut named = Vec::new();
-    for (g, values) in session.graph.params.iter().zip(&momentum) {
-        let mut at = 0;
-        for p in &g.tensors {
-            named.push((p.name.as_str(), &values[at..at + p.len()]));
-            at += p.len();
-        }
-    }
+    let named =
+        session.graph.params.iter().zip(&momentum).flat_map(|(g, v)| g.split(v)).map(|(p, v)| (p.name.as_str(), v));
     Ok(describe_non_finite(named, "the momentum of "))
 }
 
@@ -716,14 +710,9 @@ pub async fn checkpoint_to_bytes(session: &Session, config: &DenseNetConfig, sta
         }
     }
     let momentum = session.momentum().await?;
-    for (g, values) in session.graph.params.iter().zip(&momentum) {
-        let mut at = 0;
-        for p in &g.tensors {
-            let t =
-                NamedTensor { name: p.name.clone(), shape: p.shape.clone(), data: values[at..at + p.len()].to_vec() };
-            entries.push((format!("{MOMENTUM_PREFIX}{}", p.name), f32_raw(&t)?));
-            at += p.len();
-        }
+    for (p, values) in session.graph.params.iter().zip(&momentum).flat_map(|(g, v)| g.split(v)) {
+        let t = NamedTensor { name: p.name.clone(), shape: p.shape.clone(), data: values.to_vec() };
+        entries.push((format!("{MOMENTUM_PREFIX}{}", p.name), f32_raw(&t)?));
     }
     let mut state = state.clone();
     state.step = session.step;

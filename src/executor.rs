@@ -128,11 +128,7 @@ impl Session {
             for (i, g) in groups.iter().enumerate() {
                 let (b, offset) = layout.places[i];
                 let values = self.gpu.read_f32(&buffers[b], offset as u64, g.len()).await?;
-                let mut at = 0;
-                for t in &g.tensors {
-                    out.push((t.name.clone(), t.shape.clone(), values[at..at + t.len()].to_vec()));
-                    at += t.len();
-                }
+                out.extend(g.split(&values).map(|(t, v)| (t.name.clone(), t.shape.clone(), v.to_vec())));
             }
         }
         Ok(out)

@@ -154,6 +154,15 @@ impl ParamGroup {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// `values` laid out in this group's layout (its tensors back to back, row-major), cut into
+    /// each tensor's own slice. Panics if `values` is shorter than the group.
+    pub fn split<'a>(&'a self, values: &'a [f32]) -> impl Iterator<Item = (&'a ParamTensor, &'a [f32])> + 'a {
+        self.tensors.iter().scan(0, move |at, t| {
+            let slice = &values[*at..*at + t.len()];
+            *at += t.len();
+            Some((t, slice))
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -412,9 +412,8 @@ pub fn compile_with(graph: &Graph, mode: Pass, options: &ScheduleOptions) -> cra
         check_batch_statistics(graph)?;
     }
     let uses = graph.uses();
-    let storages = (0..graph.storages.len()).map(StorageId);
     let producer: HashMap<StorageId, NodeId> =
-        storages.clone().filter_map(|s| uses.whole_writer(graph, s).map(|n| (s, n))).collect();
+        (0..graph.storages.len()).map(StorageId).filter_map(|s| uses.whole_writer(graph, s).map(|n| (s, n))).collect();
     let has_writer: Vec<bool> = uses.writers.iter().map(|w| !w.is_empty()).collect();
     let sole_reader = sole_whole_readers(graph, &uses);
     let bn_relu_input = bn_relu_folds(graph, &uses, &producer, &sole_reader);

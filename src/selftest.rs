@@ -561,17 +561,16 @@ async fn realistic(gpu: &Gpu) -> Result<Vec<Check>> {
         let family = if s.kh == 1 { "realistic-conv1x1" } else { "realistic-conv3x3" };
         let mut t = Tensors::new(family, shape);
         let (xs, ws, dys) = (t.input(&x), t.input(&w), t.input(&dy));
-        let name = |op: &str| op.to_string();
         let y = reference::conv::conv2d_forward(&s, &x, &w);
         let bound = sum_bound(depth.forward, &reference::conv::conv2d_forward(&s, &x, &abs(&w)), &y);
-        let ys = t.output_within(&name("forward"), y, bound);
+        let ys = t.output_within("forward", y, bound);
         let dx = reference::conv::conv2d_backward_input(&s, &dy, &w);
         let bound =
             sum_bound(depth.backward_input, &reference::conv::conv2d_backward_input(&s, &abs(&dy), &abs(&w)), &dx);
-        let dxs = t.output_within(&name("backward_input"), dx, bound);
+        let dxs = t.output_within("backward_input", dx, bound);
         let dw = reference::conv::conv2d_backward_weight(&s, &x, &dy);
         let bound = sum_bound(depth.backward_weight, &reference::conv::conv2d_backward_weight(&s, &x, &abs(&dy)), &dw);
-        let dws = t.output_within(&name("backward_weight"), dw, bound);
+        let dws = t.output_within("backward_weight", dw, bound);
         let buffer = t.upload(gpu).await?;
         let v = |slot| t.view(&buffer, slot);
         let d = [
@@ -677,12 +676,10 @@ pub async fn step_fidelity(session: &mut Session, images: &[f32], labels: &[u32]
     let grads = session.gradients().await?;
     let mut tensors = Vec::new();
     for (group, (g, r)) in graph.params.iter().zip(grads.iter().zip(&want.param_grads)) {
-        let mut at = 0;
-        for t in &group.tensors {
-            let (device, reference) = (g[at..at + t.len()].to_vec(), r[at..at + t.len()].to_vec());
-            let rel_err = compare(&t.name, "", &device, &reference).rel_err;
+        for ((t, device), (_, reference)) in group.split(g).zip(group.split(r)) {
+            let rel_err = compare(&t.name, "", device, reference).rel_err;
+            let (device, reference) = (device.to_vec(), reference.to_vec());
             tensors.push(TensorFidelity { name: t.name.clone(), shape: t.shape.clone(), rel_err, device, reference });
-            at += t.len();
         }
     }
     Ok(StepFidelity { loss: got.loss, reference_loss: want.loss, tensors })

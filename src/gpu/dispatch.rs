@@ -121,10 +121,6 @@ impl Gpu {
             kernel.shader.name,
             P::SHADER.name
         );
-        self.dispatch_bytes(kernel, &params.padded_bytes(), buffers, workgroups)
-    }
-
-    fn dispatch_bytes(&self, kernel: &Kernel, params: &[u8], buffers: &[Window], workgroups: [u32; 3]) -> Dispatch {
         assert_eq!(buffers.len() as u32, kernel.buffers, "kernel {} binds {} buffers", kernel.entry, kernel.buffers);
         for (i, a) in buffers.iter().enumerate() {
             if let Some(j) = buffers[i + 1..].iter().position(|b| a.overlaps(b)) {
@@ -141,7 +137,7 @@ impl Gpu {
         let layout = self.binding_layout(kernel.buffers);
         let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(kernel.entry),
-            contents: params,
+            contents: &params.padded_bytes(),
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         });
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
