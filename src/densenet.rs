@@ -5,7 +5,7 @@
 //! the schedule compiler, planner and executor treat every graph alike.
 
 use crate::error::{Error, Result};
-use crate::graph::{Conv2dOut, Graph, Op, TensorId};
+use crate::graph::{Conv2dOut, Graph, Op, SliceId};
 use crate::memory::arena::ArenaLimits;
 use crate::memory::MemoryPlan;
 use crate::schedule::Pass;
@@ -219,14 +219,14 @@ impl DenseNetConfig {
                 let name = format!("features.denseblock{b1}.denselayer{i}");
                 let input = match mode {
                     MemoryMode::Naive => features,
-                    _ => g.view(block.unwrap(), 0, channels),
+                    _ => g.slice_of(block.unwrap(), 0, channels),
                 };
                 let new = self.dense_layer(&mut g, mode, &name, input, block, channels, spatial);
                 if mode == MemoryMode::Naive {
                     // Concatenate by copying, as frameworks without in-place channel views do.
-                    let cat = g.new_tensor(format!("{name}.concat"), channels + k, spatial, spatial);
+                    let cat = g.new_activation(format!("{name}.concat"), channels + k, spatial, spatial);
                     let (old_part, new_part) =
-                        (g.view(g.tensor(cat).storage, 0, channels), g.view(g.tensor(cat).storage, channels, k));
+                        (g.slice_of(g.slice(cat).storage, 0, channels), g.slice_of(g.slice(cat).storage, channels, k));
                     g.copy_into(&format!("{name}.concat.0"), features, old_part);
                     g.copy_into(&format!("{name}.concat.1"), new, new_part);
                     features = cat;
@@ -235,7 +235,7 @@ impl DenseNetConfig {
             }
             let block_out = match mode {
                 MemoryMode::Naive => features,
-                _ => g.view(block.unwrap(), 0, channels),
+                _ => g.slice_of(block.unwrap(), 0, channels),
             };
             if b1 == self.block_config.len() {
                 let normed = g.batch_norm("features.norm5", block_out, true);
@@ -270,11 +270,11 @@ impl DenseNetConfig {
         g: &mut Graph,
         mode: MemoryMode,
         name: &str,
-        input: TensorId,
+        input: SliceId,
         block: Option<crate::graph::StorageId>,
         channels: u32,
         spatial: u32,
-    ) -> TensorId {
+    ) -> SliceId {
         let k = self.growth_rate;
         let norm1 = g.batch_norm(&format!("{name}.norm1"), input, true);
         if mode != MemoryMode::Naive {
@@ -295,8 +295,8 @@ impl DenseNetConfig {
         };
         let last_conv = if self.bn_size > 0 { "conv2" } else { "conv1" };
         let destination = match block {
-            Some(s) => g.view(s, channels, k),
-            None => g.new_tensor(format!("{name}.out"), k, spatial, spatial),
+            Some(s) => g.slice_of(s, channels, k),
+            None => g.new_activation(format!("{name}.out"), k, spatial, spatial),
         };
         if self.drop_rate > 0.0 {
             let conv = g.conv2d(&format!("{name}.{last_conv}"), conv2_input, Conv2dOut::New(k), 3, 1, 1);
@@ -322,15 +322,15 @@ fn block_view(
     c: u32,
     spatial: u32,
     name: &str,
-) -> TensorId {
+) -> SliceId {
     match (mode, block) {
-        (MemoryMode::Naive, _) | (_, None) => g.new_tensor(format!("{name}.out"), c, spatial, spatial),
-        (_, Some(s)) => g.view(s, c0, c),
+        (MemoryMode::Naive, _) | (_, None) => g.new_activation(format!("{name}.out"), c, spatial, spatial),
+        (_, Some(s)) => g.slice_of(s, c0, c),
     }
 }
 
 /// Marks the node that produced `t` for recomputation in backward.
-fn mark_recompute(g: &mut Graph, t: TensorId) {
+fn mark_recompute(g: &mut Graph, t: SliceId) {
     let node = g.nodes.iter().rposition(|n| n.output == t).expect("tensor has a producer");
     g.nodes[node].recompute = true;
 }

@@ -7,8 +7,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, View};
 use crate::graph::{Graph, Init, ParamGroup, StateId};
-use crate::graph::{BN_EPS, BN_MOMENTUM};
-use crate::memory::arena::{ArenaLimits, ArenaPlan};
+use crate::memory::arena::{ArenaLayout, ArenaLimits};
 use crate::memory::{arena_limits, MemoryPlan, PersistentLayout, Segments};
 use crate::ops;
 use crate::schedule::{LaunchOp, Loc, Pass, Schedule, ScheduleOptions};
@@ -402,20 +401,79 @@ fn init_values(init: Init, len: usize, rng: &mut rand_pcg::Pcg64) -> Vec<f32> {
     }
 }
 
-/// Per-step parameter words that change: which launches carry a dropout seed or the
-/// learning rate, and how to rebuild their words.
-enum StepParams {
-    Dropout { launch: usize, len: u32, x: u32, y: u32, rate: f32, key: u32, accumulate: bool },
-    Sgd { launch: usize, len: u32, offset: u32 },
+/// What changes between steps, for the per-step parameter words of a launch.
+#[derive(Clone, Copy, Debug)]
+pub struct StepInputs {
+    /// Training steps taken before this one (dropout masks are keyed by it).
+    pub step: u64,
+    pub sgd: SgdHyper,
+}
+
+/// Rewrites a recorded dispatch's parameter words for a step.
+type PerStep = Box<dyn Fn(&Gpu, &Dispatch, &StepInputs) + Send + Sync>;
+
+/// Where each op family's `record` (in `ops::<family>::kernels`) turns its launches into
+/// dispatches: resolves operands to views and collects the dispatches, and which of them
+/// rewrite their parameters every step.
+pub struct Recorder<'a> {
+    pub gpu: &'a Gpu,
+    resolve: &'a dyn Fn(Loc) -> View<'a>,
+    /// Per segment of the persistent parameter buffers: its length in elements and the
+    /// parameters, gradients and momentum buffers it covers.
+    optimizer_segments: Vec<(u32, [View<'a>; 3])>,
+    dispatches: Vec<Dispatch>,
+    per_step: Vec<(usize, PerStep)>,
+}
+
+impl<'a> Recorder<'a> {
+    /// The view an operand is bound through.
+    pub fn view(&self, loc: Loc) -> View<'a> {
+        (self.resolve)(loc)
+    }
+
+    /// Appends a dispatch whose parameters never change.
+    pub fn push(&mut self, d: Dispatch) {
+        self.dispatches.push(d);
+    }
+
+    /// Appends a dispatch whose parameters `per_step` rewrites before every step.
+    pub fn push_per_step(
+        &mut self,
+        d: Dispatch,
+        per_step: impl Fn(&Gpu, &Dispatch, &StepInputs) + Send + Sync + 'static,
+    ) {
+        self.per_step.push((self.dispatches.len(), Box::new(per_step)));
+        self.dispatches.push(d);
+    }
+
+    /// Per segment of the persistent parameter buffers: its length in elements, and views of
+    /// its parameters, gradients and momentum.
+    pub fn optimizer_segments(&self) -> &[(u32, [View<'a>; 3])] {
+        &self.optimizer_segments
+    }
+}
+
+/// Records one launch of a schedule, by its op family's `record`.
+fn record(launch: &LaunchOp, r: &mut Recorder) {
+    match launch {
+        LaunchOp::Conv(l) => ops::conv::kernels::record(l, r),
+        LaunchOp::BatchNorm(l) => ops::batchnorm::kernels::record(l, r),
+        LaunchOp::Elementwise(l) => ops::elementwise::kernels::record(l, r),
+        LaunchOp::Pool(l) => ops::pool::kernels::record(l, r),
+        LaunchOp::Linear(l) => ops::linear::kernels::record(l, r),
+        LaunchOp::Loss(l) => ops::loss::kernels::record(l, r),
+        LaunchOp::SgdUpdate => ops::sgd::kernels::record_update(r),
+    }
 }
 
 /// One compiled schedule with its arena and recorded launches.
 pub struct Program {
     pub schedule: Schedule,
-    pub plan: ArenaPlan,
+    /// Where each schedule value lives in the arena.
+    pub layout: ArenaLayout,
     arena: Vec<wgpu::Buffer>,
     dispatches: Vec<Dispatch>,
-    step_params: Vec<StepParams>,
+    per_step: Vec<(usize, PerStep)>,
 }
 
 impl Program {
@@ -423,14 +481,13 @@ impl Program {
         let MemoryPlan {
             persistent: PersistentLayout { params: param_layout, states: state_layout },
             schedule,
-            arena: plan,
+            arena: layout,
             ..
         } = memory;
         let mut arena = Vec::new();
-        for (i, &bytes) in plan.buffer_bytes.iter().enumerate() {
+        for (i, &bytes) in layout.buffer_bytes.iter().enumerate() {
             arena.push(gpu.storage_buffer(&format!("arena {i}"), bytes).await?);
         }
-        let mut program = Program { schedule, plan, arena, dispatches: Vec::new(), step_params: Vec::new() };
         // Each operand is bound through the window of its value or parameter group, which
         // keeps the bindings of one launch disjoint (see `Window`).
         fn group_view<'b>(buffers: &'b [wgpu::Buffer], layout: &Segments, groups: &[ParamGroup], i: usize) -> View<'b> {
@@ -440,172 +497,33 @@ impl Program {
         let resolve = |loc: Loc| -> View<'_> {
             match loc {
                 Loc::Value { value, offset } => {
-                    let p = program.plan.placements[value.0];
-                    let bytes = (program.schedule.values[value.0].elems * 4).max(4);
-                    View::in_window(&program.arena[p.buffer], p.offset, bytes, offset)
+                    let p = layout.placements[value.0];
+                    let bytes = (schedule.values[value.0].elems * 4).max(4);
+                    View::in_window(&arena[p.buffer], p.offset, bytes, offset)
                 }
                 Loc::Param(id) => group_view(&persistent.params, &param_layout, &graph.params, id.0),
                 Loc::Grad(id) => group_view(&persistent.grads, &param_layout, &graph.params, id.0),
                 Loc::State(StateId(id)) => group_view(&persistent.states, &state_layout, &graph.states, id),
             }
         };
-        let mut dispatches = Vec::new();
-        let mut step_params = Vec::new();
-        for launch in &program.schedule.launches {
-            let r = resolve;
-            use ops::batchnorm::kernels as bn;
-            use ops::elementwise::kernels as ew;
-            use ops::{conv::kernels as conv, linear::kernels as linear, loss::kernels as loss, pool::kernels as pool};
-            let d = match launch.op {
-                LaunchOp::ConvForward { shape, x, w, y } => conv::conv2d_forward(gpu, &shape, r(x), r(w), r(y)),
-                LaunchOp::ConvForwardBnRelu { shape, x, stats, affine, w, y } => {
-                    conv::conv2d_forward_bnrelu(gpu, &shape, r(x), r(stats), r(affine), r(w), r(y))
-                }
-                LaunchOp::ConvBackwardInput { shape, channels, dy, w, dx, accumulate } => {
-                    conv::conv2d_backward_input_channels(gpu, &shape, channels, r(dy), r(w), r(dx), accumulate)
-                }
-                LaunchOp::ConvBackwardWeight { shape, x, dy, dw, accumulate } => {
-                    conv::conv2d_backward_weight(gpu, &shape, r(x), r(dy), r(dw), accumulate)
-                }
-                LaunchOp::ConvBackwardWeightBnRelu { shape, x, stats, affine, dy, dw, accumulate } => {
-                    conv::conv2d_backward_weight_bnrelu(
-                        gpu,
-                        &shape,
-                        r(x),
-                        r(stats),
-                        r(affine),
-                        r(dy),
-                        r(dw),
-                        accumulate,
-                    )
-                }
-                LaunchOp::BnTrainStats { shape, x, stats, running } => {
-                    bn::batchnorm_train_stats(gpu, shape, r(x), r(stats), r(running), BN_MOMENTUM, BN_EPS)
-                }
-                LaunchOp::BnEvalStats { shape, running, stats } => {
-                    bn::batchnorm_eval_stats(gpu, shape.c, r(running), r(stats), BN_EPS)
-                }
-                LaunchOp::BnApply { shape, x, stats, affine, y, relu } => {
-                    bn::batchnorm_apply(gpu, shape, r(x), r(stats), r(affine), r(y), relu)
-                }
-                LaunchOp::BnBackward { shape, x, dy, stats, affine, grad_affine, dx, relu, accumulate } => {
-                    // The split pair measured faster on lavapipe than the fused kernel; the
-                    // input pass reads the sums the affine pass just wrote.
-                    let dy_loc = dy;
-                    let (x, dy, stats, affine, grad_affine) = (r(x), r(dy), r(stats), r(affine), r(grad_affine));
-                    let affine_pass =
-                        bn::batchnorm_backward_affine(gpu, shape, x, dy, stats, affine, grad_affine, relu, false);
-                    match dx {
-                        Some(dx) if dx == dy_loc => {
-                            assert!(!accumulate, "an in-place batch-norm backward overwrites its input gradient");
-                            dispatches.push(affine_pass);
-                            bn::batchnorm_backward_input_in_place(gpu, shape, x, stats, affine, grad_affine, dy, relu)
-                        }
-                        Some(dx) => {
-                            dispatches.push(affine_pass);
-                            bn::batchnorm_backward_input(
-                                gpu,
-                                shape,
-                                x,
-                                dy,
-                                stats,
-                                affine,
-                                grad_affine,
-                                r(dx),
-                                relu,
-                                accumulate,
-                            )
-                        }
-                        None => affine_pass,
-                    }
-                }
-                LaunchOp::ReluForward { len, x, y } => ew::relu_forward(gpu, len, r(x), r(y)),
-                LaunchOp::ReluBackward { len, x, dy, dx, accumulate } => {
-                    ew::relu_backward_into(gpu, len, r(x), r(dy), r(dx), accumulate)
-                }
-                LaunchOp::DropoutForward { len, rate, key, x, y } => {
-                    let (x, y) = (r(x), r(y));
-                    step_params.push(StepParams::Dropout {
-                        launch: dispatches.len(),
-                        len,
-                        x: x.offset,
-                        y: y.offset,
-                        rate,
-                        key,
-                        accumulate: false,
-                    });
-                    ew::dropout_forward(gpu, len, x, y, rate, [key, 0])
-                }
-                LaunchOp::DropoutBackward { len, rate, key, dy, dx, accumulate } => {
-                    let (dy, dx) = (r(dy), r(dx));
-                    step_params.push(StepParams::Dropout {
-                        launch: dispatches.len(),
-                        len,
-                        x: dy.offset,
-                        y: dx.offset,
-                        rate,
-                        key,
-                        accumulate,
-                    });
-                    ew::dropout_backward(gpu, len, dy, dx, rate, [key, 0], accumulate)
-                }
-                LaunchOp::AvgPoolForward { shape, x, y } => pool::avg_pool_forward(gpu, shape, r(x), r(y)),
-                LaunchOp::AvgPoolBackward { shape, dy, dx, accumulate } => {
-                    pool::avg_pool_backward(gpu, shape, r(dy), r(dx), accumulate)
-                }
-                LaunchOp::MaxPoolForward { shape, x, y } => pool::max_pool_forward(gpu, shape, r(x), r(y)),
-                LaunchOp::MaxPoolBackward { shape, x, dy, dx, accumulate } => {
-                    pool::max_pool_backward(gpu, shape, r(x), r(dy), r(dx), accumulate)
-                }
-                LaunchOp::GlobalAvgPoolForward { shape, x, y } => pool::global_avg_pool_forward(gpu, shape, r(x), r(y)),
-                LaunchOp::GlobalAvgPoolBackward { shape, dy, dx, accumulate } => {
-                    pool::global_avg_pool_backward(gpu, shape, r(dy), r(dx), accumulate)
-                }
-                LaunchOp::LinearForward { shape, x, params, y } => linear::forward(gpu, shape, r(x), r(params), r(y)),
-                LaunchOp::LinearBackwardParams { shape, x, dy, grad_params } => {
-                    let dw = r(grad_params);
-                    let db = dw.at(shape.out_features * shape.in_features);
-                    dispatches.push(linear::backward_weight(gpu, shape, r(x), r(dy), dw, false));
-                    linear::backward_bias(gpu, shape, r(dy), db, false)
-                }
-                LaunchOp::LinearBackwardInput { shape, dy, params, dx, accumulate } => {
-                    linear::backward_input(gpu, shape, r(params), r(dy), r(dx), accumulate)
-                }
-                LaunchOp::Copy { len, x, y } => ew::copy(gpu, len, r(x), r(y)),
-                LaunchOp::Add { len, x, y } => ew::add(gpu, len, r(x), r(y)),
-                LaunchOp::Fill { len, y, value } => ew::fill(gpu, len, r(y), value),
-                LaunchOp::Loss { n, classes, logits, labels, loss, dlogits } => {
-                    let s = ops::loss::LossShape::new(classes, n);
-                    loss::cross_entropy(gpu, s, r(logits), r(labels), dlogits.map(r), r(loss), false)
-                }
-                LaunchOp::SgdUpdate => {
-                    for (b, &elems) in param_layout.buffer_elems.iter().enumerate() {
-                        let len = elems as u32;
-                        fn view(buffers: &[wgpu::Buffer], b: usize) -> View<'_> {
-                            View::new(&buffers[b], 0)
-                        }
-                        step_params.push(StepParams::Sgd { launch: dispatches.len(), len, offset: 0 });
-                        dispatches.push(ops::sgd::kernels::sgd_step(
-                            gpu,
-                            len,
-                            view(&persistent.params, b),
-                            view(&persistent.grads, b),
-                            Some(view(&persistent.momentum, b)),
-                            &SgdHyper::densenet_cifar(),
-                        ));
-                    }
-                    continue;
-                }
-            };
-            dispatches.push(d);
+        let p = persistent;
+        let optimizer_segments = (param_layout.buffer_elems.iter().enumerate())
+            .map(|(b, &elems)| {
+                let views = [&p.params[b], &p.grads[b], &p.momentum[b]].map(|buffer| View::new(buffer, 0));
+                (elems as u32, views)
+            })
+            .collect();
+        let mut recorder =
+            Recorder { gpu, resolve: &resolve, optimizer_segments, dispatches: Vec::new(), per_step: Vec::new() };
+        for launch in &schedule.launches {
+            record(&launch.op, &mut recorder);
         }
-        program.dispatches = dispatches;
-        program.step_params = step_params;
-        Ok(program)
+        let Recorder { dispatches, per_step, .. } = recorder;
+        Ok(Program { schedule, layout, arena, dispatches, per_step })
     }
 
     fn value_place(&self, v: crate::schedule::ValueId) -> (usize, u64) {
-        let p = self.plan.placements[v.0];
+        let p = self.layout.placements[v.0];
         (p.buffer, p.offset / 4)
     }
 
@@ -615,21 +533,11 @@ impl Program {
 
     /// Rewrites what changes between steps: dropout seeds and the SGD hyper-parameters.
     fn set_step(&self, gpu: &Gpu, step: u64, sgd: &SgdHyper) {
-        for p in &self.step_params {
-            match *p {
-                StepParams::Dropout { launch, len, x, y, rate, key, accumulate } => {
-                    let seed = [key, step as u32];
-                    self.dispatches[launch]
-                        .set_params(gpu, &ops::elementwise::kernels::dropout_params(len, x, y, rate, seed, accumulate));
-                }
-                StepParams::Sgd { launch, len, offset } => {
-                    self.dispatches[launch]
-                        .set_params(gpu, &ops::sgd::kernels::sgd_params(len, offset, offset, offset, sgd));
-                }
-            }
+        let inputs = StepInputs { step, sgd: *sgd };
+        for (launch, per_step) in &self.per_step {
+            per_step(gpu, &self.dispatches[*launch], &inputs);
         }
     }
-
     async fn read_loss(&self, gpu: &Gpu) -> Result<StepResult> {
         let Some(loss) = self.schedule.loss else {
             return Ok(StepResult { loss: f32::NAN, correct: 0 });

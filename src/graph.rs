@@ -1,19 +1,22 @@
-//! The network, described once as a static graph of typed nodes over tensors. Three consumers
-//! read it: the schedule compiler (which derives backward, recomputation and lifetimes, and so
-//! feeds the memory planner and the executor) and the ONNX exporter.
+//! The network, described once as a static graph of typed nodes over channel slices. Three
+//! consumers read it: the schedule compiler (which derives backward, recomputation and
+//! lifetimes, and so feeds the memory planner and the executor), the CPU reference
+//! interpreter and the ONNX exporter.
 //!
-//! Tensors are channel ranges of *storages*. A storage is one planned allocation of shape
+//! A node reads and writes *slices*: channel ranges of *storages*. A storage is one planned allocation of shape
 //! (C, N, H, W) in channel-major order, so any channel range of it is contiguous. A dense block
 //! is one storage: each layer writes its new channels into its own range and the next layer
 //! reads a channel prefix, so concatenation costs nothing. Where a graph copies instead (the
 //! naive memory mode), it says so with explicit [`Op::Copy`] nodes.
 
 use crate::error::{Error, Result};
+use crate::ops::conv::Conv2dShape;
+use crate::ops::pool::PoolShape;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StorageId(pub usize);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TensorId(pub usize);
+pub struct SliceId(pub usize);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub usize);
 /// A group of learnable tensors kept contiguous, so one kernel binding reaches all of them
@@ -53,13 +56,13 @@ pub struct StorageUses {
     /// Per storage (indexed by [`StorageId`]), the nodes writing into it, in node order.
     pub writers: Vec<Vec<NodeId>>,
     /// Per storage, every read as (node, the tensor it reads), in node order.
-    pub readers: Vec<Vec<(NodeId, TensorId)>>,
+    pub readers: Vec<Vec<(NodeId, SliceId)>>,
 }
 
 impl StorageUses {
     /// The last node whose output covers all of `s`'s channels, if any.
     pub fn whole_writer(&self, g: &Graph, s: StorageId) -> Option<NodeId> {
-        self.writers[s.0].iter().rev().copied().find(|&n| g.tensor(g.nodes[n.0].output).c == g.storages[s.0].c)
+        self.writers[s.0].iter().rev().copied().find(|&n| g.slice(g.nodes[n.0].output).c == g.storages[s.0].c)
     }
 
     /// The node that reads `s` when exactly one node does (possibly through several inputs)
@@ -67,7 +70,7 @@ impl StorageUses {
     pub fn sole_whole_reader(&self, g: &Graph, s: StorageId) -> Option<NodeId> {
         let reads = &self.readers[s.0];
         let (first, _) = *reads.first()?;
-        let whole = |t: TensorId| g.tensor(t).c0 == 0 && g.tensor(t).c == g.storages[s.0].c;
+        let whole = |t: SliceId| g.slice(t).c0 == 0 && g.slice(t).c == g.storages[s.0].c;
         reads.iter().all(|&(n, t)| n == first && whole(t)).then_some(first)
     }
 
@@ -104,7 +107,7 @@ impl Storage {
 
 /// A channel range `[c0, c0 + c)` of a storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tensor {
+pub struct ChannelSlice {
     pub storage: StorageId,
     pub c0: u32,
     pub c: u32,
@@ -207,8 +210,8 @@ pub enum Op {
 pub struct Node {
     pub name: String,
     pub op: Op,
-    pub inputs: Vec<TensorId>,
-    pub output: TensorId,
+    pub inputs: Vec<SliceId>,
+    pub output: SliceId,
     /// Training keeps no copy of this node's output for backward: backward recomputes it
     /// from the node's inputs (and, for batch norm, from the statistics saved in forward).
     pub recompute: bool,
@@ -218,14 +221,14 @@ pub struct Node {
 pub struct Graph {
     pub batch: u32,
     pub storages: Vec<Storage>,
-    pub tensors: Vec<Tensor>,
+    pub slices: Vec<ChannelSlice>,
     pub params: Vec<ParamGroup>,
     pub states: Vec<ParamGroup>,
     pub nodes: Vec<Node>,
-    pub input: Option<TensorId>,
-    pub labels: Option<TensorId>,
-    pub logits: Option<TensorId>,
-    pub loss: Option<TensorId>,
+    pub input: Option<SliceId>,
+    pub labels: Option<SliceId>,
+    pub logits: Option<SliceId>,
+    pub loss: Option<SliceId>,
 }
 
 impl Graph {
@@ -233,8 +236,9 @@ impl Graph {
         Graph { batch, ..Default::default() }
     }
 
-    pub fn tensor(&self, t: TensorId) -> &Tensor {
-        &self.tensors[t.0]
+    /// The channel range behind slice `t`.
+    pub fn slice(&self, t: SliceId) -> &ChannelSlice {
+        &self.slices[t.0]
     }
 
     /// Who writes and who reads each storage.
@@ -245,24 +249,24 @@ impl Graph {
         };
         for (i, node) in self.nodes.iter().enumerate() {
             for &t in &node.inputs {
-                uses.readers[self.tensor(t).storage.0].push((NodeId(i), t));
+                uses.readers[self.slice(t).storage.0].push((NodeId(i), t));
             }
-            uses.writers[self.tensor(node.output).storage.0].push(NodeId(i));
+            uses.writers[self.slice(node.output).storage.0].push(NodeId(i));
         }
         uses
     }
 
-    pub fn storage_of(&self, t: TensorId) -> &Storage {
-        &self.storages[self.tensors[t.0].storage.0]
+    pub fn storage_of(&self, t: SliceId) -> &Storage {
+        &self.storages[self.slices[t.0].storage.0]
     }
 
     /// (C, N, H, W) of a tensor.
-    pub fn shape(&self, t: TensorId) -> [u32; 4] {
+    pub fn shape(&self, t: SliceId) -> [u32; 4] {
         let s = self.storage_of(t);
-        [self.tensors[t.0].c, s.n, s.h, s.w]
+        [self.slices[t.0].c, s.n, s.h, s.w]
     }
 
-    pub fn elems(&self, t: TensorId) -> u64 {
+    pub fn elems(&self, t: SliceId) -> u64 {
         let [c, n, h, w] = self.shape(t);
         c as u64 * n as u64 * h as u64 * w as u64
     }
@@ -282,16 +286,17 @@ impl Graph {
         StorageId(self.storages.len() - 1)
     }
 
-    pub fn view(&mut self, storage: StorageId, c0: u32, c: u32) -> TensorId {
-        assert!(c0 + c <= self.storages[storage.0].c, "view beyond storage {}", self.storages[storage.0].name);
-        self.tensors.push(Tensor { storage, c0, c });
-        TensorId(self.tensors.len() - 1)
+    /// Channels `[c0, c0 + c)` of `storage`, as a slice nodes can read and write.
+    pub fn slice_of(&mut self, storage: StorageId, c0: u32, c: u32) -> SliceId {
+        assert!(c0 + c <= self.storages[storage.0].c, "slice beyond storage {}", self.storages[storage.0].name);
+        self.slices.push(ChannelSlice { storage, c0, c });
+        SliceId(self.slices.len() - 1)
     }
 
-    /// A new storage holding exactly one tensor.
-    pub fn new_tensor(&mut self, name: impl Into<String>, c: u32, h: u32, w: u32) -> TensorId {
+    /// A new storage of (c, N, h, w) activations, and the slice of all its channels.
+    pub fn new_activation(&mut self, name: impl Into<String>, c: u32, h: u32, w: u32) -> SliceId {
         let s = self.new_storage(name, c, h, w);
-        self.view(s, 0, c)
+        self.slice_of(s, 0, c)
     }
 
     pub fn add_params(&mut self, tensors: Vec<ParamTensor>) -> ParamId {
@@ -304,7 +309,7 @@ impl Graph {
         StateId(self.states.len() - 1)
     }
 
-    pub fn add_node(&mut self, name: impl Into<String>, op: Op, inputs: Vec<TensorId>, output: TensorId) -> NodeId {
+    pub fn add_node(&mut self, name: impl Into<String>, op: Op, inputs: Vec<SliceId>, output: SliceId) -> NodeId {
         self.nodes.push(Node { name: name.into(), op, inputs, output, recompute: false });
         NodeId(self.nodes.len() - 1)
     }
@@ -312,18 +317,19 @@ impl Graph {
     // ---- Builders for each op: they create parameters with torchvision's names and the
     // ---- output tensor (a fresh storage, or a given destination such as a block slice).
 
-    pub fn input_image(&mut self, c: u32, h: u32, w: u32) -> TensorId {
-        let t = self.new_tensor("input", c, h, w);
+    pub fn input_image(&mut self, c: u32, h: u32, w: u32) -> SliceId {
+        let t = self.new_activation("input", c, h, w);
         self.input = Some(t);
         t
     }
 
     /// `name` is the module path, e.g. `features.conv0`; the weight is `{name}.weight`.
-    pub fn conv2d(&mut self, name: &str, x: TensorId, out: Conv2dOut, kernel: u32, stride: u32, pad: u32) -> TensorId {
-        let [c_in, _, h, w] = self.shape(x);
-        let (oh, ow) = ((h + 2 * pad - kernel) / stride + 1, (w + 2 * pad - kernel) / stride + 1);
+    pub fn conv2d(&mut self, name: &str, x: SliceId, out: Conv2dOut, kernel: u32, stride: u32, pad: u32) -> SliceId {
+        let [c_in, n, h, w] = self.shape(x);
+        let geometry = Conv2dShape { n, c_in, h, w, c_out: 0, kh: kernel, kw: kernel, stride, pad };
+        let (oh, ow) = (geometry.out_h(), geometry.out_w());
         let y = match out {
-            Conv2dOut::New(c_out) => self.new_tensor(format!("{name}.out"), c_out, oh, ow),
+            Conv2dOut::New(c_out) => self.new_activation(format!("{name}.out"), c_out, oh, ow),
             Conv2dOut::Into(t) => t,
         };
         let [c_out, _, yh, yw] = self.shape(y);
@@ -337,14 +343,14 @@ impl Graph {
         y
     }
 
-    pub fn batch_norm(&mut self, name: &str, x: TensorId, relu: bool) -> TensorId {
+    pub fn batch_norm(&mut self, name: &str, x: SliceId, relu: bool) -> SliceId {
         let [c, _, h, w] = self.shape(x);
-        let y = self.new_tensor(format!("{name}.out"), c, h, w);
+        let y = self.new_activation(format!("{name}.out"), c, h, w);
         self.batch_norm_into(name, x, y, relu);
         y
     }
 
-    pub fn batch_norm_into(&mut self, name: &str, x: TensorId, y: TensorId, relu: bool) -> NodeId {
+    pub fn batch_norm_into(&mut self, name: &str, x: SliceId, y: SliceId, relu: bool) -> NodeId {
         let c = self.shape(x)[0] as usize;
         let tensor = |suffix: &str, v: f32| ParamTensor {
             name: format!("{name}.{suffix}"),
@@ -357,37 +363,37 @@ impl Graph {
         self.add_node(name, Op::BatchNorm { affine, running, stats, relu }, vec![x], y)
     }
 
-    pub fn relu(&mut self, name: &str, x: TensorId) -> TensorId {
+    pub fn relu(&mut self, name: &str, x: SliceId) -> SliceId {
         let [c, _, h, w] = self.shape(x);
-        let y = self.new_tensor(format!("{name}.out"), c, h, w);
+        let y = self.new_activation(format!("{name}.out"), c, h, w);
         self.add_node(name, Op::Relu, vec![x], y);
         y
     }
 
-    pub fn dropout_into(&mut self, name: &str, x: TensorId, y: TensorId, rate: f32) -> NodeId {
+    pub fn dropout_into(&mut self, name: &str, x: SliceId, y: SliceId, rate: f32) -> NodeId {
         // Keyed by name, not position, so every memory mode (whose graphs differ in node
         // count) draws the same masks.
         let key = name.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
         self.add_node(name, Op::Dropout { rate, key }, vec![x], y)
     }
 
-    pub fn pool(&mut self, name: &str, op: Op, x: TensorId, out: Option<TensorId>) -> TensorId {
-        let [c, _, h, w] = self.shape(x);
+    pub fn pool(&mut self, name: &str, op: Op, x: SliceId, out: Option<SliceId>) -> SliceId {
+        let [c, n, h, w] = self.shape(x);
         let (oh, ow) = match op {
-            Op::AvgPool2x2 => (h / 2, w / 2),
-            Op::MaxPool3x3s2p1 => ((h - 1) / 2 + 1, (w - 1) / 2 + 1),
+            Op::AvgPool2x2 => PoolShape::new(c, n, h, w).avg_out(),
+            Op::MaxPool3x3s2p1 => PoolShape::new(c, n, h, w).max_out(),
             Op::GlobalAvgPool => (1, 1),
             _ => panic!("{name}: not a pooling op"),
         };
-        let y = out.unwrap_or_else(|| self.new_tensor(format!("{name}.out"), c, oh, ow));
+        let y = out.unwrap_or_else(|| self.new_activation(format!("{name}.out"), c, oh, ow));
         assert_eq!(self.shape(y), [c, self.batch, oh, ow], "{name}: destination has the wrong shape");
         self.add_node(name, op, vec![x], y);
         y
     }
 
-    pub fn linear(&mut self, name: &str, x: TensorId, out_features: u32) -> TensorId {
+    pub fn linear(&mut self, name: &str, x: SliceId, out_features: u32) -> SliceId {
         let in_features = self.shape(x)[0];
-        let y = self.new_tensor(format!("{name}.out"), out_features, 1, 1);
+        let y = self.new_activation(format!("{name}.out"), out_features, 1, 1);
         let bound = 1.0 / (in_features as f32).sqrt();
         let params = self.add_params(vec![
             ParamTensor {
@@ -401,18 +407,18 @@ impl Graph {
         y
     }
 
-    pub fn copy_into(&mut self, name: &str, x: TensorId, y: TensorId) -> NodeId {
+    pub fn copy_into(&mut self, name: &str, x: SliceId, y: SliceId) -> NodeId {
         assert_eq!(self.shape(x), self.shape(y), "{name}: copy between different shapes");
         self.add_node(name, Op::Copy, vec![x], y)
     }
 
     /// The softmax cross-entropy of `logits` (K, N) against the batch's labels, which also
     /// makes `logits` the graph's output (what inference returns and ONNX exports).
-    pub fn cross_entropy(&mut self, logits: TensorId) -> TensorId {
+    pub fn cross_entropy(&mut self, logits: SliceId) -> SliceId {
         let labels_storage = self.new_storage("labels", 1, 1, 1);
-        let labels = self.view(labels_storage, 0, 1);
+        let labels = self.slice_of(labels_storage, 0, 1);
         let loss_storage = self.new_vector("loss", 2);
-        let loss = self.view(loss_storage, 0, 2);
+        let loss = self.slice_of(loss_storage, 0, 2);
         self.add_node("loss", Op::SoftmaxCrossEntropy, vec![logits, labels], loss);
         self.labels = Some(labels);
         self.logits = Some(logits);
@@ -427,10 +433,10 @@ impl Graph {
             return bad("the graph has no input or no logits".into());
         }
         for (i, node) in self.nodes.iter().enumerate() {
-            let out_storage = self.tensor(node.output).storage;
+            let out_storage = self.slice(node.output).storage;
             if node.recompute {
                 let s = &self.storages[out_storage.0];
-                if self.tensor(node.output).c != s.c {
+                if self.slice(node.output).c != s.c {
                     return bad(format!("node {} is recomputed but shares its output storage {}", node.name, s.name));
                 }
                 if matches!(node.op, Op::SoftmaxCrossEntropy) {
@@ -438,8 +444,8 @@ impl Graph {
                 }
             }
             for &x in &node.inputs {
-                if self.tensor(x).storage == out_storage && node.op != Op::SoftmaxCrossEntropy {
-                    let (a, b) = (self.tensor(x), self.tensor(node.output));
+                if self.slice(x).storage == out_storage && node.op != Op::SoftmaxCrossEntropy {
+                    let (a, b) = (self.slice(x), self.slice(node.output));
                     if a.c0 < b.c0 + b.c && b.c0 < a.c0 + a.c {
                         return bad(format!("node {i} ({}) reads and writes overlapping channels", node.name));
                     }
@@ -454,7 +460,7 @@ impl Graph {
 #[derive(Clone, Copy, Debug)]
 pub enum Conv2dOut {
     New(u32),
-    Into(TensorId),
+    Into(SliceId),
 }
 
 #[cfg(test)]

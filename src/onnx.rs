@@ -19,7 +19,7 @@
 use crate::densenet::DenseNetConfig;
 use crate::error::{Error, Result};
 use crate::graph::BN_EPS;
-use crate::graph::{Graph, Node, Op, ParamGroup, ParamId, TensorId};
+use crate::graph::{Graph, Node, Op, ParamGroup, ParamId, SliceId};
 use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_proto::DataType;
 use onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
@@ -337,7 +337,7 @@ impl<'a> Builder<'a> {
 
     /// Nodes reading any channel of the input storage.
     fn input_readers(&self) -> Vec<usize> {
-        let input = self.graph.tensor(self.graph.input.expect("validated"));
+        let input = self.graph.slice(self.graph.input.expect("validated"));
         self.graph.uses().reader_nodes(input.storage).into_iter().map(|n| n.0).collect()
     }
 
@@ -380,7 +380,7 @@ impl<'a> Builder<'a> {
     }
 
     fn param_users(&self, p: ParamId) -> usize {
-        self.graph.nodes.iter().filter(|n| matches!(n.op, Op::Conv2d { weight, .. } if weight == p)).count()
+        conv_weight_users(self.graph, p)
     }
 
     fn fresh_name(&mut self, base: &str) -> String {
@@ -451,8 +451,8 @@ impl<'a> Builder<'a> {
     }
 
     /// Records that `value` now holds tensor `t`'s channels.
-    fn write(&mut self, t: TensorId, value: String) -> Result<()> {
-        let ten = *self.graph.tensor(t);
+    fn write(&mut self, t: SliceId, value: String) -> Result<()> {
+        let ten = *self.graph.slice(t);
         let (lo, hi) = (ten.c0, ten.c0 + ten.c);
         let list = &mut self.writes[ten.storage.0];
         if let Some(w) = list.iter().find(|w| w.c0 < hi && lo < w.c0 + w.c && (w.c0 < lo || w.c0 + w.c > hi)) {
@@ -473,8 +473,8 @@ impl<'a> Builder<'a> {
 
     /// The ONNX value holding tensor `t`: a producer's output, or a Concat (and, for a read
     /// of part of one write, Slice) of producers' outputs, emitted once.
-    fn read(&mut self, t: TensorId) -> Result<String> {
-        let ten = *self.graph.tensor(t);
+    fn read(&mut self, t: SliceId) -> Result<String> {
+        let ten = *self.graph.slice(t);
         let storage_name = self.graph.storages[ten.storage.0].name.clone();
         let (lo, hi) = (ten.c0, ten.c0 + ten.c);
         let mut parts = Vec::new();
@@ -695,7 +695,7 @@ impl<'a> Builder<'a> {
         self.require_spatial(&x, node)?;
         let pt = &g.params[weight.0].tensors[0];
         let (w_name, w_shape) = (pt.name.clone(), pt.shape.clone());
-        let reads_input = g.tensor(node.inputs[0]).storage == g.tensor(g.input.expect("validated")).storage;
+        let reads_input = g.slice(node.inputs[0]).storage == g.slice(g.input.expect("validated")).storage;
         let fold_input = reads_input && matches!(self.input_norm, InputNorm::FoldAll | InputNorm::FoldScale);
         let fold_bn = self.folded_into.get(&index).copied();
         let mut inputs = vec![x];
@@ -709,7 +709,7 @@ impl<'a> Builder<'a> {
             let mut bias = vec![0.0f64; c_out];
             if fold_input {
                 let n = self.normalization().clone();
-                let c0 = g.tensor(node.inputs[0]).c0 as usize;
+                let c0 = g.slice(node.inputs[0]).c0 as usize;
                 for o in 0..c_out {
                     for i in 0..c_in {
                         let (m, s) = (n.mean[c0 + i] as f64, n.std[c0 + i] as f64);
@@ -790,16 +790,21 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// How many conv nodes use weight `p` (a shared weight cannot take a fold or a normalisation).
+fn conv_weight_users(graph: &Graph, p: ParamId) -> usize {
+    graph.nodes.iter().filter(|n| matches!(n.op, Op::Conv2d { weight, .. } if weight == p)).count()
+}
+
 /// Conv node index → batch norm node index, for every batch norm that reads exactly one
 /// conv's whole output when nothing else reads or overwrites that output, and the conv's
 /// weight is its own. Folding is exact there: in eval mode batch norm is a per-channel
 /// affine map of the conv output.
 fn foldable_batch_norms(graph: &Graph) -> HashMap<usize, usize> {
-    let overlaps = |a: TensorId, b: TensorId| {
-        let (a, b) = (graph.tensor(a), graph.tensor(b));
+    let overlaps = |a: SliceId, b: SliceId| {
+        let (a, b) = (graph.slice(a), graph.slice(b));
         a.storage == b.storage && a.c0 < b.c0 + b.c && b.c0 < a.c0 + a.c
     };
-    let protected: Vec<TensorId> = [graph.input, graph.logits].into_iter().flatten().collect();
+    let protected: Vec<SliceId> = [graph.input, graph.logits].into_iter().flatten().collect();
     let uses = graph.uses();
     let mut out = HashMap::new();
     for (i, bn) in graph.nodes.iter().enumerate() {
@@ -807,19 +812,17 @@ fn foldable_batch_norms(graph: &Graph) -> HashMap<usize, usize> {
             continue;
         }
         let x = bn.inputs[0];
-        let writers = &uses.writers[graph.tensor(x).storage.0];
+        let writers = &uses.writers[graph.slice(x).storage.0];
         let Some(j) = writers.iter().map(|n| n.0).filter(|&j| j < i).rfind(|&j| overlaps(graph.nodes[j].output, x))
         else {
             continue;
         };
         let conv = &graph.nodes[j];
         let Op::Conv2d { weight, .. } = conv.op else { continue };
-        let same_range = graph.tensor(conv.output) == graph.tensor(x);
-        let weight_shared =
-            graph.nodes.iter().filter(|n| matches!(n.op, Op::Conv2d { weight: w, .. } if w == weight)).count() > 1;
-        let other_readers = uses.readers[graph.tensor(conv.output).storage.0]
-            .iter()
-            .any(|&(k, t)| k.0 != i && overlaps(t, conv.output));
+        let same_range = graph.slice(conv.output) == graph.slice(x);
+        let weight_shared = conv_weight_users(graph, weight) > 1;
+        let other_readers =
+            uses.readers[graph.slice(conv.output).storage.0].iter().any(|&(k, t)| k.0 != i && overlaps(t, conv.output));
         let touches_io = protected.iter().any(|&t| overlaps(t, conv.output) || overlaps(t, bn.output));
         if same_range && !weight_shared && !other_readers && !touches_io && !out.contains_key(&j) {
             out.insert(j, i);

@@ -100,17 +100,24 @@ fn a_batch_too_large_for_the_binding_limit_is_refused_with_advice() {
 
 #[test]
 fn a_recomputed_bn_relu_read_only_by_a_1x1_weight_gradient_is_fused_into_it() {
+    use densegpu::ops::{batchnorm::BatchNormLaunch, conv::ConvLaunch};
     use densegpu::schedule::{compile, LaunchOp, Phase, ValueKind};
     // DenseNet-BC-40: 3 blocks of 6 layers, 2 transitions.
     let config = DenseNetConfig::cifar_bc(40, 12, 10).unwrap();
     let count = |mode| {
         let g = config.build(2, mode).unwrap();
         let s = compile(&g, Pass::Train).unwrap();
-        let fused = s.launches.iter().filter(|l| matches!(l.op, LaunchOp::ConvBackwardWeightBnRelu { .. })).count();
+        let fused = s
+            .launches
+            .iter()
+            .filter(|l| matches!(l.op, LaunchOp::Conv(ConvLaunch::BackwardWeightBnRelu { .. })))
+            .count();
         let recomputed_bn = s
             .launches
             .iter()
-            .filter(|l| l.phase == Phase::Recompute && matches!(l.op, LaunchOp::BnApply { .. }))
+            .filter(|l| {
+                l.phase == Phase::Recompute && matches!(l.op, LaunchOp::BatchNorm(BatchNormLaunch::Apply { .. }))
+            })
             .count();
         let recomputed_values = s.values.iter().filter(|v| v.kind == ValueKind::Recomputed).count();
         (fused, recomputed_bn, recomputed_values)
@@ -127,6 +134,7 @@ fn a_recomputed_bn_relu_read_only_by_a_1x1_weight_gradient_is_fused_into_it() {
 #[test]
 fn a_recomputed_bn_relu_read_only_by_a_1x1_conv_is_applied_on_its_load_and_never_stored() {
     use densegpu::graph::Op;
+    use densegpu::ops::{batchnorm::BatchNormLaunch, conv::ConvLaunch};
     use densegpu::schedule::{compile, LaunchOp, Phase, ValueKind};
     use std::collections::HashSet;
     // DenseNet-BC-40: 3 blocks of 6 layers (norm1, conv1, norm2, conv2 each), 2 transitions
@@ -139,9 +147,11 @@ fn a_recomputed_bn_relu_read_only_by_a_1x1_conv_is_applied_on_its_load_and_never
         let launches = |phase: Phase, pick: &dyn Fn(&LaunchOp) -> bool| {
             s.launches.iter().filter(|l| l.phase == phase && pick(&l.op)).count()
         };
-        let fused = |op: &LaunchOp| matches!(op, LaunchOp::ConvForwardBnRelu { .. });
-        let apply = |op: &LaunchOp| matches!(op, LaunchOp::BnApply { .. });
-        let stats = |op: &LaunchOp| matches!(op, LaunchOp::BnTrainStats { .. } | LaunchOp::BnEvalStats { .. });
+        let fused = |op: &LaunchOp| matches!(op, LaunchOp::Conv(ConvLaunch::ForwardBnRelu { .. }));
+        let apply = |op: &LaunchOp| matches!(op, LaunchOp::BatchNorm(BatchNormLaunch::Apply { .. }));
+        let stats = |op: &LaunchOp| {
+            matches!(op, LaunchOp::BatchNorm(BatchNormLaunch::TrainStats { .. } | BatchNormLaunch::EvalStats { .. }))
+        };
         // The storages the fused launches normalise on load: the folded BN-ReLU outputs.
         let folded: HashSet<_> = s
             .launches
@@ -150,7 +160,7 @@ fn a_recomputed_bn_relu_read_only_by_a_1x1_conv_is_applied_on_its_load_and_never
             .map(|l| {
                 let conv = &g.nodes[l.node.unwrap().0];
                 assert!(matches!(conv.op, Op::Conv2d { kernel: 1, stride: 1, pad: 0, .. }), "{}", conv.name);
-                g.tensor(conv.inputs[0]).storage
+                g.slice(conv.inputs[0]).storage
             })
             .collect();
         // Its gradient still flows from the conv's backward input to the batch norm's backward.
@@ -198,6 +208,7 @@ fn efficient_mode_needs_at_most_352_mib_beyond_the_parameters_at_bc100_batch_64(
 /// bottleneck) the slices are computed in place in it.
 #[test]
 fn batch_norm_gradients_are_taken_in_slices_within_budget() {
+    use densegpu::ops::{batchnorm::BatchNormLaunch, conv::ConvLaunch};
     use densegpu::schedule::{compile_with, LaunchOp, Loc, ScheduleOptions, ValueKind};
     let config = DenseNetConfig::cifar_bc(40, 12, 10).unwrap();
     // 5 channels of the first block: 16 images of 32x32.
@@ -221,8 +232,12 @@ fn batch_norm_gradients_are_taken_in_slices_within_budget() {
         let (mut sliced, mut in_place) = (0, 0);
         for l in &s.launches {
             match l.op {
-                LaunchOp::ConvBackwardInput { channels, shape, .. } if channels.1 < shape.c_in => sliced += 1,
-                LaunchOp::BnBackward { dy, dx: Some(dx), .. } if matches!(dy, Loc::Value { .. }) && dx == dy => {
+                LaunchOp::Conv(ConvLaunch::BackwardInput { channels, shape, .. }) if channels.1 < shape.c_in => {
+                    sliced += 1
+                }
+                LaunchOp::BatchNorm(BatchNormLaunch::Backward { dy, dx: Some(dx), .. })
+                    if matches!(dy, Loc::Value { .. }) && dx == dy =>
+                {
                     in_place += 1
                 }
                 _ => {}

@@ -271,8 +271,8 @@ fn generic_graph_with_unpadded_stem_and_slices() {
         let c = g.conv2d("stem", x, Conv2dOut::New(8), 1, 1, 0);
         let b = g.batch_norm("stem_norm", c, false);
         let r = g.relu("stem_relu", b);
-        let s = g.tensor(r).storage;
-        let mid = g.view(s, 2, 4);
+        let s = g.slice(r).storage;
+        let mid = g.slice_of(s, 2, 4);
         let c2 = g.conv2d("mid", mid, Conv2dOut::New(5), 3, 2, 1);
         let n2 = g.batch_norm("mid_norm", c2, true);
         let p = g.pool("pool", Op::GlobalAvgPool, n2, None);

@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use densegpu::memory::arena::{
-    peak_live_bytes, plan_arena, plan_arena_with, ArenaLimits, ArenaPlan, Category, MemoryReport, Placement,
-    Strategy as Heuristic, TensorRequest,
+    layout_arena, layout_arena_with, peak_live_bytes, ArenaLayout, ArenaLimits, ArenaRequest, Category, MemoryReport,
+    Placement, Strategy as Heuristic,
 };
 use densegpu::Error;
 use proptest::prelude::*;
@@ -23,7 +23,7 @@ fn limits(max_buffer_bytes: u64, alignment: u64) -> ArenaLimits {
 
 /// Every property a plan must have, checked pairwise. Returns a description of the first
 /// violation so proptest can shrink on it.
-fn check_plan(requests: &[TensorRequest], lim: &ArenaLimits, plan: &ArenaPlan) -> Result<(), String> {
+fn check_plan(requests: &[ArenaRequest], lim: &ArenaLimits, plan: &ArenaLayout) -> Result<(), String> {
     let a = lim.alignment;
     if plan.placements.len() != requests.len() {
         return Err(format!("{} placements for {} requests", plan.placements.len(), requests.len()));
@@ -80,7 +80,7 @@ const CATEGORIES: [Category; 5] =
 
 /// Random lifetimes and sizes: odd sizes, zero sizes, persistent tensors, clumps of equal
 /// lifetimes, a few long lifetimes crossing many short ones.
-fn arbitrary_requests(max_tensors: usize, max_bytes: u64) -> impl Strategy<Value = Vec<TensorRequest>> {
+fn arbitrary_requests(max_tensors: usize, max_bytes: u64) -> impl Strategy<Value = Vec<ArenaRequest>> {
     let tensor =
         (0usize..60, prop_oneof![3 => 0usize..4, 2 => 0usize..30, 1 => Just(1000)], 0..=max_bytes, 0usize..5, 0u8..10);
     prop::collection::vec(tensor, 0..max_tensors).prop_map(|tensors| {
@@ -90,7 +90,7 @@ fn arbitrary_requests(max_tensors: usize, max_bytes: u64) -> impl Strategy<Value
             .map(|(i, (first, len, bytes, cat, flavour))| {
                 let (first, last) = if flavour == 0 { (0, 70) } else { (first, (first + len).min(70)) };
                 let bytes = if flavour == 1 { 0 } else { bytes };
-                TensorRequest::new(format!("t{i}"), bytes, first, last, CATEGORIES[cat])
+                ArenaRequest::new(format!("t{i}"), bytes, first, last, CATEGORIES[cat])
             })
             .collect()
     })
@@ -98,11 +98,11 @@ fn arbitrary_requests(max_tensors: usize, max_bytes: u64) -> impl Strategy<Value
 
 /// Properly nested lifetimes: a random sequence of pushes and pops on a stack, each tensor living
 /// from its push step to its pop step, plus some tensors spanning the whole schedule.
-fn nested_requests() -> impl Strategy<Value = Vec<TensorRequest>> {
+fn nested_requests() -> impl Strategy<Value = Vec<ArenaRequest>> {
     let op = (any::<bool>(), 0usize..3, 0u64..5000);
     (prop::collection::vec(op, 0..300), prop::collection::vec(1u64..3000, 0..4)).prop_map(|(ops, persistent)| {
         let mut step = 0;
-        let mut stack: Vec<TensorRequest> = Vec::new();
+        let mut stack: Vec<ArenaRequest> = Vec::new();
         let mut done = Vec::new();
         let mut last_was_pop = false;
         for (i, (push, advance, bytes)) in ops.into_iter().enumerate() {
@@ -113,7 +113,7 @@ fn nested_requests() -> impl Strategy<Value = Vec<TensorRequest>> {
                 if last_was_pop && advance == 0 {
                     step += 1;
                 }
-                stack.push(TensorRequest::new(format!("n{i}"), bytes, step, step, Category::Activations));
+                stack.push(ArenaRequest::new(format!("n{i}"), bytes, step, step, Category::Activations));
             } else if let Some(mut t) = stack.pop() {
                 t.last_use = step;
                 done.push(t);
@@ -126,7 +126,7 @@ fn nested_requests() -> impl Strategy<Value = Vec<TensorRequest>> {
             done.push(t);
         }
         for (i, bytes) in persistent.into_iter().enumerate() {
-            done.push(TensorRequest::new(format!("p{i}"), bytes, 0, step, Category::Parameters));
+            done.push(ArenaRequest::new(format!("p{i}"), bytes, 0, step, Category::Parameters));
         }
         done
     })
@@ -147,12 +147,12 @@ proptest! {
     ) {
         let biggest = requests.iter().map(|r| aligned(r.bytes, alignment)).max().unwrap_or(0).max(alignment);
         let lim = limits(limit_factor.map_or(HUGE, |k| biggest * k + alignment / 2), alignment);
-        let plan = plan_arena(&requests, &lim).unwrap();
+        let plan = layout_arena(&requests, &lim).unwrap();
         prop_assert_eq!(check_plan(&requests, &lim, &plan), Ok(()));
         // The planner keeps the best of its strategies, and each of them is valid on its own.
         let mut totals = Vec::new();
         for strategy in Heuristic::ALL {
-            let alone = plan_arena_with(&requests, &lim, strategy).unwrap();
+            let alone = layout_arena_with(&requests, &lim, strategy).unwrap();
             prop_assert_eq!(check_plan(&requests, &lim, &alone), Ok(()), "{:?}", strategy);
             totals.push(alone.total_bytes());
         }
@@ -169,14 +169,14 @@ proptest! {
     fn nested_lifetimes_reach_the_peak_exactly(requests in nested_requests(), alignment in alignments()) {
         let peak = peak_live_bytes(&requests, alignment);
         let lim = limits(HUGE, alignment);
-        let plan = plan_arena(&requests, &lim).unwrap();
+        let plan = layout_arena(&requests, &lim).unwrap();
         prop_assert_eq!(check_plan(&requests, &lim, &plan), Ok(()));
         prop_assert_eq!(plan.total_bytes(), peak);
         prop_assert!(plan.buffer_bytes.len() <= 1);
         // Even with a buffer limit of exactly the peak, it all fits in one buffer.
         if peak > 0 {
             let tight = limits(peak, alignment);
-            let plan = plan_arena_with(&requests, &tight, Heuristic::FirstFitByStart).unwrap();
+            let plan = layout_arena_with(&requests, &tight, Heuristic::FirstFitByStart).unwrap();
             prop_assert_eq!(check_plan(&requests, &tight, &plan), Ok(()));
             prop_assert_eq!(plan.buffer_bytes, vec![peak]);
         }
@@ -185,7 +185,7 @@ proptest! {
     #[test]
     fn small_limit_splits_the_arena(requests in arbitrary_requests(200, 4080), alignment in alignments()) {
         let lim = limits(4096, alignment);
-        let plan = plan_arena(&requests, &lim).unwrap();
+        let plan = layout_arena(&requests, &lim).unwrap();
         prop_assert_eq!(check_plan(&requests, &lim, &plan), Ok(()));
         // The limit forces at least this many buffers.
         let peak = peak_live_bytes(&requests, alignment);
@@ -195,7 +195,7 @@ proptest! {
 
 #[test]
 fn peak_live_bytes_counts_inclusive_aligned_lifetimes() {
-    let t = |bytes, first, last| TensorRequest::new("t", bytes, first, last, Category::Workspace);
+    let t = |bytes, first, last| ArenaRequest::new("t", bytes, first, last, Category::Workspace);
     // Touching lifetimes ([0,2] and [2,3]) overlap at step 2; 100 bytes round up to 256.
     let requests = [t(100, 0, 2), t(300, 2, 3), t(500, 4, 4), t(0, 0, 9)];
     assert_eq!(peak_live_bytes(&requests, 256), 256 + 512);
@@ -206,10 +206,10 @@ fn peak_live_bytes_counts_inclusive_aligned_lifetimes() {
 #[test]
 fn split_over_buffers_with_a_4_kib_limit() {
     let lim = limits(4096, 256);
-    let t = |name: &str, bytes, first, last| TensorRequest::new(name, bytes, first, last, Category::Activations);
+    let t = |name: &str, bytes, first, last| ArenaRequest::new(name, bytes, first, last, Category::Activations);
     // Three 2 KiB tensors alive together plus one exactly at the limit later on.
     let requests = [t("a", 2048, 0, 3), t("b", 2000, 1, 3), t("c", 1900, 2, 3), t("d", 4096, 4, 5)];
-    let plan = plan_arena(&requests, &lim).unwrap();
+    let plan = layout_arena(&requests, &lim).unwrap();
     check_plan(&requests, &lim, &plan).unwrap();
     assert_eq!(plan.buffer_bytes.len(), 2, "{plan:?}");
     assert!(plan.buffer_bytes.iter().all(|&b| b <= 4096));
@@ -221,10 +221,10 @@ fn split_over_buffers_with_a_4_kib_limit() {
 #[test]
 fn tensor_above_the_limit_is_too_large() {
     let requests = [
-        TensorRequest::new("stem.conv.weight", 1000, 0, 9, Category::Parameters),
-        TensorRequest::new("block3.concat", 5000, 2, 4, Category::Activations),
+        ArenaRequest::new("stem.conv.weight", 1000, 0, 9, Category::Parameters),
+        ArenaRequest::new("block3.concat", 5000, 2, 4, Category::Activations),
     ];
-    match plan_arena(&requests, &limits(4096, 256)) {
+    match layout_arena(&requests, &limits(4096, 256)) {
         Err(Error::TooLarge(message)) => {
             assert!(message.contains("block3.concat"), "{message}");
             assert!(message.contains("5000"), "{message}");
@@ -234,37 +234,37 @@ fn tensor_above_the_limit_is_too_large() {
     }
     // 4000 bytes fit a 4000-byte limit only without alignment: 256-byte alignment rounds them to
     // 4096, and the usable part of the buffer down to 3840.
-    let fits = [TensorRequest::new("x", 4000, 0, 0, Category::Workspace)];
-    assert_eq!(plan_arena(&fits, &limits(4000, 1)).unwrap().buffer_bytes, vec![4000]);
-    assert!(matches!(plan_arena(&fits, &limits(4000, 256)), Err(Error::TooLarge(_))));
+    let fits = [ArenaRequest::new("x", 4000, 0, 0, Category::Workspace)];
+    assert_eq!(layout_arena(&fits, &limits(4000, 1)).unwrap().buffer_bytes, vec![4000]);
+    assert!(matches!(layout_arena(&fits, &limits(4000, 256)), Err(Error::TooLarge(_))));
 }
 
 #[test]
 fn bad_requests_are_config_errors() {
-    let backwards = [TensorRequest::new("grad.tmp", 64, 5, 4, Category::Workspace)];
-    match plan_arena(&backwards, &limits(HUGE, 4)) {
+    let backwards = [ArenaRequest::new("grad.tmp", 64, 5, 4, Category::Workspace)];
+    match layout_arena(&backwards, &limits(HUGE, 4)) {
         Err(Error::Config(message)) => assert!(message.contains("grad.tmp"), "{message}"),
         other => panic!("expected Config, got {other:?}"),
     }
-    let fine = [TensorRequest::new("x", 64, 0, 1, Category::Workspace)];
-    assert!(matches!(plan_arena(&fine, &limits(HUGE, 0)), Err(Error::Config(_))));
+    let fine = [ArenaRequest::new("x", 64, 0, 1, Category::Workspace)];
+    assert!(matches!(layout_arena(&fine, &limits(HUGE, 0)), Err(Error::Config(_))));
 }
 
 #[test]
 fn empty_and_zero_byte_requests_make_an_empty_arena() {
-    let plan = plan_arena(&[], &limits(HUGE, 256)).unwrap();
+    let plan = layout_arena(&[], &limits(HUGE, 256)).unwrap();
     assert!(plan.buffer_bytes.is_empty() && plan.placements.is_empty());
-    let zeros = vec![TensorRequest::new("z", 0, 0, 3, Category::Workspace); 3];
-    let plan = plan_arena(&zeros, &limits(HUGE, 256)).unwrap();
+    let zeros = vec![ArenaRequest::new("z", 0, 0, 3, Category::Workspace); 3];
+    let plan = layout_arena(&zeros, &limits(HUGE, 256)).unwrap();
     assert_eq!(plan.total_bytes(), 0);
     assert_eq!(plan.placements, vec![Placement { buffer: 0, offset: 0 }; 3]);
     assert_eq!(plan.report(), MemoryReport::default());
 }
 
 /// A hand-made schedule: steps 0..=9, persistent weights, stored activations, scratch.
-fn small_network() -> Vec<TensorRequest> {
+fn small_network() -> Vec<ArenaRequest> {
     use Category::*;
-    let t = TensorRequest::new;
+    let t = ArenaRequest::new;
     vec![
         t("w1", 1000, 0, 9, Parameters),  // 1024 aligned
         t("w2", 100, 0, 9, Parameters),   // 256
@@ -283,7 +283,7 @@ fn small_network() -> Vec<TensorRequest> {
 fn report_of_a_small_network() {
     let requests = small_network();
     let lim = limits(HUGE, 256);
-    let plan = plan_arena(&requests, &lim).unwrap();
+    let plan = layout_arena(&requests, &lim).unwrap();
     check_plan(&requests, &lim, &plan).unwrap();
     let report = plan.report();
     // Persistent 3328 bytes; busiest step is 8: a1 + s3 on top of them.
@@ -311,13 +311,13 @@ fn report_of_a_small_network() {
 #[test]
 fn greedy_by_size_wins_where_the_sweep_fragments() {
     // t1 dies at step 1 under t2, which lives on; the 2-byte t3 then cannot use t1's hole.
-    let t = |name: &str, bytes, first, last| TensorRequest::new(name, bytes, first, last, Category::Workspace);
+    let t = |name: &str, bytes, first, last| ArenaRequest::new(name, bytes, first, last, Category::Workspace);
     let requests = [t("t1", 1, 0, 1), t("t2", 1, 1, 5), t("t3", 2, 2, 3)];
     let lim = limits(HUGE, 1);
     assert_eq!(peak_live_bytes(&requests, 1), 3);
-    assert_eq!(plan_arena_with(&requests, &lim, Heuristic::FirstFitByStart).unwrap().total_bytes(), 4);
-    assert_eq!(plan_arena_with(&requests, &lim, Heuristic::BestFitByStart).unwrap().total_bytes(), 4);
-    let plan = plan_arena(&requests, &lim).unwrap();
+    assert_eq!(layout_arena_with(&requests, &lim, Heuristic::FirstFitByStart).unwrap().total_bytes(), 4);
+    assert_eq!(layout_arena_with(&requests, &lim, Heuristic::BestFitByStart).unwrap().total_bytes(), 4);
+    let plan = layout_arena(&requests, &lim).unwrap();
     check_plan(&requests, &lim, &plan).unwrap();
     assert_eq!(plan.total_bytes(), 3);
     assert_eq!(plan.strategy, Heuristic::GreedyBySize);
@@ -326,7 +326,7 @@ fn greedy_by_size_wins_where_the_sweep_fragments() {
 /// A DenseNet-like schedule: persistent parameters/gradients/optimizer state, activations
 /// stored from forward step k to backward step 2S-k (nested), short-lived workspace around every
 /// step, and a sprinkling of crossing lifetimes.
-fn densenet_like(n: usize, seed: u64) -> Vec<TensorRequest> {
+fn densenet_like(n: usize, seed: u64) -> Vec<ArenaRequest> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let steps = n / 4;
     let last = 2 * steps;
@@ -334,20 +334,20 @@ fn densenet_like(n: usize, seed: u64) -> Vec<TensorRequest> {
         .map(|i| {
             let bytes = rng.random_range(1..(1u64 << 20));
             match i % 10 {
-                0 | 1 => TensorRequest::new(format!("p{i}"), bytes, 0, last, Category::Parameters),
+                0 | 1 => ArenaRequest::new(format!("p{i}"), bytes, 0, last, Category::Parameters),
                 2 | 3 => {
                     let k = rng.random_range(0..steps);
-                    TensorRequest::new(format!("a{i}"), bytes, k, last - k, Category::Activations)
+                    ArenaRequest::new(format!("a{i}"), bytes, k, last - k, Category::Activations)
                 }
                 4 => {
                     let first = rng.random_range(0..last);
                     let end = (first + rng.random_range(0..50)).min(last);
-                    TensorRequest::new(format!("x{i}"), bytes, first, end, Category::Workspace)
+                    ArenaRequest::new(format!("x{i}"), bytes, first, end, Category::Workspace)
                 }
                 _ => {
                     let first = rng.random_range(0..last);
                     let end = (first + rng.random_range(0..3)).min(last);
-                    TensorRequest::new(format!("w{i}"), bytes, first, end, Category::Workspace)
+                    ArenaRequest::new(format!("w{i}"), bytes, first, end, Category::Workspace)
                 }
             }
         })
@@ -355,12 +355,12 @@ fn densenet_like(n: usize, seed: u64) -> Vec<TensorRequest> {
 }
 
 /// Uniformly random lifetimes anywhere in the schedule: thousands of crossing conflicts per tensor.
-fn adversarial(n: usize, seed: u64) -> Vec<TensorRequest> {
+fn adversarial(n: usize, seed: u64) -> Vec<ArenaRequest> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..n)
         .map(|i| {
             let (a, b) = (rng.random_range(0..5000usize), rng.random_range(0..5000usize));
-            TensorRequest::new(format!("r{i}"), rng.random_range(1..100_000), a.min(b), a.max(b), Category::Workspace)
+            ArenaRequest::new(format!("r{i}"), rng.random_range(1..100_000), a.min(b), a.max(b), Category::Workspace)
         })
         .collect()
 }
@@ -374,7 +374,7 @@ fn twenty_thousand_tensors_get_valid_plans() {
         for (label, requests) in [("densenet-like", densenet_like(n, 7)), ("adversarial", adversarial(n, 8))] {
             let lim = limits(128 << 20, 256);
             let start = Instant::now();
-            let plan = plan_arena(&requests, &lim).unwrap();
+            let plan = layout_arena(&requests, &lim).unwrap();
             let elapsed = start.elapsed();
             let peak = peak_live_bytes(&requests, 256);
             eprintln!(

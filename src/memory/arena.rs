@@ -3,7 +3,7 @@
 //! busiest step and never allocates during training.
 //!
 //! The graph numbers its schedule steps (forward, then backward) and describes every tensor by
-//! its size and the inclusive range of steps that use it. [`plan_arena`] gives each tensor a
+//! its size and the inclusive range of steps that use it. [`layout_arena`] gives each tensor a
 //! [`Placement`] (buffer index and byte offset) such that
 //!
 //! * two tensors whose lifetimes share a step never share a byte;
@@ -64,7 +64,7 @@ impl Category {
 /// tensors where one's last use is the other's first use do conflict. A persistent tensor is
 /// simply one alive over the whole schedule (`first_use = 0`, `last_use` = last step).
 #[derive(Clone, Debug)]
-pub struct TensorRequest {
+pub struct ArenaRequest {
     /// Shown in errors; need not be unique.
     pub name: String,
     /// Size before alignment rounding; zero is allowed and takes no space.
@@ -74,9 +74,9 @@ pub struct TensorRequest {
     pub category: Category,
 }
 
-impl TensorRequest {
+impl ArenaRequest {
     pub fn new(name: impl Into<String>, bytes: u64, first_use: usize, last_use: usize, category: Category) -> Self {
-        TensorRequest { name: name.into(), bytes, first_use, last_use, category }
+        ArenaRequest { name: name.into(), bytes, first_use, last_use, category }
     }
 }
 
@@ -100,13 +100,13 @@ impl ArenaLimits {
 /// Where one tensor lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placement {
-    /// Index into [`ArenaPlan::buffer_bytes`].
+    /// Index into [`ArenaLayout::buffer_bytes`].
     pub buffer: usize,
     /// Byte offset inside that buffer, a multiple of the alignment.
     pub offset: u64,
 }
 
-/// A placement heuristic. [`plan_arena`] runs them all and keeps the smallest arena; ties go
+/// A placement heuristic. [`layout_arena`] runs them all and keeps the smallest arena; ties go
 /// to the earlier one in [`Strategy::ALL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Strategy {
@@ -120,7 +120,7 @@ pub enum Strategy {
     /// Largest tensors first, each into the tightest gap between the already placed tensors
     /// whose lifetimes overlap its own (Pisarchyk & Lee, "Efficient Memory Management for Deep
     /// Neural Net Inference", greedy by size). Usually the best on crossing lifetimes, but it is
-    /// quadratic in the number of non-persistent tensors, so [`plan_arena`] skips it beyond
+    /// quadratic in the number of non-persistent tensors, so [`layout_arena`] skips it beyond
     /// some 10,000 of them.
     GreedyBySize,
     /// The same placement, but the tensors that cover most of the memory-time plane (bytes
@@ -139,19 +139,20 @@ impl Strategy {
     }
 }
 
-/// The planned arena.
+/// Where every request lives: the arena's buffers and each request's placement, as
+/// [`layout_arena`] returns it. One part of a [`crate::memory::MemoryPlan`].
 #[derive(Clone, Debug)]
-pub struct ArenaPlan {
+pub struct ArenaLayout {
     /// Size of each buffer to allocate, each at most the limit and a multiple of the alignment.
     pub buffer_bytes: Vec<u64>,
     /// One placement per request, in request order.
     pub placements: Vec<Placement>,
-    /// The heuristic that produced this plan.
+    /// The heuristic that produced this layout.
     pub strategy: Strategy,
     report: MemoryReport,
 }
 
-impl ArenaPlan {
+impl ArenaLayout {
     /// Bytes the executor allocates: the sum of the buffer sizes.
     pub fn total_bytes(&self) -> u64 {
         self.buffer_bytes.iter().sum()
@@ -163,7 +164,7 @@ impl ArenaPlan {
     }
 }
 
-/// Memory use of a plan, all figures in bytes after alignment rounding.
+/// Memory use of an arena layout, all figures in bytes after alignment rounding.
 ///
 /// Each category figure is that category's peak live bytes over the schedule: for the
 /// persistent categories (parameters, gradients, optimizer) it is simply their sum; for
@@ -210,16 +211,16 @@ impl fmt::Display for MemoryReport {
 
 /// The smallest arena any plan could have: the most aligned bytes alive at any one step.
 /// An `alignment` of 0 is treated as 1.
-pub fn peak_live_bytes(requests: &[TensorRequest], alignment: u64) -> u64 {
+pub fn peak_live_bytes(requests: &[ArenaRequest], alignment: u64) -> u64 {
     let alignment = alignment.max(1);
     peak_of(requests.iter().map(|r| (r.first_use, r.last_use, round_up(r.bytes, alignment).unwrap_or(u64::MAX))))
 }
 
-/// Plans the arena with every [`Strategy`] and returns the smallest plan.
+/// Lays out the arena with every [`Strategy`] and returns the smallest layout.
 ///
 /// Errors: [`Error::Config`] for a zero alignment or a tensor whose `last_use` precedes its
 /// `first_use`; [`Error::TooLarge`] for a tensor that does not fit in one buffer.
-pub fn plan_arena(requests: &[TensorRequest], limits: &ArenaLimits) -> Result<ArenaPlan, Error> {
+pub fn layout_arena(requests: &[ArenaRequest], limits: &ArenaLimits) -> Result<ArenaLayout, Error> {
     let problem = Problem::new(requests, limits)?;
     let mut best: Option<(Vec<Placement>, Vec<u64>, Strategy)> = None;
     for strategy in Strategy::ALL {
@@ -240,13 +241,13 @@ pub fn plan_arena(requests: &[TensorRequest], limits: &ArenaLimits) -> Result<Ar
     Ok(problem.finish(requests, placements, buffers, strategy))
 }
 
-/// Plans the arena with one given strategy, even a greedy one on a huge input. Meant for
-/// comparing the heuristics; [`plan_arena`] is what the executor should call.
-pub fn plan_arena_with(
-    requests: &[TensorRequest],
+/// Lays out the arena with one given strategy, even a greedy one on a huge input. Meant for
+/// comparing the heuristics; [`layout_arena`] is what the executor should call.
+pub fn layout_arena_with(
+    requests: &[ArenaRequest],
     limits: &ArenaLimits,
     strategy: Strategy,
-) -> Result<ArenaPlan, Error> {
+) -> Result<ArenaLayout, Error> {
     let problem = Problem::new(requests, limits)?;
     let (placements, buffers) = problem.run(strategy);
     Ok(problem.finish(requests, placements, buffers, strategy))
@@ -254,7 +255,7 @@ pub fn plan_arena_with(
 
 /// A greedy strategy visits n²/2 placed tensors for n non-persistent ones, a few nanoseconds
 /// each. Above this (some 10,000 tensors; a DenseNet-201 step has a few thousand besides its
-/// persistent ones) [`plan_arena`] skips the greedy ones so that planning stays well under a second, and the
+/// persistent ones) [`layout_arena`] skips the greedy ones so that planning stays well under a second, and the
 /// sweeps' answer has to do.
 const GREEDY_WORK_LIMIT: u64 = 50_000_000;
 
@@ -307,7 +308,7 @@ struct Problem {
 }
 
 impl Problem {
-    fn new(requests: &[TensorRequest], limits: &ArenaLimits) -> Result<Problem, Error> {
+    fn new(requests: &[ArenaRequest], limits: &ArenaLimits) -> Result<Problem, Error> {
         let alignment = limits.alignment;
         if alignment == 0 {
             return Err(Error::Config("arena alignment must be positive".into()));
@@ -381,11 +382,11 @@ impl Problem {
 
     fn finish(
         &self,
-        requests: &[TensorRequest],
+        requests: &[ArenaRequest],
         item_placements: Vec<Placement>,
         buffer_bytes: Vec<u64>,
         strategy: Strategy,
-    ) -> ArenaPlan {
+    ) -> ArenaLayout {
         let mut placements = vec![Placement { buffer: 0, offset: 0 }; requests.len()];
         for (item, placement) in self.items.iter().zip(item_placements) {
             placements[item.request] = placement;
@@ -394,7 +395,7 @@ impl Problem {
             placements[request] = placement;
         }
         let category_peak = |c: Category| {
-            let aligned = |r: &TensorRequest| round_up(r.bytes, self.alignment).unwrap_or(u64::MAX);
+            let aligned = |r: &ArenaRequest| round_up(r.bytes, self.alignment).unwrap_or(u64::MAX);
             peak_of(requests.iter().filter(|r| r.category == c).map(|r| (r.first_use, r.last_use, aligned(r))))
         };
         let report = MemoryReport {
@@ -406,7 +407,7 @@ impl Problem {
             peak_live: peak_live_bytes(requests, self.alignment),
             total: buffer_bytes.iter().sum(),
         };
-        ArenaPlan { buffer_bytes, placements, strategy, report }
+        ArenaLayout { buffer_bytes, placements, strategy, report }
     }
 
     /// FirstFitByStart / BestFitByStart: one pass in order of first use, with a free list per

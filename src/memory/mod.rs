@@ -10,7 +10,7 @@ pub mod arena;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, ParamGroup};
 use crate::schedule::{self, Pass, Schedule, ScheduleOptions};
-use arena::{ArenaLimits, ArenaPlan, MemoryReport, TensorRequest};
+use arena::{ArenaLayout, ArenaLimits, ArenaRequest, MemoryReport};
 
 /// WebGPU's default `minStorageBufferOffsetAlignment`, in bytes: every binding window, and so
 /// every arena offset and every persistent group, starts at a multiple of it. It also keeps each
@@ -93,7 +93,7 @@ impl PersistentLayout {
 pub struct MemoryPlan {
     pub persistent: PersistentLayout,
     pub schedule: Schedule,
-    pub arena: ArenaPlan,
+    pub arena: ArenaLayout,
     pub mode: Pass,
 }
 
@@ -115,8 +115,8 @@ impl MemoryPlan {
         options: &ScheduleOptions,
     ) -> Result<MemoryPlan> {
         let schedule = schedule::compile_with(graph, mode, options)?;
-        let requests: Vec<TensorRequest> = schedule.requests(graph);
-        let arena = arena::plan_arena(&requests, limits)?;
+        let requests: Vec<ArenaRequest> = schedule.requests(graph);
+        let arena = arena::layout_arena(&requests, limits)?;
         Ok(MemoryPlan { persistent, schedule, arena, mode })
     }
 

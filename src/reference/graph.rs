@@ -4,7 +4,7 @@
 //! none of the schedule compiler's logic (recomputation, in-place accumulation, planning) and
 //! can judge it.
 
-use crate::graph::{Graph, Op, StorageId, TensorId};
+use crate::graph::{Graph, Op, SliceId, StorageId};
 use crate::graph::{BN_EPS, BN_MOMENTUM};
 use crate::ops::batchnorm::BatchNormShape;
 use crate::ops::conv::Conv2dShape;
@@ -34,33 +34,23 @@ impl Values<'_> {
     fn new(graph: &Graph) -> Values<'_> {
         Values { graph, data: graph.storages.iter().map(|s| vec![0.0; s.elems() as usize]).collect() }
     }
-    fn range(&self, t: TensorId) -> (StorageId, std::ops::Range<usize>) {
-        let tensor = self.graph.tensor(t);
+    fn range(&self, t: SliceId) -> (StorageId, std::ops::Range<usize>) {
+        let tensor = self.graph.slice(t);
         let ce = self.graph.storages[tensor.storage.0].channel_elems() as usize;
         (tensor.storage, tensor.c0 as usize * ce..(tensor.c0 + tensor.c) as usize * ce)
     }
-    fn get(&self, t: TensorId) -> &[f32] {
+    fn get(&self, t: SliceId) -> &[f32] {
         let (s, r) = self.range(t);
         &self.data[s.0][r]
     }
-    fn set(&mut self, t: TensorId, v: &[f32]) {
+    fn set(&mut self, t: SliceId, v: &[f32]) {
         let (s, r) = self.range(t);
         self.data[s.0][r].copy_from_slice(v);
     }
-    fn add(&mut self, t: TensorId, v: &[f32]) {
+    fn add(&mut self, t: SliceId, v: &[f32]) {
         let (s, r) = self.range(t);
         self.data[s.0][r].iter_mut().zip(v).for_each(|(a, b)| *a += b);
     }
-}
-
-fn pool_shape(g: &Graph, x: TensorId) -> PoolShape {
-    let [c, n, h, w] = g.shape(x);
-    PoolShape::new(c, n, h, w)
-}
-
-fn conv_shape(g: &Graph, x: TensorId, y: TensorId, kernel: u32, stride: u32, pad: u32) -> Conv2dShape {
-    let [c_in, n, h, w] = g.shape(x);
-    Conv2dShape { n, c_in, h, w, c_out: g.shape(y)[0], kh: kernel, kw: kernel, stride, pad }
 }
 
 /// Runs the graph. `train` selects batch statistics, dropout and backward; `step` keys the
@@ -87,8 +77,8 @@ pub fn run(
         let x = node.inputs[0];
         let [c, n, h, w] = g.shape(x);
         let y = match node.op {
-            Op::Conv2d { weight, kernel, stride, pad } => {
-                conv::conv2d_forward(&conv_shape(g, x, node.output, kernel, stride, pad), v.get(x), &params[weight.0])
+            Op::Conv2d { weight, .. } => {
+                conv::conv2d_forward(&Conv2dShape::of_node(g, node), v.get(x), &params[weight.0])
             }
             Op::BatchNorm { affine, running, relu, .. } => {
                 let m = (n * h * w) as usize;
@@ -106,11 +96,11 @@ pub fn run(
             Op::Relu => ew::relu_forward(v.get(x)),
             Op::Dropout { rate, key } if train && rate > 0.0 => ew::dropout_forward(v.get(x), rate, [key, step as u32]),
             Op::Dropout { .. } | Op::Copy => v.get(x).to_vec(),
-            Op::AvgPool2x2 => pool::avg_pool_forward(pool_shape(g, x), v.get(x)),
-            Op::MaxPool3x3s2p1 => pool::max_pool_forward(pool_shape(g, x), v.get(x)),
-            Op::GlobalAvgPool => pool::global_avg_pool_forward(pool_shape(g, x), v.get(x)),
+            Op::AvgPool2x2 => pool::avg_pool_forward(PoolShape::of_input(g, x), v.get(x)),
+            Op::MaxPool3x3s2p1 => pool::max_pool_forward(PoolShape::of_input(g, x), v.get(x)),
+            Op::GlobalAvgPool => pool::global_avg_pool_forward(PoolShape::of_input(g, x), v.get(x)),
             Op::Linear { params: p } => {
-                let s = LinearShape::new(n, c, g.shape(node.output)[0]);
+                let s = LinearShape::of_node(g, node);
                 let (wt, b) = params[p.0].split_at((s.out_features * s.in_features) as usize);
                 linear::forward(s, v.get(x), wt, b)
             }
@@ -134,18 +124,18 @@ pub fn run(
         }
         for (i, node) in g.nodes.iter().enumerate().rev() {
             let x = node.inputs[0];
-            let [c, n, h, w] = g.shape(x);
+            let c = g.shape(x)[0];
             let dy = d.get(node.output).to_vec();
             let dx = match node.op {
                 Op::SoftmaxCrossEntropy => continue,
-                Op::Conv2d { weight, kernel, stride, pad } => {
-                    let s = conv_shape(g, x, node.output, kernel, stride, pad);
+                Op::Conv2d { weight, .. } => {
+                    let s = Conv2dShape::of_node(g, node);
                     let dw = conv::conv2d_backward_weight(&s, v.get(x), &dy);
                     param_grads[weight.0].iter_mut().zip(&dw).for_each(|(a, b)| *a += b);
                     conv::conv2d_backward_input(&s, &dy, &params[weight.0])
                 }
                 Op::BatchNorm { affine, relu, .. } => {
-                    let s = BatchNormShape::new(c, n, h * w);
+                    let s = BatchNormShape::of_input(g, x);
                     let (cu, m) = (c as usize, s.m() as usize);
                     let st = stats[i].as_ref().unwrap();
                     let ga = bn::backward_affine(cu, m, v.get(x), &dy, st, &params[affine.0], relu);
@@ -155,11 +145,11 @@ pub fn run(
                 Op::Relu => ew::relu_backward(v.get(x), &dy),
                 Op::Dropout { rate, key } if rate > 0.0 => ew::dropout_backward(&dy, rate, [key, step as u32]),
                 Op::Dropout { .. } | Op::Copy => dy.clone(),
-                Op::AvgPool2x2 => pool::avg_pool_backward(pool_shape(g, x), &dy),
-                Op::MaxPool3x3s2p1 => pool::max_pool_backward(pool_shape(g, x), v.get(x), &dy),
-                Op::GlobalAvgPool => pool::global_avg_pool_backward(pool_shape(g, x), &dy),
+                Op::AvgPool2x2 => pool::avg_pool_backward(PoolShape::of_input(g, x), &dy),
+                Op::MaxPool3x3s2p1 => pool::max_pool_backward(PoolShape::of_input(g, x), v.get(x), &dy),
+                Op::GlobalAvgPool => pool::global_avg_pool_backward(PoolShape::of_input(g, x), &dy),
                 Op::Linear { params: p } => {
-                    let s = LinearShape::new(n, c, g.shape(node.output)[0]);
+                    let s = LinearShape::of_node(g, node);
                     let split = (s.out_features * s.in_features) as usize;
                     let dw = linear::backward_weight(s, v.get(x), &dy);
                     let db = linear::backward_bias(s, &dy);

@@ -1,7 +1,10 @@
 //! The GPU side of [`super`]: the kernels' launches and parameter block.
 
+use super::BatchNormLaunch;
 use super::{BatchNormShape, WG};
+use crate::executor::Recorder;
 use crate::gpu::{grid, shaders, Dispatch, Gpu, Kernel, View, Window};
+use crate::graph::{BN_EPS, BN_MOMENTUM};
 use crate::ops::flag;
 
 const fn kernel(entry: &'static str) -> Kernel {
@@ -288,4 +291,37 @@ fn input_pass(
         ..Default::default()
     };
     launch.dispatch(gpu, &BACKWARD_INPUT, elementwise(s))
+}
+
+/// Records one batch-norm launch of a schedule. Backward is the split pair (it measured faster
+/// on lavapipe than the fused kernel): the affine pass, then the input pass, which reads the
+/// sums the affine pass just wrote.
+pub(crate) fn record(launch: &BatchNormLaunch, r: &mut Recorder) {
+    let gpu = r.gpu;
+    let d = match *launch {
+        BatchNormLaunch::TrainStats { shape, x, stats, running } => {
+            batchnorm_train_stats(gpu, shape, r.view(x), r.view(stats), r.view(running), BN_MOMENTUM, BN_EPS)
+        }
+        BatchNormLaunch::EvalStats { shape, running, stats } => {
+            batchnorm_eval_stats(gpu, shape.c, r.view(running), r.view(stats), BN_EPS)
+        }
+        BatchNormLaunch::Apply { shape, x, stats, affine, y, relu } => {
+            batchnorm_apply(gpu, shape, r.view(x), r.view(stats), r.view(affine), r.view(y), relu)
+        }
+        BatchNormLaunch::Backward { shape, x, dy: dy_loc, stats, affine, grad_affine, dx, relu, accumulate } => {
+            let (x, dy, stats) = (r.view(x), r.view(dy_loc), r.view(stats));
+            let (affine, grad_affine) = (r.view(affine), r.view(grad_affine));
+            let affine_pass = batchnorm_backward_affine(gpu, shape, x, dy, stats, affine, grad_affine, relu, false);
+            let Some(dx) = dx else { return r.push(affine_pass) };
+            r.push(affine_pass);
+            if dx == dy_loc {
+                assert!(!accumulate, "an in-place batch-norm backward overwrites its input gradient");
+                batchnorm_backward_input_in_place(gpu, shape, x, stats, affine, grad_affine, dy, relu)
+            } else {
+                let dx = r.view(dx);
+                batchnorm_backward_input(gpu, shape, x, dy, stats, affine, grad_affine, dx, relu, accumulate)
+            }
+        }
+    };
+    r.push(d);
 }

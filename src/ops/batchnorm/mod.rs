@@ -18,6 +18,9 @@
 
 pub mod kernels;
 
+use crate::graph::{Graph, NodeId, Op, SliceId, StateId};
+use crate::schedule::{Loc, Pass, Phase, ScheduleBuilder};
+
 /// Channels, images and pixels per image; each channel holds `m() = n * hw` values.
 ///
 /// A launch may cover a slice of a batch norm's channels: then `c` is the slice's width,
@@ -34,6 +37,11 @@ pub struct BatchNormShape {
 }
 
 impl BatchNormShape {
+    /// The whole batch norm over tensor `x` of `g`, which is (C, N, H, W).
+    pub fn of_input(g: &Graph, x: SliceId) -> Self {
+        let [c, n, h, w] = g.shape(x);
+        BatchNormShape::new(c, n, h * w)
+    }
     /// All `c` channels of a batch norm.
     pub fn new(c: u32, n: u32, hw: u32) -> Self {
         BatchNormShape { c, n, hw, first: 0, total: c }
@@ -68,3 +76,130 @@ impl BatchNormShape {
 /// Invocations per workgroup of every kernel but `eval_stats` (batchnorm.wgsl's `WG`); the sums'
 /// rounding depth depends on it.
 const WG: u32 = 256;
+
+/// The batch-norm launches. `stats`, `affine`, `grad_affine` and `running` are the 2C-float
+/// vectors described above; activations are (C, N, H, W) (or the slice's channels).
+#[derive(Clone, Debug, PartialEq)]
+pub enum BatchNormLaunch {
+    /// Batch statistics into `stats`, and the running-statistics update.
+    TrainStats { shape: BatchNormShape, x: Loc, stats: Loc, running: Loc },
+    /// `stats` from the running statistics (evaluation).
+    EvalStats { shape: BatchNormShape, running: Loc, stats: Loc },
+    /// `y = γ·(x − mean)·invstd + β`, then ReLU if `relu`.
+    Apply { shape: BatchNormShape, x: Loc, stats: Loc, affine: Loc, y: Loc, relu: bool },
+    /// γ and β gradients (overwritten), and the input gradient when `dx` is given. `dx` may be
+    /// `dy` itself (in place, not accumulating).
+    Backward {
+        shape: BatchNormShape,
+        x: Loc,
+        dy: Loc,
+        stats: Loc,
+        affine: Loc,
+        grad_affine: Loc,
+        dx: Option<Loc>,
+        relu: bool,
+        accumulate: bool,
+    },
+}
+
+impl BatchNormLaunch {
+    /// Every operand of the launch.
+    pub fn operands(&self) -> Vec<Loc> {
+        match *self {
+            BatchNormLaunch::TrainStats { x, stats, running, .. } => vec![x, stats, running],
+            BatchNormLaunch::EvalStats { running, stats, .. } => vec![running, stats],
+            BatchNormLaunch::Apply { x, stats, affine, y, .. } => vec![x, stats, affine, y],
+            BatchNormLaunch::Backward { x, dy, stats, affine, grad_affine, dx, .. } => {
+                let mut v = vec![x, dy, stats, affine, grad_affine];
+                v.extend(dx);
+                v
+            }
+        }
+    }
+}
+
+/// The launch that fills a batch norm's statistics in forward: batch statistics (and a
+/// running-statistics update) in training, the running statistics in evaluation.
+fn stats_launch(pass: Pass, shape: BatchNormShape, x: Loc, stats: Loc, running: StateId) -> BatchNormLaunch {
+    match pass {
+        Pass::Train => BatchNormLaunch::TrainStats { shape, x, stats, running: Loc::State(running) },
+        Pass::Eval => BatchNormLaunch::EvalStats { shape, running: Loc::State(running), stats },
+    }
+}
+
+/// A batch norm's forward: its statistics, then its output. A recomputation reuses the
+/// statistics saved in forward, so the running statistics change once per step. A batch norm
+/// folded into its consumer computes only its statistics, which its conv and its own backward
+/// read; it is never recomputed, as nothing reads its output.
+pub(crate) fn forward(b: &mut ScheduleBuilder, id: NodeId, phase: Phase) {
+    let g = b.graph();
+    let node = &g.nodes[id.0];
+    let Op::BatchNorm { affine, running, stats, relu } = node.op else { unreachable!("a batch-norm node") };
+    let shape = BatchNormShape::of_input(g, node.inputs[0]);
+    if b.is_folded(id) {
+        assert_eq!(phase, Phase::Forward, "{}: a folded batch norm is never recomputed", node.name);
+        let x = b.forward_loc(node.inputs[0]);
+        let stats = b.stats_loc(stats);
+        b.push(id, phase, stats_launch(b.pass(), shape, x, stats, running));
+        return;
+    }
+    let (inputs, y) = b.node_locs(id, phase);
+    let x = inputs[0];
+    let stats = b.stats_loc(stats);
+    if phase != Phase::Recompute {
+        b.push(id, phase, stats_launch(b.pass(), shape, x, stats, running));
+    }
+    b.push(id, phase, BatchNormLaunch::Apply { shape, x, stats, affine: Loc::Param(affine), y, relu });
+}
+
+/// A batch norm's backward in one launch (a conv that reads its whole output may take it
+/// over slice by slice instead: see the conv's rules).
+pub(crate) fn backward(b: &mut ScheduleBuilder, id: NodeId, dy: Loc) {
+    let g = b.graph();
+    let node = &g.nodes[id.0];
+    let Op::BatchNorm { affine, stats, relu, .. } = node.op else { unreachable!("a batch-norm node") };
+    let x = b.saved_loc(node.inputs[0]);
+    let dx = b.input_gradient(node.inputs[0]);
+    let shape = BatchNormShape::of_input(g, node.inputs[0]);
+    let stats = b.stats_loc(stats);
+    let (grad_affine, shared) = b.param_grad(affine);
+    assert!(!shared, "{}: a batch norm's parameters are used once", node.name);
+    let (dx, accumulate) = (dx.map(|d| d.0), dx.is_some_and(|d| d.1));
+    let affine = Loc::Param(affine);
+    b.push(
+        id,
+        Phase::Backward,
+        BatchNormLaunch::Backward { shape, x, dy, stats, affine, grad_affine, dx, relu, accumulate },
+    );
+}
+
+/// Refuses a training graph in which a batch norm sees fewer than 2 values per channel
+/// (batch × height × width < 2): its batch variance would be undefined, as PyTorch says with
+/// "Expected more than 1 value per channel when training". Inference is unaffected, since it
+/// normalises with the running statistics.
+pub fn check_batch_statistics(graph: &Graph) -> crate::Result<()> {
+    let per_channel = |node: &crate::graph::Node| {
+        let [_, n, h, w] = graph.shape(node.inputs[0]);
+        n as u64 * h as u64 * w as u64
+    };
+    let starved: Vec<&crate::graph::Node> =
+        graph.nodes.iter().filter(|node| matches!(node.op, Op::BatchNorm { .. }) && per_channel(node) < 2).collect();
+    let (Some(first), Some(last)) = (starved.first(), starved.last()) else { return Ok(()) };
+    let [_, n, h, w] = graph.shape(first.inputs[0]);
+    let image = graph.input.map(|t| graph.shape(t)).map(|[_, _, ih, iw]| format!(" from {iw}x{ih} images"));
+    let later = match starved.len() - 1 {
+        0 => String::new(),
+        1 => format!(", and so would `{}`", last.name),
+        more => format!(", and so would {more} later ones, up to `{}`", last.name),
+    };
+    let min_batch = 2u64.div_ceil((h as u64 * w as u64).max(1));
+    Err(crate::Error::Config(format!(
+        "batch norm `{}` would see {} value per channel in training (batch {n} of {h}x{w} maps{}){later}, but \
+         batch statistics need more than 1 (PyTorch: \"Expected more than 1 value per channel when training\"); \
+         train with a batch size of at least {min_batch}, or with larger images. Evaluation and prediction at \
+         batch {n} work: they use the running statistics",
+        first.name,
+        per_channel(first),
+        image.unwrap_or_default()
+    )))
+}

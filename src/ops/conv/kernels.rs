@@ -2,6 +2,8 @@
 
 use super::wgsl::{GENERAL_ROWS, TILES, WORKGROUP};
 use super::Conv2dShape;
+use super::ConvLaunch;
+use crate::executor::Recorder;
 use crate::gpu::{grid, shaders, Dispatch, Gpu, Kernel, View, Window};
 use crate::ops::flag;
 
@@ -313,4 +315,27 @@ fn launch(gpu: &Gpu, s: &Conv2dShape, params: &Params, buffers: [Window; 3]) -> 
     }
     let groups = grid_with_blocks(s.n as u64 * dh as u64 * dw as u64, params.m_rows.div_ceil(GENERAL_ROWS));
     gpu.dispatch(&GENERAL_FORWARD, &words, &buffers, groups)
+}
+
+/// Records one conv launch of a schedule.
+pub(crate) fn record(launch: &ConvLaunch, r: &mut Recorder) {
+    let gpu = r.gpu;
+    let d = match *launch {
+        ConvLaunch::Forward { shape, x, w, y } => conv2d_forward(gpu, &shape, r.view(x), r.view(w), r.view(y)),
+        ConvLaunch::ForwardBnRelu { shape, x, stats, affine, w, y } => {
+            let (x, stats, affine) = (r.view(x), r.view(stats), r.view(affine));
+            conv2d_forward_bnrelu(gpu, &shape, x, stats, affine, r.view(w), r.view(y))
+        }
+        ConvLaunch::BackwardInput { shape, channels, dy, w, dx, accumulate } => {
+            conv2d_backward_input_channels(gpu, &shape, channels, r.view(dy), r.view(w), r.view(dx), accumulate)
+        }
+        ConvLaunch::BackwardWeight { shape, x, dy, dw, accumulate } => {
+            conv2d_backward_weight(gpu, &shape, r.view(x), r.view(dy), r.view(dw), accumulate)
+        }
+        ConvLaunch::BackwardWeightBnRelu { shape, x, stats, affine, dy, dw, accumulate } => {
+            let (x, stats, affine) = (r.view(x), r.view(stats), r.view(affine));
+            conv2d_backward_weight_bnrelu(gpu, &shape, x, stats, affine, r.view(dy), r.view(dw), accumulate)
+        }
+    };
+    r.push(d);
 }

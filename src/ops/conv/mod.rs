@@ -12,6 +12,10 @@
 pub mod kernels;
 pub mod wgsl;
 
+use crate::graph::{ChannelSlice, Graph, Node, NodeId, Op, StorageId, StorageUses};
+use crate::ops::batchnorm::{BatchNormLaunch, BatchNormShape};
+use crate::schedule::{Loc, Phase, ScheduleBuilder, ValueKind};
+use std::collections::HashMap;
 use wgsl::{TILES, WORKGROUP};
 
 /// The geometry of one convolution. Padding is symmetric and zero-filled; the kernel, stride
@@ -30,9 +34,18 @@ pub struct Conv2dShape {
 }
 
 impl Conv2dShape {
+    /// The shape of a conv node of `g`, whose input is (c_in, N, H, W).
+    pub fn of_node(g: &Graph, node: &Node) -> Conv2dShape {
+        let Op::Conv2d { kernel, stride, pad, .. } = node.op else { panic!("{}: not a conv", node.name) };
+        let [c_in, n, h, w] = g.shape(node.inputs[0]);
+        let c_out = g.shape(node.output)[0];
+        Conv2dShape { n, c_in, h, w, c_out, kh: kernel, kw: kernel, stride, pad }
+    }
+    /// Output height: `(H + 2·pad − kh) / stride + 1` (PyTorch's `Conv2d` with dilation 1).
     pub fn out_h(&self) -> u32 {
         (self.h + 2 * self.pad - self.kh) / self.stride + 1
     }
+    /// Output width, as [`Conv2dShape::out_h`].
     pub fn out_w(&self) -> u32 {
         (self.w + 2 * self.pad - self.kw) / self.stride + 1
     }
@@ -116,4 +129,232 @@ impl Conv2dShape {
         };
         RoundingDepth { forward, backward_input, backward_weight }
     }
+}
+
+/// The conv launches, each named for what it computes. Operands are (C, N, H, W) activations,
+/// OIHW weights, and for the fused variants the batch-norm node's `stats` (mean, inverse
+/// deviation) and `affine` (γ, β) vectors.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConvLaunch {
+    Forward {
+        shape: Conv2dShape,
+        x: Loc,
+        w: Loc,
+        y: Loc,
+    },
+    /// A 1x1 conv of relu(batchnorm(x)), normalising x on load with the batch-norm node's
+    /// `stats` and its `affine` parameters.
+    ForwardBnRelu {
+        shape: Conv2dShape,
+        x: Loc,
+        stats: Loc,
+        affine: Loc,
+        w: Loc,
+        y: Loc,
+    },
+    /// The gradient of input channels `[first, first + count)` into a `dx` holding just them.
+    BackwardInput {
+        shape: Conv2dShape,
+        channels: (u32, u32),
+        dy: Loc,
+        w: Loc,
+        dx: Loc,
+        accumulate: bool,
+    },
+    BackwardWeight {
+        shape: Conv2dShape,
+        x: Loc,
+        dy: Loc,
+        dw: Loc,
+        accumulate: bool,
+    },
+    /// The weight gradient of a 1x1 conv whose input is relu(batchnorm(x)), normalising x
+    /// on load with the batch-norm node's saved `stats` and its `affine` parameters.
+    BackwardWeightBnRelu {
+        shape: Conv2dShape,
+        x: Loc,
+        stats: Loc,
+        affine: Loc,
+        dy: Loc,
+        dw: Loc,
+        accumulate: bool,
+    },
+}
+
+impl ConvLaunch {
+    /// Every operand of the launch.
+    pub fn operands(&self) -> Vec<Loc> {
+        match *self {
+            ConvLaunch::Forward { x, w, y, .. } => vec![x, w, y],
+            ConvLaunch::ForwardBnRelu { x, stats, affine, w, y, .. } => vec![x, stats, affine, w, y],
+            ConvLaunch::BackwardInput { dy, w, dx, .. } => vec![dy, w, dx],
+            ConvLaunch::BackwardWeight { x, dy, dw, .. } => vec![x, dy, dw],
+            ConvLaunch::BackwardWeightBnRelu { x, stats, affine, dy, dw, .. } => vec![x, stats, affine, dy, dw],
+        }
+    }
+}
+
+/// A conv's forward, or its recomputation in backward.
+pub(crate) fn forward(b: &mut ScheduleBuilder, id: NodeId, phase: Phase) {
+    // Checked before any input is looked up: a folded BN-ReLU's output has no value.
+    if let Some(bn) = b.folded_input(id) {
+        return forward_bn_relu(b, id, bn, phase);
+    }
+    let node = &b.graph().nodes[id.0];
+    let Op::Conv2d { weight, .. } = node.op else { unreachable!("a conv node") };
+    let (inputs, y) = b.node_locs(id, phase);
+    let shape = Conv2dShape::of_node(b.graph(), node);
+    b.push(id, phase, ConvLaunch::Forward { shape, x: inputs[0], w: Loc::Param(weight), y });
+}
+
+/// A 1x1 conv's forward or recomputation reading its folded BN-ReLU's input, normalised on load.
+fn forward_bn_relu(b: &mut ScheduleBuilder, id: NodeId, bn: NodeId, phase: Phase) {
+    let g = b.graph();
+    let node = &g.nodes[id.0];
+    let Op::Conv2d { weight, .. } = node.op else { unreachable!("only convs fold their input") };
+    let Op::BatchNorm { affine, stats, .. } = g.nodes[bn.0].op else { unreachable!("only batch norms fold") };
+    let x = b.input_loc(g.nodes[bn.0].inputs[0], phase);
+    let y = b.output_loc(node.output, phase);
+    let stats = b.stats_loc(stats);
+    let shape = Conv2dShape::of_node(g, node);
+    let (affine, w) = (Loc::Param(affine), Loc::Param(weight));
+    b.push(id, phase, ConvLaunch::ForwardBnRelu { shape, x, stats, affine, w, y });
+}
+
+/// A conv's backward: the weight gradient (with its folded BN-ReLU applied on load, if it
+/// has one), then the input gradient.
+pub(crate) fn backward(b: &mut ScheduleBuilder, id: NodeId, dy: Loc) {
+    let g = b.graph();
+    let node = &g.nodes[id.0];
+    let Op::Conv2d { weight, .. } = node.op else { unreachable!("a conv node") };
+    let shape = Conv2dShape::of_node(g, node);
+    // A folded BN-ReLU has no output to read: the weight gradient applies it on load.
+    if let Some(bn) = b.folded_input(id) {
+        let Op::BatchNorm { affine, stats, .. } = g.nodes[bn.0].op else { unreachable!("only batch norms fold") };
+        let x = b.saved_loc(g.nodes[bn.0].inputs[0]);
+        let stats = b.stats_loc(stats);
+        let (dw, accumulate) = b.param_grad(weight);
+        let affine = Loc::Param(affine);
+        b.push(id, Phase::Backward, ConvLaunch::BackwardWeightBnRelu { shape, x, stats, affine, dy, dw, accumulate });
+    } else {
+        let x = b.saved_loc(node.inputs[0]);
+        let (dw, accumulate) = b.param_grad(weight);
+        b.push(id, Phase::Backward, ConvLaunch::BackwardWeight { shape, x, dy, dw, accumulate });
+    }
+    backward_input(b, id, dy);
+}
+
+/// A conv's input gradient: whole, or, when the conv's input is a batch norm's output that
+/// nothing else reads, slice by slice of channels, each slice going straight through that
+/// batch norm's backward (which then has nothing left to do) so the gradient of the
+/// normalised tensor never exists whole. Slices hold at most
+/// [`crate::schedule::ScheduleOptions::gradient_slice_bytes`].
+fn backward_input(b: &mut ScheduleBuilder, id: NodeId, dy: Loc) {
+    let g = b.graph();
+    let node = &g.nodes[id.0];
+    let Op::Conv2d { weight, .. } = node.op else { unreachable!("a conv's backward") };
+    let xt = node.inputs[0];
+    let shape = Conv2dShape::of_node(g, node);
+    let w = Loc::Param(weight);
+    let phase = Phase::Backward;
+    let Some(bn) = sliceable_bn(b, id) else {
+        if let Some((dx, accumulate)) = b.input_gradient(xt) {
+            b.push(id, phase, ConvLaunch::BackwardInput { shape, channels: (0, shape.c_in), dy, w, dx, accumulate });
+        }
+        return;
+    };
+    let bn_node = &g.nodes[bn.0];
+    let Op::BatchNorm { affine, stats, relu, .. } = bn_node.op else { unreachable!("checked by sliceable_bn") };
+    let bn_input = *g.slice(bn_node.inputs[0]);
+    let x = b.saved_loc(bn_node.inputs[0]);
+    let stats = b.stats_loc(stats);
+    let (grad_affine, shared) = b.param_grad(affine);
+    assert!(!shared, "{}: a batch norm's parameters are used once", bn_node.name);
+    let whole = BatchNormShape::of_input(g, bn_node.inputs[0]);
+    let channel_elems = whole.m();
+    let c = whole.c;
+    let width = slice_width(c, channel_elems, b.options().gradient_slice_bytes);
+    let normed = g.slice(xt).storage;
+    for first in (0..c).step_by(width as usize) {
+        let count = width.min(c - first);
+        let input_slice = ChannelSlice { storage: bn_input.storage, c0: bn_input.c0 + first, c: count };
+        let dx = b.needs_gradient(bn_node.inputs[0]).then(|| b.gradient_of(input_slice));
+        // Where the batch norm's input gradient is this slice's first contribution, the
+        // conv's gradient goes straight there and the batch norm's backward runs in place.
+        let slice = match dx {
+            Some((dx, false)) => dx,
+            _ => {
+                let elems = count as u64 * channel_elems as u64;
+                Loc::Value { value: b.new_value_of(normed, ValueKind::Gradient, elems), offset: 0 }
+            }
+        };
+        let op = ConvLaunch::BackwardInput { shape, channels: (first, count), dy, w, dx: slice, accumulate: false };
+        b.push(id, phase, op);
+        let Loc::Value { value, offset } = x else { unreachable!("activations are values") };
+        let x = Loc::Value { value, offset: offset + first * channel_elems };
+        let op = BatchNormLaunch::Backward {
+            shape: whole.slice(first, count),
+            x,
+            dy: slice,
+            stats,
+            affine: Loc::Param(affine),
+            grad_affine,
+            dx: dx.map(|d| d.0),
+            relu,
+            accumulate: dx.is_some_and(|d| d.1),
+        };
+        b.push(bn, phase, op);
+    }
+}
+
+/// The batch norm whose backward a conv's backward can take over slice by slice: the
+/// conv reads the whole output of the batch norm, and no other node reads any of it.
+fn sliceable_bn(b: &ScheduleBuilder, conv: NodeId) -> Option<NodeId> {
+    let g = b.graph();
+    let s = g.slice(g.nodes[conv.0].inputs[0]).storage;
+    let p = b.producer(s)?;
+    let is_bn = matches!(g.nodes[p.0].op, Op::BatchNorm { .. });
+    (is_bn && b.sole_reader(s) == Some(conv)).then_some(p)
+}
+
+/// Channels per slice of a sliced batch-norm backward: as many as fit in `bytes`, rounded
+/// down to whole 16-channel tiles of the 1x1 kernels when that many fit, and at least one.
+fn slice_width(channels: u32, channel_elems: u32, bytes: u64) -> u32 {
+    let fit = (bytes / (channel_elems as u64 * 4).max(1)).min(channels as u64) as u32;
+    match fit {
+        _ if fit >= channels => channels,
+        0 => 1,
+        1..16 => fit,
+        _ => fit / 16 * 16,
+    }
+}
+
+/// The BN-ReLUs whose application folds into the load of their consumer, as a map from the
+/// consuming conv to the batch-norm node. A batch norm folds when it is marked `recompute`
+/// (so its output is not worth keeping anyway), has ReLU, is the only writer of its output
+/// storage, and that storage's sole reader is a 1x1 stride-1 unpadded conv: no other node,
+/// forward or backward, and not the host, ever reads that output.
+pub(crate) fn bn_relu_folds(
+    g: &Graph,
+    uses: &StorageUses,
+    producer: &HashMap<StorageId, NodeId>,
+    sole_reader: &HashMap<StorageId, NodeId>,
+) -> HashMap<NodeId, NodeId> {
+    let mut folds = HashMap::new();
+    for (i, node) in g.nodes.iter().enumerate() {
+        if !matches!(node.op, Op::Conv2d { kernel: 1, stride: 1, pad: 0, .. }) {
+            continue;
+        }
+        let s = g.slice(node.inputs[0]).storage;
+        let Some(&bn) = producer.get(&s) else { continue };
+        let bn_node = &g.nodes[bn.0];
+        if bn_node.recompute
+            && matches!(bn_node.op, Op::BatchNorm { relu: true, .. })
+            && uses.writers[s.0].len() == 1
+            && sole_reader.get(&s) == Some(&NodeId(i))
+        {
+            folds.insert(NodeId(i), bn);
+        }
+    }
+    folds
 }

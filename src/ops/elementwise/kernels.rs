@@ -1,5 +1,7 @@
 //! The GPU side of [`super`]: the kernels' launches and parameter block.
 
+use super::ElementwiseLaunch;
+use crate::executor::Recorder;
 use crate::gpu::{grid, shaders, Dispatch, Gpu, Kernel, View, Window};
 use crate::ops::flag;
 
@@ -157,4 +159,36 @@ pub fn fill(gpu: &Gpu, len: u32, y: View, value: f32) -> Dispatch {
 
 fn same_window(a: Window, b: Window) -> bool {
     a.buffer == b.buffer && a.start == b.start
+}
+
+/// Records one elementwise launch of a schedule. Dropout's parameters are rewritten every
+/// step with the step in the seed, so each step draws a new mask.
+pub(crate) fn record(launch: &ElementwiseLaunch, r: &mut Recorder) {
+    let gpu = r.gpu;
+    let d = match *launch {
+        ElementwiseLaunch::ReluForward { len, x, y } => relu_forward(gpu, len, r.view(x), r.view(y)),
+        ElementwiseLaunch::ReluBackward { len, x, dy, dx, accumulate } => {
+            relu_backward_into(gpu, len, r.view(x), r.view(dy), r.view(dx), accumulate)
+        }
+        ElementwiseLaunch::DropoutForward { len, rate, key, x, y } => {
+            let (x, y) = (r.view(x), r.view(y));
+            let (from, to) = (x.offset, y.offset);
+            let d = dropout_forward(gpu, len, x, y, rate, [key, 0]);
+            return r.push_per_step(d, move |gpu, d, s| {
+                d.set_params(gpu, &dropout_params(len, from, to, rate, [key, s.step as u32], false))
+            });
+        }
+        ElementwiseLaunch::DropoutBackward { len, rate, key, dy, dx, accumulate } => {
+            let (dy, dx) = (r.view(dy), r.view(dx));
+            let (from, to) = (dy.offset, dx.offset);
+            let d = dropout_backward(gpu, len, dy, dx, rate, [key, 0], accumulate);
+            return r.push_per_step(d, move |gpu, d, s| {
+                d.set_params(gpu, &dropout_params(len, from, to, rate, [key, s.step as u32], accumulate))
+            });
+        }
+        ElementwiseLaunch::Copy { len, x, y } => copy(gpu, len, r.view(x), r.view(y)),
+        ElementwiseLaunch::Add { len, x, y } => add(gpu, len, r.view(x), r.view(y)),
+        ElementwiseLaunch::Fill { len, y, value } => fill(gpu, len, r.view(y), value),
+    };
+    r.push(d);
 }

@@ -1,6 +1,8 @@
 //! The GPU side of [`super`]: the kernels' launches and parameter block.
 
+use super::LinearLaunch;
 use super::LinearShape;
+use crate::executor::Recorder;
 use crate::gpu::{grid, shaders, Dispatch, Gpu, Kernel, View};
 use crate::ops::flag;
 
@@ -57,4 +59,23 @@ pub fn backward_weight(gpu: &Gpu, s: LinearShape, x: View, dy: View, dw: View, a
 pub fn backward_bias(gpu: &Gpu, s: LinearShape, dy: View, db: View, accumulate: bool) -> Dispatch {
     let words = s.words(accumulate, [dy.offset, db.offset, 0, 0]);
     gpu.dispatch(&BACKWARD_BIAS, &words, &[dy.buffer, db.buffer], grid(s.out_features as u64, 256))
+}
+
+/// Records one linear launch of a schedule; the parameter gradients are two dispatches, the
+/// weight's and the bias's, which follows the weight in `grad_params`.
+pub(crate) fn record(launch: &LinearLaunch, r: &mut Recorder) {
+    let gpu = r.gpu;
+    let d = match *launch {
+        LinearLaunch::Forward { shape, x, params, y } => forward(gpu, shape, r.view(x), r.view(params), r.view(y)),
+        LinearLaunch::BackwardParams { shape, x, dy, grad_params } => {
+            let dw = r.view(grad_params);
+            let db = dw.at(shape.out_features * shape.in_features);
+            r.push(backward_weight(gpu, shape, r.view(x), r.view(dy), dw, false));
+            backward_bias(gpu, shape, r.view(dy), db, false)
+        }
+        LinearLaunch::BackwardInput { shape, dy, params, dx, accumulate } => {
+            backward_input(gpu, shape, r.view(params), r.view(dy), r.view(dx), accumulate)
+        }
+    };
+    r.push(d);
 }

@@ -6,6 +6,9 @@
 
 pub mod kernels;
 
+use crate::graph::{Graph, Node, NodeId, Op};
+use crate::schedule::{Loc, Phase, ScheduleBuilder};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinearShape {
     pub n: u32,
@@ -16,5 +19,78 @@ pub struct LinearShape {
 impl LinearShape {
     pub fn new(n: u32, in_features: u32, out_features: u32) -> Self {
         LinearShape { n, in_features, out_features }
+    }
+}
+
+impl LinearShape {
+    /// The shape of a linear node of `g`, whose input is (in_features, N, 1, 1).
+    pub fn of_node(g: &Graph, node: &Node) -> LinearShape {
+        let [in_features, n, _, _] = g.shape(node.inputs[0]);
+        LinearShape { n, in_features, out_features: g.shape(node.output)[0] }
+    }
+}
+
+/// The linear launches. `params` is [weight (out, in), bias (out)] and `grad_params` its
+/// gradient, in the same layout.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LinearLaunch {
+    Forward {
+        shape: LinearShape,
+        x: Loc,
+        params: Loc,
+        y: Loc,
+    },
+    /// Weight and bias gradients, overwritten.
+    BackwardParams {
+        shape: LinearShape,
+        x: Loc,
+        dy: Loc,
+        grad_params: Loc,
+    },
+    BackwardInput {
+        shape: LinearShape,
+        dy: Loc,
+        params: Loc,
+        dx: Loc,
+        accumulate: bool,
+    },
+}
+
+impl LinearLaunch {
+    /// Every operand of the launch.
+    pub fn operands(&self) -> Vec<Loc> {
+        match *self {
+            LinearLaunch::Forward { x, params, y, .. } => vec![x, params, y],
+            LinearLaunch::BackwardParams { x, dy, grad_params, .. } => vec![x, dy, grad_params],
+            LinearLaunch::BackwardInput { dy, params, dx, .. } => vec![dy, params, dx],
+        }
+    }
+}
+
+/// A linear layer's forward, or its recomputation.
+pub(crate) fn forward(b: &mut ScheduleBuilder, id: NodeId, phase: Phase) {
+    let node = &b.graph().nodes[id.0];
+    let Op::Linear { params } = node.op else { unreachable!("a linear node") };
+    let (inputs, y) = b.node_locs(id, phase);
+    let shape = LinearShape::of_node(b.graph(), node);
+    b.push(id, phase, LinearLaunch::Forward { shape, x: inputs[0], params: Loc::Param(params), y });
+}
+
+/// A linear layer's backward: its parameters' gradients, then its input gradient.
+pub(crate) fn backward(b: &mut ScheduleBuilder, id: NodeId, dy: Loc) {
+    let node = &b.graph().nodes[id.0];
+    let Op::Linear { params } = node.op else { unreachable!("a linear node") };
+    let x = b.saved_loc(node.inputs[0]);
+    let dx = b.input_gradient(node.inputs[0]);
+    let shape = LinearShape::of_node(b.graph(), node);
+    let (grad_params, shared) = b.param_grad(params);
+    assert!(!shared, "{}: a linear layer's parameters are used once", node.name);
+    b.push(id, Phase::Backward, LinearLaunch::BackwardParams { shape, x, dy, grad_params });
+    if let Some((dx, accumulate)) = dx {
+        b.push(
+            id,
+            Phase::Backward,
+            LinearLaunch::BackwardInput { shape, dy, params: Loc::Param(params), dx, accumulate },
+        );
     }
 }

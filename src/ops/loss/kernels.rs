@@ -1,6 +1,8 @@
 //! The GPU side of [`super`]: the kernels' launches and parameter block.
 
+use super::LossLaunch;
 use super::LossShape;
+use crate::executor::Recorder;
 use crate::gpu::{shaders, Dispatch, Gpu, Kernel, View};
 use crate::ops::flag;
 
@@ -51,4 +53,11 @@ crate::uniform! {
         off3: u32,
         off4: u32,
     }
+}
+
+/// Records the loss launch of a schedule.
+pub(crate) fn record(launch: &LossLaunch, r: &mut Recorder) {
+    let LossLaunch { shape, logits, labels, loss, dlogits } = *launch;
+    let dlogits = dlogits.map(|d| r.view(d));
+    r.push(cross_entropy(r.gpu, shape, r.view(logits), r.view(labels), dlogits, r.view(loss), false));
 }

@@ -11,6 +11,9 @@
 
 pub mod kernels;
 
+use crate::graph::NodeId;
+use crate::schedule::{Loc, Pass, Phase, ScheduleBuilder};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LossShape {
     pub classes: u32,
@@ -21,4 +24,36 @@ impl LossShape {
     pub fn new(classes: u32, n: u32) -> Self {
         LossShape { classes, n }
     }
+}
+
+/// The loss launch: class-major `logits` (K, N), `labels` (N), the [loss, correct] pair, and
+/// in training the gradient `dlogits` (K, N), overwritten.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossLaunch {
+    pub shape: LossShape,
+    pub logits: Loc,
+    pub labels: Loc,
+    pub loss: Loc,
+    pub dlogits: Option<Loc>,
+}
+
+impl LossLaunch {
+    /// Every operand of the launch.
+    pub fn operands(&self) -> Vec<Loc> {
+        let mut v = vec![self.logits, self.labels, self.loss];
+        v.extend(self.dlogits);
+        v
+    }
+}
+
+/// The loss's forward, which in training also writes the logits' gradient: the loss has no
+/// backward of its own.
+pub(crate) fn forward(b: &mut ScheduleBuilder, id: NodeId, phase: Phase) {
+    let g = b.graph();
+    let node = &g.nodes[id.0];
+    let (inputs, loss) = b.node_locs(id, phase);
+    let [classes, n, _, _] = g.shape(node.inputs[0]);
+    let dlogits = (b.pass() == Pass::Train).then(|| b.gradient_loc(node.inputs[0]).0);
+    let shape = LossShape::new(classes, n);
+    b.push(id, phase, LossLaunch { shape, logits: inputs[0], labels: inputs[1], loss, dlogits });
 }

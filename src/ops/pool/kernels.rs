@@ -1,6 +1,8 @@
 //! The GPU side of [`super`]: the kernels' launches and parameter block.
 
+use super::PoolLaunch;
 use super::PoolShape;
+use crate::executor::Recorder;
 use crate::gpu::{grid, shaders, Dispatch, Gpu, Kernel, View};
 use crate::ops::flag;
 
@@ -75,4 +77,24 @@ crate::uniform! {
         off2: u32,
         off3: u32,
     }
+}
+
+/// Records one pool launch of a schedule.
+pub(crate) fn record(launch: &PoolLaunch, r: &mut Recorder) {
+    let gpu = r.gpu;
+    let d = match *launch {
+        PoolLaunch::AvgForward { shape, x, y } => avg_pool_forward(gpu, shape, r.view(x), r.view(y)),
+        PoolLaunch::AvgBackward { shape, dy, dx, accumulate } => {
+            avg_pool_backward(gpu, shape, r.view(dy), r.view(dx), accumulate)
+        }
+        PoolLaunch::MaxForward { shape, x, y } => max_pool_forward(gpu, shape, r.view(x), r.view(y)),
+        PoolLaunch::MaxBackward { shape, x, dy, dx, accumulate } => {
+            max_pool_backward(gpu, shape, r.view(x), r.view(dy), r.view(dx), accumulate)
+        }
+        PoolLaunch::GlobalAvgForward { shape, x, y } => global_avg_pool_forward(gpu, shape, r.view(x), r.view(y)),
+        PoolLaunch::GlobalAvgBackward { shape, dy, dx, accumulate } => {
+            global_avg_pool_backward(gpu, shape, r.view(dy), r.view(dx), accumulate)
+        }
+    };
+    r.push(d);
 }

@@ -7,6 +7,9 @@
 
 pub mod kernels;
 
+use crate::graph::{Graph, NodeId, Op, SliceId};
+use crate::schedule::{Loc, Phase, ScheduleBuilder};
+
 /// The shape of a pool's input, (C, N, H, W).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolShape {
@@ -17,6 +20,11 @@ pub struct PoolShape {
 }
 
 impl PoolShape {
+    /// The shape of a pool over tensor `x` of `g`.
+    pub fn of_input(g: &Graph, x: SliceId) -> Self {
+        let [c, n, h, w] = g.shape(x);
+        PoolShape::new(c, n, h, w)
+    }
     pub fn new(c: u32, n: u32, h: u32, w: u32) -> Self {
         PoolShape { c, n, h, w }
     }
@@ -39,4 +47,89 @@ impl PoolShape {
     pub fn max_out(&self) -> (u32, u32) {
         (self.h.saturating_sub(1) / 2 + 1, self.w.saturating_sub(1) / 2 + 1)
     }
+}
+
+/// The pool launches: `x` and `dx` are (C, N, H, W), `y` and `dy` the pool's output shape.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PoolLaunch {
+    AvgForward {
+        shape: PoolShape,
+        x: Loc,
+        y: Loc,
+    },
+    AvgBackward {
+        shape: PoolShape,
+        dy: Loc,
+        dx: Loc,
+        accumulate: bool,
+    },
+    MaxForward {
+        shape: PoolShape,
+        x: Loc,
+        y: Loc,
+    },
+    /// Reads `x` to find each window's maximum again rather than storing indices.
+    MaxBackward {
+        shape: PoolShape,
+        x: Loc,
+        dy: Loc,
+        dx: Loc,
+        accumulate: bool,
+    },
+    GlobalAvgForward {
+        shape: PoolShape,
+        x: Loc,
+        y: Loc,
+    },
+    GlobalAvgBackward {
+        shape: PoolShape,
+        dy: Loc,
+        dx: Loc,
+        accumulate: bool,
+    },
+}
+
+impl PoolLaunch {
+    /// Every operand of the launch.
+    pub fn operands(&self) -> Vec<Loc> {
+        match *self {
+            PoolLaunch::AvgForward { x, y, .. }
+            | PoolLaunch::MaxForward { x, y, .. }
+            | PoolLaunch::GlobalAvgForward { x, y, .. } => vec![x, y],
+            PoolLaunch::AvgBackward { dy, dx, .. } | PoolLaunch::GlobalAvgBackward { dy, dx, .. } => vec![dy, dx],
+            PoolLaunch::MaxBackward { x, dy, dx, .. } => vec![x, dy, dx],
+        }
+    }
+}
+
+/// A pool's forward, or its recomputation.
+pub(crate) fn forward(b: &mut ScheduleBuilder, id: NodeId, phase: Phase) {
+    let g = b.graph();
+    let node = &g.nodes[id.0];
+    let (inputs, y) = b.node_locs(id, phase);
+    let (shape, x) = (PoolShape::of_input(g, node.inputs[0]), inputs[0]);
+    let op = match node.op {
+        Op::AvgPool2x2 => PoolLaunch::AvgForward { shape, x, y },
+        Op::MaxPool3x3s2p1 => PoolLaunch::MaxForward { shape, x, y },
+        Op::GlobalAvgPool => PoolLaunch::GlobalAvgForward { shape, x, y },
+        _ => unreachable!("not a pool"),
+    };
+    b.push(id, phase, op);
+}
+
+/// A pool's backward: its input gradient.
+pub(crate) fn backward(b: &mut ScheduleBuilder, id: NodeId, dy: Loc) {
+    let g = b.graph();
+    let node = &g.nodes[id.0];
+    let xt = node.inputs[0];
+    let x = matches!(node.op, Op::MaxPool3x3s2p1).then(|| b.saved_loc(xt));
+    let Some((dx, accumulate)) = b.input_gradient(xt) else { return };
+    let shape = PoolShape::of_input(g, xt);
+    let op = match node.op {
+        Op::AvgPool2x2 => PoolLaunch::AvgBackward { shape, dy, dx, accumulate },
+        Op::MaxPool3x3s2p1 => PoolLaunch::MaxBackward { shape, x: x.unwrap(), dy, dx, accumulate },
+        Op::GlobalAvgPool => PoolLaunch::GlobalAvgBackward { shape, dy, dx, accumulate },
+        _ => unreachable!("not a pool"),
+    };
+    b.push(id, Phase::Backward, op);
 }

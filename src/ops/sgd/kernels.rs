@@ -1,6 +1,7 @@
 //! The GPU side of [`super`]: the kernels' launches and parameter block.
 
 use super::SgdHyper;
+use crate::executor::Recorder;
 use crate::gpu::{grid, shaders, Dispatch, Gpu, Kernel, View};
 use crate::ops::flag;
 
@@ -46,4 +47,14 @@ pub fn sgd_step(gpu: &Gpu, len: u32, param: View, grad: View, momentum_buf: Opti
     let (buf, buf_offset) = momentum_buf.map_or((gpu.unused_binding(0), 0), |v| (v.buffer, v.offset));
     let words = sgd_params(len, param.offset, grad.offset, buf_offset, h);
     gpu.dispatch(&SGD_STEP, &words, &[param.buffer, grad.buffer, buf], grid(len as u64, 256))
+}
+
+/// Records the optimizer step of a schedule: one launch per segment of the persistent
+/// parameter buffers, whose hyper-parameters are rewritten every step.
+pub(crate) fn record_update(r: &mut Recorder) {
+    let segments = r.optimizer_segments().to_vec();
+    for (len, [param, grad, momentum]) in segments {
+        let d = sgd_step(r.gpu, len, param, grad, Some(momentum), &SgdHyper::densenet_cifar());
+        r.push_per_step(d, move |gpu, d, s| d.set_params(gpu, &sgd_params(len, 0, 0, 0, &s.sgd)));
+    }
 }
