@@ -238,9 +238,9 @@ impl Session {
         Err(Error::Shape(format!("the model has no tensor named `{name}`")))
     }
 
-    /// The memory plan of this session's program for `mode` (compiled or not).
-    pub fn memory_plan(&self, mode: Pass) -> Result<MemoryPlan> {
-        MemoryPlan::with_persistent(&self.graph, mode, &self.limits, self.layout.clone(), &self.schedule_options)
+    /// The memory plan of this session's program for `pass` (compiled or not).
+    pub fn memory_plan(&self, pass: Pass) -> Result<MemoryPlan> {
+        MemoryPlan::with_persistent(&self.graph, pass, &self.limits, self.layout.clone(), &self.schedule_options)
     }
 
     /// Sets the schedule compiler's options for this session's programs; compiled programs are
@@ -251,13 +251,13 @@ impl Session {
         self.eval = None;
     }
 
-    async fn program(&mut self, mode: Pass) -> Result<&mut Program> {
-        let plan = match mode {
-            Pass::Train if self.train.is_none() => Some(self.memory_plan(mode)?),
-            Pass::Eval if self.eval.is_none() => Some(self.memory_plan(mode)?),
+    async fn program(&mut self, pass: Pass) -> Result<&mut Program> {
+        let plan = match pass {
+            Pass::Train if self.train.is_none() => Some(self.memory_plan(pass)?),
+            Pass::Eval if self.eval.is_none() => Some(self.memory_plan(pass)?),
             _ => None,
         };
-        let slot = match mode {
+        let slot = match pass {
             Pass::Train => &mut self.train,
             Pass::Eval => &mut self.eval,
         };
@@ -267,14 +267,14 @@ impl Session {
         Ok(slot.as_mut().unwrap())
     }
 
-    /// Compiles and allocates the program for `mode` now (otherwise the first step does).
-    pub async fn prepare(&mut self, mode: Pass) -> Result<()> {
-        self.program(mode).await.map(|_| ())
+    /// Compiles and allocates the program for `pass` now (otherwise the first step does).
+    pub async fn prepare(&mut self, pass: Pass) -> Result<()> {
+        self.program(pass).await.map(|_| ())
     }
 
     /// Frees a compiled program's arena (e.g. the training arena before a long evaluation).
-    pub fn release(&mut self, mode: Pass) {
-        match mode {
+    pub fn release(&mut self, pass: Pass) {
+        match pass {
             Pass::Train => self.train = None,
             Pass::Eval => self.eval = None,
         }
@@ -289,8 +289,8 @@ impl Session {
     }
 
     /// Bytes of the compiled program's activation arena, if it is compiled.
-    pub fn arena_bytes(&self, mode: Pass) -> Option<u64> {
-        match mode {
+    pub fn arena_bytes(&self, pass: Pass) -> Option<u64> {
+        match pass {
             Pass::Train => self.train.as_ref(),
             Pass::Eval => self.eval.as_ref(),
         }

@@ -91,7 +91,7 @@ pub struct Launch {
 
 #[derive(Clone, Debug)]
 pub struct Schedule {
-    pub mode: Pass,
+    pub pass: Pass,
     pub values: Vec<Value>,
     pub launches: Vec<Launch>,
     /// The forward values the host writes (image and labels) and reads (logits and loss).
@@ -110,7 +110,7 @@ impl Schedule {
         self.values
             .iter()
             .map(|v| {
-                let stored = v.kind == ValueKind::Forward && v.last >= backward_start && self.mode == Pass::Train;
+                let stored = v.kind == ValueKind::Forward && v.last >= backward_start && self.pass == Pass::Train;
                 let kind = match v.kind {
                     ValueKind::Forward => "",
                     ValueKind::Recomputed => " (recomputed)",
@@ -173,16 +173,16 @@ impl Default for ScheduleOptions {
     }
 }
 
-/// Compiles `graph` for `mode` with the default [`ScheduleOptions`].
-pub fn compile(graph: &Graph, mode: Pass) -> crate::Result<Schedule> {
-    compile_with(graph, mode, &ScheduleOptions::default())
+/// Compiles `graph` for `pass` with the default [`ScheduleOptions`].
+pub fn compile(graph: &Graph, pass: Pass) -> crate::Result<Schedule> {
+    compile_with(graph, pass, &ScheduleOptions::default())
 }
 
-/// Compiles `graph` for `mode`: forward (and for training, backward and the update) as
+/// Compiles `graph` for `pass`: forward (and for training, backward and the update) as
 /// launches over planned values.
-pub fn compile_with(graph: &Graph, mode: Pass, options: &ScheduleOptions) -> crate::Result<Schedule> {
+pub fn compile_with(graph: &Graph, pass: Pass, options: &ScheduleOptions) -> crate::Result<Schedule> {
     graph.validate()?;
-    if mode == Pass::Train {
+    if pass == Pass::Train {
         check_batch_statistics(graph)?;
     }
     let uses = graph.uses();
@@ -194,7 +194,7 @@ pub fn compile_with(graph: &Graph, mode: Pass, options: &ScheduleOptions) -> cra
     let folded = folded_input.values().copied().collect();
     let mut c = ScheduleBuilder {
         graph,
-        pass: mode,
+        pass,
         options: *options,
         values: Vec::new(),
         launches: Vec::new(),
@@ -214,7 +214,7 @@ pub fn compile_with(graph: &Graph, mode: Pass, options: &ScheduleOptions) -> cra
     for i in 0..graph.nodes.len() {
         crate::ops::forward(&mut c, NodeId(i), Phase::Forward);
     }
-    if mode == Pass::Train {
+    if pass == Pass::Train {
         for i in (0..graph.nodes.len()).rev() {
             c.backward_node(NodeId(i));
         }
@@ -244,7 +244,7 @@ pub fn compile_with(graph: &Graph, mode: Pass, options: &ScheduleOptions) -> cra
         _ => unreachable!(),
     };
     Ok(Schedule {
-        mode,
+        pass,
         values: c.values,
         launches: c.launches,
         input: value_of(input),

@@ -94,30 +94,30 @@ pub struct MemoryPlan {
     pub persistent: PersistentLayout,
     pub schedule: Schedule,
     pub arena: ArenaLayout,
-    pub mode: Pass,
+    pub pass: Pass,
 }
 
 impl MemoryPlan {
-    /// Compiles `graph`'s schedule for `mode` (default options) and plans its arena under
+    /// Compiles `graph`'s schedule for `pass` (default options) and plans its arena under
     /// `limits`.
-    pub fn new(graph: &Graph, mode: Pass, limits: &ArenaLimits) -> Result<MemoryPlan> {
+    pub fn new(graph: &Graph, pass: Pass, limits: &ArenaLimits) -> Result<MemoryPlan> {
         let persistent = PersistentLayout::new(graph, limits)?;
-        Self::with_persistent(graph, mode, limits, persistent, &ScheduleOptions::default())
+        Self::with_persistent(graph, pass, limits, persistent, &ScheduleOptions::default())
     }
 
     /// As [`MemoryPlan::new`], for a model whose persistent layout already exists (a
     /// session's), with the session's schedule options.
     pub fn with_persistent(
         graph: &Graph,
-        mode: Pass,
+        pass: Pass,
         limits: &ArenaLimits,
         persistent: PersistentLayout,
         options: &ScheduleOptions,
     ) -> Result<MemoryPlan> {
-        let schedule = schedule::compile_with(graph, mode, options)?;
+        let schedule = schedule::compile_with(graph, pass, options)?;
         let requests: Vec<ArenaRequest> = schedule.requests(graph);
         let arena = arena::layout_arena(&requests, limits)?;
-        Ok(MemoryPlan { persistent, schedule, arena, mode })
+        Ok(MemoryPlan { persistent, schedule, arena, pass })
     }
 
     /// Bytes by category for this schedule, adding up to `total`: every byte the executor
@@ -128,7 +128,7 @@ impl MemoryPlan {
     /// arena the plan allocates beside the persistent buffers.
     pub fn report(&self) -> MemoryReport {
         let arena = self.arena.report();
-        let train = self.mode == Pass::Train;
+        let train = self.pass == Pass::Train;
         let parameters = self.persistent.params.bytes() + self.persistent.states.bytes();
         let gradients = if train { self.persistent.params.bytes() } else { 0 };
         let optimizer = gradients;
@@ -146,7 +146,7 @@ impl MemoryPlan {
     }
 }
 
-/// The memory report of `graph`'s schedule for `mode`, for the default WebGPU binding limit.
-pub fn memory_report(graph: &Graph, mode: Pass) -> Result<MemoryReport> {
-    Ok(MemoryPlan::new(graph, mode, &ArenaLimits::WEBGPU_DEFAULT)?.report())
+/// The memory report of `graph`'s schedule for `pass`, for the default WebGPU binding limit.
+pub fn memory_report(graph: &Graph, pass: Pass) -> Result<MemoryReport> {
+    Ok(MemoryPlan::new(graph, pass, &ArenaLimits::WEBGPU_DEFAULT)?.report())
 }
