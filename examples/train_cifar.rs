@@ -9,7 +9,7 @@ use clap::Parser;
 use densegpu::checkpoint::{self, TrainingState, Weights};
 use densegpu::data::{self, BatchLoader, LoaderOptions, TrainTest};
 use densegpu::densenet::{plan_training, DenseNetConfig, MemoryMode};
-use densegpu::{Error, Gpu, Pass, Result, Session, SgdHyper};
+use densegpu::{block_on, Error, Gpu, Pass, Result, Session, SgdHyper};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -207,12 +207,12 @@ fn run(args: &Args) -> Result<()> {
         (data.train.clone(), None)
     };
 
-    let gpu = Arc::new(Gpu::new_blocking()?);
+    let gpu = Arc::new(block_on(Gpu::new())?);
     let limits = densegpu::memory::arena_limits(gpu.max_binding_bytes());
     // Refuse a batch that cannot fit before allocating anything.
     plan_training(&config, args.batch_size, args.memory, &limits, None)?;
     let graph = config.build(args.batch_size, args.memory)?;
-    let mut session = Session::new_blocking(gpu.clone(), graph, args.seed)?;
+    let mut session = block_on(Session::new(gpu.clone(), graph, args.seed))?;
     if let Some(path) = &args.init {
         checkpoint::apply_weights(&session, &checkpoint::load_weights(path)?)?;
     }
@@ -247,8 +247,8 @@ fn run(args: &Args) -> Result<()> {
     if let Some(dir) = &args.resume {
         let path = dir.join("checkpoint.safetensors");
         let (weights, saved, momentum) = checkpoint::load_checkpoint(&path)?;
-        checkpoint::apply_checkpoint_blocking(&mut session, &weights, &saved, &momentum)?;
-        if let Some(what) = checkpoint::non_finite_state_blocking(&session)? {
+        block_on(checkpoint::apply_checkpoint(&mut session, &weights, &saved, &momentum))?;
+        if let Some(what) = block_on(checkpoint::non_finite_state(&session))? {
             return Err(Error::Data(format!(
                 "{}: {what}, so this run cannot go on from it (it was saved while training diverged); start \
                  again with a lower --lr, or from an earlier copy of the checkpoint",
@@ -265,7 +265,7 @@ fn run(args: &Args) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::Data(format!("cannot create {}: {e}", dir.display())))?;
     }
 
-    pollster::block_on(session.prepare(Pass::Train))?;
+    block_on(session.prepare(Pass::Train))?;
     let arena = session.allocated_bytes();
     if !args.json {
         println!(
@@ -324,7 +324,7 @@ fn run(args: &Args) -> Result<()> {
                 break;
             }
             let sgd = sgd_at(session.step);
-            let r = session.train_step_blocking(&batch.images, &batch.labels, &sgd)?;
+            let r = block_on(session.train_step(&batch.images, &batch.labels, &sgd))?;
             if !r.loss.is_finite() {
                 bar.abandon();
                 let why = format!("the loss became {} at step {} (epoch {})", r.loss, session.step, state.epoch + 1);
@@ -349,7 +349,7 @@ fn run(args: &Args) -> Result<()> {
         }
         // Nothing is saved, or kept as the best, unless all of it is finite: a diverging run can
         // keep a finite loss for a while after its running variances overflow.
-        if let Some(what) = checkpoint::non_finite_state_blocking(&session)? {
+        if let Some(what) = block_on(checkpoint::non_finite_state(&session))? {
             bar.abandon();
             let why = format!("after step {} (epoch {}), {what}", session.step, state.epoch + 1);
             return Err(stop(why, &last_good));
@@ -357,7 +357,7 @@ fn run(args: &Args) -> Result<()> {
         let epoch_done = state.batch_in_epoch >= per_epoch;
         if epoch_done {
             valid_accuracy = match &valid {
-                Some(v) => Some(densegpu::train::evaluate(&mut session, v)?.accuracy),
+                Some(v) => Some(block_on(densegpu::train::evaluate(&mut session, v))?.accuracy),
                 None => None,
             };
             let improved = match (valid_accuracy, best) {
@@ -366,7 +366,7 @@ fn run(args: &Args) -> Result<()> {
                 (None, _) => true,
             };
             if improved {
-                let tensors = checkpoint::session_weights_blocking(&session)?;
+                let tensors = block_on(checkpoint::session_weights(&session))?;
                 if let Some(dir) = &args.save {
                     checkpoint::save_weights(&dir.join("best.safetensors"), &config, &tensors)?;
                 }
@@ -393,7 +393,7 @@ fn run(args: &Args) -> Result<()> {
         state.extra.insert(EPOCH_SEEN.into(), seen.to_string());
         if let Some(dir) = &args.save {
             let path = dir.join("checkpoint.safetensors");
-            checkpoint::save_checkpoint_blocking(&path, &session, &config, &state)?;
+            block_on(checkpoint::save_checkpoint(&path, &session, &config, &state))?;
             last_good = LastGood::Saved(path, session.step);
         }
         if !epoch_done {
@@ -403,7 +403,7 @@ fn run(args: &Args) -> Result<()> {
     bar.finish();
     let elapsed = start.elapsed().as_secs_f64();
     let steps = session.step - start_step;
-    let final_weights = checkpoint::session_weights_blocking(&session)?;
+    let final_weights = block_on(checkpoint::session_weights(&session))?;
     if let Some(dir) = &args.save {
         checkpoint::save_weights(&dir.join("last.safetensors"), &config, &final_weights)?;
         if !dir.join("best.safetensors").exists() {
@@ -421,7 +421,7 @@ fn run(args: &Args) -> Result<()> {
     if let Some(w) = &best_weights {
         checkpoint::apply_weights(&session, w)?;
     }
-    let test_accuracy = densegpu::train::evaluate(&mut session, &data.test)?.accuracy;
+    let test_accuracy = block_on(densegpu::train::evaluate(&mut session, &data.test))?.accuracy;
     if let Some(path) = &args.onnx {
         export_onnx(&session, &config, path)?;
     }
@@ -497,7 +497,7 @@ fn append_metrics(dir: &Path, epoch: u64, loss: f64, accuracy: f64, valid: Optio
 }
 
 fn export_onnx(session: &Session, config: &DenseNetConfig, path: &Path) -> Result<()> {
-    let tensors = session.state_dict_blocking()?;
+    let tensors = block_on(session.state_dict())?;
     let options = densegpu::onnx::ExportOptions::default();
     densegpu::onnx::export_to_file(path, &session.graph, Some(config), &tensors, &options)?;
     println!("Exported the model as ONNX to {}", path.display());

@@ -4,7 +4,7 @@
 use densegpu::checkpoint::{self, NamedTensor, TrainingState, Weights};
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
 use densegpu::graph::Graph;
-use densegpu::{Error, Session, SgdHyper};
+use densegpu::{block_on, Error, Session, SgdHyper};
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -416,9 +416,9 @@ struct Snapshot {
 
 fn snapshot(s: &Session) -> Snapshot {
     Snapshot {
-        params: pollster::block_on(s.parameters()).unwrap(),
-        momentum: pollster::block_on(s.momentum()).unwrap(),
-        states: pollster::block_on(s.states()).unwrap(),
+        params: block_on(s.parameters()).unwrap(),
+        momentum: block_on(s.momentum()).unwrap(),
+        states: block_on(s.states()).unwrap(),
     }
 }
 
@@ -431,13 +431,13 @@ fn weights_through_a_session_round_trip() {
     let config = tiny_config(0.0);
     let graph = graph_of(&config);
     let tensors = random_tensors(&graph, 6);
-    let mut session = Session::new_blocking(gpu(), graph.clone(), 1).unwrap();
+    let mut session = block_on(Session::new(gpu(), graph.clone(), 1)).unwrap();
     let bytes = checkpoint::weights_to_bytes(&config, &tensors).unwrap();
     let mut weights = checkpoint::weights_from_bytes(&bytes, "w.safetensors").unwrap();
     weights.batches_tracked = Some(41);
     checkpoint::apply_weights(&session, &weights).unwrap();
     session.batches_tracked = weights.batches_tracked.unwrap();
-    let out = checkpoint::session_weights_blocking(&session).unwrap();
+    let out = block_on(checkpoint::session_weights(&session)).unwrap();
     let (counts, model): (Vec<NamedTensor>, Vec<NamedTensor>) =
         out.into_iter().partition(|t| t.name.ends_with(".num_batches_tracked"));
     assert_same_tensors(&model, &tensors);
@@ -469,18 +469,18 @@ fn resuming_from_a_checkpoint_is_bit_exact() {
     let graph = config.build(3, MemoryMode::Efficient).unwrap();
     let batches: Vec<_> = (0..4).map(|i| batch(&graph, 300 + i)).collect();
 
-    let mut straight = Session::new_blocking(gpu(), graph.clone(), 7).unwrap();
+    let mut straight = block_on(Session::new(gpu(), graph.clone(), 7)).unwrap();
     for (images, labels) in &batches {
-        straight.train_step_blocking(images, labels, &SGD).unwrap();
+        block_on(straight.train_step(images, labels, &SGD)).unwrap();
     }
     let want = snapshot(&straight);
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("resume.safetensors");
     {
-        let mut first = Session::new_blocking(gpu(), graph.clone(), 7).unwrap();
+        let mut first = block_on(Session::new(gpu(), graph.clone(), 7)).unwrap();
         for (images, labels) in &batches[..2] {
-            first.train_step_blocking(images, labels, &SGD).unwrap();
+            block_on(first.train_step(images, labels, &SGD)).unwrap();
         }
         let state = TrainingState {
             step: 999, // the session's own counter is what counts
@@ -492,7 +492,7 @@ fn resuming_from_a_checkpoint_is_bit_exact() {
             extra: [("schedule".to_string(), "cosine".to_string())].into(),
             ..Default::default()
         };
-        checkpoint::save_checkpoint_blocking(&path, &first, &config, &state).unwrap();
+        block_on(checkpoint::save_checkpoint(&path, &first, &config, &state)).unwrap();
     }
     assert_eq!(dir_entries(dir.path()), ["resume.safetensors"]);
 
@@ -511,11 +511,11 @@ fn resuming_from_a_checkpoint_is_bit_exact() {
     assert_same_tensors(&checkpoint::load_weights(&path).unwrap().tensors, &weights.tensors);
 
     // A different seed: everything must come from the file.
-    let mut resumed = Session::new_blocking(gpu(), graph.clone(), 99).unwrap();
-    checkpoint::apply_checkpoint_blocking(&mut resumed, &weights, &state, &momentum).unwrap();
+    let mut resumed = block_on(Session::new(gpu(), graph.clone(), 99)).unwrap();
+    block_on(checkpoint::apply_checkpoint(&mut resumed, &weights, &state, &momentum)).unwrap();
     assert_eq!((resumed.step, resumed.batches_tracked), (2, 2));
     for (images, labels) in &batches[2..] {
-        resumed.train_step_blocking(images, labels, &state.sgd).unwrap();
+        block_on(resumed.train_step(images, labels, &state.sgd)).unwrap();
     }
     let got = snapshot(&resumed);
     assert!(same(&got.params, &want.params), "parameters differ from the uninterrupted run");
@@ -524,17 +524,17 @@ fn resuming_from_a_checkpoint_is_bit_exact() {
     assert_eq!((resumed.step, resumed.batches_tracked), (straight.step, straight.batches_tracked));
 
     // The comparison can fail: restoring all but the step counter redraws other dropout masks.
-    let mut wrong_step = Session::new_blocking(gpu(), graph.clone(), 99).unwrap();
+    let mut wrong_step = block_on(Session::new(gpu(), graph.clone(), 99)).unwrap();
     let forgetful = TrainingState { step: 0, ..state.clone() };
-    checkpoint::apply_checkpoint_blocking(&mut wrong_step, &weights, &forgetful, &momentum).unwrap();
+    block_on(checkpoint::apply_checkpoint(&mut wrong_step, &weights, &forgetful, &momentum)).unwrap();
     for (images, labels) in &batches[2..] {
-        wrong_step.train_step_blocking(images, labels, &state.sgd).unwrap();
+        block_on(wrong_step.train_step(images, labels, &state.sgd)).unwrap();
     }
     assert!(!same(&snapshot(&wrong_step).params, &want.params), "the step counter made no difference");
 
     // Momentum for a tensor the model lacks, or none for one it has, is refused.
     let mut short = momentum.clone();
     let dropped = short.pop().unwrap().name;
-    let m = message(checkpoint::apply_checkpoint_blocking(&mut resumed, &weights, &state, &short));
+    let m = message(block_on(checkpoint::apply_checkpoint(&mut resumed, &weights, &state, &short)));
     assert!(m.contains(&dropped), "{m}");
 }

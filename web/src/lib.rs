@@ -16,7 +16,7 @@ use densegpu::data::{self, BatchLoader, Dataset, LoaderOptions, Normalization, C
 use densegpu::densenet::{largest_batch, memory_plans_json, plan_training};
 use densegpu::memory::arena::ArenaLimits;
 use densegpu::memory::arena_limits;
-use densegpu::train::{evaluate_async, softmax};
+use densegpu::train::softmax;
 use densegpu::{DenseNetConfig, Error, Gpu, MemoryMode, Pass, Session, SgdHyper};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
@@ -353,7 +353,7 @@ pub async fn evaluate() -> Result<String, JsError> {
     let test = DEMO.with_borrow(|d| d.test.clone()).filter(|t| !t.is_empty());
     let test = test.ok_or_else(|| js_error("there are no held-out images to evaluate on"))?;
     with_model(async |m: &mut Model| {
-        let e = evaluate_async(&mut m.session, &test).await?;
+        let e = densegpu::train::evaluate(&mut m.session, &test).await?;
         Ok(serde_json::json!({ "loss": e.loss, "accuracy": e.accuracy, "images": e.images }).to_string())
     })
     .await
