@@ -15,12 +15,14 @@ pub mod reference;
 pub mod schedule;
 pub mod selftest;
 pub mod train;
+pub mod trainer;
 
 pub use densenet::{DenseNetConfig, MemoryMode};
 pub use error::{Error, Result};
 pub use executor::{Session, SgdHyper, StepResult};
 pub use gpu::Gpu;
 pub use schedule::Pass;
+pub use trainer::Trainer;
 
 /// Runs a future to completion on the calling thread, for native callers of densegpu's async
 /// API: examples, tests, command-line tools. Every GPU operation (creating a [`Gpu`] or a

@@ -2,9 +2,11 @@
 //! strict matching against a model, atomic writes, and bit-exact resumption on the GPU.
 
 use densegpu::checkpoint::{self, NamedTensor, TrainingState, Weights};
+use densegpu::data::{BatchLoader, Dataset, LoaderOptions};
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
 use densegpu::graph::Graph;
-use densegpu::{block_on, Error, Session, SgdHyper};
+use densegpu::trainer::LrSchedule;
+use densegpu::{block_on, Error, Session, SgdHyper, Trainer};
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -537,4 +539,98 @@ fn resuming_from_a_checkpoint_is_bit_exact() {
     let dropped = short.pop().unwrap().name;
     let m = message(block_on(checkpoint::apply_checkpoint(&mut resumed, &weights, &state, &short)));
     assert!(m.contains(&dropped), "{m}");
+}
+
+/// A dataset of `len` random 8x8 images of the tiny net's 5 classes.
+fn tiny_dataset(len: usize, seed: u64) -> Dataset {
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+    let mut set = Dataset::empty((0..5).map(|c| format!("class{c}")).collect(), 8, 8);
+    set.images = (0..len * 3 * 8 * 8).map(|_| rng.random::<u8>()).collect();
+    set.labels = (0..len).map(|_| rng.random_range(0..5)).collect();
+    set
+}
+
+/// A trainer of the tiny net on 7 images in batches of 3 (2 batches per epoch, the 7th image
+/// left out), over 3 epochs with a learning-rate drop half way.
+fn tiny_trainer(seed: u64, sgd: SgdHyper) -> Trainer {
+    let graph = tiny_config(0.25).build(3, MemoryMode::Efficient).unwrap();
+    let session = block_on(Session::new(gpu(), graph, seed)).unwrap();
+    let options = LoaderOptions { prefetch: 1, ..LoaderOptions::train(3, 5) };
+    let loader = BatchLoader::new(tiny_dataset(7, 1), options).unwrap();
+    Trainer::new(session, loader, LrSchedule::step_decay(sgd, &[0.5], 6)).unwrap().with_epochs(3)
+}
+
+const TRAINER_SGD: SgdHyper = SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
+
+#[test]
+fn a_trainer_resumed_mid_epoch_goes_on_as_if_it_never_stopped() {
+    let mut straight = tiny_trainer(7, TRAINER_SGD);
+    assert_eq!((straight.batches_per_epoch(), straight.total_steps()), (2, Some(6)));
+    let mut want = Vec::new();
+    while !straight.finished() {
+        want.push(block_on(straight.step()).unwrap());
+    }
+    assert_eq!(want.len(), 6);
+    let cursor: Vec<(u64, u64, usize, bool)> = want.iter().map(|r| (r.step, r.epoch, r.batch, r.epoch_ended)).collect();
+    assert_eq!(
+        cursor,
+        [(1, 0, 0, false), (2, 0, 1, true), (3, 1, 0, false), (4, 1, 1, true), (5, 2, 0, false), (6, 2, 1, true)]
+    );
+    assert_eq!(want[1].sums.seen, 6);
+    assert_eq!(want[1].sums.loss_sum, 3.0 * want[0].loss as f64 + 3.0 * want[1].loss as f64);
+    assert!(block_on(straight.step()).is_err(), "a finished run refuses another step");
+
+    // Stopped by --max-steps in the middle of epoch 2, saved, and resumed in a fresh session.
+    let mut first = tiny_trainer(7, TRAINER_SGD).with_max_steps(Some(3));
+    let mut got = Vec::new();
+    while !first.finished() {
+        got.push(block_on(first.step()).unwrap());
+    }
+    assert_eq!((first.epoch(), first.batch_in_epoch(), first.sums().seen), (1, 1, 3));
+    let mut state = TrainingState::default();
+    first.record(&mut state);
+    assert_eq!((state.step, state.epoch, state.batch_in_epoch), (3, 1, 1));
+    assert_eq!(state.sgd.lr, TRAINER_SGD.lr * 0.1, "the next step is past the milestone");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint.safetensors");
+    let config = tiny_config(0.25);
+    block_on(checkpoint::save_checkpoint(&path, first.session(), &config, &state)).unwrap();
+
+    let mut resumed = tiny_trainer(99, TRAINER_SGD);
+    let (weights, saved, momentum) = checkpoint::load_checkpoint(&path).unwrap();
+    block_on(checkpoint::apply_checkpoint(resumed.session_mut(), &weights, &saved, &momentum)).unwrap();
+    assert!(resumed.restore(&saved).unwrap(), "the running sums come back");
+    assert_eq!(resumed.sums(), first.sums());
+    while !resumed.finished() {
+        got.push(block_on(resumed.step()).unwrap());
+    }
+    assert_eq!(got, want, "the same batches, learning rates, losses and epoch sums");
+
+    // Without its sums, a mid-epoch checkpoint still resumes, and says so; a batch past the end
+    // of an epoch (another batch size) is refused.
+    let mut forgetful = saved.clone();
+    forgetful.extra.clear();
+    assert!(!tiny_trainer(1, TRAINER_SGD).restore(&forgetful).unwrap());
+    let past = TrainingState { batch_in_epoch: 2, ..saved.clone() };
+    let m = tiny_trainer(1, TRAINER_SGD).restore(&past).unwrap_err().to_string();
+    assert!(m.contains("an epoch of this data has 2 batches"), "{m}");
+}
+
+#[test]
+fn a_trainer_stops_at_a_non_finite_loss_naming_step_and_epoch() {
+    let mut trainer = tiny_trainer(3, SgdHyper { lr: 1e30, ..TRAINER_SGD });
+    let err = loop {
+        match block_on(trainer.step()) {
+            Ok(r) => assert!(r.step < 6, "the loss stayed finite at lr 1e30"),
+            Err(e) => break e,
+        }
+    };
+    match &err {
+        Error::NonFiniteLoss { loss, step, epoch } => {
+            assert!(!loss.is_finite());
+            assert_eq!(*step, trainer.session().step);
+            assert!(err.to_string().contains(&format!("at step {step} (epoch {})", epoch + 1)), "{err}");
+        }
+        other => panic!("expected a non-finite loss, got {other:?}"),
+    }
 }
