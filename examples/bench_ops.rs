@@ -4,7 +4,7 @@
 
 use densegpu::gpu::{Dispatch, View};
 use densegpu::ops::conv::{kernels as conv, Conv2dShape};
-use densegpu::Gpu;
+use densegpu::{block_on, Gpu};
 use std::time::Instant;
 
 const BATCH: u32 = 64;
@@ -36,7 +36,7 @@ fn cases() -> Vec<(&'static str, Conv2dShape)> {
 }
 
 fn buffer(gpu: &Gpu, label: &str, len: u32) -> wgpu::Buffer {
-    let b = pollster::block_on(gpu.storage_buffer(label, len as u64 * 4)).expect("allocating a benchmark buffer");
+    let b = block_on(gpu.storage_buffer(label, len as u64 * 4)).expect("allocating a benchmark buffer");
     let values: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.618).sin()).collect();
     gpu.write_f32(&b, 0, &values);
     b
@@ -61,7 +61,7 @@ fn time(gpu: &Gpu, make: &dyn Fn() -> Dispatch) -> (f64, f64) {
     let once = |count: usize| -> (f64, f64) {
         let dispatches: Vec<Dispatch> = (0..count).map(|_| make()).collect();
         let (start, cpu_start) = (Instant::now(), cpu_seconds().unwrap_or(0.0));
-        gpu.run_blocking(&dispatches).expect("running the benchmark");
+        block_on(gpu.run(&dispatches)).and_then(|()| gpu.wait()).expect("running the benchmark");
         let cpu = cpu_seconds().unwrap_or(0.0) - cpu_start;
         (start.elapsed().as_secs_f64() / count as f64, cpu / count as f64)
     };
@@ -73,7 +73,7 @@ fn time(gpu: &Gpu, make: &dyn Fn() -> Dispatch) -> (f64, f64) {
 
 fn main() {
     let filter = std::env::args().nth(1).unwrap_or_default();
-    let gpu = Gpu::new_blocking().expect("a GPU adapter");
+    let gpu = block_on(Gpu::new()).expect("a GPU adapter");
     println!("device: {}", gpu.describe());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("batch {BATCH}; GFLOP/s = 2 x forward multiply-adds / time, for every direction.");

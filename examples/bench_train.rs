@@ -8,7 +8,7 @@
 
 use clap::Parser;
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
-use densegpu::{Gpu, Pass, Session, SgdHyper};
+use densegpu::{block_on, Gpu, Pass, Session, SgdHyper};
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,7 +38,7 @@ fn main() {
 
 fn run(args: Args) -> densegpu::Result<()> {
     let modes: Vec<MemoryMode> = if args.mode == "all" { MemoryMode::ALL.to_vec() } else { vec![args.mode.parse()?] };
-    let gpu = Arc::new(Gpu::new_blocking()?);
+    let gpu = Arc::new(block_on(Gpu::new())?);
     let config = DenseNetConfig::cifar_bc(args.depth, args.growth_rate, 10)?;
     println!("adapter: {}", gpu.describe());
     println!(
@@ -53,13 +53,13 @@ fn run(args: Args) -> densegpu::Result<()> {
     let mut baseline = None;
     for mode in modes {
         let graph = config.build(args.batch_size, mode)?;
-        let mut session = Session::new_blocking(gpu.clone(), graph, 0)?;
+        let mut session = block_on(Session::new(gpu.clone(), graph, 0))?;
         let planned = session.memory_plan(Pass::Train)?.report().total;
         let sgd = SgdHyper::densenet_cifar();
-        session.train_step_blocking(&images, &labels, &sgd)?;
+        block_on(session.train_step(&images, &labels, &sgd))?;
         let start = Instant::now();
         for _ in 0..args.steps {
-            session.train_step_blocking(&images, &labels, &sgd)?;
+            block_on(session.train_step(&images, &labels, &sgd))?;
         }
         let per_step = start.elapsed().as_secs_f64() / args.steps as f64;
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use densegpu::checkpoint;
-use densegpu::{Gpu, MemoryMode, Session};
+use densegpu::{block_on, Gpu, MemoryMode, Session};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -34,9 +34,9 @@ fn run(args: Args) -> densegpu::Result<()> {
     })?;
     let test = densegpu::data::load(&args.data)?.test;
     let graph = config.build(args.batch_size, MemoryMode::Efficient)?;
-    let mut session = Session::new_blocking(Arc::new(Gpu::new_blocking()?), graph, 0)?;
+    let mut session = block_on(Session::new(Arc::new(block_on(Gpu::new())?), graph, 0))?;
     checkpoint::apply_weights(&session, &weights)?;
-    let e = densegpu::train::evaluate(&mut session, &test)?;
+    let e = block_on(densegpu::train::evaluate(&mut session, &test))?;
     if args.json {
         println!("{}", serde_json::json!({ "test_accuracy": e.accuracy, "test_loss": e.loss, "images": e.images }));
     } else {

@@ -10,7 +10,7 @@
 use clap::{Parser, ValueEnum};
 use densegpu::checkpoint::NamedTensor;
 use densegpu::data::{synthetic, BatchLoader, LoaderOptions};
-use densegpu::{selftest, DenseNetConfig, Gpu, MemoryMode, Session};
+use densegpu::{block_on, selftest, DenseNetConfig, Gpu, MemoryMode, Session};
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,10 +68,10 @@ fn run(args: Args) -> densegpu::Result<()> {
     let classes = data.train.num_classes() as u32;
     let config = DenseNetConfig::cifar_bc(args.depth, args.growth_rate, classes)?;
     let graph = config.build(args.batch_size, args.memory)?;
-    let gpu = Arc::new(Gpu::new_blocking()?);
-    let mut session = Session::new_blocking(gpu.clone(), graph.clone(), args.seed)?;
+    let gpu = Arc::new(block_on(Gpu::new())?);
+    let mut session = block_on(Session::new(gpu.clone(), graph.clone(), args.seed))?;
     let mut rng = rand_pcg::Pcg64::seed_from_u64(args.seed);
-    for (name, shape, values) in session.state_dict_blocking()? {
+    for (name, shape, values) in block_on(session.state_dict())? {
         let new: Vec<f32> = if name.contains("norm") && name.ends_with(".weight") {
             values.iter().map(|_| rng.random_range(0.5..1.5)).collect()
         } else if name.contains("norm") && name.ends_with(".bias") {
@@ -94,8 +94,8 @@ fn run(args: Args) -> densegpu::Result<()> {
             batch.labels.len()
         )));
     }
-    let initial = densegpu::checkpoint::session_weights_blocking(&session)?;
-    let f = pollster::block_on(selftest::step_fidelity(&mut session, &batch.images, &batch.labels))?;
+    let initial = block_on(densegpu::checkpoint::session_weights(&session))?;
+    let f = block_on(selftest::step_fidelity(&mut session, &batch.images, &batch.labels))?;
     if let Some(path) = &args.dump {
         let mut dumped = initial;
         let [c, n, h, w] = graph.shape(graph.input.unwrap());

@@ -6,7 +6,7 @@ use clap::Parser;
 use densegpu::checkpoint;
 use densegpu::data::{Normalization, CIFAR10_CLASSES};
 use densegpu::train::softmax;
-use densegpu::{Error, Gpu, MemoryMode, Session};
+use densegpu::{block_on, Error, Gpu, MemoryMode, Session};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -56,11 +56,11 @@ fn run(args: Args) -> densegpu::Result<()> {
         .clone()
         .ok_or_else(|| Error::Data(format!("{} has no densegpu config in its metadata", args.weights.display())))?;
     let graph = config.build(1, MemoryMode::Efficient)?;
-    let mut session = Session::new_blocking(Arc::new(Gpu::new_blocking()?), graph, 0)?;
+    let mut session = block_on(Session::new(Arc::new(block_on(Gpu::new())?), graph, 0))?;
     checkpoint::apply_weights(&session, &weights)?;
     for path in &args.images {
         let input = prepare(path, config.image_size)?;
-        let (logits, _) = session.eval_batch_blocking(&input, &[0])?;
+        let (logits, _) = block_on(session.eval_batch(&input, &[0]))?;
         let probabilities = softmax(&logits);
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));

@@ -9,7 +9,8 @@ use clap::Parser;
 use densegpu::checkpoint::{self, TrainingState, Weights};
 use densegpu::data::{self, BatchLoader, LoaderOptions, TrainTest};
 use densegpu::densenet::{plan_training, DenseNetConfig, MemoryMode};
-use densegpu::{Error, Gpu, Pass, Result, Session, SgdHyper};
+use densegpu::trainer::{LrSchedule, Trainer};
+use densegpu::{block_on, Error, Gpu, Pass, Result, Session, SgdHyper};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -119,12 +120,6 @@ fn load_data(args: &Args, synthetic: bool) -> Result<TrainTest> {
     }
 }
 
-/// Keys of this trainer's entries in a checkpoint's `extra`: the running sums of the epoch in
-/// progress, so that a resumed epoch's row in metrics.csv covers the whole epoch.
-const EPOCH_LOSS_SUM: &str = "train_cifar.epoch_loss_sum";
-const EPOCH_CORRECT: &str = "train_cifar.epoch_correct";
-const EPOCH_SEEN: &str = "train_cifar.epoch_seen";
-
 /// Refuses flags that would train something other than what they say, before anything loads.
 fn check_args(args: &Args) -> Result<()> {
     if args.model.is_none() && args.bn_size == 0 {
@@ -207,12 +202,12 @@ fn run(args: &Args) -> Result<()> {
         (data.train.clone(), None)
     };
 
-    let gpu = Arc::new(Gpu::new_blocking()?);
+    let gpu = Arc::new(block_on(Gpu::new())?);
     let limits = densegpu::memory::arena_limits(gpu.max_binding_bytes());
     // Refuse a batch that cannot fit before allocating anything.
     plan_training(&config, args.batch_size, args.memory, &limits, None)?;
     let graph = config.build(args.batch_size, args.memory)?;
-    let mut session = Session::new_blocking(gpu.clone(), graph, args.seed)?;
+    let session = block_on(Session::new(gpu.clone(), graph, args.seed))?;
     if let Some(path) = &args.init {
         checkpoint::apply_weights(&session, &checkpoint::load_weights(path)?)?;
     }
@@ -222,57 +217,45 @@ fn run(args: &Args) -> Result<()> {
     loader_options.augment = !args.no_augment;
     let loader = BatchLoader::new(train, loader_options)?;
     let per_epoch = loader.batches_per_epoch() as u64;
-    if per_epoch == 0 {
-        return Err(Error::Config(format!(
-            "the training set ({} images) is smaller than one batch of {}",
-            loader.dataset().len(),
-            args.batch_size
-        )));
-    }
-    let total_steps = (epochs as u64 * per_epoch).min(args.max_steps.unwrap_or(u64::MAX));
-    let milestones: Vec<u64> =
-        args.milestones.iter().map(|f| (f * (epochs as u64 * per_epoch) as f64) as u64).collect();
-    let sgd_at = |step: u64| {
-        let drops = milestones.iter().filter(|&&m| step >= m).count() as i32;
-        SgdHyper {
-            lr: args.lr * 0.1f32.powi(drops),
-            momentum: args.momentum,
-            weight_decay: args.weight_decay,
-            nesterov: true,
-        }
-    };
+    let sgd = SgdHyper { lr: args.lr, momentum: args.momentum, weight_decay: args.weight_decay, nesterov: true };
+    let schedule = LrSchedule::step_decay(sgd, &args.milestones, epochs as u64 * per_epoch);
+    let mut trainer =
+        Trainer::new(session, loader, schedule)?.with_epochs(epochs as u64).with_max_steps(args.max_steps);
+    let total_steps = trainer.total_steps().expect("the run has a number of epochs");
 
     let mut state = TrainingState { rng_state: vec![args.seed], ..Default::default() };
     let mut last_good = LastGood::Nothing;
+    let mut sums_restored = true;
     if let Some(dir) = &args.resume {
         let path = dir.join("checkpoint.safetensors");
         let (weights, saved, momentum) = checkpoint::load_checkpoint(&path)?;
-        checkpoint::apply_checkpoint_blocking(&mut session, &weights, &saved, &momentum)?;
-        if let Some(what) = checkpoint::non_finite_state_blocking(&session)? {
+        block_on(checkpoint::apply_checkpoint(trainer.session_mut(), &weights, &saved, &momentum))?;
+        if let Some(what) = block_on(checkpoint::non_finite_state(trainer.session()))? {
             return Err(Error::Data(format!(
                 "{}: {what}, so this run cannot go on from it (it was saved while training diverged); start \
                  again with a lower --lr, or from an earlier copy of the checkpoint",
                 path.display()
             )));
         }
+        sums_restored = trainer.restore(&saved)?;
         state = saved;
-        last_good = LastGood::Resumed(path, session.step);
+        last_good = LastGood::Resumed(path, trainer.session().step);
         if !args.json {
-            println!("Resumed from {} at epoch {}, step {}", dir.display(), state.epoch, session.step);
+            println!("Resumed from {} at epoch {}, step {}", dir.display(), state.epoch, trainer.session().step);
         }
     }
     if let Some(dir) = &args.save {
         std::fs::create_dir_all(dir).map_err(|e| Error::Data(format!("cannot create {}: {e}", dir.display())))?;
     }
 
-    pollster::block_on(session.prepare(Pass::Train))?;
-    let arena = session.allocated_bytes();
+    block_on(trainer.session_mut().prepare(Pass::Train))?;
+    let arena = trainer.session().allocated_bytes();
     if !args.json {
         println!(
             "{} on {}: {} parameters, {} mode, batch {}, {} steps ({epochs} epochs of {per_epoch}), {:.1} MiB on the device",
             describe(&config),
             gpu.info.name,
-            session.graph.parameter_count(),
+            trainer.session().graph.parameter_count(),
             args.memory,
             args.batch_size,
             total_steps,
@@ -283,9 +266,9 @@ fn run(args: &Args) -> Result<()> {
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps, epoch {prefix} {msg} [{elapsed} < {eta}]").unwrap(),
     );
-    bar.set_position(session.step);
+    bar.set_position(trainer.session().step);
     let start = Instant::now();
-    let start_step = session.step;
+    let start_step = trainer.session().step;
     let mut last_loss = f64::NAN;
     let mut best = state.best_valid_accuracy;
     // The best-validation weights of this run, kept in memory so the test set is scored with
@@ -299,65 +282,47 @@ fn run(args: &Args) -> Result<()> {
             short(args.lr / 10.0)
         ))
     };
-    // The running sums of the epoch in progress; a resumed epoch starts from the saved ones.
-    let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0u64, 0u64);
-    if state.batch_in_epoch > 0 {
-        let saved = |key: &str| state.extra.get(key).map(String::as_str);
-        match (saved(EPOCH_LOSS_SUM), saved(EPOCH_CORRECT), saved(EPOCH_SEEN)) {
-            (Some(l), Some(c), Some(n)) => {
-                let bad = |key: &str| Error::Data(format!("the checkpoint's `{key}` is not a number"));
-                loss_sum = l.parse().map_err(|_| bad(EPOCH_LOSS_SUM))?;
-                correct = c.parse().map_err(|_| bad(EPOCH_CORRECT))?;
-                seen = n.parse().map_err(|_| bad(EPOCH_SEEN))?;
-            }
-            _ if !args.json => println!(
-                "note: the checkpoint holds no running sums for epoch {}, so its row in metrics.csv covers only \
-                 the steps after resuming",
-                state.epoch + 1
-            ),
-            _ => {}
-        }
+    if !sums_restored && !args.json {
+        println!(
+            "note: the checkpoint holds no running sums for epoch {}, so its row in metrics.csv covers only the \
+             steps after resuming",
+            state.epoch + 1
+        );
     }
-    while state.epoch < epochs as u64 && session.step < total_steps {
-        for batch in loader.epoch_from(state.epoch, state.batch_in_epoch as usize) {
-            if session.step >= total_steps {
-                break;
-            }
-            let sgd = sgd_at(session.step);
-            let r = session.train_step_blocking(&batch.images, &batch.labels, &sgd)?;
-            if !r.loss.is_finite() {
+    while !trainer.finished() {
+        let r = match block_on(trainer.step()) {
+            Ok(r) => r,
+            Err(e @ Error::NonFiniteLoss { .. }) => {
                 bar.abandon();
-                let why = format!("the loss became {} at step {} (epoch {})", r.loss, session.step, state.epoch + 1);
-                return Err(stop(why, &last_good));
+                return Err(stop(e.to_string(), &last_good));
             }
-            loss_sum += r.loss as f64 * batch.len() as f64;
-            correct += r.correct as u64;
-            seen += batch.len() as u64;
-            last_loss = r.loss as f64;
-            state.batch_in_epoch = batch.index as u64 + 1;
-            state.step = session.step;
-            let rate = (session.step - start_step) as f64 * args.batch_size as f64 / start.elapsed().as_secs_f64();
-            bar.set_prefix(format!("{}", state.epoch + 1));
-            bar.set_message(format!(
-                "loss {:.3} acc {:.1}% {:.1} img/s {:.0} MiB",
-                loss_sum / seen as f64,
-                100.0 * correct as f64 / seen as f64,
-                rate,
-                arena as f64 / (1 << 20) as f64
-            ));
-            bar.set_position(session.step);
+            Err(e) => return Err(e),
+        };
+        last_loss = r.loss as f64;
+        let rate = (r.step - start_step) as f64 * args.batch_size as f64 / start.elapsed().as_secs_f64();
+        bar.set_prefix(format!("{}", r.epoch + 1));
+        bar.set_message(format!(
+            "loss {:.3} acc {:.1}% {:.1} img/s {:.0} MiB",
+            r.sums.loss_sum / r.sums.seen as f64,
+            100.0 * r.sums.correct as f64 / r.sums.seen as f64,
+            rate,
+            arena as f64 / (1 << 20) as f64
+        ));
+        bar.set_position(r.step);
+        // The rest is done at the end of an epoch, and where --max-steps ends the run mid-epoch.
+        if !r.epoch_ended && !trainer.finished() {
+            continue;
         }
         // Nothing is saved, or kept as the best, unless all of it is finite: a diverging run can
         // keep a finite loss for a while after its running variances overflow.
-        if let Some(what) = checkpoint::non_finite_state_blocking(&session)? {
+        if let Some(what) = block_on(checkpoint::non_finite_state(trainer.session()))? {
             bar.abandon();
-            let why = format!("after step {} (epoch {}), {what}", session.step, state.epoch + 1);
+            let why = format!("after step {} (epoch {}), {what}", r.step, r.epoch + 1);
             return Err(stop(why, &last_good));
         }
-        let epoch_done = state.batch_in_epoch >= per_epoch;
-        if epoch_done {
+        if r.epoch_ended {
             valid_accuracy = match &valid {
-                Some(v) => Some(densegpu::train::evaluate(&mut session, v)?.accuracy),
+                Some(v) => Some(block_on(trainer.evaluate(v))?.accuracy),
                 None => None,
             };
             let improved = match (valid_accuracy, best) {
@@ -366,7 +331,7 @@ fn run(args: &Args) -> Result<()> {
                 (None, _) => true,
             };
             if improved {
-                let tensors = checkpoint::session_weights_blocking(&session)?;
+                let tensors = block_on(checkpoint::session_weights(trainer.session()))?;
                 if let Some(dir) = &args.save {
                     checkpoint::save_weights(&dir.join("best.safetensors"), &config, &tensors)?;
                 }
@@ -374,36 +339,22 @@ fn run(args: &Args) -> Result<()> {
                 best = valid_accuracy.or(best);
             }
             if let Some(dir) = &args.save {
-                append_metrics(
-                    dir,
-                    state.epoch + 1,
-                    loss_sum / seen.max(1) as f64,
-                    correct as f64 / seen.max(1) as f64,
-                    valid_accuracy,
-                )?;
+                append_metrics(dir, r.epoch + 1, r.sums.mean_loss(), r.sums.accuracy(), valid_accuracy)?;
             }
-            state.epoch += 1;
-            state.batch_in_epoch = 0;
-            (loss_sum, correct, seen) = (0.0, 0, 0);
         }
         state.best_valid_accuracy = best;
-        state.sgd = sgd_at(session.step);
-        state.extra.insert(EPOCH_LOSS_SUM.into(), loss_sum.to_string());
-        state.extra.insert(EPOCH_CORRECT.into(), correct.to_string());
-        state.extra.insert(EPOCH_SEEN.into(), seen.to_string());
+        trainer.record(&mut state);
         if let Some(dir) = &args.save {
             let path = dir.join("checkpoint.safetensors");
-            checkpoint::save_checkpoint_blocking(&path, &session, &config, &state)?;
-            last_good = LastGood::Saved(path, session.step);
-        }
-        if !epoch_done {
-            break;
+            block_on(checkpoint::save_checkpoint(&path, trainer.session(), &config, &state))?;
+            last_good = LastGood::Saved(path, trainer.session().step);
         }
     }
     bar.finish();
     let elapsed = start.elapsed().as_secs_f64();
+    let mut session = trainer.into_session();
     let steps = session.step - start_step;
-    let final_weights = checkpoint::session_weights_blocking(&session)?;
+    let final_weights = block_on(checkpoint::session_weights(&session))?;
     if let Some(dir) = &args.save {
         checkpoint::save_weights(&dir.join("last.safetensors"), &config, &final_weights)?;
         if !dir.join("best.safetensors").exists() {
@@ -421,7 +372,7 @@ fn run(args: &Args) -> Result<()> {
     if let Some(w) = &best_weights {
         checkpoint::apply_weights(&session, w)?;
     }
-    let test_accuracy = densegpu::train::evaluate(&mut session, &data.test)?.accuracy;
+    let test_accuracy = block_on(densegpu::train::evaluate(&mut session, &data.test))?.accuracy;
     if let Some(path) = &args.onnx {
         export_onnx(&session, &config, path)?;
     }
@@ -497,7 +448,7 @@ fn append_metrics(dir: &Path, epoch: u64, loss: f64, accuracy: f64, valid: Optio
 }
 
 fn export_onnx(session: &Session, config: &DenseNetConfig, path: &Path) -> Result<()> {
-    let tensors = session.state_dict_blocking()?;
+    let tensors = block_on(session.state_dict())?;
     let options = densegpu::onnx::ExportOptions::default();
     densegpu::onnx::export_to_file(path, &session.graph, Some(config), &tensors, &options)?;
     println!("Exported the model as ONNX to {}", path.display());

@@ -796,37 +796,6 @@ pub async fn apply_checkpoint(
     Ok(())
 }
 
-#[cfg(not(target_arch = "wasm32"))]
-pub fn session_weights_blocking(session: &Session) -> Result<Vec<NamedTensor>> {
-    pollster::block_on(session_weights(session))
-}
-
-/// [`non_finite_state`], blocking.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn non_finite_state_blocking(session: &Session) -> Result<Option<String>> {
-    pollster::block_on(non_finite_state(session))
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-pub fn save_checkpoint_blocking(
-    path: &Path,
-    session: &Session,
-    config: &DenseNetConfig,
-    state: &TrainingState,
-) -> Result<()> {
-    pollster::block_on(save_checkpoint(path, session, config, state))
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-pub fn apply_checkpoint_blocking(
-    session: &mut Session,
-    weights: &Weights,
-    state: &TrainingState,
-    momentum: &[NamedTensor],
-) -> Result<()> {
-    pollster::block_on(apply_checkpoint(session, weights, state, momentum))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

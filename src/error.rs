@@ -24,6 +24,11 @@ pub enum Error {
     /// Training diverged or could not go on; the message says what to change.
     #[error("{0}")]
     Training(String),
+    /// A training step's loss was NaN or infinite ([`crate::Trainer::step`]): training has
+    /// diverged. `step` counts the steps taken, this one included; `epoch` counts from 0 and
+    /// the message counts it from 1. A front end adds what to change (a lower learning rate).
+    #[error("the loss became {loss} at step {step} (epoch {})", epoch + 1)]
+    NonFiniteLoss { loss: f32, step: u64, epoch: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -89,11 +89,6 @@ impl Session {
         Ok(session)
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn new_blocking(gpu: Arc<Gpu>, graph: Graph, seed: u64) -> Result<Session> {
-        pollster::block_on(Self::new(gpu, graph, seed))
-    }
-
     fn initialise(&self, seed: u64) {
         let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
         for (i, group) in self.graph.params.iter().enumerate() {
@@ -369,21 +364,6 @@ impl Session {
             }
         }
         Ok((logits, result))
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn train_step_blocking(&mut self, images: &[f32], labels: &[u32], sgd: &SgdHyper) -> Result<StepResult> {
-        pollster::block_on(self.train_step(images, labels, sgd))
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn eval_batch_blocking(&mut self, images: &[f32], labels: &[u32]) -> Result<(Vec<f32>, StepResult)> {
-        pollster::block_on(self.eval_batch(images, labels))
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn state_dict_blocking(&self) -> Result<StateDict> {
-        pollster::block_on(self.state_dict())
     }
 }
 

@@ -41,13 +41,7 @@ pub struct Evaluation {
 /// Runs eval-mode inference over every image of `set` and frees the inference arena after.
 /// A session's programs have a fixed batch, so a short last batch is padded with repeats of
 /// its own images, which are not counted.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn evaluate(session: &mut Session, set: &Dataset) -> Result<Evaluation> {
-    pollster::block_on(evaluate_async(session, set))
-}
-
-/// [`evaluate`] for callers that cannot block, such as the browser.
-pub async fn evaluate_async(session: &mut Session, set: &Dataset) -> Result<Evaluation> {
+pub async fn evaluate(session: &mut Session, set: &Dataset) -> Result<Evaluation> {
     let batch_size = session.graph.batch as usize;
     let loader = BatchLoader::new(set.clone(), LoaderOptions::eval(batch_size))?;
     let (mut loss, mut correct, mut seen) = (0.0f64, 0u64, 0usize);

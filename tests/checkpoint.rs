@@ -2,9 +2,11 @@
 //! strict matching against a model, atomic writes, and bit-exact resumption on the GPU.
 
 use densegpu::checkpoint::{self, NamedTensor, TrainingState, Weights};
+use densegpu::data::{BatchLoader, Dataset, LoaderOptions};
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
 use densegpu::graph::Graph;
-use densegpu::{Error, Session, SgdHyper};
+use densegpu::trainer::LrSchedule;
+use densegpu::{block_on, Error, Session, SgdHyper, Trainer};
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -416,9 +418,9 @@ struct Snapshot {
 
 fn snapshot(s: &Session) -> Snapshot {
     Snapshot {
-        params: pollster::block_on(s.parameters()).unwrap(),
-        momentum: pollster::block_on(s.momentum()).unwrap(),
-        states: pollster::block_on(s.states()).unwrap(),
+        params: block_on(s.parameters()).unwrap(),
+        momentum: block_on(s.momentum()).unwrap(),
+        states: block_on(s.states()).unwrap(),
     }
 }
 
@@ -431,13 +433,13 @@ fn weights_through_a_session_round_trip() {
     let config = tiny_config(0.0);
     let graph = graph_of(&config);
     let tensors = random_tensors(&graph, 6);
-    let mut session = Session::new_blocking(gpu(), graph.clone(), 1).unwrap();
+    let mut session = block_on(Session::new(gpu(), graph.clone(), 1)).unwrap();
     let bytes = checkpoint::weights_to_bytes(&config, &tensors).unwrap();
     let mut weights = checkpoint::weights_from_bytes(&bytes, "w.safetensors").unwrap();
     weights.batches_tracked = Some(41);
     checkpoint::apply_weights(&session, &weights).unwrap();
     session.batches_tracked = weights.batches_tracked.unwrap();
-    let out = checkpoint::session_weights_blocking(&session).unwrap();
+    let out = block_on(checkpoint::session_weights(&session)).unwrap();
     let (counts, model): (Vec<NamedTensor>, Vec<NamedTensor>) =
         out.into_iter().partition(|t| t.name.ends_with(".num_batches_tracked"));
     assert_same_tensors(&model, &tensors);
@@ -469,18 +471,18 @@ fn resuming_from_a_checkpoint_is_bit_exact() {
     let graph = config.build(3, MemoryMode::Efficient).unwrap();
     let batches: Vec<_> = (0..4).map(|i| batch(&graph, 300 + i)).collect();
 
-    let mut straight = Session::new_blocking(gpu(), graph.clone(), 7).unwrap();
+    let mut straight = block_on(Session::new(gpu(), graph.clone(), 7)).unwrap();
     for (images, labels) in &batches {
-        straight.train_step_blocking(images, labels, &SGD).unwrap();
+        block_on(straight.train_step(images, labels, &SGD)).unwrap();
     }
     let want = snapshot(&straight);
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("resume.safetensors");
     {
-        let mut first = Session::new_blocking(gpu(), graph.clone(), 7).unwrap();
+        let mut first = block_on(Session::new(gpu(), graph.clone(), 7)).unwrap();
         for (images, labels) in &batches[..2] {
-            first.train_step_blocking(images, labels, &SGD).unwrap();
+            block_on(first.train_step(images, labels, &SGD)).unwrap();
         }
         let state = TrainingState {
             step: 999, // the session's own counter is what counts
@@ -492,7 +494,7 @@ fn resuming_from_a_checkpoint_is_bit_exact() {
             extra: [("schedule".to_string(), "cosine".to_string())].into(),
             ..Default::default()
         };
-        checkpoint::save_checkpoint_blocking(&path, &first, &config, &state).unwrap();
+        block_on(checkpoint::save_checkpoint(&path, &first, &config, &state)).unwrap();
     }
     assert_eq!(dir_entries(dir.path()), ["resume.safetensors"]);
 
@@ -511,11 +513,11 @@ fn resuming_from_a_checkpoint_is_bit_exact() {
     assert_same_tensors(&checkpoint::load_weights(&path).unwrap().tensors, &weights.tensors);
 
     // A different seed: everything must come from the file.
-    let mut resumed = Session::new_blocking(gpu(), graph.clone(), 99).unwrap();
-    checkpoint::apply_checkpoint_blocking(&mut resumed, &weights, &state, &momentum).unwrap();
+    let mut resumed = block_on(Session::new(gpu(), graph.clone(), 99)).unwrap();
+    block_on(checkpoint::apply_checkpoint(&mut resumed, &weights, &state, &momentum)).unwrap();
     assert_eq!((resumed.step, resumed.batches_tracked), (2, 2));
     for (images, labels) in &batches[2..] {
-        resumed.train_step_blocking(images, labels, &state.sgd).unwrap();
+        block_on(resumed.train_step(images, labels, &state.sgd)).unwrap();
     }
     let got = snapshot(&resumed);
     assert!(same(&got.params, &want.params), "parameters differ from the uninterrupted run");
@@ -524,17 +526,111 @@ fn resuming_from_a_checkpoint_is_bit_exact() {
     assert_eq!((resumed.step, resumed.batches_tracked), (straight.step, straight.batches_tracked));
 
     // The comparison can fail: restoring all but the step counter redraws other dropout masks.
-    let mut wrong_step = Session::new_blocking(gpu(), graph.clone(), 99).unwrap();
+    let mut wrong_step = block_on(Session::new(gpu(), graph.clone(), 99)).unwrap();
     let forgetful = TrainingState { step: 0, ..state.clone() };
-    checkpoint::apply_checkpoint_blocking(&mut wrong_step, &weights, &forgetful, &momentum).unwrap();
+    block_on(checkpoint::apply_checkpoint(&mut wrong_step, &weights, &forgetful, &momentum)).unwrap();
     for (images, labels) in &batches[2..] {
-        wrong_step.train_step_blocking(images, labels, &state.sgd).unwrap();
+        block_on(wrong_step.train_step(images, labels, &state.sgd)).unwrap();
     }
     assert!(!same(&snapshot(&wrong_step).params, &want.params), "the step counter made no difference");
 
     // Momentum for a tensor the model lacks, or none for one it has, is refused.
     let mut short = momentum.clone();
     let dropped = short.pop().unwrap().name;
-    let m = message(checkpoint::apply_checkpoint_blocking(&mut resumed, &weights, &state, &short));
+    let m = message(block_on(checkpoint::apply_checkpoint(&mut resumed, &weights, &state, &short)));
     assert!(m.contains(&dropped), "{m}");
+}
+
+/// A dataset of `len` random 8x8 images of the tiny net's 5 classes.
+fn tiny_dataset(len: usize, seed: u64) -> Dataset {
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+    let mut set = Dataset::empty((0..5).map(|c| format!("class{c}")).collect(), 8, 8);
+    set.images = (0..len * 3 * 8 * 8).map(|_| rng.random::<u8>()).collect();
+    set.labels = (0..len).map(|_| rng.random_range(0..5)).collect();
+    set
+}
+
+/// A trainer of the tiny net on 7 images in batches of 3 (2 batches per epoch, the 7th image
+/// left out), over 3 epochs with a learning-rate drop half way.
+fn tiny_trainer(seed: u64, sgd: SgdHyper) -> Trainer {
+    let graph = tiny_config(0.25).build(3, MemoryMode::Efficient).unwrap();
+    let session = block_on(Session::new(gpu(), graph, seed)).unwrap();
+    let options = LoaderOptions { prefetch: 1, ..LoaderOptions::train(3, 5) };
+    let loader = BatchLoader::new(tiny_dataset(7, 1), options).unwrap();
+    Trainer::new(session, loader, LrSchedule::step_decay(sgd, &[0.5], 6)).unwrap().with_epochs(3)
+}
+
+const TRAINER_SGD: SgdHyper = SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
+
+#[test]
+fn a_trainer_resumed_mid_epoch_goes_on_as_if_it_never_stopped() {
+    let mut straight = tiny_trainer(7, TRAINER_SGD);
+    assert_eq!((straight.batches_per_epoch(), straight.total_steps()), (2, Some(6)));
+    let mut want = Vec::new();
+    while !straight.finished() {
+        want.push(block_on(straight.step()).unwrap());
+    }
+    assert_eq!(want.len(), 6);
+    let cursor: Vec<(u64, u64, usize, bool)> = want.iter().map(|r| (r.step, r.epoch, r.batch, r.epoch_ended)).collect();
+    assert_eq!(
+        cursor,
+        [(1, 0, 0, false), (2, 0, 1, true), (3, 1, 0, false), (4, 1, 1, true), (5, 2, 0, false), (6, 2, 1, true)]
+    );
+    assert_eq!(want[1].sums.seen, 6);
+    assert_eq!(want[1].sums.loss_sum, 3.0 * want[0].loss as f64 + 3.0 * want[1].loss as f64);
+    assert!(block_on(straight.step()).is_err(), "a finished run refuses another step");
+
+    // Stopped by --max-steps in the middle of epoch 2, saved, and resumed in a fresh session.
+    let mut first = tiny_trainer(7, TRAINER_SGD).with_max_steps(Some(3));
+    let mut got = Vec::new();
+    while !first.finished() {
+        got.push(block_on(first.step()).unwrap());
+    }
+    assert_eq!((first.epoch(), first.batch_in_epoch(), first.sums().seen), (1, 1, 3));
+    let mut state = TrainingState::default();
+    first.record(&mut state);
+    assert_eq!((state.step, state.epoch, state.batch_in_epoch), (3, 1, 1));
+    assert_eq!(state.sgd.lr, TRAINER_SGD.lr * 0.1, "the next step is past the milestone");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint.safetensors");
+    let config = tiny_config(0.25);
+    block_on(checkpoint::save_checkpoint(&path, first.session(), &config, &state)).unwrap();
+
+    let mut resumed = tiny_trainer(99, TRAINER_SGD);
+    let (weights, saved, momentum) = checkpoint::load_checkpoint(&path).unwrap();
+    block_on(checkpoint::apply_checkpoint(resumed.session_mut(), &weights, &saved, &momentum)).unwrap();
+    assert!(resumed.restore(&saved).unwrap(), "the running sums come back");
+    assert_eq!(resumed.sums(), first.sums());
+    while !resumed.finished() {
+        got.push(block_on(resumed.step()).unwrap());
+    }
+    assert_eq!(got, want, "the same batches, learning rates, losses and epoch sums");
+
+    // Without its sums, a mid-epoch checkpoint still resumes, and says so; a batch past the end
+    // of an epoch (another batch size) is refused.
+    let mut forgetful = saved.clone();
+    forgetful.extra.clear();
+    assert!(!tiny_trainer(1, TRAINER_SGD).restore(&forgetful).unwrap());
+    let past = TrainingState { batch_in_epoch: 2, ..saved.clone() };
+    let m = tiny_trainer(1, TRAINER_SGD).restore(&past).unwrap_err().to_string();
+    assert!(m.contains("an epoch of this data has 2 batches"), "{m}");
+}
+
+#[test]
+fn a_trainer_stops_at_a_non_finite_loss_naming_step_and_epoch() {
+    let mut trainer = tiny_trainer(3, SgdHyper { lr: 1e30, ..TRAINER_SGD });
+    let err = loop {
+        match block_on(trainer.step()) {
+            Ok(r) => assert!(r.step < 6, "the loss stayed finite at lr 1e30"),
+            Err(e) => break e,
+        }
+    };
+    match &err {
+        Error::NonFiniteLoss { loss, step, epoch } => {
+            assert!(!loss.is_finite());
+            assert_eq!(*step, trainer.session().step);
+            assert!(err.to_string().contains(&format!("at step {step} (epoch {})", epoch + 1)), "{err}");
+        }
+        other => panic!("expected a non-finite loss, got {other:?}"),
+    }
 }

@@ -15,6 +15,7 @@
 //! kernel change makes it fail by a wide margin in a single tensor, check for a flipped mask
 //! with the example before suspecting precision.
 
+use densegpu::block_on;
 use densegpu::densenet::MemoryMode;
 use densegpu::selftest::{realistic_session, step_fidelity, STEP_MEDIAN_TARGET, STEP_WORST_TARGET};
 
@@ -25,8 +26,8 @@ use support::gpu;
 fn first_step_gradients_match_the_reference_at_a_realistic_size_in_every_mode() {
     let mut first: Option<Vec<Vec<f32>>> = None;
     for mode in MemoryMode::ALL {
-        let (mut session, images, labels) = pollster::block_on(realistic_session(gpu(), mode, 3)).unwrap();
-        let f = pollster::block_on(step_fidelity(&mut session, &images, &labels)).unwrap();
+        let (mut session, images, labels) = block_on(realistic_session(gpu(), mode, 3)).unwrap();
+        let f = block_on(step_fidelity(&mut session, &images, &labels)).unwrap();
         let (median, worst) = (f.median(), f.worst());
         println!(
             "{mode}: {} tensors, median {median:.2e}, worst {:.2e} ({})",

@@ -2,11 +2,11 @@
 
 use densegpu::gpu::{grid, shaders, Kernel, Window};
 use densegpu::ops::elementwise::kernels::ElementwiseParams;
-use densegpu::{Error, Gpu};
+use densegpu::{block_on, Error, Gpu};
 
 #[test]
 fn an_invalid_binding_is_an_error_not_a_panic() {
-    let gpu = Gpu::new_blocking().expect("this test needs a GPU adapter");
+    let gpu = block_on(Gpu::new()).expect("this test needs a GPU adapter");
     // A buffer that may not be bound as storage: creating the bind group fails validation
     // outside any error scope, which wgpu's default handler would turn into a panic.
     let not_storage = gpu.device.create_buffer(&wgpu::BufferDescriptor {
@@ -19,14 +19,14 @@ fn an_invalid_binding_is_an_error_not_a_panic() {
     let words = ElementwiseParams { len: 16, ..Default::default() };
     let window = |start| Window { buffer: &not_storage, start, size: 256 };
     let d = gpu.dispatch(&relu, &words, &[window(0), window(256)], grid(16, 256));
-    match gpu.run_blocking(&[d]) {
+    match block_on(gpu.run(&[d])).and_then(|()| gpu.wait()) {
         Err(Error::Validation(m)) => assert!(!m.is_empty()),
         other => panic!("expected a validation error, got {other:?}"),
     }
     // The device stays usable afterwards.
-    let ok = pollster::block_on(gpu.storage_buffer("ok", 64)).unwrap();
+    let ok = block_on(gpu.storage_buffer("ok", 64)).unwrap();
     gpu.write_f32(&ok, 0, &[1.0; 16]);
-    assert_eq!(gpu.read_f32_blocking(&ok, 0, 16).unwrap(), vec![1.0; 16]);
+    assert_eq!(block_on(gpu.read_f32(&ok, 0, 16)).unwrap(), vec![1.0; 16]);
 }
 
 /// WebGPU rejects a launch whose writable bindings overlap; wgpu on Vulkan does not, so the
@@ -34,8 +34,8 @@ fn an_invalid_binding_is_an_error_not_a_panic() {
 #[test]
 #[should_panic(expected = "overlap in one buffer")]
 fn overlapping_bindings_are_refused_on_every_platform() {
-    let gpu = Gpu::new_blocking().expect("this test needs a GPU adapter");
-    let buffer = pollster::block_on(gpu.storage_buffer("aliased", 1024)).unwrap();
+    let gpu = block_on(Gpu::new()).expect("this test needs a GPU adapter");
+    let buffer = block_on(gpu.storage_buffer("aliased", 1024)).unwrap();
     let relu = Kernel { shader: &shaders::ELEMENTWISE, entry: "relu_forward", buffers: 2 };
     let x = Window { buffer: &buffer, start: 0, size: 512 };
     let y = Window { buffer: &buffer, start: 256, size: 512 };
@@ -44,9 +44,9 @@ fn overlapping_bindings_are_refused_on_every_platform() {
 
 #[test]
 fn a_buffer_above_the_binding_limit_is_refused_with_the_numbers() {
-    let gpu = Gpu::new_blocking().expect("this test needs a GPU adapter");
+    let gpu = block_on(Gpu::new()).expect("this test needs a GPU adapter");
     let too_big = gpu.max_binding_bytes() + 4;
-    let err = pollster::block_on(gpu.storage_buffer("huge", too_big)).unwrap_err().to_string();
+    let err = block_on(gpu.storage_buffer("huge", too_big)).unwrap_err().to_string();
     assert!(err.contains("huge") && err.contains(&too_big.to_string()), "{err}");
 }
 
@@ -55,8 +55,8 @@ fn a_buffer_above_the_binding_limit_is_refused_with_the_numbers() {
 #[test]
 #[should_panic(expected = "given the parameter block of")]
 fn a_parameter_block_of_another_shader_is_refused() {
-    let gpu = Gpu::new_blocking().expect("this test needs a GPU adapter");
-    let buffer = pollster::block_on(gpu.storage_buffer("x", 1024)).unwrap();
+    let gpu = block_on(Gpu::new()).expect("this test needs a GPU adapter");
+    let buffer = block_on(gpu.storage_buffer("x", 1024)).unwrap();
     let relu = Kernel { shader: &shaders::ELEMENTWISE, entry: "relu_forward", buffers: 2 };
     let x = Window { buffer: &buffer, start: 0, size: 256 };
     let y = Window { buffer: &buffer, start: 256, size: 256 };

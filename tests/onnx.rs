@@ -3,7 +3,7 @@
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
 use densegpu::graph::{Conv2dOut, Graph, Op};
 use densegpu::onnx::{self, ExportOptions, Normalization};
-use densegpu::Session;
+use densegpu::{block_on, Session};
 use onnx_protobuf::{Message, ModelProto};
 use rand::{Rng, SeedableRng};
 use std::collections::HashSet;
@@ -61,7 +61,7 @@ fn images(graph: &Graph, seed: u64) -> Vec<f32> {
 
 /// Eval-mode sessions of one graph at batch 1 and 3, with identical weights.
 fn sessions(config: &DenseNetConfig, mode: MemoryMode) -> [Session; 2] {
-    let make = |n| Session::new_blocking(gpu(), config.build(n, mode).unwrap(), 17).unwrap();
+    let make = |n| block_on(Session::new(gpu(), config.build(n, mode).unwrap(), 17)).unwrap();
     let (s1, s3) = (make(1), make(3));
     randomise_batch_norms(&[&s1, &s3], 99);
     [s1, s3]
@@ -95,7 +95,7 @@ fn check_against_tract(
     options: &ExportOptions,
     preprocess: impl Fn(&Graph, &[f32]) -> Vec<f32>,
 ) -> (f64, Vec<u8>) {
-    let state = sessions[1].state_dict_blocking().unwrap();
+    let state = block_on(sessions[1].state_dict()).unwrap();
     let bytes = onnx::export(&sessions[1].graph, Some(config), &state, options).unwrap();
     // The batch size the graph was built for must not leak into the model.
     assert!(
@@ -108,7 +108,7 @@ fn check_against_tract(
     for (i, s) in sessions.iter_mut().enumerate() {
         let raw = images(&s.graph, 1000 + i as u64);
         let n = s.graph.batch as usize;
-        let (want, _) = s.eval_batch_blocking(&preprocess(&s.graph, &raw), &vec![0; n]).unwrap();
+        let (want, _) = block_on(s.eval_batch(&preprocess(&s.graph, &raw), &vec![0; n])).unwrap();
         let got = tract_logits(&model, &s.graph, &raw);
         let e = rel_err(&got, &want);
         assert!(e < 1e-4, "batch {n}: tract's logits differ from densegpu's by {e:.2e} ({options:?})");
@@ -188,7 +188,7 @@ fn cifar_densenet_bc_matches_tract() {
             eprintln!("cifar BC {mode} fold={fold}: max relative error {e:.2e}, {} bytes", bytes.len());
             if !fold {
                 // Every initializer is a state-dict tensor under its torchvision name.
-                let state = s[1].state_dict_blocking().unwrap();
+                let state = block_on(s[1].state_dict()).unwrap();
                 let model = check_structure(&bytes);
                 let names: HashSet<&str> = model.graph.initializer.iter().map(|t| t.name.as_str()).collect();
                 let want: HashSet<&str> = state.iter().map(|(n, _, _)| n.as_str()).collect();
@@ -280,7 +280,7 @@ fn generic_graph_with_unpadded_stem_and_slices() {
         g.cross_entropy(logits);
         g
     };
-    let sess = |batch| Session::new_blocking(gpu(), build(batch), 5).unwrap();
+    let sess = |batch| block_on(Session::new(gpu(), build(batch), 5)).unwrap();
     let (s1, s3) = (sess(1), sess(3));
     randomise_batch_norms(&[&s1, &s3], 3);
     let mut s = [s1, s3];
@@ -302,7 +302,7 @@ fn generic_graph_with_unpadded_stem_and_slices() {
             ..Default::default()
         };
         // `Slice` is outside check_structure's DenseNet op list, so check definitions here.
-        let state = s[1].state_dict_blocking().unwrap();
+        let state = block_on(s[1].state_dict()).unwrap();
         let bytes = onnx::export(&s[1].graph, None, &state, &options).unwrap();
         let model = ModelProto::parse_from_bytes(&bytes).unwrap();
         let ops: Vec<&str> = model.graph.node.iter().map(|n| n.op_type.as_str()).collect();
@@ -313,7 +313,7 @@ fn generic_graph_with_unpadded_stem_and_slices() {
         for s in s.iter_mut() {
             let raw = images(&s.graph, 7);
             let nb = s.graph.batch as usize;
-            let (want, _) = s.eval_batch_blocking(&normalise(&s.graph, &raw), &vec![0; nb]).unwrap();
+            let (want, _) = block_on(s.eval_batch(&normalise(&s.graph, &raw), &vec![0; nb])).unwrap();
             let e = rel_err(&tract_logits(&model, &s.graph, &raw), &want);
             eprintln!("generic graph fold={fold} batch {nb}: relative error {e:.2e}");
             assert!(e < 1e-4, "fold={fold} batch {nb}: {e:.2e}");
@@ -325,8 +325,8 @@ fn generic_graph_with_unpadded_stem_and_slices() {
 fn metadata_records_config_and_normalisation() {
     let config = cifar_config();
     let graph = config.build(1, MemoryMode::Minimal).unwrap();
-    let session = Session::new_blocking(gpu(), graph.clone(), 1).unwrap();
-    let state = session.state_dict_blocking().unwrap();
+    let session = block_on(Session::new(gpu(), graph.clone(), 1)).unwrap();
+    let state = block_on(session.state_dict()).unwrap();
     let bytes = onnx::export(&graph, Some(&config), &state, &ExportOptions::default()).unwrap();
     let model = check_structure(&bytes);
     let meta = |k: &str| model.metadata_props.iter().find(|p| p.key == k).map(|p| p.value.clone()).unwrap();
@@ -351,8 +351,8 @@ fn mismatched_weights_and_bad_paths_fail_cleanly() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = cifar_config();
     let graph = config.build(1, MemoryMode::Efficient).unwrap();
-    let session = Session::new_blocking(gpu(), graph.clone(), 1).unwrap();
-    let state = session.state_dict_blocking().unwrap();
+    let session = block_on(Session::new(gpu(), graph.clone(), 1)).unwrap();
+    let state = block_on(session.state_dict()).unwrap();
     let options = ExportOptions::default();
     let out = dir.join("model.onnx");
     let expect_err = |state: &StateDict, path: &std::path::Path, needle: &str| {
@@ -363,7 +363,7 @@ fn mismatched_weights_and_bad_paths_fail_cleanly() {
 
     // Weights of another growth rate: same names, different shapes from the first bottleneck on.
     let other = DenseNetConfig { growth_rate: 4, ..config.clone() }.build(1, MemoryMode::Efficient).unwrap();
-    let wrong = Session::new_blocking(gpu(), other, 1).unwrap().state_dict_blocking().unwrap();
+    let wrong = block_on(block_on(Session::new(gpu(), other, 1)).unwrap().state_dict()).unwrap();
     expect_err(&wrong, &out, "`features.denseblock1.denselayer1.conv1.weight` has shape [16, 12, 1, 1]");
     // A missing tensor, an extra one.
     let mut missing = state.clone();
@@ -405,8 +405,12 @@ fn weights_file_exports_like_the_session() {
     let config = cifar_config();
     let mut s = sessions(&config, MemoryMode::Efficient);
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("onnx-test-weights.safetensors");
-    densegpu::checkpoint::save_weights(&path, &config, &densegpu::checkpoint::session_weights_blocking(&s[1]).unwrap())
-        .unwrap();
+    densegpu::checkpoint::save_weights(
+        &path,
+        &config,
+        &block_on(densegpu::checkpoint::session_weights(&s[1])).unwrap(),
+    )
+    .unwrap();
     let weights = densegpu::checkpoint::load_weights(&path).unwrap();
     assert_eq!(weights.config.as_ref(), Some(&config));
     let tensors: StateDict = weights.tensors.into_iter().map(|t| (t.name, t.shape, t.data)).collect();

@@ -2,7 +2,7 @@
 //! check passes, every op family is covered, and the comparison really catches wrong results.
 
 use densegpu::selftest::{self, Check, TOLERANCE};
-use densegpu::Gpu;
+use densegpu::{block_on, Gpu};
 
 /// One check per kernel and direction the executor launches; the test fails if the
 /// self-test stops covering any of them.
@@ -48,8 +48,9 @@ const REQUIRED: &[&str] = &[
 
 #[test]
 fn every_kernel_matches_the_reference_on_this_device() {
-    let gpu = std::sync::Arc::new(Gpu::new_blocking().unwrap_or_else(|e| panic!("this test needs a GPU adapter: {e}")));
-    let checks = pollster::block_on(selftest::run(&gpu));
+    let gpu =
+        std::sync::Arc::new(block_on(Gpu::new()).unwrap_or_else(|e| panic!("this test needs a GPU adapter: {e}")));
+    let checks = block_on(selftest::run(&gpu));
     for c in &checks {
         println!("{:<8} {:<44} {:>10.3e}  {}", if c.passed { "ok" } else { "FAILED" }, c.name, c.rel_err, c.shape);
     }

@@ -5,7 +5,7 @@ use densegpu::densenet::MemoryMode;
 use densegpu::graph::{Conv2dOut, Graph, Op};
 use densegpu::reference::graph as reference;
 use densegpu::schedule::ScheduleOptions;
-use densegpu::{Session, SgdHyper};
+use densegpu::{block_on, Session, SgdHyper};
 
 mod support;
 use support::{batch, gpu, rel_err, tiny_config};
@@ -24,26 +24,26 @@ const FIVE_CHANNELS: u64 = 5 * 3 * 8 * 8 * 4;
 fn naive_training_step_matches_cpu_reference() {
     for (drop_rate, slice_bytes) in [(0.0, FIVE_CHANNELS), (0.2, FIVE_CHANNELS), (0.0, u64::MAX)] {
         let graph = tiny_config(drop_rate).build(3, MemoryMode::Naive).unwrap();
-        let mut session = Session::new_blocking(gpu(), graph.clone(), 11).unwrap();
+        let mut session = block_on(Session::new(gpu(), graph.clone(), 11)).unwrap();
         session.set_schedule_options(ScheduleOptions { gradient_slice_bytes: slice_bytes });
         for step in 0..2u64 {
-            let params = pollster::block_on(session.parameters()).unwrap();
-            let states = pollster::block_on(session.states()).unwrap();
-            let momentum = pollster::block_on(session.momentum()).unwrap();
+            let params = block_on(session.parameters()).unwrap();
+            let states = block_on(session.states()).unwrap();
+            let momentum = block_on(session.momentum()).unwrap();
             let (nchw, cnhw, labels) = batch(&graph, 100 + step);
             let labels_f: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
             let want = reference::run(&graph, &params, &states, &cnhw, &labels_f, true, step);
-            let got = session.train_step_blocking(&nchw, &labels, &SGD).unwrap();
+            let got = block_on(session.train_step(&nchw, &labels, &SGD)).unwrap();
             assert!((got.loss - want.loss).abs() <= 1e-4 * want.loss.abs(), "loss {} vs {}", got.loss, want.loss);
             assert_eq!(got.correct as f32, want.correct);
-            let grads = pollster::block_on(session.gradients()).unwrap();
+            let grads = block_on(session.gradients()).unwrap();
             let e = rel_err(&flat(&grads), &flat(&want.param_grads));
             assert!(e < 1e-4, "drop {drop_rate} step {step}: gradients differ by {e:.2e}");
             for (i, (g, w)) in grads.iter().zip(&want.param_grads).enumerate() {
                 let e = rel_err(g, w);
                 assert!(e < 1e-3, "group {i} ({}) differs by {e:.2e}", graph.params[i].tensors[0].name);
             }
-            let new_states = pollster::block_on(session.states()).unwrap();
+            let new_states = block_on(session.states()).unwrap();
             let e = rel_err(&flat(&new_states), &flat(&want.states));
             assert!(e < 1e-5, "running statistics differ by {e:.2e}");
             // The update itself, with the reference optimizer on the reference gradients.
@@ -52,7 +52,7 @@ fn naive_training_step_matches_cpu_reference() {
             for ((p, m), g) in want_params.iter_mut().zip(&mut want_momentum).zip(&want.param_grads) {
                 densegpu::reference::sgd::sgd_step(p, g, m, &SGD);
             }
-            let new_params = pollster::block_on(session.parameters()).unwrap();
+            let new_params = block_on(session.parameters()).unwrap();
             let e = rel_err(&flat(&new_params), &flat(&want_params));
             assert!(e < 1e-6, "updated parameters differ by {e:.2e}");
         }
@@ -62,16 +62,16 @@ fn naive_training_step_matches_cpu_reference() {
 /// Three SGD steps per mode from the same initialisation and data.
 fn run_three_steps(mode: MemoryMode, drop_rate: f32, slice_bytes: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let graph = tiny_config(drop_rate).build(3, mode).unwrap();
-    let mut session = Session::new_blocking(gpu(), graph.clone(), 5).unwrap();
+    let mut session = block_on(Session::new(gpu(), graph.clone(), 5)).unwrap();
     session.set_schedule_options(ScheduleOptions { gradient_slice_bytes: slice_bytes });
     let mut losses = Vec::new();
     for step in 0..3 {
         let (nchw, _, labels) = batch(&graph, 200 + step);
-        losses.push(session.train_step_blocking(&nchw, &labels, &SGD).unwrap().loss);
+        losses.push(block_on(session.train_step(&nchw, &labels, &SGD)).unwrap().loss);
     }
-    let grads = flat(&pollster::block_on(session.gradients()).unwrap());
-    let params = flat(&pollster::block_on(session.parameters()).unwrap());
-    let states = flat(&pollster::block_on(session.states()).unwrap());
+    let grads = flat(&block_on(session.gradients()).unwrap());
+    let params = flat(&block_on(session.parameters()).unwrap());
+    let states = flat(&block_on(session.states()).unwrap());
     (losses, grads, params, states)
 }
 
@@ -102,10 +102,10 @@ fn every_memory_mode_gives_the_same_training() {
 fn the_measured_arena_equals_the_plan() {
     for mode in MemoryMode::ALL {
         let graph = tiny_config(0.0).build(3, mode).unwrap();
-        let mut session = Session::new_blocking(gpu(), graph.clone(), 1).unwrap();
+        let mut session = block_on(Session::new(gpu(), graph.clone(), 1)).unwrap();
         let planned = session.memory_plan(densegpu::Pass::Train).unwrap().report().total;
         let (nchw, _, labels) = batch(&graph, 1);
-        session.train_step_blocking(&nchw, &labels, &SGD).unwrap();
+        block_on(session.train_step(&nchw, &labels, &SGD)).unwrap();
         assert_eq!(session.allocated_bytes(), planned, "{mode}: allocated bytes differ from the plan");
     }
 }
@@ -120,12 +120,12 @@ fn finite_differences_agree_with_backward_on_a_tiny_graph() {
     let p = g.pool("pool", Op::GlobalAvgPool, b, None);
     let logits = g.linear("classifier", p, 3);
     g.cross_entropy(logits);
-    let mut session = Session::new_blocking(gpu(), g.clone(), 3).unwrap();
+    let mut session = block_on(Session::new(gpu(), g.clone(), 3)).unwrap();
     let (nchw, _, labels) = batch(&g, 9);
     let frozen = SgdHyper { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
-    session.train_step_blocking(&nchw, &labels, &frozen).unwrap();
-    let grads = pollster::block_on(session.gradients()).unwrap();
-    let state = session.state_dict_blocking().unwrap();
+    block_on(session.train_step(&nchw, &labels, &frozen)).unwrap();
+    let grads = block_on(session.gradients()).unwrap();
+    let state = block_on(session.state_dict()).unwrap();
     let mut checked = 0;
     for (group, pg) in g.params.iter().enumerate() {
         let mut at = 0;
@@ -137,7 +137,7 @@ fn finite_differences_agree_with_backward_on_a_tiny_graph() {
                     let mut v = values.clone();
                     v[i] += delta;
                     session.set_tensor(&t.name, &v).unwrap();
-                    let l = session.train_step_blocking(&nchw, &labels, &frozen).unwrap().loss;
+                    let l = block_on(session.train_step(&nchw, &labels, &frozen)).unwrap().loss;
                     session.set_tensor(&t.name, values).unwrap();
                     l as f64
                 };
@@ -163,14 +163,14 @@ fn batch_1_with_1x1_maps_evaluates_but_refuses_to_train() {
     // evaluation uses the running statistics and works.
     let config = densegpu::DenseNetConfig { image_size: 4, ..tiny_config(0.0) };
     let graph = config.build(1, MemoryMode::Efficient).unwrap();
-    let mut session = Session::new_blocking(gpu(), graph.clone(), 3).unwrap();
+    let mut session = block_on(Session::new(gpu(), graph.clone(), 3)).unwrap();
     let (nchw, _, labels) = batch(&graph, 5);
-    let err = session.train_step_blocking(&nchw, &labels, &SGD).unwrap_err();
+    let err = block_on(session.train_step(&nchw, &labels, &SGD)).unwrap_err();
     assert!(matches!(err, densegpu::Error::Config(_)), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("`features.norm5`") && msg.contains("batch size of at least 2"), "{msg}");
     assert_eq!(session.step, 0, "nothing ran");
-    let (logits, result) = session.eval_batch_blocking(&nchw, &labels).unwrap();
+    let (logits, result) = block_on(session.eval_batch(&nchw, &labels)).unwrap();
     assert_eq!(logits.len(), 5);
     assert!(logits.iter().all(|v| v.is_finite()) && result.loss.is_finite(), "{logits:?}");
 }
@@ -178,17 +178,17 @@ fn batch_1_with_1x1_maps_evaluates_but_refuses_to_train() {
 #[test]
 fn a_session_refuses_sgd_hyperparameters_outside_their_range() {
     let graph = tiny_config(0.0).build(3, MemoryMode::Efficient).unwrap();
-    let mut session = Session::new_blocking(gpu(), graph.clone(), 3).unwrap();
-    let before = pollster::block_on(session.parameters()).unwrap();
+    let mut session = block_on(Session::new(gpu(), graph.clone(), 3)).unwrap();
+    let before = block_on(session.parameters()).unwrap();
     let (nchw, _, labels) = batch(&graph, 6);
     for (sgd, part) in [
         (SgdHyper { momentum: 1.5, ..SGD }, "momentum must be in [0, 1), got 1.5"),
         (SgdHyper { lr: -0.1, ..SGD }, "learning rate must be a finite number >= 0, got -0.1"),
         (SgdHyper { weight_decay: f32::NAN, ..SGD }, "weight decay must be a finite number >= 0, got NaN"),
     ] {
-        let msg = session.train_step_blocking(&nchw, &labels, &sgd).unwrap_err().to_string();
+        let msg = block_on(session.train_step(&nchw, &labels, &sgd)).unwrap_err().to_string();
         assert!(msg.contains(part), "{msg:?} does not say {part:?}");
     }
     assert_eq!(session.step, 0);
-    assert_eq!(pollster::block_on(session.parameters()).unwrap(), before, "no step ran");
+    assert_eq!(block_on(session.parameters()).unwrap(), before, "no step ran");
 }

@@ -2,8 +2,8 @@
 //! wgpu failure surfaced as a [`crate::Error`] instead of a panic.
 //!
 //! The same code runs natively (Vulkan, Metal, DX12) and in the browser (WebGPU). Only the
-//! way a future is driven differs: natively the `*_blocking` helpers use pollster, in the
-//! browser the caller awaits the async functions from the event loop.
+//! way a future is driven differs: natively a caller drives it with [`crate::block_on`], in
+//! the browser the caller awaits the async functions from the event loop.
 
 mod dispatch;
 pub mod shaders;
@@ -146,11 +146,6 @@ impl Gpu {
             modules: Mutex::default(),
             pipelines: Mutex::default(),
         })
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn new_blocking() -> Result<Gpu> {
-        pollster::block_on(Self::new())
     }
 
     /// One line for logs and benchmark records: adapter name, backend, device type, driver.
@@ -305,12 +300,6 @@ impl Gpu {
         Ok(())
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn run_blocking(&self, dispatches: &[Dispatch]) -> Result<()> {
-        pollster::block_on(self.run(dispatches))?;
-        self.wait()
-    }
-
     /// Blocks until the queue is idle (natively; the browser has no blocking wait).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) -> Result<()> {
@@ -346,11 +335,6 @@ impl Gpu {
         drop(view);
         staging.unmap();
         Ok(out)
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn read_f32_blocking(&self, buffer: &wgpu::Buffer, offset_elems: u64, len: usize) -> Result<Vec<f32>> {
-        pollster::block_on(self.read_f32(buffer, offset_elems, len))
     }
 }
 

@@ -4,14 +4,14 @@
 
 use densegpu::gpu::{Dispatch, View};
 pub use densegpu::selftest::random;
-use densegpu::Gpu;
+use densegpu::{block_on, Gpu};
 use std::sync::OnceLock;
 
 pub const TOLERANCE: f64 = 1e-4;
 
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new_blocking().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}")))
+    GPU.get_or_init(|| block_on(Gpu::new()).unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}")))
 }
 
 /// ‖got − want‖ / ‖want‖, after checking that `got` has no NaN or infinity.
@@ -76,7 +76,7 @@ impl Slots {
     }
     pub fn upload(&self) -> wgpu::Buffer {
         let g = gpu();
-        let buffer = pollster::block_on(g.storage_buffer("test slots", self.data.len() as u64 * 4)).unwrap();
+        let buffer = block_on(g.storage_buffer("test slots", self.data.len() as u64 * 4)).unwrap();
         g.write_f32(&buffer, 0, &self.data);
         buffer
     }
@@ -86,11 +86,11 @@ impl Slots {
     }
     pub fn read(&self, buffer: &wgpu::Buffer, slot: Slot) -> Vec<f32> {
         let (start, lead, len) = self.places[slot.0];
-        gpu().read_f32_blocking(buffer, (start + lead as usize) as u64, len).unwrap()
+        block_on(gpu().read_f32(buffer, (start + lead as usize) as u64, len)).unwrap()
     }
     /// Checks that the junk around every slot is untouched (no kernel wrote out of bounds).
     pub fn assert_guards_intact(&self, buffer: &wgpu::Buffer) {
-        let all = gpu().read_f32_blocking(buffer, 0, self.data.len()).unwrap();
+        let all = block_on(gpu().read_f32(buffer, 0, self.data.len())).unwrap();
         let mut inside = vec![false; self.data.len()];
         for &(start, lead, len) in &self.places {
             let o = start + lead as usize;
@@ -109,5 +109,5 @@ impl Slots {
 }
 
 pub fn run(dispatches: &[Dispatch]) {
-    gpu().run_blocking(dispatches).unwrap();
+    block_on(gpu().run(dispatches)).and_then(|()| gpu().wait()).unwrap();
 }

@@ -1,4 +1,5 @@
 use crate::common::*;
+use densegpu::block_on;
 use densegpu::gpu::View;
 use densegpu::ops::sgd::kernels::{self as sgd, sgd_params};
 use densegpu::ops::sgd::SgdHyper;
@@ -33,7 +34,7 @@ fn check(len: usize, h0: SgdHyper, separate: bool, set_params: bool) {
     let (pb, gb, bb);
     let (pv, gv, bv) = if separate {
         let upload = |v: &[f32]| {
-            let b = pollster::block_on(g.storage_buffer("sgd test", len as u64 * 4)).unwrap();
+            let b = block_on(g.storage_buffer("sgd test", len as u64 * 4)).unwrap();
             g.write_f32(&b, 0, v);
             b
         };
@@ -61,16 +62,16 @@ fn check(len: usize, h0: SgdHyper, separate: bool, set_params: bool) {
         let tag = format!("len {len} {h:?} separate {separate} step {k}");
         assert_very_close(
             &format!("params {tag}"),
-            &g.read_f32_blocking(pv.buffer.buffer, pv.buffer_offset(), len).unwrap(),
+            &block_on(g.read_f32(pv.buffer.buffer, pv.buffer_offset(), len)).unwrap(),
             &p,
         );
-        let got_buf = g.read_f32_blocking(bv.buffer.buffer, bv.buffer_offset(), len).unwrap();
+        let got_buf = block_on(g.read_f32(bv.buffer.buffer, bv.buffer_offset(), len)).unwrap();
         if use_buf {
             assert_very_close(&format!("momentum buffer {tag}"), &got_buf, &buf);
         } else {
             assert!(got_buf.iter().all(|&v| v == 0.0), "plain SGD touched the buffer ({tag})");
         }
-        let got_grad = g.read_f32_blocking(gv.buffer.buffer, gv.buffer_offset(), len).unwrap();
+        let got_grad = block_on(g.read_f32(gv.buffer.buffer, gv.buffer_offset(), len)).unwrap();
         assert_eq!(got_grad, *grad, "the gradient must be read only ({tag})");
     }
     if !separate {

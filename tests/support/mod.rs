@@ -3,14 +3,14 @@
 
 use densegpu::densenet::DenseNetConfig;
 use densegpu::graph::Graph;
-use densegpu::Gpu;
+use densegpu::{block_on, Gpu};
 use rand::{Rng, SeedableRng};
 use std::sync::{Arc, OnceLock};
 
 /// One device per test binary.
 pub fn gpu() -> Arc<Gpu> {
     static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| Arc::new(Gpu::new_blocking().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))))
+    GPU.get_or_init(|| Arc::new(block_on(Gpu::new()).unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))))
         .clone()
 }
 

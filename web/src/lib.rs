@@ -16,7 +16,8 @@ use densegpu::data::{self, BatchLoader, Dataset, LoaderOptions, Normalization, C
 use densegpu::densenet::{largest_batch, memory_plans_json, plan_training};
 use densegpu::memory::arena::ArenaLimits;
 use densegpu::memory::arena_limits;
-use densegpu::train::{evaluate_async, softmax};
+use densegpu::train::softmax;
+use densegpu::trainer::{LrSchedule, Trainer};
 use densegpu::{DenseNetConfig, Error, Gpu, MemoryMode, Pass, Session, SgdHyper};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
@@ -53,14 +54,12 @@ fn default_weight_decay() -> f32 {
 }
 
 struct Model {
-    session: Session,
+    /// The session, its loader and where training stands; open-ended, at a constant learning
+    /// rate.
+    trainer: Trainer,
     config: DenseNetConfig,
     mode: MemoryMode,
-    sgd: SgdHyper,
-    loader: BatchLoader,
     classes: Vec<String>,
-    epoch: u64,
-    batch_in_epoch: usize,
 }
 
 #[derive(Default)]
@@ -288,7 +287,8 @@ pub async fn create_model(request_json: &str) -> Result<String, JsError> {
             .and_then(|m| m.iter().find(|p| p["mode"] == mode.name()).cloned()),
         "allocated_bytes": session.allocated_bytes(),
     });
-    let model = Model { session, config, mode, sgd, loader, classes, epoch: 0, batch_in_epoch: 0 };
+    let trainer = Trainer::new(session, loader, LrSchedule::constant(sgd)).map_err(js_error)?;
+    let model = Model { trainer, config, mode, classes };
     DEMO.with_borrow_mut(|d| d.model = Some(model));
     Ok(summary.to_string())
 }
@@ -321,25 +321,20 @@ fn refused_memory(
 #[wasm_bindgen]
 pub async fn train_step() -> Result<String, JsError> {
     with_model(async |m: &mut Model| {
-        if m.batch_in_epoch >= m.loader.batches_per_epoch() {
-            m.epoch += 1;
-            m.batch_in_epoch = 0;
-        }
-        let batch = m.loader.batch(m.epoch, m.batch_in_epoch);
-        let result = m.session.train_step(&batch.images, &batch.labels, &m.sgd).await?;
-        m.batch_in_epoch += 1;
-        if !result.loss.is_finite() {
-            return Err(Error::Training(format!(
-                "the loss became {} at step {}: lower the learning rate (now {}) and train again",
-                result.loss, m.session.step, m.sgd.lr
-            )));
-        }
+        let lr = m.trainer.next_sgd().lr;
+        let r = match m.trainer.step().await {
+            Ok(r) => r,
+            Err(e @ Error::NonFiniteLoss { .. }) => {
+                return Err(Error::Training(format!("{e}: lower the learning rate (now {lr}) and train again")))
+            }
+            Err(e) => return Err(e),
+        };
         Ok(serde_json::json!({
-            "step": m.session.step,
-            "epoch": m.epoch,
-            "loss": result.loss,
-            "batch_accuracy": result.correct as f64 / batch.labels.len() as f64,
-            "allocated_bytes": m.session.allocated_bytes(),
+            "step": r.step,
+            "epoch": r.epoch,
+            "loss": r.loss,
+            "batch_accuracy": r.correct as f64 / r.images as f64,
+            "allocated_bytes": m.trainer.session().allocated_bytes(),
         })
         .to_string())
     })
@@ -353,7 +348,7 @@ pub async fn evaluate() -> Result<String, JsError> {
     let test = DEMO.with_borrow(|d| d.test.clone()).filter(|t| !t.is_empty());
     let test = test.ok_or_else(|| js_error("there are no held-out images to evaluate on"))?;
     with_model(async |m: &mut Model| {
-        let e = evaluate_async(&mut m.session, &test).await?;
+        let e = m.trainer.evaluate(&test).await?;
         Ok(serde_json::json!({ "loss": e.loss, "accuracy": e.accuracy, "images": e.images }).to_string())
     })
     .await
@@ -395,13 +390,14 @@ pub async fn classify_file(bytes: &[u8], file_name: &str) -> Result<String, JsEr
 
 async fn classify_chw(chw: Vec<u8>) -> Result<String, JsError> {
     with_model(async |m: &mut Model| {
-        let batch = m.session.graph.batch as usize;
+        let session = m.trainer.session_mut();
+        let batch = session.graph.batch as usize;
         let mut image = vec![0.0f32; chw.len()];
         Normalization::CIFAR10.apply(&chw, &mut image);
         // The eval program has the training batch size: repeat the image to fill it.
         let images: Vec<f32> = image.iter().copied().cycle().take(image.len() * batch).collect();
-        let (logits, _) = m.session.eval_batch(&images, &vec![0; batch]).await?;
-        m.session.release(Pass::Eval);
+        let (logits, _) = session.eval_batch(&images, &vec![0; batch]).await?;
+        session.release(Pass::Eval);
         let k = m.classes.len();
         let mut ranked: Vec<Prediction> = softmax(&logits[..k])
             .into_iter()
@@ -419,9 +415,10 @@ async fn classify_chw(chw: Vec<u8>) -> Result<String, JsError> {
 #[wasm_bindgen]
 pub async fn export_onnx() -> Result<js_sys::Uint8Array, JsError> {
     let bytes = with_model(async |m: &mut Model| {
-        let tensors = m.session.state_dict().await?;
+        let session = m.trainer.session();
+        let tensors = session.state_dict().await?;
         let options = densegpu::onnx::ExportOptions::default();
-        densegpu::onnx::export(&m.session.graph, Some(&m.config), &tensors, &options)
+        densegpu::onnx::export(&session.graph, Some(&m.config), &tensors, &options)
     })
     .await?;
     Ok(js_sys::Uint8Array::from(&bytes[..]))
@@ -431,7 +428,7 @@ pub async fn export_onnx() -> Result<js_sys::Uint8Array, JsError> {
 #[wasm_bindgen]
 pub async fn export_safetensors() -> Result<js_sys::Uint8Array, JsError> {
     let bytes = with_model(async |m: &mut Model| {
-        let tensors: Vec<NamedTensor> = checkpoint::session_weights(&m.session).await?;
+        let tensors: Vec<NamedTensor> = checkpoint::session_weights(m.trainer.session()).await?;
         let mut extra = HashMap::new();
         extra.insert("classes".to_string(), m.classes.join(","));
         checkpoint::weights_to_bytes_with_metadata(&m.config, &tensors, &extra)
@@ -446,9 +443,10 @@ pub async fn export_safetensors() -> Result<js_sys::Uint8Array, JsError> {
 pub async fn load_safetensors(bytes: &[u8], file_name: &str) -> Result<String, JsError> {
     let weights = checkpoint::weights_from_bytes(bytes, file_name).map_err(js_error)?;
     with_model(async |m: &mut Model| {
-        checkpoint::apply_weights(&m.session, &weights)?;
+        let session = m.trainer.session_mut();
+        checkpoint::apply_weights(session, &weights)?;
         if let Some(count) = weights.batches_tracked {
-            m.session.batches_tracked = count;
+            session.batches_tracked = count;
         }
         Ok(serde_json::json!({ "tensors": weights.tensors.len() }).to_string())
     })
@@ -470,7 +468,7 @@ pub fn drop_model() -> Result<(), JsError> {
 /// Bytes the model holds on the device right now (parameters, optimizer state and arenas).
 #[wasm_bindgen]
 pub fn allocated_bytes() -> f64 {
-    DEMO.with_borrow(|d| d.model.as_ref().map_or(0.0, |m| m.session.allocated_bytes() as f64))
+    DEMO.with_borrow(|d| d.model.as_ref().map_or(0.0, |m| m.trainer.session().allocated_bytes() as f64))
 }
 
 /// The model's training mode and config, for the page's header.
@@ -478,7 +476,8 @@ pub fn allocated_bytes() -> f64 {
 pub fn model_info() -> Option<String> {
     DEMO.with_borrow(|d| {
         d.model.as_ref().map(|m| {
-            serde_json::json!({ "mode": m.mode.name(), "config": m.config, "step": m.session.step }).to_string()
+            serde_json::json!({ "mode": m.mode.name(), "config": m.config, "step": m.trainer.session().step })
+                .to_string()
         })
     })
 }
