@@ -25,6 +25,9 @@
 //! dropped quietly; the one exception is stated where it happens: [`load_weights`] on a resume
 //! checkpoint leaves out the optimizer state, which only [`load_checkpoint`] returns.
 //!
+//! A file without densegpu's config (a state dict saved from torchvision or PyTorch) still tells
+//! its architecture: [`Weights::model_config`] infers it from the tensor names and shapes.
+//!
 //! # Resume checkpoints
 //! A weights file plus one momentum buffer per parameter, `optimizer.momentum.<parameter name>`
 //! (`F32`, the parameter's shape), and the [`TrainingState`] (step, epoch, RNG words, SGD
@@ -88,8 +91,26 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// The tensor called `name` (its current torchvision name), if the file has it.
     pub fn tensor(&self, name: &str) -> Option<&NamedTensor> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The model these weights are for: the file's own `densegpu.config` when it has one,
+    /// otherwise the architecture inferred from the tensor names and shapes (a state dict saved
+    /// from torchvision or PyTorch; see [`DenseNetConfig::infer_from_names_and_shapes`]). An
+    /// inferred config has `drop_rate` 0 and the stem's usual `image_size` (224 or 32).
+    pub fn model_config(&self) -> Result<DenseNetConfig> {
+        if let Some(config) = &self.config {
+            return Ok(config.clone());
+        }
+        let shapes: Vec<(String, Vec<usize>)> =
+            self.tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+        DenseNetConfig::infer_from_names_and_shapes(&shapes).map_err(|e| {
+            Error::Data(format!(
+                "{e} (the file has no `{META_CONFIG}` metadata either, which densegpu's own weights files carry)"
+            ))
+        })
     }
 }
 
