@@ -1,14 +1,14 @@
 //! torchvision weights as they are: the architecture read from a state dict's tensor names and
-//! shapes (no GPU).
+//! shapes (no GPU), and fine-tuning from weights with another classifier (GPU).
 
-use densegpu::checkpoint::{NamedTensor, Weights};
+use densegpu::checkpoint::{self, NamedTensor, Weights};
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
 use densegpu::graph::Graph;
-use densegpu::Error;
+use densegpu::{block_on, Error, Session};
 use rand::{Rng, SeedableRng};
 
 mod support;
-use support::tiny_config;
+use support::{gpu, tiny_config};
 
 /// Tensor names and shapes, as a state dict lists them.
 type Shapes = Vec<(String, Vec<usize>)>;
@@ -166,4 +166,83 @@ fn model_config_is_the_files_own_or_inferred() {
     let broken = Weights { tensors: tensors[1..].to_vec(), ..Default::default() };
     let m = message(broken.model_config());
     assert!(m.contains("missing") && m.contains("no `densegpu.config` metadata"), "{m}");
+}
+
+fn state(session: &Session) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    block_on(session.state_dict()).unwrap()
+}
+
+#[test]
+fn fine_tuning_leaves_out_a_classifier_for_other_classes_and_nothing_else() {
+    let ten = DenseNetConfig { num_classes: 10, ..tiny_config(0.0) };
+    let three = DenseNetConfig { num_classes: 3, ..tiny_config(0.0) };
+    let source = random_tensors(&graph_of(&ten), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ten.safetensors");
+    checkpoint::save_weights(&path, &ten, &source).unwrap();
+    let weights = checkpoint::load_weights(&path).unwrap();
+
+    let session = block_on(Session::new(gpu(), three.build(2, MemoryMode::Efficient).unwrap(), 7)).unwrap();
+    let fresh = state(&session);
+    // The strict loader refuses it, naming the classifier.
+    let m = message(checkpoint::apply_weights(&session, &weights));
+    assert!(m.contains("classifier.weight") && m.contains("[10, "), "{m}");
+
+    let swap =
+        checkpoint::apply_weights_for_fine_tuning(&session, &weights).unwrap().expect("the classifier is left out");
+    assert_eq!(swap.left_out, ["classifier.weight", "classifier.bias"]);
+    assert_eq!((swap.file_classes, swap.model_classes), (10, 3));
+    let said = swap.to_string();
+    for p in ["`classifier.weight`", "`classifier.bias`", "10 classes", "3"] {
+        assert!(said.contains(p), "{said:?} does not say {p:?}");
+    }
+    for ((name, shape, got), (_, _, before)) in state(&session).into_iter().zip(&fresh) {
+        if name.starts_with("classifier.") {
+            assert_eq!(&got, before, "`{name}` keeps its fresh initialisation");
+        } else {
+            let want = source.iter().find(|t| t.name == name).unwrap();
+            assert_eq!(shape, want.shape, "{name}");
+            assert_eq!(got, want.data, "`{name}` comes from the file");
+        }
+    }
+    // The crate's (and torchvision's) classifier initialisation: U(±1/sqrt(in)) weights, zero bias.
+    let (_, shape, w) = fresh.iter().find(|t| t.0 == "classifier.weight").unwrap();
+    let bound = 1.0 / (shape[1] as f32).sqrt();
+    assert!(w.iter().all(|v| v.abs() <= bound) && w.iter().any(|&v| v != 0.0));
+    assert!(fresh.iter().find(|t| t.0 == "classifier.bias").unwrap().2.iter().all(|&v| v == 0.0));
+
+    // Weights with the model's own classes load whole, nothing left out.
+    let same = Weights { tensors: random_tensors(&graph_of(&three), 2), ..Default::default() };
+    assert_eq!(checkpoint::apply_weights_for_fine_tuning(&session, &same).unwrap(), None);
+}
+
+#[test]
+fn fine_tuning_still_refuses_any_other_mismatch_and_writes_nothing() {
+    let ten = DenseNetConfig { num_classes: 10, ..tiny_config(0.0) };
+    let three = DenseNetConfig { num_classes: 3, ..tiny_config(0.0) };
+    let source = random_tensors(&graph_of(&ten), 3);
+    let session = block_on(Session::new(gpu(), three.build(2, MemoryMode::Efficient).unwrap(), 8)).unwrap();
+    let before = state(&session);
+    let with = |name: &str, shape: Vec<usize>| {
+        let mut tensors = source.clone();
+        let t = tensors.iter_mut().find(|t| t.name == name).unwrap();
+        t.data = vec![0.0; shape.iter().product()];
+        t.shape = shape;
+        Weights { tensors, ..Default::default() }
+    };
+    // Another shape elsewhere, as the strict loader says it.
+    let m = message(checkpoint::apply_weights_for_fine_tuning(&session, &with("features.norm5.weight", vec![7])));
+    assert!(m.contains("`features.norm5.weight` shape [7]"), "{m}");
+    // A classifier over another number of features is no class-count change.
+    let m = message(checkpoint::apply_weights_for_fine_tuning(&session, &with("classifier.weight", vec![10, 5])));
+    assert!(m.contains("`classifier.weight` shape [10, 5]"), "{m}");
+    // A missing tensor.
+    let mut missing = source.clone();
+    missing.retain(|t| t.name != "features.denseblock1.denselayer2.conv2.weight");
+    let m = message(checkpoint::apply_weights_for_fine_tuning(
+        &session,
+        &Weights { tensors: missing, ..Default::default() },
+    ));
+    assert!(m.contains("lack") && m.contains("features.denseblock1.denselayer2.conv2.weight"), "{m}");
+    assert_eq!(state(&session), before, "nothing is written when anything else differs");
 }
