@@ -1,11 +1,16 @@
 //! torchvision weights as they are: the architecture read from a state dict's tensor names and
-//! shapes (no GPU), and fine-tuning from weights with another classifier (GPU).
+//! shapes (no GPU), fine-tuning from weights with another classifier (GPU), and the command-line
+//! tools on a file without densegpu's metadata.
 
 use densegpu::checkpoint::{self, NamedTensor, Weights};
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
 use densegpu::graph::Graph;
 use densegpu::{block_on, Error, Session};
 use rand::{Rng, SeedableRng};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 mod support;
 use support::{gpu, tiny_config};
@@ -245,4 +250,111 @@ fn fine_tuning_still_refuses_any_other_mismatch_and_writes_nothing() {
     ));
     assert!(m.contains("lack") && m.contains("features.denseblock1.denselayer2.conv2.weight"), "{m}");
     assert_eq!(state(&session), before, "nothing is written when anything else differs");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tools, on a file saved from PyTorch
+
+fn example(name: &str) -> PathBuf {
+    // Test binaries live in target/<profile>/deps; examples in target/<profile>/examples.
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    deps.parent().unwrap().join("examples").join(name)
+}
+
+fn run_example(name: &str, args: &[&str]) -> std::process::Output {
+    let bin = example(name);
+    assert!(bin.exists(), "{} is built by `cargo test` (or `cargo build --release --examples`)", bin.display());
+    Command::new(bin).args(args).output().unwrap()
+}
+
+fn succeeded(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A state dict as PyTorch's `safetensors.torch.save_file` writes it from a DataParallel model
+/// loaded from an old checkpoint: old key spelling, `module.` prefix, no densegpu metadata.
+fn torch_file(path: &Path, tensors: &[NamedTensor]) {
+    let rename = |n: &str| format!("module.{}", old_spelling(n));
+    let mut raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|t| (rename(&t.name), Dtype::F32, t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    for t in tensors {
+        if let Some(m) = t.name.strip_suffix(".running_mean") {
+            raw.push((rename(&format!("{m}.num_batches_tracked")), Dtype::I64, vec![], 3i64.to_le_bytes().to_vec()));
+        }
+    }
+    let views: Vec<(String, TensorView<'_>)> =
+        raw.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// Two classes of 32x32 images, 2 per class for training and testing each.
+fn image_folder(root: &Path) {
+    for split in ["train", "test"] {
+        for class in 0..2u32 {
+            let dir = root.join(split).join(format!("class{class}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..2u32 {
+                let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                    let v = (x * (3 + class * 4) + y * (5 + i)) % 256;
+                    image::Rgb([v as u8, (255 - v) as u8, ((x * y) % 256) as u8])
+                });
+                img.save(dir.join(format!("{i:03}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn the_tools_take_a_torchvision_file_without_densegpu_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    // DenseNet-BC-10 (one layer per block), k = 4, for 10 classes.
+    let config = DenseNetConfig::cifar_bc(10, 4, 10).unwrap();
+    let weights = dir.path().join("torch.safetensors");
+    torch_file(&weights, &random_tensors(&graph_of(&config), 5));
+    let w = weights.to_str().unwrap();
+    let data = dir.path().join("data");
+    image_folder(&data);
+    let d = data.to_str().unwrap();
+
+    let out = succeeded(&run_example("eval", &["--weights", w, "--data", d, "--batch-size", "2", "--json"]));
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(summary["images"], 4, "{out}");
+
+    let image = data.join("test/class0/000.png");
+    let out = succeeded(&run_example("predict", &["--weights", w, image.to_str().unwrap(), "--json"]));
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["logits"].as_array().unwrap().len(), 10, "{out}");
+
+    let onnx = dir.path().join("model.onnx");
+    let out = succeeded(&run_example("export_onnx", &["--weights", w, "--out", onnx.to_str().unwrap()]));
+    assert!(out.contains("wrote"), "{out}");
+    use tract_onnx::prelude::*;
+    tract_onnx::onnx().model_for_path(&onnx).expect("the exported model loads in tract");
+
+    // Fine-tuning the 10-class file on 2 classes, the model taken from the file.
+    let out = succeeded(&run_example(
+        "train_cifar",
+        &["--data", d, "--init", w, "--batch-size", "2", "--valid-size", "0", "--max-steps", "1", "--epochs", "1"],
+    ));
+    assert!(
+        out.contains(
+            "left out `classifier.weight` and `classifier.bias` (the file's classifier has 10 classes, the model's 2)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("DenseNet-BC-10 (k=4)"), "{out}");
+
+    // A file that is no DenseNet says so.
+    let bad = dir.path().join("bad.safetensors");
+    let data = [0u8; 4];
+    let views = vec![("conv.weight".to_string(), TensorView::new(Dtype::F32, vec![1], &data).unwrap())];
+    std::fs::write(&bad, safetensors::serialize(views, None).unwrap()).unwrap();
+    let out = run_example("eval", &["--weights", bad.to_str().unwrap(), "--data", d]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad.safetensors") && stderr.contains("`features.conv0.weight` is missing"), "{stderr}");
 }
