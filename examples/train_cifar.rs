@@ -228,8 +228,14 @@ fn run(args: &Args) -> Result<()> {
     let graph = config.build(args.batch_size, args.memory)?;
     let session = block_on(Session::new(gpu.clone(), graph, args.seed))?;
     if let (Some(path), Some(weights)) = (&args.init, &init) {
-        let swap = checkpoint::apply_weights_for_fine_tuning(&session, weights)
-            .map_err(|e| Error::Data(format!("--init {}: {e}", path.display())))?;
+        let swap = checkpoint::apply_weights_for_fine_tuning(&session, weights).map_err(|e| {
+            let hint = if architecture_flags {
+                "; leave out --model, --depth, --growth-rate, --bn-size and --compression to train the file's own model"
+            } else {
+                ""
+            };
+            Error::Data(format!("--init {}: {e}{hint}", path.display()))
+        })?;
         if let Some(swap) = swap {
             // Said on stderr under --json, whose stdout is the one summary line.
             let line = format!("--init {}: {swap}", path.display());

@@ -348,6 +348,16 @@ fn the_tools_take_a_torchvision_file_without_densegpu_metadata() {
     );
     assert!(out.contains("DenseNet-BC-10 (k=4)"), "{out}");
 
+    // Architecture flags that disagree with the file: the strict error, and the way out.
+    let out = run_example(
+        "train_cifar",
+        &["--data", d, "--init", w, "--depth", "16", "--valid-size", "0", "--max-steps", "1"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`features.conv0.weight` shape [8, 3, 3, 3]"), "{stderr}");
+    assert!(stderr.contains("leave out --model, --depth"), "{stderr}");
+
     // A file that is no DenseNet says so.
     let bad = dir.path().join("bad.safetensors");
     let data = [0u8; 4];
