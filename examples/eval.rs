@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 #[derive(Parser)]
 struct Args {
-    /// A densegpu weights file (with its config in the metadata).
+    /// A densegpu weights file, or a torchvision DenseNet state dict in safetensors form (its
+    /// architecture is then read from the tensor names and shapes).
     #[arg(long)]
     weights: PathBuf,
     /// CIFAR-10 as binary batches or train/test image folders.
@@ -29,9 +30,8 @@ fn main() {
 
 fn run(args: Args) -> densegpu::Result<()> {
     let weights = checkpoint::load_weights(&args.weights)?;
-    let config = weights.config.clone().ok_or_else(|| {
-        densegpu::Error::Data(format!("{} has no densegpu config in its metadata", args.weights.display()))
-    })?;
+    let config =
+        weights.model_config().map_err(|e| densegpu::Error::Data(format!("{}: {e}", args.weights.display())))?;
     let test = densegpu::data::load(&args.data)?.test;
     let graph = config.build(args.batch_size, MemoryMode::Efficient)?;
     let mut session = block_on(Session::new(Arc::new(block_on(Gpu::new())?), graph, 0))?;

@@ -35,12 +35,14 @@ struct Args {
     /// ONNX opset.
     #[arg(long, default_value_t = onnx::MIN_OPSET)]
     opset: i64,
-    /// For weights without a densegpu config: densenet121, densenet169, densenet201 or densenet161.
+    /// For weights without a densegpu config: densenet121, densenet169, densenet201 or
+    /// densenet161. Without it the architecture is read from the tensor names and shapes.
     #[arg(long)]
     model: Option<String>,
-    /// For weights without a densegpu config: the input image size.
-    #[arg(long, default_value_t = 224)]
-    image_size: u32,
+    /// For weights without a densegpu config: the input image size (default 224 for an
+    /// ImageNet stem, 32 for a CIFAR one).
+    #[arg(long)]
+    image_size: Option<u32>,
 }
 
 fn main() {
@@ -61,13 +63,13 @@ fn run(args: Args) -> densegpu::Result<()> {
                     args.weights.display()
                 ))
             })?;
-            DenseNetConfig { image_size: args.image_size, ..DenseNetConfig::by_name(name, classes)? }
+            DenseNetConfig { image_size: args.image_size.unwrap_or(224), ..DenseNetConfig::by_name(name, classes)? }
         }
         (None, None) => {
-            return Err(densegpu::Error::Config(format!(
-                "{} holds no densegpu config: name the architecture with --model",
-                args.weights.display()
-            )))
+            let inferred = weights
+                .model_config()
+                .map_err(|e| densegpu::Error::Data(format!("{}: {e}", args.weights.display())))?;
+            DenseNetConfig { image_size: args.image_size.unwrap_or(inferred.image_size), ..inferred }
         }
     };
     let graph = config.build(1, MemoryMode::Efficient)?;

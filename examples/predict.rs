@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 #[derive(Parser)]
 struct Args {
+    /// A densegpu weights file, or a torchvision DenseNet state dict in safetensors form (its
+    /// architecture is then read from the tensor names and shapes).
     #[arg(long)]
     weights: PathBuf,
     #[arg(required = true)]
@@ -51,10 +53,7 @@ fn prepare(path: &PathBuf, size: u32) -> densegpu::Result<Vec<f32>> {
 
 fn run(args: Args) -> densegpu::Result<()> {
     let weights = checkpoint::load_weights(&args.weights)?;
-    let config = weights
-        .config
-        .clone()
-        .ok_or_else(|| Error::Data(format!("{} has no densegpu config in its metadata", args.weights.display())))?;
+    let config = weights.model_config().map_err(|e| Error::Data(format!("{}: {e}", args.weights.display())))?;
     let graph = config.build(1, MemoryMode::Efficient)?;
     let mut session = block_on(Session::new(Arc::new(block_on(Gpu::new())?), graph, 0))?;
     checkpoint::apply_weights(&session, &weights)?;

@@ -27,16 +27,20 @@ struct Args {
     /// Download the official CIFAR-10 binary archive into DIR (checksum verified) and use it.
     #[arg(long, value_name = "DIR")]
     download: Option<PathBuf>,
-    /// DenseNet-BC depth (6n+4). Default 100, or 22 on the synthetic set.
+    /// DenseNet-BC depth (6n+4). Default 100, or 22 on the synthetic set (or, with --init and no
+    /// architecture flag, the architecture of the --init file).
     #[arg(long)]
     depth: Option<u32>,
-    #[arg(long, default_value_t = 12)]
-    growth_rate: u32,
+    /// Growth rate k. Default 12.
+    #[arg(long)]
+    growth_rate: Option<u32>,
     /// Bottleneck width as a multiple of the growth rate (DenseNet-BC's 1x1 conv); at least 1.
-    #[arg(long, default_value_t = 4)]
-    bn_size: u32,
-    #[arg(long, default_value_t = 0.5)]
-    compression: f32,
+    /// Default 4.
+    #[arg(long)]
+    bn_size: Option<u32>,
+    /// Channels kept by each transition. Default 0.5.
+    #[arg(long)]
+    compression: Option<f32>,
     #[arg(long, default_value_t = 0.0)]
     drop_rate: f32,
     /// An ImageNet-family model instead: densenet121, densenet169, densenet201, densenet161.
@@ -77,7 +81,10 @@ struct Args {
     /// Continue the run saved in this directory (its checkpoint.safetensors).
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Start from these weights (a densegpu or torchvision safetensors file).
+    /// Start from these weights (a densegpu or torchvision safetensors file). Without --model,
+    /// --depth, --growth-rate, --bn-size or --compression the model is the file's (from its
+    /// densegpu config, or read from its tensor names and shapes). A classifier for another
+    /// number of classes than the data's is left out (fine-tuning) and the run says so.
     #[arg(long)]
     init: Option<PathBuf>,
     /// Export the best weights as ONNX at the end.
@@ -122,7 +129,7 @@ fn load_data(args: &Args, synthetic: bool) -> Result<TrainTest> {
 
 /// Refuses flags that would train something other than what they say, before anything loads.
 fn check_args(args: &Args) -> Result<()> {
-    if args.model.is_none() && args.bn_size == 0 {
+    if args.model.is_none() && args.bn_size == Some(0) {
         return Err(Error::Config(
             "--bn-size 0 removes DenseNet-BC's bottleneck, which would build a plain DenseNet with another \
              depth than --depth says; use --bn-size 1 or more (the paper's is 4)"
@@ -181,16 +188,28 @@ fn run(args: &Args) -> Result<()> {
     }
     let data = load_data(args, synthetic)?;
     let classes = data.train.num_classes() as u32;
-    let mut config = match &args.model {
-        Some(name) => DenseNetConfig::by_name(name, classes)?,
-        None => {
+    let init = args.init.as_deref().map(checkpoint::load_weights).transpose()?;
+    let architecture_flags = args.model.is_some()
+        || args.depth.is_some()
+        || args.growth_rate.is_some()
+        || args.bn_size.is_some()
+        || args.compression.is_some();
+    let mut config = match (&args.model, &init) {
+        (Some(name), _) => DenseNetConfig::by_name(name, classes)?,
+        // The --init file's own model: its densegpu config, or what its tensors say.
+        (None, Some(weights)) if !architecture_flags => {
+            let path = args.init.as_ref().expect("weights come from --init");
+            weights.model_config().map_err(|e| Error::Data(format!("--init {}: {e}", path.display())))?
+        }
+        (None, _) => {
             let depth = args.depth.unwrap_or(if synthetic { 22 } else { 100 });
-            let mut c = DenseNetConfig::cifar_bc(depth, args.growth_rate, classes)?;
-            c.bn_size = args.bn_size;
-            c.compression = args.compression;
+            let mut c = DenseNetConfig::cifar_bc(depth, args.growth_rate.unwrap_or(12), classes)?;
+            c.bn_size = args.bn_size.unwrap_or(4);
+            c.compression = args.compression.unwrap_or(0.5);
             c
         }
     };
+    config.num_classes = classes;
     config.drop_rate = args.drop_rate;
     config.image_size = data.train.height as u32;
     let epochs = args.epochs.unwrap_or(if synthetic { 2 } else { 300 });
@@ -208,8 +227,24 @@ fn run(args: &Args) -> Result<()> {
     plan_training(&config, args.batch_size, args.memory, &limits, None)?;
     let graph = config.build(args.batch_size, args.memory)?;
     let session = block_on(Session::new(gpu.clone(), graph, args.seed))?;
-    if let Some(path) = &args.init {
-        checkpoint::apply_weights(&session, &checkpoint::load_weights(path)?)?;
+    if let (Some(path), Some(weights)) = (&args.init, &init) {
+        let swap = checkpoint::apply_weights_for_fine_tuning(&session, weights).map_err(|e| {
+            let hint = if architecture_flags {
+                "; leave out --model, --depth, --growth-rate, --bn-size and --compression to train the file's own model"
+            } else {
+                ""
+            };
+            Error::Data(format!("--init {}: {e}{hint}", path.display()))
+        })?;
+        if let Some(swap) = swap {
+            // Said on stderr under --json, whose stdout is the one summary line.
+            let line = format!("--init {}: {swap}", path.display());
+            if args.json {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        }
     }
 
     let mut loader_options = LoaderOptions::train(args.batch_size as usize, args.seed);

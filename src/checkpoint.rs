@@ -22,8 +22,13 @@
 //! from `torch.nn.DataParallel` is removed when every key has it. Matching against a model
 //! ([`weights_for_graph`], [`apply_weights`]) is strict: a missing tensor, a tensor of another
 //! shape, and a tensor the model does not have are all errors that name the tensor. Nothing is
-//! dropped quietly; the one exception is stated where it happens: [`load_weights`] on a resume
-//! checkpoint leaves out the optimizer state, which only [`load_checkpoint`] returns.
+//! dropped quietly; the exceptions are stated where they happen: [`load_weights`] on a resume
+//! checkpoint leaves out the optimizer state, which only [`load_checkpoint`] returns, and
+//! [`apply_weights_for_fine_tuning`] leaves out a classifier for another number of classes and
+//! says so.
+//!
+//! A file without densegpu's config (a state dict saved from torchvision or PyTorch) still tells
+//! its architecture: [`Weights::model_config`] infers it from the tensor names and shapes.
 //!
 //! # Resume checkpoints
 //! A weights file plus one momentum buffer per parameter, `optimizer.momentum.<parameter name>`
@@ -88,8 +93,26 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// The tensor called `name` (its current torchvision name), if the file has it.
     pub fn tensor(&self, name: &str) -> Option<&NamedTensor> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The model these weights are for: the file's own `densegpu.config` when it has one,
+    /// otherwise the architecture inferred from the tensor names and shapes (a state dict saved
+    /// from torchvision or PyTorch; see [`DenseNetConfig::infer_from_names_and_shapes`]). An
+    /// inferred config has `drop_rate` 0 and the stem's usual `image_size` (224 or 32).
+    pub fn model_config(&self) -> Result<DenseNetConfig> {
+        if let Some(config) = &self.config {
+            return Ok(config.clone());
+        }
+        let shapes: Vec<(String, Vec<usize>)> =
+            self.tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+        DenseNetConfig::infer_from_names_and_shapes(&shapes).map_err(|e| {
+            Error::Data(format!(
+                "{e} (the file has no `{META_CONFIG}` metadata either, which densegpu's own weights files carry)"
+            ))
+        })
     }
 }
 
@@ -625,6 +648,86 @@ pub fn apply_weights(session: &Session, weights: &Weights) -> Result<()> {
     let (params, states) = weights_for_graph(&session.graph, weights)?;
     session.set_parameters(&params)?;
     session.set_states(&states)
+}
+
+/// The classifier a fine-tuning start leaves out: the file's has another number of classes
+/// than the model's (see [`apply_weights_for_fine_tuning`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassifierSwap {
+    /// The tensors not loaded, by name: `classifier.weight` and `classifier.bias`.
+    pub left_out: Vec<String>,
+    /// Classes of the file's classifier.
+    pub file_classes: usize,
+    /// Classes of the model's.
+    pub model_classes: usize,
+}
+
+impl std::fmt::Display for ClassifierSwap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.left_out.iter().map(|n| format!("`{n}`")).collect();
+        write!(
+            f,
+            "left out {} (the file's classifier has {} classes, the model's {}); the classifier keeps its \
+             fresh initialisation (weight uniform in ±1/sqrt(in_features), bias 0, as torchvision's DenseNet)",
+            names.join(" and "),
+            self.file_classes,
+            self.model_classes
+        )
+    }
+}
+
+/// Whether `weights` hold a classifier for another number of classes than `graph`'s, and
+/// nothing else about it differs: `classifier.weight` of shape `[classes, in_features]` with the
+/// model's `in_features`, and `classifier.bias` of shape `[classes]`. GPU-free; what
+/// [`apply_weights_for_fine_tuning`] decides with.
+pub fn classifier_swap(graph: &Graph, weights: &Weights) -> Option<ClassifierSwap> {
+    let model = |name: &str| graph.params.iter().flat_map(|g| &g.tensors).find(|t| t.name == name).map(|t| &t.shape);
+    let (model_weight, model_bias) = (model("classifier.weight")?, model("classifier.bias")?);
+    let (file_weight, file_bias) =
+        (&weights.tensor("classifier.weight")?.shape, &weights.tensor("classifier.bias")?.shape);
+    let (&[file_classes, in_features], &[model_classes, model_in]) = (&file_weight[..], &model_weight[..]) else {
+        return None;
+    };
+    let swap = in_features == model_in
+        && file_classes != model_classes
+        && file_bias[..] == [file_classes]
+        && model_bias[..] == [model_classes];
+    swap.then(|| ClassifierSwap {
+        left_out: vec!["classifier.weight".into(), "classifier.bias".into()],
+        file_classes,
+        model_classes,
+    })
+}
+
+/// [`apply_weights`] for fine-tuning: when the file's classifier is for another number of
+/// classes (see [`classifier_swap`]), every other tensor loads and the classifier keeps the
+/// session's own initialisation, which is torchvision's for a DenseNet (`classifier.weight`
+/// uniform in ±1/sqrt(in_features), `classifier.bias` 0); the answer says what was left out.
+/// Any other difference (a missing or extra tensor, another shape anywhere else, the
+/// classifier's input width included) is the error [`apply_weights`] gives, and then nothing
+/// is written.
+pub fn apply_weights_for_fine_tuning(session: &Session, weights: &Weights) -> Result<Option<ClassifierSwap>> {
+    let Some(swap) = classifier_swap(&session.graph, weights) else {
+        apply_weights(session, weights)?;
+        return Ok(None);
+    };
+    // Check everything else as strictly as ever, with the model's own shapes standing in for
+    // the classifier that is left out.
+    let mut rest = Weights {
+        tensors: weights.tensors.iter().filter(|t| !swap.left_out.contains(&t.name)).cloned().collect(),
+        ..Default::default()
+    };
+    for t in session.graph.params.iter().flat_map(|g| &g.tensors).filter(|t| swap.left_out.contains(&t.name)) {
+        rest.tensors.push(NamedTensor { name: t.name.clone(), shape: t.shape.clone(), data: vec![0.0; t.len()] });
+    }
+    let (params, states) = weights_for_graph(&session.graph, &rest)?;
+    for (group, values) in session.graph.params.iter().zip(&params) {
+        for (t, v) in group.split(values).filter(|(t, _)| !swap.left_out.contains(&t.name)) {
+            session.set_tensor(&t.name, v)?;
+        }
+    }
+    session.set_states(&states)?;
+    Ok(Some(swap))
 }
 
 /// A session's parameters and running statistics, plus `<bn>.num_batches_tracked` (shape `[]`,

@@ -175,6 +175,31 @@ impl DenseNetConfig {
         Ok(())
     }
 
+    /// The architecture of a DenseNet state dict with torchvision's names, from its tensor names
+    /// and shapes alone: for a safetensors file saved from torchvision or PyTorch, which carries no
+    /// densegpu config.
+    ///
+    /// Names may use the old spelling of released torchvision checkpoints
+    /// (`denselayer1.norm.1.weight`) and may all carry the `module.` prefix of a model saved from
+    /// `torch.nn.DataParallel`; `num_batches_tracked` entries are ignored. What it reads:
+    ///
+    /// - the stem: a 7x7 `features.conv0` with `features.norm0` is ImageNet's (`small_inputs`
+    ///   false, `image_size` 224), a 3x3 `features.conv0` without it the CIFAR one (`image_size`
+    ///   32); `num_init_features` and `in_channels` are `conv0`'s output and input channels;
+    /// - `block_config`: the `denselayer`s of each `denseblock`;
+    /// - DenseNet-BC or plain: a dense layer with a `conv2` has a 1x1 bottleneck `conv1` of
+    ///   `bn_size · growth_rate` outputs; one without has a single 3x3 `conv1` (`bn_size` 0);
+    /// - `growth_rate`: the outputs of a dense layer's 3x3 conv;
+    /// - `compression`: a transition conv's outputs over its inputs;
+    /// - `num_classes`: the rows of `classifier.weight`.
+    ///
+    /// `drop_rate` is 0 (dropout leaves no trace in the weights). The configuration found is then
+    /// checked against every tensor: a tensor it lacks, one it does not expect and a shape it
+    /// does not give are errors that name the tensor.
+    pub fn infer_from_names_and_shapes(tensors: &[(String, Vec<usize>)]) -> Result<DenseNetConfig> {
+        Inference::new(tensors)?.config()
+    }
+
     /// Channels at the end of each dense block.
     pub fn block_widths(&self) -> Vec<u32> {
         let mut c = self.num_init_features;
@@ -443,4 +468,275 @@ pub fn memory_plans_json(
         out["budget"] = serde_json::json!(b);
     }
     out
+}
+
+/// The tensor names and shapes [`DenseNetConfig::infer_from_names_and_shapes`] reads, by their
+/// current torchvision names.
+struct Inference {
+    shapes: std::collections::BTreeMap<String, Vec<usize>>,
+}
+
+/// The most dense blocks an inferred model may have (torchvision's have 4, the CIFAR ones 3);
+/// every transition halves the image, so more would ask for huge inputs.
+const MAX_INFERRED_BLOCKS: u32 = 8;
+
+fn not_inferred(why: String) -> Error {
+    Error::Data(format!("cannot infer the DenseNet architecture from the tensor names and shapes: {why}"))
+}
+
+/// `features.denseblock{b}.denselayer{i}.…` → `(b, i)`.
+fn block_and_layer(name: &str) -> Option<(u32, u32)> {
+    let rest = name.strip_prefix("features.denseblock")?;
+    let (b, rest) = rest.split_once('.')?;
+    let i = rest.strip_prefix("denselayer")?.split('.').next()?;
+    Some((b.parse().ok()?, i.parse().ok()?))
+}
+
+/// A shape's size as a u32, or an error naming the tensor.
+fn size_u32(name: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| not_inferred(format!("`{name}` has a dimension of {v}, too large for a DenseNet")))
+}
+
+impl Inference {
+    fn new(tensors: &[(String, Vec<usize>)]) -> Result<Self> {
+        use crate::checkpoint::{canonical_name, DATA_PARALLEL_PREFIX};
+        if tensors.is_empty() {
+            return Err(not_inferred("there are no tensors".into()));
+        }
+        let wrapped = tensors.iter().all(|(n, _)| n.starts_with(DATA_PARALLEL_PREFIX));
+        let mut shapes = std::collections::BTreeMap::new();
+        for (raw, shape) in tensors {
+            let name = canonical_name(if wrapped { &raw[DATA_PARALLEL_PREFIX.len()..] } else { raw });
+            if name.ends_with(".num_batches_tracked") {
+                continue;
+            }
+            if shapes.insert(name.clone(), shape.clone()).is_some() {
+                return Err(not_inferred(format!("`{name}` is given twice (under its old and its new spelling?)")));
+            }
+        }
+        Ok(Inference { shapes })
+    }
+
+    /// The shape of `name`, which must have `dims` dimensions.
+    fn shape(&self, name: &str, dims: usize) -> Result<&[usize]> {
+        let shape = self.shapes.get(name).ok_or_else(|| {
+            not_inferred(format!(
+                "`{name}` is missing (a torchvision DenseNet state dict has `features.conv0.weight`, \
+                 `features.denseblock1.denselayer1.*`, ..., `classifier.weight`)"
+            ))
+        })?;
+        if shape.len() != dims {
+            return Err(not_inferred(format!("`{name}` has shape {shape:?}, but it must have {dims} dimensions")));
+        }
+        Ok(shape)
+    }
+
+    /// Layers per dense block, from the `denseblock{b}.denselayer{i}` names; blocks and layers
+    /// must count from 1 without gaps.
+    fn block_config(&self) -> Result<Vec<u32>> {
+        let mut blocks: std::collections::BTreeMap<u32, std::collections::BTreeSet<u32>> = Default::default();
+        for name in self.shapes.keys() {
+            if let Some((b, i)) = block_and_layer(name) {
+                blocks.entry(b).or_default().insert(i);
+            }
+        }
+        if blocks.is_empty() {
+            return Err(not_inferred(
+                "no `features.denseblock<b>.denselayer<i>.*` tensors: is this a torchvision DenseNet state dict?"
+                    .into(),
+            ));
+        }
+        let mut config = Vec::with_capacity(blocks.len());
+        for (want, (&b, layers)) in (1u32..).zip(&blocks) {
+            if b != want {
+                return Err(not_inferred(format!(
+                    "there is no `features.denseblock{want}`, but there is a `features.denseblock{b}` (blocks count from 1)"
+                )));
+            }
+            for (want, &i) in (1u32..).zip(layers) {
+                if i != want {
+                    return Err(not_inferred(format!(
+                        "`features.denseblock{b}` has no `denselayer{want}` but has a `denselayer{i}` (layers count from 1)"
+                    )));
+                }
+            }
+            config.push(layers.len() as u32);
+        }
+        Ok(config)
+    }
+
+    /// The compression that gives every transition's output channels: `floor(in · c) = out`.
+    /// `None` when there is no transition (one block).
+    fn compression(&self, blocks: usize) -> Result<Option<f32>> {
+        let mut transitions = Vec::with_capacity(blocks.saturating_sub(1));
+        for t in 1..blocks {
+            let name = format!("features.transition{t}.conv.weight");
+            let s = self.shape(&name, 4)?;
+            let (out, input) = (s[0], s[1]);
+            if out == 0 || input == 0 || out > input {
+                return Err(not_inferred(format!(
+                    "`{name}` has shape {s:?}: a transition maps its input channels to at most as many \
+                     (compression in (0, 1])"
+                )));
+            }
+            transitions.push((name, out, input));
+        }
+        if transitions.is_empty() {
+            return Ok(None);
+        }
+        // Every c with floor(in · c) = out for each transition lies in [max out/in, min (out+1)/in).
+        // The shortest decimal there (0.5, 0.3...) is what a person would have chosen; failing
+        // that, the lower bound and the next few f32 values up (the product may round below).
+        let lo = transitions.iter().map(|&(_, o, i)| o as f64 / i as f64).fold(0.0, f64::max);
+        let hi = transitions.iter().map(|&(_, o, i)| (o + 1) as f64 / i as f64).fold(f64::INFINITY, f64::min);
+        let fits =
+            |c: f32| c > 0.0 && c <= 1.0 && transitions.iter().all(|(_, o, i)| (*i as f32 * c).floor() as usize == *o);
+        let decimals = (1..=6).map(|d| {
+            let scale = 10f64.powi(d);
+            ((lo * scale - 1e-9).ceil() / scale) as f32
+        });
+        let lower = lo as f32;
+        let mut candidates =
+            decimals.filter(|&c| (c as f64) < hi).chain((0..4).map(|ulps| f32::from_bits(lower.to_bits() + ulps)));
+        candidates.find(|&c| fits(c)).map(Some).ok_or_else(|| {
+            let shown: Vec<String> =
+                transitions.iter().map(|(n, o, i)| format!("`{n}` maps {i} channels to {o}")).collect();
+            not_inferred(format!("no one compression factor fits every transition: {}", shown.join(", ")))
+        })
+    }
+
+    fn config(&self) -> Result<DenseNetConfig> {
+        let conv0 = self.shape("features.conv0.weight", 4)?;
+        let has_norm0 = self.shapes.contains_key("features.norm0.weight");
+        let small_inputs = match (conv0[2], conv0[3], has_norm0) {
+            (7, 7, true) => false,
+            (3, 3, false) => true,
+            (7, 7, false) => {
+                return Err(not_inferred(
+                    "`features.conv0.weight` is 7x7, ImageNet's stem, but `features.norm0.weight` is missing".into(),
+                ))
+            }
+            (3, 3, true) => {
+                return Err(not_inferred(
+                    "`features.conv0.weight` is 3x3, the CIFAR stem, which has no `features.norm0`, yet the \
+                     tensors include `features.norm0.weight`"
+                        .into(),
+                ))
+            }
+            (h, w, _) => {
+                return Err(not_inferred(format!(
+                    "`features.conv0.weight` is {h}x{w}; densegpu builds the ImageNet stem (7x7 conv0, norm0, \
+                     max pool) or the CIFAR one (3x3 conv0)"
+                )))
+            }
+        };
+        let block_config = self.block_config()?;
+        if block_config.len() > MAX_INFERRED_BLOCKS as usize {
+            return Err(not_inferred(format!(
+                "there are {} dense blocks, more than densegpu infers (at most {MAX_INFERRED_BLOCKS}; \
+                 torchvision's DenseNets have 4, the CIFAR ones 3)",
+                block_config.len()
+            )));
+        }
+        let layer = "features.denseblock1.denselayer1";
+        let conv1_name = format!("{layer}.conv1.weight");
+        let conv1 = self.shape(&conv1_name, 4)?;
+        let (growth_rate, bn_size) = if self.shapes.contains_key(&format!("{layer}.conv2.weight")) {
+            let conv2_name = format!("{layer}.conv2.weight");
+            let conv2 = self.shape(&conv2_name, 4)?;
+            let (width, k) = (conv1[0], conv2[0]);
+            if k == 0 || width == 0 || !width.is_multiple_of(k) {
+                return Err(not_inferred(format!(
+                    "the bottleneck `{conv1_name}` has {width} output channels, which is not a multiple of the \
+                     growth rate {k} (the output channels of `{conv2_name}`): densegpu's bottleneck is \
+                     bn_size · growth rate wide"
+                )));
+            }
+            (size_u32(&conv2_name, k)?, size_u32(&conv1_name, width / k)?)
+        } else {
+            if conv1[2..] != [3, 3] {
+                return Err(not_inferred(format!(
+                    "`{conv1_name}` has shape {conv1:?} and there is no `{layer}.conv2.weight`: a plain \
+                     DenseNet's layer has one 3x3 conv, DenseNet-BC's a 1x1 `conv1` and a 3x3 `conv2`"
+                )));
+            }
+            (size_u32(&conv1_name, conv1[0])?, 0)
+        };
+        // Without transitions the factor is never used: the constructors' value then.
+        let compression = self.compression(block_config.len())?.unwrap_or(if bn_size > 0 { 0.5 } else { 1.0 });
+        let classifier = self.shape("classifier.weight", 2)?;
+        let blocks = block_config.len() as u32;
+        let (default_size, downsample) =
+            if small_inputs { (32, 1u32 << (blocks - 1)) } else { (224, 4 << (blocks - 1)) };
+        let config = DenseNetConfig {
+            growth_rate,
+            block_config,
+            num_init_features: size_u32("features.conv0.weight", conv0[0])?,
+            bn_size,
+            compression,
+            drop_rate: 0.0,
+            num_classes: size_u32("classifier.weight", classifier[0])?,
+            small_inputs,
+            in_channels: size_u32("features.conv0.weight", conv0[1])?,
+            image_size: u32::next_multiple_of(default_size, downsample),
+        };
+        self.check_against(&config)?;
+        Ok(config)
+    }
+
+    /// Every tensor of the model `config` builds, present with its shape, and nothing else.
+    fn check_against(&self, config: &DenseNetConfig) -> Result<()> {
+        let summary = format!(
+            "{} DenseNet{} with growth rate {}, blocks {:?}, {} stem channels{}, compression {} and {} classes",
+            if config.small_inputs { "a CIFAR" } else { "an ImageNet" },
+            if config.bn_size > 0 { "-BC" } else { "" },
+            config.growth_rate,
+            config.block_config,
+            config.num_init_features,
+            if config.bn_size > 0 { format!(", bottleneck {}·k", config.bn_size) } else { String::new() },
+            config.compression,
+            config.num_classes
+        );
+        let graph = config.build(1, MemoryMode::Efficient).map_err(|e| not_inferred(format!("{summary}: {e}")))?;
+        let mut model = std::collections::BTreeMap::new();
+        for t in graph.params.iter().chain(&graph.states).flat_map(|g| &g.tensors) {
+            model.insert(t.name.as_str(), &t.shape);
+        }
+        let mut missing = Vec::new();
+        for (&name, &want) in &model {
+            match self.shapes.get(name) {
+                None => missing.push(name.to_string()),
+                Some(got) if got != want => {
+                    return Err(not_inferred(format!(
+                        "the tensors look like {summary}, but `{name}` has shape {got:?} where that model's is \
+                         {want:?}"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let extra: Vec<String> = self.shapes.keys().filter(|n| !model.contains_key(n.as_str())).cloned().collect();
+        let listed = |names: &[String]| {
+            let shown: Vec<String> = names.iter().take(5).map(|n| format!("`{n}`")).collect();
+            match names.len() {
+                0..=5 => shown.join(", "),
+                n => format!("{} and {} more", shown.join(", "), n - 5),
+            }
+        };
+        if !missing.is_empty() {
+            return Err(not_inferred(format!(
+                "the tensors look like {summary}, but {} of that model's tensors are missing: {}",
+                missing.len(),
+                listed(&missing)
+            )));
+        }
+        if !extra.is_empty() {
+            return Err(not_inferred(format!(
+                "the tensors look like {summary}, but {} of them are not that model's: {}",
+                extra.len(),
+                listed(&extra)
+            )));
+        }
+        Ok(())
+    }
 }
