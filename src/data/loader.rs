@@ -76,13 +76,13 @@ impl Batch {
 }
 
 /// What a batch is made from; shared with the prefetch thread.
-struct Plan {
+struct BatchRecipe {
     data: Arc<Dataset>,
     opts: LoaderOptions,
     table: Vec<[f32; 256]>,
 }
 
-impl Plan {
+impl BatchRecipe {
     fn order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.data.len()).collect();
         if self.opts.shuffle {
@@ -123,7 +123,7 @@ impl Plan {
 
 /// Cuts a dataset into batches epoch by epoch.
 pub struct BatchLoader {
-    plan: Arc<Plan>,
+    recipe: Arc<BatchRecipe>,
 }
 
 impl BatchLoader {
@@ -140,32 +140,32 @@ impl BatchLoader {
             )));
         }
         let table = opts.normalization.table();
-        Ok(BatchLoader { plan: Arc::new(Plan { data, opts, table }) })
+        Ok(BatchLoader { recipe: Arc::new(BatchRecipe { data, opts, table }) })
     }
 
     pub fn dataset(&self) -> &Dataset {
-        &self.plan.data
+        &self.recipe.data
     }
 
     pub fn options(&self) -> &LoaderOptions {
-        &self.plan.opts
+        &self.recipe.opts
     }
 
     /// Batches in one epoch (the short last one counts unless `drop_last`).
     pub fn batches_per_epoch(&self) -> usize {
-        self.plan.batches()
+        self.recipe.batches()
     }
 
     /// The order in which `epoch` visits the images (the identity without shuffling).
     pub fn order(&self, epoch: u64) -> Vec<usize> {
-        self.plan.order(epoch)
+        self.recipe.order(epoch)
     }
 
     /// Batch `index` of `epoch`, computed on the calling thread. Panics if `index` is not below
     /// [`batches_per_epoch`](Self::batches_per_epoch).
     pub fn batch(&self, epoch: u64, index: usize) -> Batch {
         assert!(index < self.batches_per_epoch(), "batch {index} of an epoch of {} batches", self.batches_per_epoch());
-        self.plan.batch(&self.plan.order(epoch), epoch, index)
+        self.recipe.batch(&self.recipe.order(epoch), epoch, index)
     }
 
     /// The batches of `epoch`, in order.
@@ -178,8 +178,8 @@ impl BatchLoader {
     pub fn epoch_from(&self, epoch: u64, start: usize) -> EpochBatches {
         let end = self.batches_per_epoch();
         let start = start.min(end);
-        let order = Arc::new(self.plan.order(epoch));
-        EpochBatches::new(self.plan.clone(), order, epoch, start, end)
+        let order = Arc::new(self.recipe.order(epoch));
+        EpochBatches::new(self.recipe.clone(), order, epoch, start, end)
     }
 }
 
@@ -193,7 +193,7 @@ pub struct EpochBatches {
 
 enum Source {
     Inline {
-        plan: Arc<Plan>,
+        recipe: Arc<BatchRecipe>,
         order: Arc<Vec<usize>>,
         epoch: u64,
     },
@@ -205,17 +205,17 @@ enum Source {
 }
 
 impl EpochBatches {
-    fn new(plan: Arc<Plan>, order: Arc<Vec<usize>>, epoch: u64, start: usize, end: usize) -> EpochBatches {
+    fn new(recipe: Arc<BatchRecipe>, order: Arc<Vec<usize>>, epoch: u64, start: usize, end: usize) -> EpochBatches {
         #[cfg(not(target_arch = "wasm32"))]
-        if plan.opts.prefetch > 0 && start < end {
+        if recipe.opts.prefetch > 0 && start < end {
             // The bound keeps memory to `prefetch` ready batches plus the one being built.
-            let (tx, rx) = std::sync::mpsc::sync_channel(plan.opts.prefetch);
+            let (tx, rx) = std::sync::mpsc::sync_channel(recipe.opts.prefetch);
             let worker = std::thread::Builder::new()
                 .name("densegpu-prefetch".into())
                 .spawn(move || {
                     for i in start..end {
                         // A closed channel means the consumer dropped the epoch early.
-                        if tx.send(plan.batch(&order, epoch, i)).is_err() {
+                        if tx.send(recipe.batch(&order, epoch, i)).is_err() {
                             break;
                         }
                     }
@@ -223,7 +223,7 @@ impl EpochBatches {
                 .expect("cannot start the batch prefetch thread");
             return EpochBatches { next: start, end, source: Source::Prefetch { rx: Some(rx), worker: Some(worker) } };
         }
-        EpochBatches { next: start, end, source: Source::Inline { plan, order, epoch } }
+        EpochBatches { next: start, end, source: Source::Inline { recipe, order, epoch } }
     }
 }
 
@@ -235,7 +235,7 @@ impl Iterator for EpochBatches {
             return None;
         }
         let batch = match &mut self.source {
-            Source::Inline { plan, order, epoch } => plan.batch(order, *epoch, self.next),
+            Source::Inline { recipe, order, epoch } => recipe.batch(order, *epoch, self.next),
             #[cfg(not(target_arch = "wasm32"))]
             Source::Prefetch { rx, worker } => match rx.as_ref().map(|rx| rx.recv()) {
                 Some(Ok(b)) => b,
