@@ -6,7 +6,6 @@ use densegpu::checkpoint::{self, NamedTensor, Weights};
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
 use densegpu::graph::Graph;
 use densegpu::{block_on, Error, Session};
-use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::path::{Path, PathBuf};
@@ -143,21 +142,10 @@ fn a_list_that_is_no_densenet_gets_an_error_naming_what_is_wrong() {
     assert!(message(infer(&twice)).contains("given twice"));
 }
 
-/// Every model tensor of `graph` with random values.
+/// Every model tensor of `graph` with random values. Running variances stay positive, so that
+/// the files also evaluate sensibly.
 fn random_tensors(graph: &Graph, seed: u64) -> Vec<NamedTensor> {
-    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
-    graph
-        .params
-        .iter()
-        .chain(&graph.states)
-        .flat_map(|g| &g.tensors)
-        .map(|t| NamedTensor {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            // Running variances stay positive, so that the files also evaluate sensibly.
-            data: (0..t.len()).map(|_| rng.random_range(0.5f32..1.5)).collect(),
-        })
-        .collect()
+    support::random_tensors(graph, seed, 0.5..1.5)
 }
 
 #[test]

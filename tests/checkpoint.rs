@@ -20,18 +20,7 @@ use support::{gpu, tiny_config};
 /// Every model tensor of `graph` with random values, a few of them awkward bit patterns
 /// (negative zero, a subnormal, a NaN with a payload) that only a byte-exact format keeps.
 fn random_tensors(graph: &Graph, seed: u64) -> Vec<NamedTensor> {
-    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
-    let mut out: Vec<NamedTensor> = graph
-        .params
-        .iter()
-        .chain(&graph.states)
-        .flat_map(|g| &g.tensors)
-        .map(|t| NamedTensor {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            data: (0..t.len()).map(|_| rng.random_range(-3.0f32..3.0)).collect(),
-        })
-        .collect();
+    let mut out = support::random_tensors(graph, seed, -3.0..3.0);
     out[0].data[0] = -0.0;
     out[0].data[1] = f32::from_bits(1);
     out[0].data[2] = f32::from_bits(0x7fc0_1234);

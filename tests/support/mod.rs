@@ -46,3 +46,20 @@ pub fn batch(graph: &Graph, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
     let labels = (0..n).map(|_| rng.random_range(0..classes)).collect();
     (nchw, cnhw, labels)
 }
+
+/// Every model tensor (parameters, then running statistics) of `graph`, by state-dict name,
+/// with values drawn uniformly from `range`, deterministically from `seed`.
+pub fn random_tensors(graph: &Graph, seed: u64, range: std::ops::Range<f32>) -> Vec<densegpu::checkpoint::NamedTensor> {
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+    graph
+        .params
+        .iter()
+        .chain(&graph.states)
+        .flat_map(|g| &g.tensors)
+        .map(|t| densegpu::checkpoint::NamedTensor {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            data: (0..t.len()).map(|_| rng.random_range(range.clone())).collect(),
+        })
+        .collect()
+}
