@@ -33,8 +33,12 @@ pub fn check_sgd(sgd: &SgdHyper) -> Result<()> {
 /// Accuracy and mean loss of eval-mode inference over a dataset.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Evaluation {
+    /// Mean cross-entropy, in nats.
     pub loss: f64,
+    /// Top-1 accuracy, in [0, 1].
     pub accuracy: f64,
+    /// Top-5 accuracy, in [0, 1] (see [`in_top_k`]); 1 with 5 classes or fewer.
+    pub top5_accuracy: f64,
     pub images: usize,
 }
 
@@ -44,10 +48,22 @@ pub struct Evaluation {
 pub async fn evaluate(session: &mut Session, set: &Dataset) -> Result<Evaluation> {
     let batch_size = session.graph.batch as usize;
     let loader = BatchLoader::new(set.clone(), LoaderOptions::eval(batch_size))?;
-    let (mut loss, mut correct, mut seen) = (0.0f64, 0u64, 0usize);
-    for batch in loader.epoch(0) {
-        let real = batch.len();
-        let (mut images, mut labels) = (batch.images, batch.labels);
+    evaluate_batches(session, loader.epoch(0).map(|b| (b.images, b.labels))).await
+}
+
+/// [`evaluate`] over any batches of NCHW images and their labels, such as a streamed
+/// validation set, each of at most the session's batch size.
+pub async fn evaluate_batches(
+    session: &mut Session,
+    batches: impl IntoIterator<Item = (Vec<f32>, Vec<u32>)>,
+) -> Result<Evaluation> {
+    let batch_size = session.graph.batch as usize;
+    let (mut loss, mut correct, mut top5, mut seen) = (0.0f64, 0u64, 0u64, 0usize);
+    for (mut images, mut labels) in batches {
+        let real = labels.len();
+        if real == 0 {
+            continue;
+        }
         let per_image = images.len() / real;
         while labels.len() < batch_size {
             let i = labels.len() % real;
@@ -59,12 +75,21 @@ pub async fn evaluate(session: &mut Session, set: &Dataset) -> Result<Evaluation
         for (row, &label) in logits.chunks(k).zip(&labels).take(real) {
             loss += cross_entropy(row, label as usize);
             correct += (argmax(row) == label as usize) as u64;
+            top5 += in_top_k(row, label as usize, 5) as u64;
         }
         seen += real;
     }
     session.release(Pass::Eval);
     let n = seen.max(1) as f64;
-    Ok(Evaluation { loss: loss / n, accuracy: correct as f64 / n, images: seen })
+    Ok(Evaluation { loss: loss / n, accuracy: correct as f64 / n, top5_accuracy: top5 as f64 / n, images: seen })
+}
+
+/// Whether `label` is among the `k` largest logits: fewer than `k` logits are strictly larger
+/// than its own. A tie at the k-th place counts as a hit, where `torch.topk`'s pick among equal
+/// values is unspecified. A NaN logit for the label is never a hit.
+pub fn in_top_k(logits: &[f32], label: usize, k: usize) -> bool {
+    let own = logits[label];
+    !own.is_nan() && logits.iter().filter(|&&v| v > own).count() < k
 }
 
 /// −log softmax(logits)[label], computed stably.
@@ -90,6 +115,15 @@ pub fn softmax(logits: &[f32]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_counts_the_logits_above_the_label() {
+        let logits = [0.1, 0.9, 0.3, 0.9, -1.0, 0.5, 0.2];
+        assert!(in_top_k(&logits, 1, 1) && in_top_k(&logits, 3, 1), "a tie at the top is a hit");
+        assert!(!in_top_k(&logits, 5, 2) && in_top_k(&logits, 5, 3));
+        assert!(!in_top_k(&logits, 4, 5) && in_top_k(&logits, 4, 7));
+        assert!(!in_top_k(&[f32::NAN, 1.0], 0, 2), "a NaN logit is never a hit");
+    }
 
     #[test]
     fn check_sgd_accepts_the_recipe_and_names_what_is_wrong() {
