@@ -1,6 +1,7 @@
 //! Datasets for the CIFAR trainer: the CIFAR-10 binary format, an image-folder layout, an
-//! embedded synthetic set, augmentation, normalisation, a validation split and a prefetching
-//! batch loader. Everything here runs on the CPU.
+//! embedded synthetic set, augmentation, torchvision's ImageNet transforms ([`transforms`]),
+//! normalisation, a validation split and a prefetching batch loader. Everything here runs on
+//! the CPU.
 //!
 //! Images are kept as `u8` in NCHW order (N×3×H×W) and become normalised `f32` only one batch
 //! at a time, so CIFAR-10 costs 184 MB in memory rather than 737 MB.
@@ -12,6 +13,7 @@ mod download;
 mod image_folder;
 mod loader;
 mod synthetic;
+pub mod transforms;
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,7 @@ pub use download::download_cifar10;
 pub use image_folder::{decode_image, load_image_folder};
 pub use loader::{Batch, BatchLoader, EpochBatches, LoaderOptions};
 pub use synthetic::{synthetic, SYNTHETIC_CLASSES};
+pub use transforms::{eval_transform, train_transform, CropBox, IMAGENET_MEAN, IMAGENET_STD};
 
 /// Per-channel mean of the CIFAR-10 training images (RGB, on the 0..1 scale).
 pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
