@@ -1,10 +1,12 @@
 //! Top-5 classes of images: `cargo run --release --example predict -- --weights W IMAGE...`.
-//! Reads any format the `image` crate reads, resizes the shorter side to the model's input
-//! size and centre-crops.
+//! Reads any format the `image` crate reads. An ImageNet model (ImageNet stem) gets torchvision's
+//! evaluation transform, `Resize(S·256/224)` + `CenterCrop(S)` + ImageNet normalisation
+//! (`data::transforms::eval_transform`), as its training validates; a CIFAR model gets the
+//! shorter side resized to its input size, a centre crop and CIFAR-10 normalisation.
 
 use clap::Parser;
 use densegpu::checkpoint;
-use densegpu::data::{Normalization, CIFAR10_CLASSES};
+use densegpu::data::{eval_transform, Normalization, CIFAR10_CLASSES};
 use densegpu::train::softmax;
 use densegpu::{block_on, Error, Gpu, MemoryMode, Session};
 use std::path::PathBuf;
@@ -30,9 +32,13 @@ fn main() {
     }
 }
 
-/// The image as normalised CHW floats of `size`x`size`.
-fn prepare(path: &PathBuf, size: u32) -> densegpu::Result<Vec<f32>> {
+/// The image as normalised CHW floats of `size`x`size`: torchvision's evaluation transform for
+/// an ImageNet model (`imagenet`), today's CIFAR path otherwise.
+fn prepare(path: &PathBuf, size: u32, imagenet: bool) -> densegpu::Result<Vec<f32>> {
     let img = image::open(path).map_err(|e| Error::Data(format!("cannot read image {}: {e}", path.display())))?;
+    if imagenet {
+        return Ok(eval_transform(&img.to_rgb8(), size));
+    }
     let (w, h) = (img.width(), img.height());
     let scale = size as f32 / w.min(h) as f32;
     let (rw, rh) = (((w as f32 * scale).round() as u32).max(size), ((h as f32 * scale).round() as u32).max(size));
@@ -58,7 +64,7 @@ fn run(args: Args) -> densegpu::Result<()> {
     let mut session = block_on(Session::new(Arc::new(block_on(Gpu::new())?), graph, 0))?;
     checkpoint::apply_weights(&session, &weights)?;
     for path in &args.images {
-        let input = prepare(path, config.image_size)?;
+        let input = prepare(path, config.image_size, !config.small_inputs)?;
         let (logits, _) = block_on(session.eval_batch(&input, &[0]))?;
         let probabilities = softmax(&logits);
         let mut order: Vec<usize> = (0..logits.len()).collect();
