@@ -183,6 +183,47 @@ impl BatchLoader {
     }
 }
 
+/// Where a [`crate::trainer::Trainer`] draws its training batches from: an in-memory
+/// [`BatchLoader`] or a streamed [`super::StreamLoader`]. Each batch must be a pure function of
+/// (epoch, index), so that a resumed epoch sees the batches an uninterrupted one would have.
+pub trait BatchSource {
+    /// The batches of one epoch from some batch on; an `Err` (a file that cannot be decoded,
+    /// say) ends the epoch.
+    type Epoch: Iterator<Item = Result<Batch>>;
+
+    /// Images per batch (the last batch of an epoch may hold fewer).
+    fn batch_size(&self) -> usize;
+
+    /// Images in the data set.
+    fn images(&self) -> usize;
+
+    /// Batches in one epoch.
+    fn batches_per_epoch(&self) -> usize;
+
+    /// The batches of `epoch` from batch `start` on.
+    fn epoch_from(&self, epoch: u64, start: usize) -> Self::Epoch;
+}
+
+impl BatchSource for BatchLoader {
+    type Epoch = std::iter::Map<EpochBatches, fn(Batch) -> Result<Batch>>;
+
+    fn batch_size(&self) -> usize {
+        self.recipe.opts.batch_size
+    }
+
+    fn images(&self) -> usize {
+        self.recipe.data.len()
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        self.recipe.batches()
+    }
+
+    fn epoch_from(&self, epoch: u64, start: usize) -> Self::Epoch {
+        BatchLoader::epoch_from(self, epoch, start).map(Ok)
+    }
+}
+
 /// Iterator over one epoch's batches, prepared ahead on a background thread when the options
 /// ask for prefetching (native), or on demand.
 pub struct EpochBatches {

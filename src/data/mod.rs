@@ -1,7 +1,8 @@
 //! Datasets for the CIFAR trainer: the CIFAR-10 binary format, an image-folder layout, an
 //! embedded synthetic set, augmentation, torchvision's ImageNet transforms ([`transforms`]),
-//! normalisation, a validation split and a prefetching batch loader. Everything here runs on
-//! the CPU.
+//! normalisation, a validation split, a prefetching batch loader, and (native only) a streamed
+//! image folder of images of any size, decoded on worker threads while training runs
+//! ([`StreamLoader`]). Everything here runs on the CPU.
 //!
 //! Images are kept as `u8` in NCHW order (N×3×H×W) and become normalised `f32` only one batch
 //! at a time, so CIFAR-10 costs 184 MB in memory rather than 737 MB.
@@ -12,6 +13,8 @@ mod cifar_binary;
 mod download;
 mod image_folder;
 mod loader;
+#[cfg(not(target_arch = "wasm32"))]
+mod stream;
 mod synthetic;
 pub mod transforms;
 
@@ -28,7 +31,12 @@ pub use cifar_binary::{load_cifar10_binary, parse_cifar10_batch, CIFAR10_RECORD_
 #[cfg(not(target_arch = "wasm32"))]
 pub use download::download_cifar10;
 pub use image_folder::{decode_image, load_image_folder};
-pub use loader::{Batch, BatchLoader, EpochBatches, LoaderOptions};
+pub use loader::{Batch, BatchLoader, BatchSource, EpochBatches, LoaderOptions};
+#[cfg(not(target_arch = "wasm32"))]
+pub use stream::{
+    decode_rgb, default_workers, ImageFolderStream, Split, StreamEpoch, StreamLoader, StreamLoaderOptions,
+    StreamOptions, StreamRng, Transform, IMAGE_EXTENSIONS,
+};
 pub use synthetic::{synthetic, SYNTHETIC_CLASSES};
 pub use transforms::{eval_transform, train_transform, CropBox, IMAGENET_MEAN, IMAGENET_STD};
 
