@@ -10,7 +10,7 @@
 //! batches, learning rates and epoch summaries as one that never stopped.
 
 use crate::checkpoint::TrainingState;
-use crate::data::{BatchLoader, Dataset, EpochBatches};
+use crate::data::{BatchLoader, BatchSource, Dataset};
 use crate::train::Evaluation;
 use crate::{Error, Result, Session, SgdHyper};
 
@@ -99,11 +99,12 @@ pub struct StepReport {
     pub epoch_ended: bool,
 }
 
-/// One training run: a [`Session`], the [`BatchLoader`] that feeds it, the learning-rate
-/// schedule, how long the run is, and where it stands.
-pub struct Trainer {
+/// One training run: a [`Session`], the loader that feeds it (a [`BatchLoader`] or another
+/// [`BatchSource`], such as a streamed image folder), the learning-rate schedule, how long the
+/// run is, and where it stands.
+pub struct Trainer<L: BatchSource = BatchLoader> {
     session: Session,
-    loader: BatchLoader,
+    loader: L,
     schedule: LrSchedule,
     epochs: Option<u64>,
     max_steps: Option<u64>,
@@ -112,18 +113,18 @@ pub struct Trainer {
     sums: EpochSums,
     /// The batches of `epoch` from `batch_in_epoch` on, prepared ahead when the loader
     /// prefetches; created at the first step of an epoch (or after a resume, or a failed step).
-    batches: Option<EpochBatches>,
+    batches: Option<L::Epoch>,
 }
 
-impl Trainer {
+impl<L: BatchSource> Trainer<L> {
     /// A run that starts at batch 0 of epoch 0 (see [`restore`](Self::restore) to go on from a
     /// checkpoint) and runs until told otherwise ([`with_epochs`](Self::with_epochs),
     /// [`with_max_steps`](Self::with_max_steps)).
     ///
     /// Errors when the loader's batch size is not the session's, or when the training set is
     /// smaller than one batch (the loader drops a short last batch, so an epoch would be empty).
-    pub fn new(session: Session, loader: BatchLoader, schedule: LrSchedule) -> Result<Trainer> {
-        let batch_size = loader.options().batch_size;
+    pub fn new(session: Session, loader: L, schedule: LrSchedule) -> Result<Trainer<L>> {
+        let batch_size = loader.batch_size();
         if batch_size != session.graph.batch as usize {
             return Err(Error::Config(format!(
                 "the loader draws batches of {batch_size}, but the model was built for batches of {}",
@@ -133,7 +134,7 @@ impl Trainer {
         if loader.batches_per_epoch() == 0 {
             return Err(Error::Config(format!(
                 "the training set ({} images) is smaller than one batch of {batch_size}",
-                loader.dataset().len()
+                loader.images()
             )));
         }
         Ok(Trainer {
@@ -150,14 +151,14 @@ impl Trainer {
     }
 
     /// Ends the run after `epochs` whole epochs.
-    pub fn with_epochs(mut self, epochs: u64) -> Trainer {
+    pub fn with_epochs(mut self, epochs: u64) -> Trainer<L> {
         self.epochs = Some(epochs);
         self
     }
 
     /// Ends the run once the session has taken `max_steps` steps in all (counting any taken
     /// before a resume), even mid-epoch; `None` sets no such limit.
-    pub fn with_max_steps(mut self, max_steps: Option<u64>) -> Trainer {
+    pub fn with_max_steps(mut self, max_steps: Option<u64>) -> Trainer<L> {
         self.max_steps = max_steps;
         self
     }
@@ -183,8 +184,8 @@ impl Trainer {
     /// Errors: [`Error::NonFiniteLoss`] when the loss is NaN or infinite, naming the step and
     /// epoch; the step has run (the session's counter and the cursor have moved on) but the
     /// sums leave the batch out, and the weights are most likely no longer finite. Any error
-    /// of [`Session::train_step`] as is, with the cursor where it was. [`Error::Config`] once
-    /// the run is [`finished`](Self::finished).
+    /// of [`Session::train_step`], or of the loader making the batch, as is, with the cursor
+    /// where it was. [`Error::Config`] once the run is [`finished`](Self::finished).
     pub async fn step(&mut self) -> Result<StepReport> {
         if self.finished() {
             return Err(Error::Config(format!(
@@ -194,7 +195,14 @@ impl Trainer {
         }
         let (epoch, start) = (self.epoch, self.batch_in_epoch);
         let batches = self.batches.get_or_insert_with(|| self.loader.epoch_from(epoch, start));
-        let batch = batches.next().expect("the cursor is always before the end of its epoch");
+        let batch = match batches.next().expect("the cursor is always before the end of its epoch") {
+            Ok(b) => b,
+            Err(e) => {
+                // A batch that could not be made (a bad file): the cursor stays on it.
+                self.batches = None;
+                return Err(e);
+            }
+        };
         debug_assert_eq!((batch.epoch, batch.index), (epoch, start));
         let sgd = self.schedule.at(self.session.step);
         let result = match self.session.train_step(&batch.images, &batch.labels, &sgd).await {
@@ -325,7 +333,7 @@ impl Trainer {
     }
 
     /// The loader the batches come from.
-    pub fn loader(&self) -> &BatchLoader {
+    pub fn loader(&self) -> &L {
         &self.loader
     }
 
