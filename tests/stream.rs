@@ -139,6 +139,13 @@ fn every_kind_of_image_decodes_to_rgb() {
     assert_eq!(png, rgb(64, 48, 3), "an RGB PNG is exact");
     let jpg = s.decode(find("1.jpg")).unwrap();
     assert_eq!(jpg.dimensions(), (17, 23));
+    for name in ["1.jpg", "grey.jpg", "UPPER.JPG"] {
+        let i = find(name);
+        let want = image::open(s.path(i)).unwrap().into_rgb8();
+        let got = s.decode(i).unwrap();
+        let worst = want.as_raw().iter().zip(got.as_raw()).map(|(&a, &b)| a.abs_diff(b)).max();
+        assert!(worst <= Some(1), "{name}: off by {worst:?} from the image crate's decoding");
+    }
     let grey = s.decode(find("grey.png")).unwrap();
     assert_eq!(grey.get_pixel(3, 2).0, [(3 * 7 + 2 + 9) as u8; 3]);
     assert_eq!(s.decode(find("grey.jpg")).unwrap().dimensions(), (45, 37));
@@ -252,10 +259,32 @@ fn bomb_png(w: u32, h: u32) -> Vec<u8> {
     bytes
 }
 
-/// Adds to `dir/train/dog` a corrupt file, a truncated PNG and a decompression bomb; returns
-/// their paths.
+/// A small valid baseline JPEG whose frame header is rewritten to claim `w`×`h` pixels.
+fn bomb_jpeg(w: u16, h: u16) -> Vec<u8> {
+    let mut bytes = jpeg(rgb(16, 16, 0));
+    let sof = bytes.windows(2).position(|m| m == [0xFF, 0xC0]).expect("a baseline frame header");
+    // Marker (2), length (2), precision (1), height (2), width (2).
+    bytes[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    bytes[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    bytes
+}
+
+fn jpeg(img: image::RgbImage) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg).unwrap();
+    bytes
+}
+
+/// Adds to `dir/train/dog` a corrupt file, a truncated PNG and JPEG and two decompression
+/// bombs (PNG and JPEG); returns their paths, the bombs first.
 fn add_bad_files(dir: &Path) -> Vec<PathBuf> {
     let d = dir.join("train/dog");
+    let jpeg_bomb = d.join("bomb.jpeg");
+    std::fs::write(&jpeg_bomb, bomb_jpeg(30_000, 30_000)).unwrap();
+    let truncated_jpeg = d.join("truncated.jpg");
+    let noisy = ImageBuffer::from_fn(64, 64, |x, y| Rgb([(x * y % 251) as u8, (x ^ y) as u8, (x * 7 + y * 3) as u8]));
+    let whole = jpeg(noisy);
+    std::fs::write(&truncated_jpeg, &whole[..whole.len() * 2 / 3]).unwrap();
     let corrupt = d.join("corrupt.jpg");
     std::fs::write(&corrupt, b"\xFF\xD8\xFF this is not really a JPEG").unwrap();
     let truncated = d.join("truncated.png");
@@ -266,7 +295,7 @@ fn add_bad_files(dir: &Path) -> Vec<PathBuf> {
     std::fs::write(&truncated, &png[..png.len() / 2]).unwrap();
     let bomb = d.join("bomb.png");
     std::fs::write(&bomb, bomb_png(30_000, 30_000)).unwrap();
-    vec![bomb, corrupt, truncated]
+    vec![bomb, jpeg_bomb, corrupt, truncated, truncated_jpeg]
 }
 
 #[test]
@@ -275,11 +304,13 @@ fn bad_images_are_named_and_never_panic() {
     write_folder(tmp.path());
     let bad = add_bad_files(tmp.path());
     let s = ImageFolderStream::open(tmp.path(), Split::Train, StreamOptions::default()).unwrap();
-    assert_eq!(s.len(), 17);
+    assert_eq!(s.len(), 19);
     let index = |p: &Path| (0..s.len()).find(|&i| s.path(i) == p).unwrap();
-    let m = data_err(s.decode(index(&bad[0])));
-    assert!(m.contains(&bad[0].display().to_string()) && m.contains("decompression bomb"), "{m}");
-    for p in &bad[1..] {
+    for p in &bad[..2] {
+        let m = data_err(s.decode(index(p)));
+        assert!(m.contains(&p.display().to_string()) && m.contains("decompression bomb"), "{m}");
+    }
+    for p in &bad[2..] {
         let m = data_err(s.decode(index(p)));
         assert!(m.contains(&p.display().to_string()) && m.contains("corrupt, truncated"), "{m}");
     }
@@ -292,10 +323,12 @@ fn bad_images_are_named_and_never_panic() {
     .unwrap();
     let m = data_err(tight.decode(index(&tmp.path().join("train/cat/2.png"))));
     assert!(m.contains("2.png") && m.contains("too large"), "{m}");
+    let m = data_err(tight.decode(index(&tmp.path().join("train/cat/1.jpg"))));
+    assert!(m.contains("1.jpg") && m.contains("too large"), "{m}");
 
     // Without skipping, the epoch ends with the first bad file it meets, by name.
     for workers in [0, 1, 3] {
-        let l = loader(tmp.path(), 17, workers, false);
+        let l = loader(tmp.path(), 19, workers, false);
         let mut it = l.epoch(0);
         let m = data_err(it.next().unwrap());
         assert!(bad.iter().any(|p| m.contains(&p.display().to_string())), "{m}");

@@ -232,6 +232,9 @@ impl ImageFolderStream {
 /// [`ImageFolderStream::decode`].
 pub fn decode_rgb(path: &Path, opts: &StreamOptions) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return decode_jpeg(&bytes, path, opts);
+    }
     let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
@@ -241,20 +244,60 @@ pub fn decode_rgb(path: &Path, opts: &StreamOptions) -> Result<RgbImage> {
     limits.max_image_height = Some(opts.max_side);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(e) => Error::Data(format!(
-            "{} declares an image too large to decode within the limits ({} MiB, {} pixels a side): {e}; \
-             it may be a decompression bomb: remove it, or shrink it if it is a real image",
-            path.display(),
-            opts.max_decode_bytes >> 20,
-            opts.max_side
-        )),
-        e => Error::Data(format!(
-            "cannot decode {}: {e}; the file is corrupt, truncated or not a PNG/JPEG: replace or remove it \
-             (or skip such files with --skip-bad-images)",
-            path.display()
-        )),
+        image::ImageError::Limits(e) => too_large(path, opts, &e),
+        e => corrupt(path, &e),
     })?;
     Ok(img.into_rgb8())
+}
+
+fn too_large(path: &Path, opts: &StreamOptions, why: &dyn std::fmt::Display) -> Error {
+    Error::Data(format!(
+        "{} declares an image too large to decode within the limits ({} MiB, {} pixels a side): {why}; \
+         it may be a decompression bomb: remove it, or shrink it if it is a real image",
+        path.display(),
+        opts.max_decode_bytes >> 20,
+        opts.max_side
+    ))
+}
+
+fn corrupt(path: &Path, why: &dyn std::fmt::Display) -> Error {
+    Error::Data(format!(
+        "cannot decode {}: {why}; the file is corrupt, truncated or not a PNG/JPEG: replace or remove it \
+         (or skip such files with --skip-bad-images)",
+        path.display()
+    ))
+}
+
+/// A JPEG (baseline or progressive; greyscale, YCbCr, CMYK or YCCK) straight into RGB with
+/// zune-jpeg in strict mode, which refuses a truncated or corrupt stream where the lenient mode
+/// would fill the missing part with grey.
+fn decode_jpeg(bytes: &[u8], path: &Path, opts: &StreamOptions) -> Result<RgbImage> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+    let side = opts.max_side as usize;
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(side)
+        .set_max_height(side)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder.decode_headers().map_err(|e| {
+        let e = e.to_string();
+        if e.contains("limit") {
+            too_large(path, opts, &e)
+        } else {
+            corrupt(path, &e)
+        }
+    })?;
+    let (w, h) = decoder.dimensions().map(|(w, h)| (w as u32, h as u32)).unwrap_or_default();
+    // The RGB output plus the decoder's working planes, about as much again.
+    let need = 2 * 3 * w as u64 * h as u64;
+    if need > opts.max_decode_bytes {
+        return Err(too_large(path, opts, &format!("{w}x{h} pixels need about {} MiB", need >> 20)));
+    }
+    let pixels = decoder.decode().map_err(|e| corrupt(path, &e))?;
+    RgbImage::from_raw(w, h, pixels).ok_or_else(|| corrupt(path, &"the decoder returned too few pixels"))
 }
 
 /// How a [`StreamLoader`] draws batches.
