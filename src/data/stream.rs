@@ -13,6 +13,7 @@
 //! resume at any batch.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::ffi::{OsStr, OsString};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -76,7 +77,12 @@ impl Default for StreamOptions {
 pub struct ImageFolderStream {
     split_dir: PathBuf,
     classes: Vec<String>,
-    paths: Vec<PathBuf>,
+    /// The split's folder name of each class, as on disk (`classes` may have replaced bytes that
+    /// are not UTF-8).
+    class_dirs: Vec<OsString>,
+    /// File names only: image `i` is `split_dir/class_dirs[labels[i]]/names[i]`, which keeps the
+    /// listing to about 40 bytes an image for ImageNet-style names.
+    names: Vec<Box<OsStr>>,
     labels: Vec<u32>,
     ignored_files: usize,
     opts: StreamOptions,
@@ -143,8 +149,9 @@ impl ImageFolderStream {
             Split::Eval if dir.join("val").is_dir() => dir.join("val"),
             Split::Eval => dir.join("test"),
         };
-        let mut paths = Vec::new();
+        let mut names: Vec<Box<OsStr>> = Vec::new();
         let mut labels = Vec::new();
+        let mut dirs: Vec<OsString> = classes.iter().map(OsString::from).collect();
         let mut ignored_files = 0;
         for (name, class_dir) in class_dirs(&split_dir)? {
             let Some(label) = classes.iter().position(|c| *c == name) else {
@@ -156,35 +163,36 @@ impl ImageFolderStream {
                     dir.join("train").display()
                 )));
             };
-            let before = paths.len();
+            dirs[label] = class_dir.file_name().unwrap_or_default().to_os_string();
+            let before = names.len();
             for p in list_dir(&class_dir)? {
                 if is_image_name(&p) && p.is_file() {
-                    paths.push(p);
+                    names.push(p.file_name().expect("a listed file has a name").into());
                 } else {
                     ignored_files += 1;
                 }
             }
-            if paths.len() == before {
+            if names.len() == before {
                 return Err(Error::Data(format!(
                     "class folder {} holds no .png, .jpg or .jpeg images; add images or remove the folder",
                     class_dir.display()
                 )));
             }
-            labels.resize(paths.len(), label as u32);
+            labels.resize(names.len(), label as u32);
         }
-        paths.shrink_to_fit();
+        names.shrink_to_fit();
         labels.shrink_to_fit();
-        Ok(ImageFolderStream { split_dir, classes, paths, labels, ignored_files, opts })
+        Ok(ImageFolderStream { split_dir, classes, class_dirs: dirs, names, labels, ignored_files, opts })
     }
 
     /// Images listed.
     pub fn len(&self) -> usize {
-        self.paths.len()
+        self.names.len()
     }
 
     /// No image was listed (never the case for an opened folder).
     pub fn is_empty(&self) -> bool {
-        self.paths.is_empty()
+        self.names.is_empty()
     }
 
     /// Class names, those of `train/`; label `i` is `classes()[i]`.
@@ -198,8 +206,8 @@ impl ImageFolderStream {
     }
 
     /// Path of image `i`, in listing order.
-    pub fn path(&self, i: usize) -> &Path {
-        &self.paths[i]
+    pub fn path(&self, i: usize) -> PathBuf {
+        self.split_dir.join(&self.class_dirs[self.labels[i] as usize]).join(&*self.names[i])
     }
 
     /// Label of image `i`, below `classes().len()`.
@@ -224,7 +232,7 @@ impl ImageFolderStream {
     /// Errors ([`Error::Data`], naming the file): it cannot be read; it is not a PNG or JPEG,
     /// or is corrupt or truncated; its declared size exceeds [`StreamOptions`]' limits.
     pub fn decode(&self, i: usize) -> Result<RgbImage> {
-        decode_rgb(&self.paths[i], &self.opts)
+        decode_rgb(&self.path(i), &self.opts)
     }
 }
 
@@ -445,7 +453,7 @@ impl StreamLoader {
     /// Paths of the images found bad and skipped so far (with `skip_bad_images`), in listing
     /// order.
     pub fn bad_images(&self) -> Vec<PathBuf> {
-        self.recipe.bad.lock().unwrap().iter().map(|&i| self.recipe.stream.path(i).to_path_buf()).collect()
+        self.recipe.bad.lock().unwrap().iter().map(|&i| self.recipe.stream.path(i)).collect()
     }
 
     /// Batch `index` of `epoch`, decoded on the calling thread. Panics if `index` is not below
