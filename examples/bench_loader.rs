@@ -62,6 +62,10 @@ struct Args {
     /// Output side in pixels.
     #[arg(long, default_value_t = 224)]
     crop: u32,
+    /// Milliseconds to hold each batch, standing in for a training step: the workers then fill
+    /// their whole window ahead, so the peak memory is the loader's bound.
+    #[arg(long, default_value_t = 0)]
+    step_ms: u64,
 }
 
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -215,6 +219,7 @@ fn main() -> densegpu::Result<()> {
         let mut images = 0;
         for batch in loader.epoch(0).take(batches) {
             images += batch?.len();
+            std::thread::sleep(std::time::Duration::from_millis(args.step_ms));
         }
         let s = t.elapsed().as_secs_f64();
         println!("workers {n}: {images} images in {s:.2} s = {:.0} images/s", images as f64 / s);
