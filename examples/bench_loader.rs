@@ -11,12 +11,16 @@
 //! plus noise, quality 90) into a temporary folder (or `--out DIR`, kept) as
 //! `train/<class>/*.jpg`; `--data DIR` reads an existing image folder's `train/` instead.
 //!
-//! The transform is a stand-in for torchvision's training pipeline until the crate has its
-//! own: decode, resize the shorter side to 256, centre-crop 224, random horizontal flip,
-//! ImageNet normalisation. `--resize fast` (the default) crops first and resizes only the
-//! crop with `fast_image_resize` (SIMD bilinear); `--resize image` resizes the whole image
-//! with `image::imageops::resize` (Triangle) and then crops. Swap [`transform`] for another
-//! [`Transform`] to measure it.
+//! `--transform` picks what each image goes through after decoding:
+//! - `train` (the default): [`densegpu::data::train_transform`], torchvision's
+//!   `RandomResizedCrop` + `RandomHorizontalFlip` + ImageNet normalisation, Pillow-exact;
+//! - `eval`: [`densegpu::data::eval_transform`], `Resize(256)` + `CenterCrop(224)` + normalisation;
+//! - `fast`: a stand-in, shorter side to 256, centre crop 224, random flip, normalisation, with
+//!   only the crop resized by `fast_image_resize` (SIMD bilinear, no Pillow rounding);
+//! - `image`: the same stand-in, the whole image resized by `image::imageops::resize`
+//!   (Triangle) before cropping.
+//!
+//! Add an arm to [`transform`] to measure another [`Transform`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,9 +60,9 @@ struct Args {
     /// Images to time per worker count (whole batches; default: one epoch).
     #[arg(long)]
     images: Option<usize>,
-    /// Resizer of the stand-in transform: fast (fast_image_resize) or image (imageops).
-    #[arg(long, default_value = "fast")]
-    resize: String,
+    /// train, eval, fast or image (see the module doc).
+    #[arg(long, default_value = "train")]
+    transform: String,
     /// Output side in pixels.
     #[arg(long, default_value_t = 224)]
     crop: u32,
@@ -102,10 +106,16 @@ fn normalise(rgb: &[u8], side: usize, flip: bool, t: &[[f32; 256]; 3]) -> Vec<f3
     out
 }
 
-/// The stand-in training transform (see the module doc): 3 × `crop` × `crop` `f32`.
+/// The transform named by `--transform` (see the module doc): 3 × `crop` × `crop` `f32`.
 fn transform(kind: &str, crop: u32) -> Transform {
     let t = tables();
     let short = crop * 256 / 224;
+    if kind == "train" {
+        return Arc::new(move |img: &RgbImage, rng: &mut StreamRng| densegpu::data::train_transform(img, crop, rng));
+    }
+    if kind == "eval" {
+        return Arc::new(move |img: &RgbImage, _: &mut StreamRng| densegpu::data::eval_transform(img, crop));
+    }
     if kind == "image" {
         return Arc::new(move |img: &RgbImage, rng: &mut StreamRng| {
             let (w, h) = img.dimensions();
@@ -117,7 +127,7 @@ fn transform(kind: &str, crop: u32) -> Transform {
             normalise(cropped.as_raw(), crop as usize, rng.random_bool(0.5), &t)
         });
     }
-    assert_eq!(kind, "fast", "--resize is fast or image");
+    assert_eq!(kind, "fast", "--transform is train, eval, fast or image");
     Arc::new(move |img: &RgbImage, rng: &mut StreamRng| {
         let (w, h) = img.dimensions();
         // The centre crop of the resized image, in source pixels.
@@ -200,19 +210,19 @@ fn main() -> densegpu::Result<()> {
     let listed = Instant::now();
     let stream = ImageFolderStream::open(&dir, Split::Train, StreamOptions::default())?;
     println!(
-        "{} images in {} classes listed in {:.2} s ({} other files ignored); transform: resize {}, crop {}",
+        "{} images in {} classes listed in {:.2} s ({} other files ignored); transform {}, crop {}",
         stream.len(),
         stream.classes().len(),
         listed.elapsed().as_secs_f64(),
         stream.ignored_files(),
-        args.resize,
+        args.transform,
         args.crop
     );
     let workers =
         if args.workers.is_empty() { (1..=densegpu::data::default_workers()).collect() } else { args.workers.clone() };
     for n in workers {
         let opts = StreamLoaderOptions { workers: n, ..StreamLoaderOptions::train(args.batch_size, 0) };
-        let loader = StreamLoader::new(stream.clone(), opts, transform(&args.resize, args.crop))?;
+        let loader = StreamLoader::new(stream.clone(), opts, transform(&args.transform, args.crop))?;
         let batches =
             args.images.map_or(loader.batches_per_epoch(), |i| i / args.batch_size).min(loader.batches_per_epoch());
         let t = Instant::now();
