@@ -305,14 +305,22 @@ fn run(args: &Args) -> Result<()> {
         }
         if r.epoch_ended {
             let eval = validate(trainer.session_mut(), &val)?;
-            bar.println(format!(
+            let line = format!(
                 "epoch {}: train loss {:.4}, val top-1 {:.2}% top-5 {:.2}% ({} images)",
                 r.epoch + 1,
                 r.sums.mean_loss(),
                 100.0 * eval.accuracy,
                 100.0 * eval.top5_accuracy,
                 eval.images
-            ));
+            );
+            // Under --json stdout is the one summary line; without a terminal the bar is hidden
+            // and would drop the line.
+            if args.json {
+            } else if bar.is_hidden() {
+                println!("{line}");
+            } else {
+                bar.println(line);
+            }
             if best.is_none_or(|b| eval.accuracy > b) {
                 best = Some(eval.accuracy);
                 if let Some(dir) = &args.save {
