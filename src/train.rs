@@ -57,9 +57,29 @@ pub async fn evaluate_batches(
     session: &mut Session,
     batches: impl IntoIterator<Item = (Vec<f32>, Vec<u32>)>,
 ) -> Result<Evaluation> {
+    try_evaluate_batches(session, batches.into_iter().map(Ok)).await
+}
+
+/// [`evaluate_batches`] over batches that may fail to be made, such as those of a
+/// [`crate::data::StreamLoader`] meeting a bad file: the first error ends the evaluation and
+/// is returned (the inference arena is freed all the same).
+pub async fn try_evaluate_batches(
+    session: &mut Session,
+    batches: impl IntoIterator<Item = Result<(Vec<f32>, Vec<u32>)>>,
+) -> Result<Evaluation> {
+    let result = evaluate_fallible(session, batches).await;
+    session.release(Pass::Eval);
+    result
+}
+
+async fn evaluate_fallible(
+    session: &mut Session,
+    batches: impl IntoIterator<Item = Result<(Vec<f32>, Vec<u32>)>>,
+) -> Result<Evaluation> {
     let batch_size = session.graph.batch as usize;
     let (mut loss, mut correct, mut top5, mut seen) = (0.0f64, 0u64, 0u64, 0usize);
-    for (mut images, mut labels) in batches {
+    for batch in batches {
+        let (mut images, mut labels) = batch?;
         let real = labels.len();
         if real == 0 {
             continue;
@@ -79,7 +99,6 @@ pub async fn evaluate_batches(
         }
         seen += real;
     }
-    session.release(Pass::Eval);
     let n = seen.max(1) as f64;
     Ok(Evaluation { loss: loss / n, accuracy: correct as f64 / n, top5_accuracy: top5 as f64 / n, images: seen })
 }

@@ -97,6 +97,9 @@ pub struct StepReport {
     /// This batch was the last of its epoch: `sums` is the whole epoch's, and the trainer has
     /// moved on to batch 0 of the next epoch with fresh sums.
     pub epoch_ended: bool,
+    /// Time this step spent waiting for its batch from the loader (the loader's `next()`,
+    /// including starting the epoch's iterator), part of the step's wall time.
+    pub data_wait: std::time::Duration,
 }
 
 /// One training run: a [`Session`], the loader that feeds it (a [`BatchLoader`] or another
@@ -194,8 +197,11 @@ impl<L: BatchSource> Trainer<L> {
             )));
         }
         let (epoch, start) = (self.epoch, self.batch_in_epoch);
+        let waiting = std::time::Instant::now();
         let batches = self.batches.get_or_insert_with(|| self.loader.epoch_from(epoch, start));
-        let batch = match batches.next().expect("the cursor is always before the end of its epoch") {
+        let next = batches.next().expect("the cursor is always before the end of its epoch");
+        let data_wait = waiting.elapsed();
+        let batch = match next {
             Ok(b) => b,
             Err(e) => {
                 // A batch that could not be made (a bad file): the cursor stays on it.
@@ -240,6 +246,7 @@ impl<L: BatchSource> Trainer<L> {
             correct: result.correct,
             sums,
             epoch_ended,
+            data_wait,
         })
     }
 

@@ -1,0 +1,429 @@
+//! Trains (or fine-tunes) an ImageNet-family DenseNet on an image folder streamed from disk,
+//! with torchvision's reference recipe: SGD with momentum 0.9 (plain, not Nesterov), weight
+//! decay 1e-4, learning rate 0.1 x batch / 256, 90 epochs with the rate divided by 10 after
+//! a third and two thirds of the run, RandomResizedCrop + flip for training and resize +
+//! center crop for validation. Top-1 and top-5 accuracy on `DIR/val` (or `DIR/test`) are
+//! reported at the end of each epoch and at the end.
+//!
+//!     cargo run --release --example train_imagenet -- --data DIR --model densenet121
+//!     cargo run --release --example train_imagenet -- --data DIR --init densenet121.safetensors
+//!
+//! `DIR/train/<class>/*.{png,jpg,jpeg}` is the training set; its sorted sub-folders are the
+//! classes. The default batch is 32, small enough for a CPU driver (lavapipe) at 224 px in the
+//! default memory mode; on a real GPU pass `--batch-size 256` (the reference's).
+
+use clap::Parser;
+use densegpu::checkpoint::{self, TrainingState};
+use densegpu::data::{
+    default_workers, eval_transform, train_transform, ImageFolderStream, Split, StreamLoader, StreamLoaderOptions,
+    StreamOptions, Transform,
+};
+use densegpu::densenet::{plan_training, DenseNetConfig, MemoryMode};
+use densegpu::train::Evaluation;
+use densegpu::trainer::{LrSchedule, Trainer};
+use densegpu::{block_on, Error, Gpu, Pass, Result, Session, SgdHyper};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(about = "Train an ImageNet-family DenseNet on an image folder with densegpu")]
+struct Args {
+    /// An image folder: DIR/train/<class>/* and DIR/val/<class>/* (or DIR/test/<class>/*).
+    #[arg(long)]
+    data: PathBuf,
+    /// densenet121, densenet169, densenet201 or densenet161. Default densenet121, or with
+    /// --init the architecture of the --init file.
+    #[arg(long)]
+    model: Option<String>,
+    /// Side of the square crops the model is trained and validated on.
+    #[arg(long, default_value_t = 224)]
+    image_size: u32,
+    /// 32 by default, for a CPU driver; the reference recipe's is 256.
+    #[arg(long, default_value_t = 32)]
+    batch_size: u32,
+    /// Default 0.1 x batch / 256 (torchvision's reference, scaled linearly with the batch).
+    #[arg(long)]
+    lr: Option<f32>,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f32,
+    #[arg(long, default_value_t = 90)]
+    epochs: u32,
+    #[arg(long, default_value = "efficient")]
+    memory: MemoryMode,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop after this many steps in total (still validating and saving).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Decoding threads. Default: the machine's cores.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Replace an unreadable or corrupt image by the next good one (and count it) instead of
+    /// stopping with an error naming it.
+    #[arg(long)]
+    skip_bad_images: bool,
+    /// Write metrics.csv, last.safetensors, best.safetensors and checkpoint.safetensors here.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Continue the run saved in this directory (its checkpoint.safetensors).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Start from these weights (a densegpu or torchvision safetensors file). Without --model
+    /// the model is the file's. A classifier for another number of classes than the data's is
+    /// left out (fine-tuning) and the run says so.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Export the final weights as ONNX at the end.
+    #[arg(long)]
+    onnx: Option<PathBuf>,
+    /// Print one JSON summary line at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(&args) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Where the run's last good (finite) checkpoint is, for the message when training stops.
+/// (The same as train_cifar's.)
+enum LastGood {
+    Nothing,
+    Resumed(PathBuf, u64),
+    Saved(PathBuf, u64),
+}
+
+impl LastGood {
+    fn describe(&self, save: Option<&Path>) -> String {
+        match (self, save) {
+            (LastGood::Saved(path, step), _) => {
+                format!("the last good checkpoint, {} (step {step}), is kept", path.display())
+            }
+            (LastGood::Resumed(path, step), _) => format!(
+                "no checkpoint was saved since resuming; the one resumed from, {} (step {step}), is unchanged",
+                path.display()
+            ),
+            (LastGood::Nothing, Some(dir)) => format!(
+                "no checkpoint had been saved yet (one is written at the end of each epoch), so {} holds none \
+                 from this run",
+                dir.display()
+            ),
+            (LastGood::Nothing, None) => "nothing was saved (--save DIR keeps a checkpoint every epoch)".into(),
+        }
+    }
+}
+
+fn sgd(args: &Args) -> SgdHyper {
+    let lr = args.lr.unwrap_or(0.1 * args.batch_size as f32 / 256.0);
+    SgdHyper { lr, momentum: args.momentum, weight_decay: args.weight_decay, nesterov: false }
+}
+
+/// Top-1/top-5 on the validation loader, a loader error (a bad file) ending it as an error.
+fn validate(session: &mut Session, val: &StreamLoader) -> Result<Evaluation> {
+    let batches = val.epoch(0).map(|b| b.map(|b| (b.images, b.labels)));
+    block_on(densegpu::train::try_evaluate_batches(session, batches))
+}
+
+fn run(args: &Args) -> Result<()> {
+    let sgd = sgd(args);
+    densegpu::train::check_sgd(&sgd)?;
+    if args.image_size < 32 {
+        return Err(Error::Config(format!("--image-size must be at least 32, got {}", args.image_size)));
+    }
+    let stream_options = StreamOptions::default();
+    let train_stream = ImageFolderStream::open(&args.data, Split::Train, stream_options.clone())?;
+    let val_stream = ImageFolderStream::open(&args.data, Split::Eval, stream_options)?;
+    let classes = train_stream.classes().len() as u32;
+    let init = args.init.as_deref().map(checkpoint::load_weights).transpose()?;
+    let mut config = match (&args.model, &init) {
+        (Some(name), _) => DenseNetConfig::by_name(name, classes)?,
+        (None, Some(weights)) => {
+            let path = args.init.as_ref().expect("weights come from --init");
+            weights.model_config().map_err(|e| Error::Data(format!("--init {}: {e}", path.display())))?
+        }
+        (None, None) => DenseNetConfig::by_name("densenet121", classes)?,
+    };
+    config.num_classes = classes;
+    config.image_size = args.image_size;
+
+    let workers = args.workers.unwrap_or_else(default_workers);
+    let size = args.image_size;
+    let train_tf: Transform = Arc::new(move |img, rng| train_transform(img, size, rng));
+    let eval_tf: Transform = Arc::new(move |img, _| eval_transform(img, size));
+    let mut train_opts = StreamLoaderOptions::train(args.batch_size as usize, args.seed);
+    train_opts.workers = workers;
+    train_opts.skip_bad_images = args.skip_bad_images;
+    let mut val_opts = StreamLoaderOptions::eval(args.batch_size as usize);
+    val_opts.workers = workers;
+    val_opts.skip_bad_images = args.skip_bad_images;
+    let (train_images, val_images) = (train_stream.len(), val_stream.len());
+    let val_dir = val_stream.split_dir().to_path_buf();
+    let loader = StreamLoader::new(train_stream, train_opts, train_tf)?;
+    let val = StreamLoader::new(val_stream, val_opts, eval_tf)?;
+    let per_epoch = loader.batches_per_epoch() as u64;
+    if per_epoch == 0 {
+        return Err(Error::Data(format!(
+            "{} has {train_images} training images, fewer than one batch of {}",
+            args.data.display(),
+            args.batch_size
+        )));
+    }
+
+    let gpu = Arc::new(block_on(Gpu::new())?);
+    let limits = densegpu::memory::arena_limits(gpu.max_binding_bytes());
+    // Refuse a batch that cannot fit before allocating anything.
+    let planned = plan_training(&config, args.batch_size, args.memory, &limits, None)?.report().total;
+    let graph = config.build(args.batch_size, args.memory)?;
+    let session = block_on(Session::new(gpu.clone(), graph, args.seed))?;
+    if let (Some(path), Some(weights)) = (&args.init, &init) {
+        let swap = checkpoint::apply_weights_for_fine_tuning(&session, weights).map_err(|e| {
+            let hint = if args.model.is_some() { "; leave out --model to train the file's own model" } else { "" };
+            Error::Data(format!("--init {}: {e}{hint}", path.display()))
+        })?;
+        if let Some(swap) = swap {
+            let line = format!("--init {}: {swap}", path.display());
+            if args.json {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        }
+    }
+
+    let schedule = LrSchedule::step_decay(sgd, &[1.0 / 3.0, 2.0 / 3.0], args.epochs as u64 * per_epoch);
+    let mut trainer =
+        Trainer::new(session, loader, schedule)?.with_epochs(args.epochs as u64).with_max_steps(args.max_steps);
+    let total_steps = trainer.total_steps().expect("the run has a number of epochs");
+
+    let mut state = TrainingState { rng_state: vec![args.seed], ..Default::default() };
+    let mut last_good = LastGood::Nothing;
+    if let Some(dir) = &args.resume {
+        let path = dir.join("checkpoint.safetensors");
+        let (weights, saved, momentum) = checkpoint::load_checkpoint(&path)?;
+        block_on(checkpoint::apply_checkpoint(trainer.session_mut(), &weights, &saved, &momentum))?;
+        if let Some(what) = block_on(checkpoint::non_finite_state(trainer.session()))? {
+            return Err(Error::Data(format!(
+                "{}: {what}, so this run cannot go on from it (it was saved while training diverged); start \
+                 again with a lower --lr, or from an earlier copy of the checkpoint",
+                path.display()
+            )));
+        }
+        trainer.restore(&saved)?;
+        state = saved;
+        last_good = LastGood::Resumed(path, trainer.session().step);
+        if !args.json {
+            println!("Resumed from {} at epoch {}, step {}", dir.display(), state.epoch, trainer.session().step);
+        }
+    }
+    if let Some(dir) = &args.save {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Data(format!("cannot create {}: {e}", dir.display())))?;
+    }
+
+    block_on(trainer.session_mut().prepare(Pass::Train))?;
+    let arena = trainer.session().allocated_bytes();
+    if !args.json {
+        println!(
+            "DenseNet (k={}, blocks {:?}, {} classes, {size}x{size}) on {}: {} parameters, {} mode, batch {}, lr {}, {} steps ({} epochs \
+             of {per_epoch}), {train_images} training and {val_images} validation images ({}), {workers} \
+             workers, planned {:.1} MiB, allocated {:.1} MiB on the device",
+            config.growth_rate,
+            config.block_config,
+            classes,
+            gpu.info.name,
+            trainer.session().graph.parameter_count(),
+            args.memory,
+            args.batch_size,
+            sgd.lr,
+            total_steps,
+            args.epochs,
+            val_dir.display(),
+            planned as f64 / (1 << 20) as f64,
+            arena as f64 / (1 << 20) as f64
+        );
+    }
+    let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(total_steps) };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps, epoch {prefix} {msg} [{elapsed} < {eta}]").unwrap(),
+    );
+    bar.set_position(trainer.session().step);
+    let start = Instant::now();
+    let start_step = trainer.session().step;
+    let (mut waited, mut stepping) = (Duration::ZERO, Duration::ZERO);
+    let mut last_loss = f64::NAN;
+    let mut best = state.best_valid_accuracy;
+    let mut last_eval: Option<Evaluation> = None;
+    let stop = |why: String, last_good: &LastGood| {
+        Error::Training(format!(
+            "{why}; training stopped, and {}. Try a lower learning rate, e.g. --lr {}",
+            last_good.describe(args.save.as_deref()),
+            sgd.lr / 10.0
+        ))
+    };
+    while !trainer.finished() {
+        let t = Instant::now();
+        let r = match block_on(trainer.step()) {
+            Ok(r) => r,
+            Err(e @ Error::NonFiniteLoss { .. }) => {
+                bar.abandon();
+                return Err(stop(e.to_string(), &last_good));
+            }
+            Err(e) => {
+                bar.abandon();
+                return Err(e);
+            }
+        };
+        stepping += t.elapsed();
+        waited += r.data_wait;
+        last_loss = r.loss as f64;
+        let rate = (r.step - start_step) as f64 * args.batch_size as f64 / start.elapsed().as_secs_f64();
+        bar.set_prefix(format!("{}", r.epoch + 1));
+        bar.set_message(format!(
+            "loss {:.3} acc {:.1}% {:.1} img/s, {:.0}% waiting for data",
+            r.sums.mean_loss(),
+            100.0 * r.sums.accuracy(),
+            rate,
+            100.0 * share(waited, stepping)
+        ));
+        bar.set_position(r.step);
+        if !r.epoch_ended && !trainer.finished() {
+            continue;
+        }
+        // Nothing is saved, or kept as the best, unless all of it is finite.
+        if let Some(what) = block_on(checkpoint::non_finite_state(trainer.session()))? {
+            bar.abandon();
+            let why = format!("after step {} (epoch {}), {what}", r.step, r.epoch + 1);
+            return Err(stop(why, &last_good));
+        }
+        if r.epoch_ended {
+            let eval = validate(trainer.session_mut(), &val)?;
+            let line = format!(
+                "epoch {}: train loss {:.4}, val top-1 {:.2}% top-5 {:.2}% ({} images)",
+                r.epoch + 1,
+                r.sums.mean_loss(),
+                100.0 * eval.accuracy,
+                100.0 * eval.top5_accuracy,
+                eval.images
+            );
+            // Under --json stdout is the one summary line; without a terminal the bar is hidden
+            // and would drop the line.
+            if args.json {
+            } else if bar.is_hidden() {
+                println!("{line}");
+            } else {
+                bar.println(line);
+            }
+            if best.is_none_or(|b| eval.accuracy > b) {
+                best = Some(eval.accuracy);
+                if let Some(dir) = &args.save {
+                    let tensors = block_on(checkpoint::session_weights(trainer.session()))?;
+                    checkpoint::save_weights(&dir.join("best.safetensors"), &config, &tensors)?;
+                }
+            }
+            if let Some(dir) = &args.save {
+                append_metrics(dir, r.epoch + 1, r.sums.mean_loss(), r.sums.accuracy(), &eval)?;
+            }
+            last_eval = Some(eval);
+        } else {
+            last_eval = None;
+        }
+        state.best_valid_accuracy = best;
+        trainer.record(&mut state);
+        if let Some(dir) = &args.save {
+            let path = dir.join("checkpoint.safetensors");
+            block_on(checkpoint::save_checkpoint(&path, trainer.session(), &config, &state))?;
+            last_good = LastGood::Saved(path, trainer.session().step);
+        }
+    }
+    bar.finish();
+    let elapsed = start.elapsed().as_secs_f64();
+    let bad_images = trainer.loader().bad_images().len();
+    let mut session = trainer.into_session();
+    let steps = session.step - start_step;
+    if let Some(dir) = &args.save {
+        let tensors = block_on(checkpoint::session_weights(&session))?;
+        checkpoint::save_weights(&dir.join("last.safetensors"), &config, &tensors)?;
+        if !dir.join("best.safetensors").exists() {
+            checkpoint::save_weights(&dir.join("best.safetensors"), &config, &tensors)?;
+        }
+    }
+    // The final weights' validation accuracy: the last epoch's, or measured now when the run
+    // ended mid-epoch (--max-steps).
+    let eval = match last_eval {
+        Some(e) => e,
+        None => validate(&mut session, &val)?,
+    };
+    if let Some(path) = &args.onnx {
+        let tensors = block_on(session.state_dict())?;
+        let options = densegpu::onnx::ExportOptions::default();
+        densegpu::onnx::export_to_file(path, &session.graph, Some(&config), &tensors, &options)?;
+        if !args.json {
+            println!("Exported the model as ONNX to {}", path.display());
+        }
+    }
+    let images_per_second = steps as f64 * args.batch_size as f64 / elapsed;
+    let wait_share = share(waited, stepping);
+    let bad = bad_images + val.bad_images().len();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "train_loss": last_loss, "top1": eval.accuracy, "top5": eval.top5_accuracy,
+                "val_loss": eval.loss, "val_images": eval.images, "best_top1": best,
+                "images_per_second": images_per_second, "data_wait_share": wait_share,
+                "planned_bytes": planned, "arena_bytes": session.allocated_bytes(), "steps": session.step,
+                "bad_images": bad,
+            })
+        );
+    } else {
+        println!(
+            "Done: {} steps, last train loss {:.4}, val top-1 {:.2}% top-5 {:.2}% ({} images, chance is {:.1}%), \
+             {:.1} images/s, {:.0}% of the step time waiting for data{}",
+            session.step,
+            last_loss,
+            100.0 * eval.accuracy,
+            100.0 * eval.top5_accuracy,
+            eval.images,
+            100.0 / classes as f64,
+            images_per_second,
+            100.0 * wait_share,
+            if bad > 0 { format!(", {bad} bad images skipped") } else { String::new() }
+        );
+    }
+    Ok(())
+}
+
+/// The share of `total` that `part` is, 0 when `total` is zero.
+fn share(part: Duration, total: Duration) -> f64 {
+    if total.is_zero() {
+        0.0
+    } else {
+        part.as_secs_f64() / total.as_secs_f64()
+    }
+}
+
+fn append_metrics(dir: &Path, epoch: u64, loss: f64, accuracy: f64, val: &Evaluation) -> Result<()> {
+    let path = dir.join("metrics.csv");
+    let fresh = !path.exists();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::Data(format!("cannot write {}: {e}", path.display())))?;
+    let line = format!(
+        "{}{epoch},{loss:.6},{accuracy:.6},{:.6},{:.6},{:.6}\n",
+        if fresh { "epoch,train_loss,train_accuracy,val_loss,top1,top5\n" } else { "" },
+        val.loss,
+        val.accuracy,
+        val.top5_accuracy
+    );
+    file.write_all(line.as_bytes()).map_err(|e| Error::Data(format!("cannot write {}: {e}", path.display())))
+}

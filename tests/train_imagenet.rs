@@ -1,0 +1,102 @@
+//! The ImageNet trainer as users run it: the example binary that `cargo test` builds, on a
+//! tiny generated image folder (3 classes, PNG and JPEG of mixed sizes) at 32 px.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn example(name: &str) -> PathBuf {
+    // Test binaries live in target/<profile>/deps; examples in target/<profile>/examples.
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    deps.parent().unwrap().join("examples").join(name)
+}
+
+fn train(data: &Path, extra: &[&str]) -> std::process::Output {
+    let bin = example("train_imagenet");
+    assert!(bin.exists(), "{} is built by `cargo test`", bin.display());
+    let mut args = vec![
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        "densenet121",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "2",
+        "--workers",
+        "2",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    Command::new(bin).args(&args).env_remove("XDG_RUNTIME_DIR").output().unwrap()
+}
+
+/// 3 classes x 6 training and 2 validation images each, of mixed sizes, PNG and JPEG.
+fn image_folder(root: &Path) {
+    let sizes = [(40, 30), (50, 64), (33, 41)];
+    for (split, count) in [("train", 6u32), ("val", 2)] {
+        for class in 0..3u32 {
+            let dir = root.join(split).join(format!("class{class}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..count {
+                let (w, h) = sizes[((i + class) % 3) as usize];
+                let tag = class * 71 + i * 13;
+                let img = image::RgbImage::from_fn(w, h, |x, y| {
+                    let v = (x * (3 + class * 4) + y * (5 + i) + tag) % 256;
+                    image::Rgb([v as u8, (255 - v) as u8, ((x * y + tag) % 256) as u8])
+                });
+                let ext = if i % 2 == 0 { "png" } else { "jpg" };
+                img.save(dir.join(format!("{i:03}.{ext}"))).unwrap();
+            }
+        }
+    }
+}
+
+fn summary(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "train_imagenet failed:\n{stderr}");
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn densenet121_trains_two_steps_on_a_tiny_folder_and_reports_top1_and_top5() {
+    let dir = tempfile::tempdir().unwrap();
+    image_folder(dir.path());
+    let save = dir.path().join("run");
+    let s = summary(&train(dir.path(), &["--save", save.to_str().unwrap()]));
+    assert!(s["train_loss"].as_f64().unwrap().is_finite(), "{s}");
+    let (top1, top5) = (s["top1"].as_f64().unwrap(), s["top5"].as_f64().unwrap());
+    assert!((0.0..=1.0).contains(&top1) && top1 <= top5, "{s}");
+    // Top-5 of 3 classes always holds the label.
+    assert_eq!(top5, 1.0, "{s}");
+    assert_eq!(s["val_images"], 6, "{s}");
+    assert_eq!(s["steps"], 2, "{s}");
+    assert_eq!(s["bad_images"], 0, "{s}");
+    let share = s["data_wait_share"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&share), "{s}");
+    assert!(s["images_per_second"].as_f64().unwrap() > 0.0, "{s}");
+    for file in ["checkpoint.safetensors", "last.safetensors", "best.safetensors"] {
+        assert!(save.join(file).exists(), "{file} is written");
+    }
+}
+
+#[test]
+fn a_corrupt_image_is_an_error_naming_it_unless_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    image_folder(dir.path());
+    // A JPEG cut short: the validation pass at the end reads every image, so it is met.
+    let good = std::fs::read(dir.path().join("val/class1/001.jpg")).unwrap();
+    std::fs::write(dir.path().join("val/class1/broken.jpg"), &good[..good.len() / 3]).unwrap();
+
+    let out = train(dir.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected an error exit:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("broken.jpg"), "the error names the file:\n{stderr}");
+
+    let s = summary(&train(dir.path(), &["--skip-bad-images"]));
+    assert_eq!(s["bad_images"], 1, "{s}");
+    assert!(s["train_loss"].as_f64().unwrap().is_finite(), "{s}");
+}
