@@ -23,6 +23,26 @@ pub const EPOCH_CORRECT: &str = "train_cifar.epoch_correct";
 /// See [`EPOCH_LOSS_SUM`].
 pub const EPOCH_SEEN: &str = "train_cifar.epoch_seen";
 
+/// Wall time where the platform has a clock: `std::time::Instant` panics on wasm32, so the
+/// browser measures nothing.
+struct Stopwatch(#[cfg(not(target_arch = "wasm32"))] std::time::Instant);
+
+impl Stopwatch {
+    fn start() -> Stopwatch {
+        Stopwatch(
+            #[cfg(not(target_arch = "wasm32"))]
+            std::time::Instant::now(),
+        )
+    }
+
+    fn elapsed(&self) -> std::time::Duration {
+        #[cfg(not(target_arch = "wasm32"))]
+        return self.0.elapsed();
+        #[cfg(target_arch = "wasm32")]
+        std::time::Duration::ZERO
+    }
+}
+
 /// Step decay: the SGD hyper-parameters of every step, with the learning rate multiplied by
 /// 0.1 at each milestone passed.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,7 +118,8 @@ pub struct StepReport {
     /// moved on to batch 0 of the next epoch with fresh sums.
     pub epoch_ended: bool,
     /// Time this step spent waiting for its batch from the loader (the loader's `next()`,
-    /// including starting the epoch's iterator), part of the step's wall time.
+    /// including starting the epoch's iterator), part of the step's wall time. Zero in the
+    /// browser, where `std::time::Instant` has no clock (it panics on wasm32).
     pub data_wait: std::time::Duration,
 }
 
@@ -197,7 +218,7 @@ impl<L: BatchSource> Trainer<L> {
             )));
         }
         let (epoch, start) = (self.epoch, self.batch_in_epoch);
-        let waiting = std::time::Instant::now();
+        let waiting = Stopwatch::start();
         let batches = self.batches.get_or_insert_with(|| self.loader.epoch_from(epoch, start));
         let next = batches.next().expect("the cursor is always before the end of its epoch");
         let data_wait = waiting.elapsed();
