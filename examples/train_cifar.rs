@@ -6,13 +6,13 @@
 //!     cargo run --release --example train_cifar -- --data DIR --epochs 300 --save runs/bc100
 
 use clap::Parser;
-use densegpu::checkpoint::{self, TrainingState, Weights};
+use densegpu::checkpoint::{self, TrainingState};
 use densegpu::data::{self, BatchLoader, LoaderOptions, TrainTest};
 use densegpu::densenet::{plan_training, DenseNetConfig, MemoryMode};
+use densegpu::run::{self, RunFiles};
 use densegpu::trainer::{LrSchedule, Trainer};
 use densegpu::{block_on, Error, Gpu, Pass, Result, Session, SgdHyper};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -144,38 +144,6 @@ fn check_args(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Where the run's last good (finite) checkpoint is, for the message when training stops.
-enum LastGood {
-    /// None yet, and none to fall back on.
-    Nothing,
-    /// The checkpoint this run resumed from, untouched so far.
-    Resumed(PathBuf, u64),
-    /// Written by this run, at this step.
-    Saved(PathBuf, u64),
-}
-
-impl LastGood {
-    fn describe(&self, save: Option<&Path>) -> String {
-        match (self, save) {
-            (LastGood::Saved(path, step), _) => {
-                format!("the last good checkpoint, {} (step {step}), is kept", path.display())
-            }
-            (LastGood::Resumed(path, step), _) => {
-                format!(
-                    "no checkpoint was saved since resuming; the one resumed from, {} (step {step}), is unchanged",
-                    path.display()
-                )
-            }
-            (LastGood::Nothing, Some(dir)) => format!(
-                "no checkpoint had been saved yet (one is written at the end of each epoch), so {} holds none \
-                 from this run",
-                dir.display()
-            ),
-            (LastGood::Nothing, None) => "nothing was saved (--save DIR keeps a checkpoint every epoch)".into(),
-        }
-    }
-}
-
 fn run(args: &Args) -> Result<()> {
     check_args(args)?;
     let synthetic = args.data.is_none() && args.download.is_none();
@@ -228,17 +196,13 @@ fn run(args: &Args) -> Result<()> {
     let graph = config.build(args.batch_size, args.memory)?;
     let session = block_on(Session::new(gpu.clone(), graph, args.seed))?;
     if let (Some(path), Some(weights)) = (&args.init, &init) {
-        let swap = checkpoint::apply_weights_for_fine_tuning(&session, weights).map_err(|e| {
-            let hint = if architecture_flags {
-                "; leave out --model, --depth, --growth-rate, --bn-size and --compression to train the file's own model"
-            } else {
-                ""
-            };
-            Error::Data(format!("--init {}: {e}{hint}", path.display()))
-        })?;
-        if let Some(swap) = swap {
+        let hint = if architecture_flags {
+            "; leave out --model, --depth, --growth-rate, --bn-size and --compression to train the file's own model"
+        } else {
+            ""
+        };
+        if let Some(line) = run::apply_init(&session, path, weights, hint)? {
             // Said on stderr under --json, whose stdout is the one summary line.
-            let line = format!("--init {}: {swap}", path.display());
             if args.json {
                 eprintln!("{line}");
             } else {
@@ -258,29 +222,17 @@ fn run(args: &Args) -> Result<()> {
         Trainer::new(session, loader, schedule)?.with_epochs(epochs as u64).with_max_steps(args.max_steps);
     let total_steps = trainer.total_steps().expect("the run has a number of epochs");
 
+    let mut files =
+        RunFiles::new(args.save.as_deref(), &config, &["train_loss", "train_accuracy", "valid_accuracy"], args.lr)?;
     let mut state = TrainingState { rng_state: vec![args.seed], ..Default::default() };
-    let mut last_good = LastGood::Nothing;
     let mut sums_restored = true;
     if let Some(dir) = &args.resume {
-        let path = dir.join("checkpoint.safetensors");
-        let (weights, saved, momentum) = checkpoint::load_checkpoint(&path)?;
-        block_on(checkpoint::apply_checkpoint(trainer.session_mut(), &weights, &saved, &momentum))?;
-        if let Some(what) = block_on(checkpoint::non_finite_state(trainer.session()))? {
-            return Err(Error::Data(format!(
-                "{}: {what}, so this run cannot go on from it (it was saved while training diverged); start \
-                 again with a lower --lr, or from an earlier copy of the checkpoint",
-                path.display()
-            )));
-        }
-        sums_restored = trainer.restore(&saved)?;
-        state = saved;
-        last_good = LastGood::Resumed(path, trainer.session().step);
+        let resumed = block_on(files.resume(&mut trainer, dir))?;
+        sums_restored = resumed.sums_restored;
+        state = resumed.state;
         if !args.json {
             println!("Resumed from {} at epoch {}, step {}", dir.display(), state.epoch, trainer.session().step);
         }
-    }
-    if let Some(dir) = &args.save {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Data(format!("cannot create {}: {e}", dir.display())))?;
     }
 
     block_on(trainer.session_mut().prepare(Pass::Train))?;
@@ -305,18 +257,7 @@ fn run(args: &Args) -> Result<()> {
     let start = Instant::now();
     let start_step = trainer.session().step;
     let mut last_loss = f64::NAN;
-    let mut best = state.best_valid_accuracy;
-    // The best-validation weights of this run, kept in memory so the test set is scored with
-    // them whether or not --save writes them to disk.
-    let mut best_weights: Option<Weights> = None;
     let mut valid_accuracy = None;
-    let stop = |why: String, last_good: &LastGood| {
-        Error::Training(format!(
-            "{why}; training stopped, and {}. Try a lower learning rate, e.g. --lr {}",
-            last_good.describe(args.save.as_deref()),
-            short(args.lr / 10.0)
-        ))
-    };
     if !sums_restored && !args.json {
         println!(
             "note: the checkpoint holds no running sums for epoch {}, so its row in metrics.csv covers only the \
@@ -325,21 +266,14 @@ fn run(args: &Args) -> Result<()> {
         );
     }
     while !trainer.finished() {
-        let r = match block_on(trainer.step()) {
-            Ok(r) => r,
-            Err(e @ Error::NonFiniteLoss { .. }) => {
-                bar.abandon();
-                return Err(stop(e.to_string(), &last_good));
-            }
-            Err(e) => return Err(e),
-        };
+        let r = block_on(files.step(&mut trainer)).inspect_err(|_| bar.abandon())?;
         last_loss = r.loss as f64;
         let rate = (r.step - start_step) as f64 * args.batch_size as f64 / start.elapsed().as_secs_f64();
         bar.set_prefix(format!("{}", r.epoch + 1));
         bar.set_message(format!(
             "loss {:.3} acc {:.1}% {:.1} img/s {:.0} MiB",
-            r.sums.loss_sum / r.sums.seen as f64,
-            100.0 * r.sums.correct as f64 / r.sums.seen as f64,
+            r.sums.mean_loss(),
+            100.0 * r.sums.accuracy(),
             rate,
             arena as f64 / (1 << 20) as f64
         ));
@@ -348,64 +282,26 @@ fn run(args: &Args) -> Result<()> {
         if !r.epoch_ended && !trainer.finished() {
             continue;
         }
-        // Nothing is saved, or kept as the best, unless all of it is finite: a diverging run can
-        // keep a finite loss for a while after its running variances overflow.
-        if let Some(what) = block_on(checkpoint::non_finite_state(trainer.session()))? {
-            bar.abandon();
-            let why = format!("after step {} (epoch {}), {what}", r.step, r.epoch + 1);
-            return Err(stop(why, &last_good));
-        }
+        block_on(files.check_finite(trainer.session(), &r)).inspect_err(|_| bar.abandon())?;
         if r.epoch_ended {
             valid_accuracy = match &valid {
                 Some(v) => Some(block_on(trainer.evaluate(v))?.accuracy),
                 None => None,
             };
-            let improved = match (valid_accuracy, best) {
-                (Some(a), Some(b)) => a > b,
-                (Some(_), None) => true,
-                (None, _) => true,
-            };
-            if improved {
-                let tensors = block_on(checkpoint::session_weights(trainer.session()))?;
-                if let Some(dir) = &args.save {
-                    checkpoint::save_weights(&dir.join("best.safetensors"), &config, &tensors)?;
-                }
-                best_weights = Some(Weights { config: Some(config.clone()), tensors, ..Default::default() });
-                best = valid_accuracy.or(best);
-            }
-            if let Some(dir) = &args.save {
-                append_metrics(dir, r.epoch + 1, r.sums.mean_loss(), r.sums.accuracy(), valid_accuracy)?;
-            }
+            let row = [Some(r.sums.mean_loss()), Some(r.sums.accuracy()), valid_accuracy];
+            block_on(files.end_epoch(trainer.session(), r.epoch, valid_accuracy, &row))?;
         }
-        state.best_valid_accuracy = best;
-        trainer.record(&mut state);
-        if let Some(dir) = &args.save {
-            let path = dir.join("checkpoint.safetensors");
-            block_on(checkpoint::save_checkpoint(&path, trainer.session(), &config, &state))?;
-            last_good = LastGood::Saved(path, trainer.session().step);
-        }
+        block_on(files.save_checkpoint(&trainer, &mut state))?;
     }
     bar.finish();
     let elapsed = start.elapsed().as_secs_f64();
     let mut session = trainer.into_session();
     let steps = session.step - start_step;
-    let final_weights = block_on(checkpoint::session_weights(&session))?;
-    if let Some(dir) = &args.save {
-        checkpoint::save_weights(&dir.join("last.safetensors"), &config, &final_weights)?;
-        if !dir.join("best.safetensors").exists() {
-            checkpoint::save_weights(&dir.join("best.safetensors"), &config, &final_weights)?;
-        }
-    }
+    block_on(files.finish(&session))?;
     // Test the best-validation weights, as the reference recipe does: this run's, else those
     // of the run it resumed (on disk), else the final ones.
-    let saved_best = args.save.as_ref().map(|d| d.join("best.safetensors")).filter(|p| p.exists());
-    let best_weights = match (best_weights, saved_best) {
-        (Some(w), _) => Some(w),
-        (None, Some(path)) => Some(checkpoint::load_weights(&path)?),
-        (None, None) => None,
-    };
-    if let Some(w) = &best_weights {
-        checkpoint::apply_weights(&session, w)?;
+    if let Some(w) = files.best_weights()? {
+        checkpoint::apply_weights(&session, &w)?;
     }
     let test_accuracy = block_on(densegpu::train::evaluate(&mut session, &data.test))?.accuracy;
     if let Some(path) = &args.onnx {
@@ -444,16 +340,6 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// A number as a flag value: plain when short, in exponent form (1e29) when not.
-fn short(v: f32) -> String {
-    let plain = v.to_string();
-    if plain.len() <= 8 {
-        plain
-    } else {
-        format!("{v:e}")
-    }
-}
-
 fn describe(config: &DenseNetConfig) -> String {
     if config.small_inputs {
         let layers = config.block_config.iter().sum::<u32>();
@@ -464,22 +350,6 @@ fn describe(config: &DenseNetConfig) -> String {
     } else {
         format!("DenseNet (k={}, blocks {:?})", config.growth_rate, config.block_config)
     }
-}
-
-fn append_metrics(dir: &Path, epoch: u64, loss: f64, accuracy: f64, valid: Option<f64>) -> Result<()> {
-    let path = dir.join("metrics.csv");
-    let fresh = !path.exists();
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| Error::Data(format!("cannot write {}: {e}", path.display())))?;
-    let line = format!(
-        "{}{epoch},{loss:.6},{accuracy:.6},{}\n",
-        if fresh { "epoch,train_loss,train_accuracy,valid_accuracy\n" } else { "" },
-        valid.map(|v| format!("{v:.6}")).unwrap_or_default()
-    );
-    file.write_all(line.as_bytes()).map_err(|e| Error::Data(format!("cannot write {}: {e}", path.display())))
 }
 
 fn export_onnx(session: &Session, config: &DenseNetConfig, path: &Path) -> Result<()> {

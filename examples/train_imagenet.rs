@@ -19,12 +19,12 @@ use densegpu::data::{
     StreamOptions, Transform,
 };
 use densegpu::densenet::{plan_training, DenseNetConfig, MemoryMode};
+use densegpu::run::{self, RunFiles};
 use densegpu::train::Evaluation;
 use densegpu::trainer::{LrSchedule, Trainer};
 use densegpu::{block_on, Error, Gpu, Pass, Result, Session, SgdHyper};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,34 +94,6 @@ fn main() {
     }
 }
 
-/// Where the run's last good (finite) checkpoint is, for the message when training stops.
-/// (The same as train_cifar's.)
-enum LastGood {
-    Nothing,
-    Resumed(PathBuf, u64),
-    Saved(PathBuf, u64),
-}
-
-impl LastGood {
-    fn describe(&self, save: Option<&Path>) -> String {
-        match (self, save) {
-            (LastGood::Saved(path, step), _) => {
-                format!("the last good checkpoint, {} (step {step}), is kept", path.display())
-            }
-            (LastGood::Resumed(path, step), _) => format!(
-                "no checkpoint was saved since resuming; the one resumed from, {} (step {step}), is unchanged",
-                path.display()
-            ),
-            (LastGood::Nothing, Some(dir)) => format!(
-                "no checkpoint had been saved yet (one is written at the end of each epoch), so {} holds none \
-                 from this run",
-                dir.display()
-            ),
-            (LastGood::Nothing, None) => "nothing was saved (--save DIR keeps a checkpoint every epoch)".into(),
-        }
-    }
-}
-
 fn sgd(args: &Args) -> SgdHyper {
     let lr = args.lr.unwrap_or(0.1 * args.batch_size as f32 / 256.0);
     SgdHyper { lr, momentum: args.momentum, weight_decay: args.weight_decay, nesterov: false }
@@ -185,12 +157,9 @@ fn run(args: &Args) -> Result<()> {
     let graph = config.build(args.batch_size, args.memory)?;
     let session = block_on(Session::new(gpu.clone(), graph, args.seed))?;
     if let (Some(path), Some(weights)) = (&args.init, &init) {
-        let swap = checkpoint::apply_weights_for_fine_tuning(&session, weights).map_err(|e| {
-            let hint = if args.model.is_some() { "; leave out --model to train the file's own model" } else { "" };
-            Error::Data(format!("--init {}: {e}{hint}", path.display()))
-        })?;
-        if let Some(swap) = swap {
-            let line = format!("--init {}: {swap}", path.display());
+        let hint = if args.model.is_some() { "; leave out --model to train the file's own model" } else { "" };
+        if let Some(line) = run::apply_init(&session, path, weights, hint)? {
+            // Said on stderr under --json, whose stdout is the one summary line.
             if args.json {
                 eprintln!("{line}");
             } else {
@@ -204,28 +173,26 @@ fn run(args: &Args) -> Result<()> {
         Trainer::new(session, loader, schedule)?.with_epochs(args.epochs as u64).with_max_steps(args.max_steps);
     let total_steps = trainer.total_steps().expect("the run has a number of epochs");
 
+    let mut files = RunFiles::new(
+        args.save.as_deref(),
+        &config,
+        &["train_loss", "train_accuracy", "val_loss", "top1", "top5"],
+        sgd.lr,
+    )?;
     let mut state = TrainingState { rng_state: vec![args.seed], ..Default::default() };
-    let mut last_good = LastGood::Nothing;
     if let Some(dir) = &args.resume {
-        let path = dir.join("checkpoint.safetensors");
-        let (weights, saved, momentum) = checkpoint::load_checkpoint(&path)?;
-        block_on(checkpoint::apply_checkpoint(trainer.session_mut(), &weights, &saved, &momentum))?;
-        if let Some(what) = block_on(checkpoint::non_finite_state(trainer.session()))? {
-            return Err(Error::Data(format!(
-                "{}: {what}, so this run cannot go on from it (it was saved while training diverged); start \
-                 again with a lower --lr, or from an earlier copy of the checkpoint",
-                path.display()
-            )));
-        }
-        trainer.restore(&saved)?;
-        state = saved;
-        last_good = LastGood::Resumed(path, trainer.session().step);
+        let resumed = block_on(files.resume(&mut trainer, dir))?;
+        state = resumed.state;
         if !args.json {
             println!("Resumed from {} at epoch {}, step {}", dir.display(), state.epoch, trainer.session().step);
+            if !resumed.sums_restored {
+                println!(
+                    "note: the checkpoint holds no running sums for epoch {}, so its row in metrics.csv covers \
+                     only the steps after resuming",
+                    state.epoch + 1
+                );
+            }
         }
-    }
-    if let Some(dir) = &args.save {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Data(format!("cannot create {}: {e}", dir.display())))?;
     }
 
     block_on(trainer.session_mut().prepare(Pass::Train))?;
@@ -259,28 +226,10 @@ fn run(args: &Args) -> Result<()> {
     let start_step = trainer.session().step;
     let (mut waited, mut stepping) = (Duration::ZERO, Duration::ZERO);
     let mut last_loss = f64::NAN;
-    let mut best = state.best_valid_accuracy;
     let mut last_eval: Option<Evaluation> = None;
-    let stop = |why: String, last_good: &LastGood| {
-        Error::Training(format!(
-            "{why}; training stopped, and {}. Try a lower learning rate, e.g. --lr {}",
-            last_good.describe(args.save.as_deref()),
-            sgd.lr / 10.0
-        ))
-    };
     while !trainer.finished() {
         let t = Instant::now();
-        let r = match block_on(trainer.step()) {
-            Ok(r) => r,
-            Err(e @ Error::NonFiniteLoss { .. }) => {
-                bar.abandon();
-                return Err(stop(e.to_string(), &last_good));
-            }
-            Err(e) => {
-                bar.abandon();
-                return Err(e);
-            }
-        };
+        let r = block_on(files.step(&mut trainer)).inspect_err(|_| bar.abandon())?;
         stepping += t.elapsed();
         waited += r.data_wait;
         last_loss = r.loss as f64;
@@ -297,14 +246,10 @@ fn run(args: &Args) -> Result<()> {
         if !r.epoch_ended && !trainer.finished() {
             continue;
         }
-        // Nothing is saved, or kept as the best, unless all of it is finite.
-        if let Some(what) = block_on(checkpoint::non_finite_state(trainer.session()))? {
-            bar.abandon();
-            let why = format!("after step {} (epoch {}), {what}", r.step, r.epoch + 1);
-            return Err(stop(why, &last_good));
-        }
+        block_on(files.check_finite(trainer.session(), &r)).inspect_err(|_| bar.abandon())?;
+        last_eval = None;
         if r.epoch_ended {
-            let eval = validate(trainer.session_mut(), &val)?;
+            let eval = validate(trainer.session_mut(), &val).inspect_err(|_| bar.abandon())?;
             let line = format!(
                 "epoch {}: train loss {:.4}, val top-1 {:.2}% top-5 {:.2}% ({} images)",
                 r.epoch + 1,
@@ -321,40 +266,24 @@ fn run(args: &Args) -> Result<()> {
             } else {
                 bar.println(line);
             }
-            if best.is_none_or(|b| eval.accuracy > b) {
-                best = Some(eval.accuracy);
-                if let Some(dir) = &args.save {
-                    let tensors = block_on(checkpoint::session_weights(trainer.session()))?;
-                    checkpoint::save_weights(&dir.join("best.safetensors"), &config, &tensors)?;
-                }
-            }
-            if let Some(dir) = &args.save {
-                append_metrics(dir, r.epoch + 1, r.sums.mean_loss(), r.sums.accuracy(), &eval)?;
-            }
+            let row = [
+                Some(r.sums.mean_loss()),
+                Some(r.sums.accuracy()),
+                Some(eval.loss),
+                Some(eval.accuracy),
+                Some(eval.top5_accuracy),
+            ];
+            block_on(files.end_epoch(trainer.session(), r.epoch, Some(eval.accuracy), &row))?;
             last_eval = Some(eval);
-        } else {
-            last_eval = None;
         }
-        state.best_valid_accuracy = best;
-        trainer.record(&mut state);
-        if let Some(dir) = &args.save {
-            let path = dir.join("checkpoint.safetensors");
-            block_on(checkpoint::save_checkpoint(&path, trainer.session(), &config, &state))?;
-            last_good = LastGood::Saved(path, trainer.session().step);
-        }
+        block_on(files.save_checkpoint(&trainer, &mut state))?;
     }
     bar.finish();
     let elapsed = start.elapsed().as_secs_f64();
     let bad_images = trainer.loader().bad_images().len();
     let mut session = trainer.into_session();
     let steps = session.step - start_step;
-    if let Some(dir) = &args.save {
-        let tensors = block_on(checkpoint::session_weights(&session))?;
-        checkpoint::save_weights(&dir.join("last.safetensors"), &config, &tensors)?;
-        if !dir.join("best.safetensors").exists() {
-            checkpoint::save_weights(&dir.join("best.safetensors"), &config, &tensors)?;
-        }
-    }
+    block_on(files.finish(&session))?;
     // The final weights' validation accuracy: the last epoch's, or measured now when the run
     // ended mid-epoch (--max-steps).
     let eval = match last_eval {
@@ -377,7 +306,7 @@ fn run(args: &Args) -> Result<()> {
             "{}",
             serde_json::json!({
                 "train_loss": last_loss, "top1": eval.accuracy, "top5": eval.top5_accuracy,
-                "val_loss": eval.loss, "val_images": eval.images, "best_top1": best,
+                "val_loss": eval.loss, "val_images": eval.images, "best_top1": files.best_accuracy(),
                 "images_per_second": images_per_second, "data_wait_share": wait_share,
                 "planned_bytes": planned, "arena_bytes": session.allocated_bytes(), "steps": session.step,
                 "bad_images": bad,
@@ -408,22 +337,4 @@ fn share(part: Duration, total: Duration) -> f64 {
     } else {
         part.as_secs_f64() / total.as_secs_f64()
     }
-}
-
-fn append_metrics(dir: &Path, epoch: u64, loss: f64, accuracy: f64, val: &Evaluation) -> Result<()> {
-    let path = dir.join("metrics.csv");
-    let fresh = !path.exists();
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| Error::Data(format!("cannot write {}: {e}", path.display())))?;
-    let line = format!(
-        "{}{epoch},{loss:.6},{accuracy:.6},{:.6},{:.6},{:.6}\n",
-        if fresh { "epoch,train_loss,train_accuracy,val_loss,top1,top5\n" } else { "" },
-        val.loss,
-        val.accuracy,
-        val.top5_accuracy
-    );
-    file.write_all(line.as_bytes()).map_err(|e| Error::Data(format!("cannot write {}: {e}", path.display())))
 }

@@ -12,6 +12,8 @@ pub mod memory;
 pub mod onnx;
 pub mod ops;
 pub mod reference;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod run;
 pub mod schedule;
 pub mod selftest;
 pub mod train;

@@ -130,6 +130,49 @@ fn a_folder_is_listed_with_train_classes_and_non_images_counted() {
 }
 
 #[test]
+fn images_in_sub_folders_of_a_class_are_found_in_torchvision_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cat = tmp.path().join("train/cat");
+    // torchvision's ImageFolder walks a class folder with sorted(os.walk(...)): the folder's own
+    // files first, then each sub-folder's, sub-folders in name order.
+    save(&cat.join("b/x.png"), DynamicImage::ImageRgb8(rgb(9, 9, 1)));
+    save(&cat.join("a/deeper/y.png"), DynamicImage::ImageRgb8(rgb(9, 9, 2)));
+    save(&cat.join("a/w.png"), DynamicImage::ImageRgb8(rgb(9, 9, 3)));
+    save(&cat.join("z.png"), DynamicImage::ImageRgb8(rgb(9, 9, 4)));
+    std::fs::write(cat.join("b/notes.txt"), "not an image").unwrap();
+    save(&tmp.path().join("train/dog/only/d.jpg"), DynamicImage::ImageRgb8(rgb(9, 9, 5)));
+    let s = ImageFolderStream::open(tmp.path(), Split::Train, StreamOptions::default()).unwrap();
+    let paths: Vec<PathBuf> = (0..s.len()).map(|i| s.path(i)).collect();
+    let t = tmp.path().join("train");
+    assert_eq!(
+        paths,
+        [
+            t.join("cat/z.png"),
+            t.join("cat/a/w.png"),
+            t.join("cat/a/deeper/y.png"),
+            t.join("cat/b/x.png"),
+            t.join("dog/only/d.jpg")
+        ]
+    );
+    assert_eq!(s.labels(), [0, 0, 0, 0, 1]);
+    assert_eq!(s.ignored_files(), 1);
+    assert_eq!(s.decode(2).unwrap(), rgb(9, 9, 2), "a nested image decodes");
+}
+
+#[test]
+fn an_evaluation_folder_without_train_names_its_own_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    save(&tmp.path().join("val/b/1.png"), DynamicImage::ImageRgb8(rgb(9, 9, 1)));
+    save(&tmp.path().join("val/a/2.png"), DynamicImage::ImageRgb8(rgb(9, 9, 2)));
+    let v = ImageFolderStream::open(tmp.path(), Split::Eval, StreamOptions::default()).unwrap();
+    assert_eq!(v.classes(), ["a", "b"]);
+    assert_eq!(v.labels(), [0, 1]);
+    // Training still needs train/.
+    let m = data_err(ImageFolderStream::open(tmp.path(), Split::Train, StreamOptions::default()));
+    assert!(m.contains("train") && m.contains("missing"), "{m}");
+}
+
+#[test]
 fn every_kind_of_image_decodes_to_rgb() {
     let tmp = tempfile::tempdir().unwrap();
     write_folder(tmp.path());

@@ -1,5 +1,6 @@
 //! The ImageNet trainer as users run it: the example binary that `cargo test` builds, on a
-//! tiny generated image folder (3 classes, PNG and JPEG of mixed sizes) at 32 px.
+//! tiny generated image folder (3 classes, PNG and JPEG of mixed sizes) at 32 px; and `eval`
+//! on the weights it saves.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,21 +14,15 @@ fn example(name: &str) -> PathBuf {
 fn train(data: &Path, extra: &[&str]) -> std::process::Output {
     let bin = example("train_imagenet");
     assert!(bin.exists(), "{} is built by `cargo test`", bin.display());
-    let mut args = vec![
-        "--data",
-        data.to_str().unwrap(),
-        "--model",
-        "densenet121",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "2",
-        "--max-steps",
-        "2",
-        "--workers",
-        "2",
-        "--json",
-    ];
+    let mut args =
+        vec!["--data", data.to_str().unwrap(), "--model", "densenet121", "--image-size", "32", "--batch-size", "2"];
+    args.push("--json");
+    if !extra.contains(&"--workers") {
+        args.extend_from_slice(&["--workers", "2"]);
+    }
+    if !extra.contains(&"--max-steps") && !extra.contains(&"--epochs") {
+        args.extend_from_slice(&["--max-steps", "2"]);
+    }
     args.extend_from_slice(extra);
     Command::new(bin).args(&args).env_remove("XDG_RUNTIME_DIR").output().unwrap()
 }
@@ -99,4 +94,92 @@ fn a_corrupt_image_is_an_error_naming_it_unless_skipped() {
     let s = summary(&train(dir.path(), &["--skip-bad-images"]));
     assert_eq!(s["bad_images"], 1, "{s}");
     assert!(s["train_loss"].as_f64().unwrap().is_finite(), "{s}");
+}
+
+#[test]
+fn a_corrupt_training_image_stops_the_run_naming_it_unless_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    image_folder(dir.path());
+    // One epoch of 18 images in batches of 2 reads every training image.
+    let victim = dir.path().join("train/class1/003.jpg");
+    let good = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &good[..good.len() / 2]).unwrap();
+    let save = dir.path().join("run");
+    let out = train(dir.path(), &["--epochs", "1", "--save", save.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected an error exit:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains(&victim.display().to_string()), "the error names the file:\n{stderr}");
+    assert!(!save.join("last.safetensors").exists(), "a failed run does not write final weights");
+
+    let s = summary(&train(dir.path(), &["--epochs", "1", "--skip-bad-images"]));
+    assert_eq!(s["bad_images"], 1, "{s}");
+    assert_eq!(s["steps"], 9, "{s}");
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_run_resumed_mid_epoch_ends_bit_identical_to_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    image_folder(dir.path());
+    let (whole, parts) = (dir.path().join("whole"), dir.path().join("parts"));
+    let (w, p) = (whole.to_str().unwrap(), parts.to_str().unwrap());
+    // 9 steps of one epoch; the interrupted run stops after step 4, mid-epoch, and the
+    // resumed one takes 3 decoding workers instead of 2: batches do not depend on them.
+    let a = summary(&train(dir.path(), &["--epochs", "1", "--save", w]));
+    summary(&train(dir.path(), &["--epochs", "1", "--max-steps", "4", "--save", p]));
+    let b = summary(&train(dir.path(), &["--epochs", "1", "--resume", p, "--save", p, "--workers", "3"]));
+    assert_eq!(a["steps"], 9, "{a}");
+    assert_eq!(b["steps"], 9, "{b}");
+    for key in ["train_loss", "top1", "top5", "val_loss"] {
+        assert_eq!(a[key], b[key], "{key}: {a} vs {b}");
+    }
+    for file in ["last.safetensors", "checkpoint.safetensors"] {
+        assert!(tensors(&whole.join(file)) == tensors(&parts.join(file)), "{file} differs after resuming");
+    }
+    // The epoch's row sums the steps before and after the resume.
+    let rows = |d: &Path| std::fs::read_to_string(d.join("metrics.csv")).unwrap();
+    assert_eq!(rows(&whole), rows(&parts));
+    assert!(rows(&whole).starts_with("epoch,train_loss,train_accuracy,val_loss,top1,top5\n1,"), "{}", rows(&whole));
+
+    // `eval` streams the same validation images through the same transform: the same top-1.
+    let bin = example("eval");
+    let weights = whole.join("last.safetensors");
+    let out = Command::new(bin)
+        .args(["--weights", weights.to_str().unwrap(), "--data", dir.path().to_str().unwrap()])
+        .args(["--batch-size", "2", "--workers", "2", "--json"])
+        .output()
+        .unwrap();
+    let e = summary(&out);
+    assert_eq!(e["images"], 6, "{e}");
+    assert_eq!(e["test_accuracy"], a["top1"], "{e} vs {a}");
+    assert_eq!(e["top5_accuracy"], a["top5"], "{e} vs {a}");
+}
+
+#[test]
+fn eval_refuses_a_folder_with_another_class_count_than_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    image_folder(dir.path());
+    let save = dir.path().join("run");
+    summary(&train(dir.path(), &["--max-steps", "1", "--save", save.to_str().unwrap()]));
+    let other = dir.path().join("two");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(other.join("val").join(class)).unwrap();
+        std::fs::copy(dir.path().join("val/class0/000.png"), other.join("val").join(class).join("x.png")).unwrap();
+    }
+    let weights = save.join("last.safetensors");
+    let out = Command::new(example("eval"))
+        .args(["--weights", weights.to_str().unwrap(), "--data", other.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("has 2 classes but the model") && stderr.contains("has 3"), "{stderr}");
 }

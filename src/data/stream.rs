@@ -72,7 +72,9 @@ impl Default for StreamOptions {
 
 /// The image paths of one split of an image folder, with their labels. Classes are the
 /// sub-folders of `DIR/train/` sorted by name (label `i` is `classes()[i]`), whichever split
-/// is opened; images are listed class after class, in file-name order within a class.
+/// is opened, or the split's own when an evaluation split is opened without a `DIR/train/`.
+/// Images are listed class after class; within a class, the folder's files in name order, then
+/// its sub-folders', recursively (as torchvision's `ImageFolder` finds them).
 #[derive(Clone, Debug)]
 pub struct ImageFolderStream {
     split_dir: PathBuf,
@@ -80,7 +82,8 @@ pub struct ImageFolderStream {
     /// The split's folder name of each class, as on disk (`classes` may have replaced bytes that
     /// are not UTF-8).
     class_dirs: Vec<OsString>,
-    /// File names only: image `i` is `split_dir/class_dirs[labels[i]]/names[i]`, which keeps the
+    /// Paths inside the class folder (usually just the file name): image `i` is
+    /// `split_dir/class_dirs[labels[i]]/names[i]`, which keeps the
     /// listing to about 40 bytes an image for ImageNet-style names.
     names: Vec<Box<OsStr>>,
     labels: Vec<u32>,
@@ -108,6 +111,45 @@ fn is_image_name(path: &Path) -> bool {
             .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// How deep [`list_images`] follows folders inside a class folder; deeper is taken for a
+/// symbolic-link loop.
+const MAX_CLASS_FOLDER_DEPTH: usize = 32;
+
+/// Appends the images under `dir` (= class folder / `relative`) to `names`, as paths relative to
+/// the class folder: the folder's own files in name order, then each sub-folder's in name order,
+/// as torchvision's `ImageFolder` walks a class (`sorted(os.walk(..., followlinks=True))`).
+/// Other files are counted in `ignored`.
+fn list_images(
+    dir: &Path,
+    relative: &Path,
+    depth: usize,
+    names: &mut Vec<Box<OsStr>>,
+    ignored: &mut usize,
+) -> Result<()> {
+    if depth > MAX_CLASS_FOLDER_DEPTH {
+        return Err(Error::Data(format!(
+            "{} is more than {MAX_CLASS_FOLDER_DEPTH} folders deep inside its class folder; is there a symbolic-link loop?",
+            dir.display()
+        )));
+    }
+    let mut folders = Vec::new();
+    for p in list_dir(dir)? {
+        let name = p.file_name().expect("a listed path has a name");
+        if p.is_dir() && !name.to_string_lossy().starts_with('.') {
+            folders.push(p);
+        } else if is_image_name(&p) && p.is_file() {
+            names.push(relative.join(name).into_os_string().into_boxed_os_str());
+        } else {
+            *ignored += 1;
+        }
+    }
+    for folder in folders {
+        let name = folder.file_name().expect("a listed path has a name");
+        list_images(&folder, &relative.join(name), depth + 1, names, ignored)?;
+    }
+    Ok(())
+}
+
 /// The class folders of `split_dir`, sorted by name.
 fn class_dirs(split_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     if !split_dir.is_dir() {
@@ -133,22 +175,27 @@ fn class_dirs(split_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 impl ImageFolderStream {
     /// Lists `split` of the image folder `dir` (see [`Split`]). Nothing is decoded.
     ///
-    /// Errors ([`Error::Data`], naming the folder): `dir/train` or the split's folder is
-    /// missing or has no class folders; a class folder of the split holds no `.png`, `.jpg` or
-    /// `.jpeg` file; a class folder of `val/` or `test/` has no namesake under `train/`.
+    /// Errors ([`Error::Data`], naming the folder): the split's folder (or, for
+    /// [`Split::Train`], `dir/train`) is missing or has no class folders; a class folder of the
+    /// split holds no `.png`, `.jpg` or `.jpeg` file, even in its sub-folders; a class folder
+    /// of `val/` or `test/` has no namesake under `train/`; folders nest more than 32 deep
+    /// inside a class folder (a symbolic-link loop).
     /// Other files (and hidden ones) are not errors: they are left out and counted in
     /// [`ignored_files`](Self::ignored_files).
     pub fn open(dir: impl AsRef<Path>, split: Split, opts: StreamOptions) -> Result<ImageFolderStream> {
         let dir = dir.as_ref();
         let train_dir = dir.join("train");
-        let classes: Vec<String> = class_dirs(&train_dir)?.into_iter().map(|(name, _)| name).collect();
         let split_dir = match split {
-            Split::Train => train_dir,
+            Split::Train => train_dir.clone(),
             Split::Val => dir.join("val"),
             Split::Test => dir.join("test"),
             Split::Eval if dir.join("val").is_dir() => dir.join("val"),
             Split::Eval => dir.join("test"),
         };
+        // An evaluation folder on its own (no train/) names its classes itself.
+        let class_root =
+            if split != Split::Train && !train_dir.is_dir() && split_dir.is_dir() { &split_dir } else { &train_dir };
+        let classes: Vec<String> = class_dirs(class_root)?.into_iter().map(|(name, _)| name).collect();
         let mut names: Vec<Box<OsStr>> = Vec::new();
         let mut labels = Vec::new();
         let mut dirs: Vec<OsString> = classes.iter().map(OsString::from).collect();
@@ -165,13 +212,7 @@ impl ImageFolderStream {
             };
             dirs[label] = class_dir.file_name().unwrap_or_default().to_os_string();
             let before = names.len();
-            for p in list_dir(&class_dir)? {
-                if is_image_name(&p) && p.is_file() {
-                    names.push(p.file_name().expect("a listed file has a name").into());
-                } else {
-                    ignored_files += 1;
-                }
-            }
+            list_images(&class_dir, Path::new(""), 0, &mut names, &mut ignored_files)?;
             if names.len() == before {
                 return Err(Error::Data(format!(
                     "class folder {} holds no .png, .jpg or .jpeg images; add images or remove the folder",
