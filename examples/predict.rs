@@ -1,15 +1,20 @@
 //! Top-5 classes of images: `cargo run --release --example predict -- --weights W IMAGE...`.
-//! Reads any format the `image` crate reads. An ImageNet model (ImageNet stem) gets torchvision's
+//! Reads PNG and JPEG (greyscale, CMYK, RGBA and 16-bit are converted; a decompression bomb is
+//! refused). Classes are named from `--classes DIR` (the sorted class folders of `DIR/train`, as
+//! the model was trained), CIFAR-10's names for a 10-class CIFAR model, else their index. An
+//! ImageNet model (ImageNet stem) gets torchvision's
 //! evaluation transform, `Resize(S·256/224)` + `CenterCrop(S)` + ImageNet normalisation
 //! (`data::transforms::eval_transform`), as its training validates; a CIFAR model gets the
 //! shorter side resized to its input size, a centre crop and CIFAR-10 normalisation.
 
 use clap::Parser;
 use densegpu::checkpoint;
-use densegpu::data::{eval_transform, Normalization, CIFAR10_CLASSES};
+use densegpu::data::{
+    decode_rgb, eval_transform, ImageFolderStream, Normalization, Split, StreamOptions, CIFAR10_CLASSES,
+};
 use densegpu::train::softmax;
 use densegpu::{block_on, Error, Gpu, MemoryMode, Session};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -20,6 +25,10 @@ struct Args {
     weights: PathBuf,
     #[arg(required = true)]
     images: Vec<PathBuf>,
+    /// Name classes after the image folder the model was trained on: DIR/train's sorted class
+    /// folders.
+    #[arg(long, value_name = "DIR")]
+    classes: Option<PathBuf>,
     /// One JSON object per line and image: path, top5, logits (raw eval-mode logits).
     #[arg(long)]
     json: bool,
@@ -34,15 +43,15 @@ fn main() {
 
 /// The image as normalised CHW floats of `size`x`size`: torchvision's evaluation transform for
 /// an ImageNet model (`imagenet`), today's CIFAR path otherwise.
-fn prepare(path: &PathBuf, size: u32, imagenet: bool) -> densegpu::Result<Vec<f32>> {
-    let img = image::open(path).map_err(|e| Error::Data(format!("cannot read image {}: {e}", path.display())))?;
+fn prepare(path: &Path, size: u32, imagenet: bool) -> densegpu::Result<Vec<f32>> {
+    let img = decode_rgb(path, &StreamOptions::default())?;
     if imagenet {
-        return Ok(eval_transform(&img.to_rgb8(), size));
+        return Ok(eval_transform(&img, size));
     }
     let (w, h) = (img.width(), img.height());
     let scale = size as f32 / w.min(h) as f32;
     let (rw, rh) = (((w as f32 * scale).round() as u32).max(size), ((h as f32 * scale).round() as u32).max(size));
-    let resized = img.resize_exact(rw, rh, image::imageops::FilterType::Triangle).to_rgb8();
+    let resized = image::imageops::resize(&img, rw, rh, image::imageops::FilterType::Triangle);
     let (x0, y0) = ((rw - size) / 2, (rh - size) / 2);
     let crop = image::imageops::crop_imm(&resized, x0, y0, size, size).to_image();
     let plane = (size * size) as usize;
@@ -63,20 +72,31 @@ fn run(args: Args) -> densegpu::Result<()> {
     let graph = config.build(1, MemoryMode::Efficient)?;
     let mut session = block_on(Session::new(Arc::new(block_on(Gpu::new())?), graph, 0))?;
     checkpoint::apply_weights(&session, &weights)?;
+    let names: Vec<String> = match &args.classes {
+        Some(dir) => {
+            let classes = ImageFolderStream::open(dir, Split::Train, StreamOptions::default())?.classes().to_vec();
+            if classes.len() != config.num_classes as usize {
+                return Err(Error::Data(format!(
+                    "{}/train has {} class folders but the model has {} classes; pass the folder it was trained on",
+                    dir.display(),
+                    classes.len(),
+                    config.num_classes
+                )));
+            }
+            classes
+        }
+        None if config.small_inputs && config.num_classes == 10 => {
+            CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect()
+        }
+        None => (0..config.num_classes).map(|i| format!("class {i}")).collect(),
+    };
     for path in &args.images {
         let input = prepare(path, config.image_size, !config.small_inputs)?;
         let (logits, _) = block_on(session.eval_batch(&input, &[0]))?;
         let probabilities = softmax(&logits);
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
-        let name = |i: usize| {
-            if config.num_classes == 10 {
-                CIFAR10_CLASSES[i].to_string()
-            } else {
-                format!("class {i}")
-            }
-        };
-        let top5: Vec<(String, f64)> = order.iter().take(5).map(|&i| (name(i), probabilities[i])).collect();
+        let top5: Vec<(String, f64)> = order.iter().take(5).map(|&i| (names[i].clone(), probabilities[i])).collect();
         if args.json {
             let top: Vec<_> = top5.iter().map(|(c, p)| serde_json::json!({ "class": c, "probability": p })).collect();
             println!("{}", serde_json::json!({ "path": path.display().to_string(), "top5": top, "logits": logits }));

@@ -118,7 +118,16 @@ fn load_data(args: &Args, synthetic: bool) -> Result<TrainTest> {
         return data::load(root);
     }
     match &args.data {
-        Some(dir) => data::load(dir),
+        // An image folder that is not CIFAR-shaped is most likely photos for train_imagenet.
+        Some(dir) => data::load(dir).map_err(|e| match e {
+            Error::Data(m) if dir.join("train").is_dir() => Error::Data(format!(
+                "{m}\n(train_cifar trains on CIFAR-sized images held in memory; for photos of any size in \
+                 {0}/train/<class>/ and {0}/val/<class>/, ImageNet's layout, use `cargo run --release --example \
+                 train_imagenet -- --data {0}`)",
+                dir.display()
+            )),
+            e => e,
+        }),
         None => {
             debug_assert!(synthetic);
             // Small enough that the default run ends within a few minutes on a CPU driver.

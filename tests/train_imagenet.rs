@@ -164,7 +164,7 @@ fn a_run_resumed_mid_epoch_ends_bit_identical_to_an_uninterrupted_one() {
 }
 
 #[test]
-fn eval_refuses_a_folder_with_another_class_count_than_the_model() {
+fn eval_and_predict_refuse_a_folder_with_another_class_count_than_the_model() {
     let dir = tempfile::tempdir().unwrap();
     image_folder(dir.path());
     let save = dir.path().join("run");
@@ -182,4 +182,26 @@ fn eval_refuses_a_folder_with_another_class_count_than_the_model() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("has 2 classes but the model") && stderr.contains("has 3"), "{stderr}");
+
+    // predict names the classes after the folder it was trained on, and refuses another.
+    let photo = dir.path().join("val/class2/001.jpg");
+    let predict = |classes: &Path| {
+        Command::new(example("predict"))
+            .args(["--weights", weights.to_str().unwrap(), "--classes", classes.to_str().unwrap(), "--json"])
+            .arg(&photo)
+            .output()
+            .unwrap()
+    };
+    let line = summary(&predict(dir.path()));
+    let top5 = line["top5"].as_array().unwrap();
+    assert_eq!(top5.len(), 3, "{line}");
+    let mut named: Vec<&str> = top5.iter().map(|c| c["class"].as_str().unwrap()).collect();
+    named.sort();
+    assert_eq!(named, ["class0", "class1", "class2"], "{line}");
+    std::fs::create_dir_all(other.join("train/a")).unwrap();
+    std::fs::copy(dir.path().join("val/class0/000.png"), other.join("train/a/x.png")).unwrap();
+    let out = predict(&other);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("1 class folders but the model has 3"), "{stderr}");
 }
