@@ -4,10 +4,15 @@
 //!     cargo run --release --example bench_train -- --depth 100 --growth-rate 12 --batch-size 64
 //!
 //! `--mode naive` (or efficient, minimal) runs one mode only, so that an outside tool such as
-//! `/usr/bin/time -v` measures that mode's peak resident memory alone.
+//! `/usr/bin/time -v` measures that mode's peak resident memory alone. `--max-shard-images N`
+//! splits each batch into shards of at most N images (the planner shards on its own only what
+//! does not fit a storage binding), to measure what shards cost.
+//!
+//!     cargo run --release --example bench_train -- --model densenet121 --image-size 224 --batch-size 64 --mode minimal
 
 use clap::Parser;
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
+use densegpu::schedule::ScheduleOptions;
 use densegpu::{block_on, Gpu, Pass, Session, SgdHyper};
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -27,6 +32,16 @@ struct Args {
     /// naive, efficient, minimal, or all.
     #[arg(long, default_value = "all")]
     mode: String,
+    /// An ImageNet model instead of DenseNet-BC: densenet121, densenet169, densenet201 or
+    /// densenet161.
+    #[arg(long)]
+    model: Option<String>,
+    /// Input side in pixels (default: 32, or 224 with --model).
+    #[arg(long)]
+    image_size: Option<u32>,
+    /// At most this many images per batch shard.
+    #[arg(long)]
+    max_shard_images: Option<u32>,
 }
 
 fn main() {
@@ -39,22 +54,37 @@ fn main() {
 fn run(args: Args) -> densegpu::Result<()> {
     let modes: Vec<MemoryMode> = if args.mode == "all" { MemoryMode::ALL.to_vec() } else { vec![args.mode.parse()?] };
     let gpu = Arc::new(block_on(Gpu::new())?);
-    let config = DenseNetConfig::cifar_bc(args.depth, args.growth_rate, 10)?;
+    let mut config = match &args.model {
+        Some(name) => DenseNetConfig::by_name(name, 1000)?,
+        None => DenseNetConfig::cifar_bc(args.depth, args.growth_rate, 10)?,
+    };
+    if let Some(size) = args.image_size {
+        config.image_size = size;
+    }
+    let size = config.image_size as usize;
     println!("adapter: {}", gpu.describe());
+    let name = match &args.model {
+        Some(name) => name.clone(),
+        None => format!("DenseNet-BC-{} k={}", args.depth, args.growth_rate),
+    };
+    println!("{name} at {size}x{size}, batch {}, {} timed steps after 1 warm-up step", args.batch_size, args.steps);
     println!(
-        "DenseNet-BC-{} k={} batch {}, {} timed steps after 1 warm-up step",
-        args.depth, args.growth_rate, args.batch_size, args.steps
+        "{:<10} {:>9} {:>10} {:>14} {:>14}  batch shards",
+        "mode", "img/s", "s/step", "planned MiB", "allocated MiB"
     );
-    println!("{:<10} {:>9} {:>10} {:>14} {:>14}", "mode", "img/s", "s/step", "planned MiB", "allocated MiB");
     let n = args.batch_size as usize;
     let mut rng = rand_pcg::Pcg64::seed_from_u64(0);
-    let images: Vec<f32> = (0..n * 3 * 32 * 32).map(|_| rng.random_range(-2.0..2.0)).collect();
-    let labels: Vec<u32> = (0..n).map(|_| rng.random_range(0..10)).collect();
+    let images: Vec<f32> = (0..n * 3 * size * size).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let labels: Vec<u32> = (0..n).map(|_| rng.random_range(0..config.num_classes)).collect();
     let mut baseline = None;
     for mode in modes {
         let graph = config.build(args.batch_size, mode)?;
         let mut session = block_on(Session::new(gpu.clone(), graph, 0))?;
-        let planned = session.memory_plan(Pass::Train)?.report().total;
+        let options = ScheduleOptions { max_shard_images: args.max_shard_images, ..Default::default() };
+        session.set_schedule_options(options);
+        let plan = session.memory_plan(Pass::Train)?;
+        let planned = plan.report().total;
+        let shards = plan.shards.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("+");
         let sgd = SgdHyper::densenet_cifar();
         block_on(session.train_step(&images, &labels, &sgd))?;
         let start = Instant::now();
@@ -72,7 +102,7 @@ fn run(args: Args) -> densegpu::Result<()> {
             None => String::new(),
         };
         println!(
-            "{:<10} {:>9.2} {:>10.3} {:>14.1} {:>14.1}{overhead}",
+            "{:<10} {:>9.2} {:>10.3} {:>14.1} {:>14.1}  {shards}{overhead}",
             mode.name(),
             n as f64 / per_step,
             per_step,

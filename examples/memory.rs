@@ -54,6 +54,15 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok((number * scale as f64) as u64)
 }
 
+/// "1 (whole batch)", or e.g. "3 of 51+51+50 images".
+fn describe_shards(shards: &densegpu::memory::shards::BatchShards) -> String {
+    if shards.len() == 1 {
+        return "1 (whole batch)".into();
+    }
+    let sizes: Vec<String> = shards.sizes.iter().map(|n| n.to_string()).collect();
+    format!("{} of {} images", shards.len(), sizes.join("+"))
+}
+
 fn main() {
     let args = Args::parse();
     if let Err(e) = run(&args) {
@@ -77,7 +86,7 @@ fn run(args: &Args) -> densegpu::Result<()> {
     }
     let mut modes = Vec::new();
     for mode in MemoryMode::ALL {
-        let report = plan_training(&config, args.batch_size, mode, &limits, None).map(|p| p.report());
+        let report = plan_training(&config, args.batch_size, mode, &limits, None).map(|p| (p.report(), p.shards));
         let largest = args.budget.map(|b| largest_batch(&config, mode, &limits, Some(b)));
         modes.push((mode, report, largest));
     }
@@ -89,20 +98,21 @@ fn run(args: &Args) -> densegpu::Result<()> {
         mib(args.binding_limit)
     );
     println!(
-        "{:<10} {:>11} {:>10} {:>10} {:>12} {:>10} {:>10}",
+        "{:<10} {:>11} {:>10} {:>10} {:>12} {:>10} {:>10}  batch shards",
         "mode", "parameters", "gradients", "optimizer", "activations", "workspace", "total"
     );
     for (mode, report, _) in &modes {
         match report {
-            Ok(r) => println!(
-                "{:<10} {:>11} {:>10} {:>10} {:>12} {:>10} {:>10}",
+            Ok((r, shards)) => println!(
+                "{:<10} {:>11} {:>10} {:>10} {:>12} {:>10} {:>10}  {}",
                 mode.name(),
                 mib(r.parameters),
                 mib(r.gradients),
                 mib(r.optimizer),
                 mib(r.activations),
                 mib(r.workspace),
-                mib(r.total)
+                mib(r.total),
+                describe_shards(shards)
             ),
             Err(e @ densegpu::Error::TooLarge(_)) => println!("{:<10} does not fit: {e}", mode.name()),
             Err(e) => println!("{:<10} cannot train: {e}", mode.name()),

@@ -28,6 +28,12 @@ struct Params {
     c_stride: u32,
     // backward_input reads dy from `out` and overwrites it, for a gradient computed in place.
     in_place: u32,
+    // Values per channel in the whole batch: m when a launch covers the whole batch, more when
+    // it covers one batch shard (the statistics and the input gradient are the whole batch's).
+    m_total: u32,
+    // Batch shards: their number (combine_stats) and the launch's shard (shard_stats).
+    shards: u32,
+    shard: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -87,9 +93,9 @@ fn bn_value(v: f32, mean: f32, invstd: f32, gamma: f32, beta: f32) -> f32 {
 // mean is corrected by Σ(x - shift) / M, a sum of values the size of the spread, not of the
 // mean. (Shifting by one sample left the variance exposed to a sample far from the rest; a
 // second pass over the channel cost 2.4x the kernel's time.)
-@compute @workgroup_size(256)
-fn train_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let ch = wg.x;
+// The mean and biased variance of channel ch's m values (see train_stats), valid in
+// invocation 0. Must be reached in uniform control flow.
+fn channel_moments(ch: u32, lid: u32) -> vec2<f32> {
     let base = p.x_off + ch * p.m;
     let sampled = min(p.m, WG);
     let sample = select(0.0, x[base + min(lid * (p.m / sampled), p.m - 1u)], lid < sampled);
@@ -102,19 +108,66 @@ fn train_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         s2 += d * d;
     }
     let s = reduce_pair(lid, s1, s2);
+    let mf = f32(p.m);
+    let dm = s.x / mf;
+    return vec2(shift + dm, max(s.y / mf - dm * dm, 0.0));
+}
+
+// Writes a channel's batch statistics and updates its running ones (PyTorch's unbiased
+// running variance over the whole batch's m_total values).
+fn store_batch_stats(ch: u32, mean: f32, var_b: f32) {
+    let mf = f32(p.m_total);
+    stats[p.stats_off + ch] = mean;
+    stats[p.stats_off + p.c_stride + ch] = 1.0 / sqrt(var_b + p.eps);
+    let mo = p.momentum;
+    let rm = p.running_off + ch;
+    let rv = p.running_off + p.c_stride + ch;
+    running[rm] = (1.0 - mo) * running[rm] + mo * mean;
+    running[rv] = (1.0 - mo) * running[rv] + mo * var_b * (mf / (mf - 1.0));
+}
+
+@compute @workgroup_size(256)
+fn train_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let moments = channel_moments(wg.x, lid);
     if (lid == 0u) {
-        let mf = f32(p.m);
-        let dm = s.x / mf;
-        let mean = shift + dm;
-        let var_b = max(s.y / mf - dm * dm, 0.0);
-        stats[p.stats_off + ch] = mean;
-        stats[p.stats_off + p.c_stride + ch] = 1.0 / sqrt(var_b + p.eps);
-        let mo = p.momentum;
-        let rm = p.running_off + ch;
-        let rv = p.running_off + p.c_stride + ch;
-        running[rm] = (1.0 - mo) * running[rm] + mo * mean;
-        running[rv] = (1.0 - mo) * running[rv] + mo * var_b * (mf / (mf - 1.0));
+        store_batch_stats(wg.x, moments.x, moments.y);
     }
+}
+
+// One batch shard's part of train_stats: its mean, its sum of squared deviations and its
+// value count, per channel, into the scratch bound as `out` (3·c_stride floats per shard).
+@compute @workgroup_size(256)
+fn shard_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let ch = wg.x;
+    let moments = channel_moments(ch, lid);
+    if (lid == 0u) {
+        let o = p.out_off + p.shard * 3u * p.c_stride + ch;
+        out[o] = moments.x;
+        out[o + p.c_stride] = moments.y * f32(p.m);
+        out[o + 2u * p.c_stride] = f32(p.m);
+    }
+}
+
+// The whole batch's statistics from every shard's (Chan, Golub and LeVeque's pairwise update,
+// "Algorithms for computing the sample variance", 1983), shard after shard in batch order, so
+// the result never depends on timing. One invocation per channel.
+@compute @workgroup_size(64)
+fn combine_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let ch = gid.x;
+    if (ch >= p.c) { return; }
+    var count = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
+    for (var k = 0u; k < p.shards; k++) {
+        let o = p.out_off + k * 3u * p.c_stride + ch;
+        let nk = out[o + 2u * p.c_stride];
+        let n = count + nk;
+        let delta = out[o] - mean;
+        mean += delta * (nk / n);
+        m2 += out[o + p.c_stride] + delta * delta * (count * (nk / n));
+        count = n;
+    }
+    store_batch_stats(ch, mean, max(m2 / f32(p.m_total), 0.0));
 }
 
 @compute @workgroup_size(64)
@@ -214,7 +267,7 @@ fn input_grad(k: Channel, s: ChannelSums, first: u32, step: u32) {
     let acc = p.accumulate_out != 0u;
     let m = p.m;
     let scale = k.gamma * k.invstd;
-    let inv_m = 1.0 / f32(m);
+    let inv_m = 1.0 / f32(p.m_total);
     for (var i = first; i < m; i += step) {
         let hg = xhat_and_grad(k, i, relu);
         var v = scale * (hg.y - (s.dbeta + hg.x * s.dgamma) * inv_m);

@@ -12,6 +12,12 @@ struct Params {
     threshold: u32,    // dropout drops an element when its hash is below this
     scale: f32,        // 1 / (1 - rate)
     accumulate: u32,
+    // A launch over one batch shard of a (C, N, H, W) tensor (C, n, H, W): values per channel
+    // in the shard and in the whole batch, and the shard's first value within a channel, so
+    // that dropout hashes each element's index in the whole batch. plane_shard = 0: unsharded.
+    plane_shard: u32,
+    plane_batch: u32,
+    plane_first: u32,
 }
 
 // Each invocation handles every stride-th element from its own index on: a few elements per
@@ -93,8 +99,14 @@ fn dropout_hash(i: u32) -> u32 {
     return mix32(mix32(i ^ k0) + k1);
 }
 
+// The index in the whole batch's tensor of element i of the launch's shard.
+fn batch_index(i: u32) -> u32 {
+    if (p.plane_shard == 0u) { return i; }
+    return (i / p.plane_shard) * p.plane_batch + p.plane_first + i % p.plane_shard;
+}
+
 fn dropout_value(i: u32, v: f32) -> f32 {
-    return select(0.0, v * p.scale, dropout_hash(i) >= p.threshold);
+    return select(0.0, v * p.scale, dropout_hash(batch_index(i)) >= p.threshold);
 }
 
 // y = x·scale where kept, else 0.

@@ -1,4 +1,5 @@
-// Softmax cross-entropy, mean over the batch, from class-major logits (K, N) and labels
+// Softmax cross-entropy, mean over the batch (over the whole batch when a launch covers one
+// batch shard, its mean and correct count then accumulating over the shards), from class-major logits (K, N) and labels
 // stored as f32 class indices (N). One workgroup does the whole batch so the mean and the
 // correct count come out of a fixed-order tree reduction: deterministic, no atomics. The
 // batch is small next to everything else in a step, so one workgroup is not a bottleneck.
@@ -12,6 +13,9 @@
 struct Params {
     classes: u32,
     n: u32,
+    // Images of the whole batch, when the launch covers one batch shard of `n` of them: the
+    // loss and its gradient are means over the whole batch.
+    n_total: u32,
     write_grad: u32,
     accumulate: u32,
     off1: u32,
@@ -69,7 +73,7 @@ fn cross_entropy(@builtin(local_invocation_index) t: u32) {
             bad += 1u;
         }
         if (p.write_grad != 0u) {
-            let inv_n = 1.0 / f32(p.n);
+            let inv_n = 1.0 / f32(p.n_total);
             for (var k = 0u; k < k_count; k++) {
                 let j = p.off1 + k * p.n + s;
                 let onehot = select(0.0, 1.0, k == label);
@@ -94,7 +98,7 @@ fn cross_entropy(@builtin(local_invocation_index) t: u32) {
         workgroupBarrier();
     }
     if (t == 0u) {
-        var mean = part_loss[0] / f32(p.n);
+        var mean = part_loss[0] / f32(p.n_total);
         var count = f32(part_hits[0]);
         if (p.accumulate != 0u) {
             mean += loss[p.off4];

@@ -431,7 +431,9 @@ pub fn plan_training(
 
 /// The training plan of every memory mode as one JSON value, in bytes: what `memory --json`
 /// prints and what the browser demo shows, so the two can be compared byte for byte.
-/// A mode that does not fit carries an `error` instead of figures. With a `budget`, each mode
+/// `shards` lists the images of each batch shard (one shard, the whole batch, where every
+/// tensor fits a storage binding). A mode that does not fit carries an `error` instead of
+/// figures. With a `budget`, each mode
 /// also names the largest batch whose plan fits in it.
 pub fn memory_plans_json(
     config: &DenseNetConfig,
@@ -448,7 +450,7 @@ pub fn memory_plans_json(
                     serde_json::json!({
                         "mode": mode.name(), "parameters": r.parameters, "gradients": r.gradients,
                         "optimizer": r.optimizer, "activations": r.activations, "workspace": r.workspace,
-                        "total": r.total,
+                        "total": r.total, "shards": plan.shards.sizes,
                     })
                 }
                 Err(e) => serde_json::json!({ "mode": mode.name(), "error": e.to_string() }),

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, View};
 use crate::graph::{Graph, Init, ParamGroup, StateId};
 use crate::memory::arena::{ArenaLayout, ArenaLimits};
+use crate::memory::shards::{BatchShards, Shard};
 use crate::memory::{arena_limits, MemoryPlan, PersistentLayout, Segments};
 use crate::ops;
 use crate::schedule::{LaunchOp, Loc, Pass, Schedule, ScheduleOptions};
@@ -314,13 +315,18 @@ impl Session {
 
     /// Writes a batch (NCHW images, as PyTorch takes them) into the program's input values.
     fn upload(&self, program: &Program, images: &[f32], labels: &[u32]) {
-        let cnhw = crate::graph::channel_major(images, self.graph.shape(self.graph.input.unwrap()));
-        let (b, off) = program.value_place(program.schedule.input);
-        self.gpu.write_f32(&program.arena[b], off, &cnhw);
-        if let Some(l) = program.schedule.labels {
-            let (b, off) = program.value_place(l);
-            let as_f32: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
-            self.gpu.write_f32(&program.arena[b], off, &as_f32);
+        let [c, _, h, w] = self.graph.shape(self.graph.input.unwrap());
+        let image = (c * h * w) as usize;
+        for shard in program.shards().iter() {
+            let (from, to) = (shard.first as usize, (shard.first + shard.images) as usize);
+            let cnhw = crate::graph::channel_major(&images[from * image..to * image], [c, shard.images, h, w]);
+            let (b, off) = program.value_place(program.schedule.input, shard.index);
+            self.gpu.write_f32(&program.arena[b], off, &cnhw);
+            if let Some(l) = program.schedule.labels {
+                let (b, off) = program.value_place(l, shard.index);
+                let as_f32: Vec<f32> = labels[from..to].iter().map(|&l| l as f32).collect();
+                self.gpu.write_f32(&program.arena[b], off, &as_f32);
+            }
         }
     }
 
@@ -355,12 +361,16 @@ impl Session {
         gpu.run(&program.dispatches).await?;
         let result = program.read_loss(&gpu).await?;
         let [k, n, _, _] = self.graph.shape(self.graph.logits.unwrap());
-        let (b, off) = program.value_place(program.schedule.logits);
-        let class_major = gpu.read_f32(&program.arena[b], off, (k * n) as usize).await?;
-        let mut logits = vec![0.0; class_major.len()];
-        for c in 0..k as usize {
-            for i in 0..n as usize {
-                logits[i * k as usize + c] = class_major[c * n as usize + i];
+        let (k, n) = (k as usize, n as usize);
+        let mut logits = vec![0.0; k * n];
+        for shard in program.shards().iter() {
+            let (b, off) = program.value_place(program.schedule.logits, shard.index);
+            let images = shard.images as usize;
+            let class_major = gpu.read_f32(&program.arena[b], off, k * images).await?;
+            for c in 0..k {
+                for i in 0..images {
+                    logits[(shard.first as usize + i) * k + c] = class_major[c * images + i];
+                }
             }
         }
         Ok((logits, result))
@@ -397,7 +407,11 @@ type PerStep = Box<dyn Fn(&Gpu, &Dispatch, &StepInputs) + Send + Sync>;
 /// rewrite their parameters every step.
 pub struct Recorder<'a> {
     pub gpu: &'a Gpu,
-    resolve: &'a dyn Fn(Loc) -> View<'a>,
+    resolve: &'a dyn Fn(Loc, usize) -> View<'a>,
+    shards: &'a BatchShards,
+    /// The shard that [`Recorder::view`] resolves batched values in.
+    shard: usize,
+    shard_statistics: Option<View<'a>>,
     /// Per segment of the persistent parameter buffers: its length in elements and the
     /// parameters, gradients and momentum buffers it covers.
     optimizer_segments: Vec<(u32, [View<'a>; 3])>,
@@ -406,9 +420,37 @@ pub struct Recorder<'a> {
 }
 
 impl<'a> Recorder<'a> {
-    /// The view an operand is bound through.
+    /// The view an operand is bound through: for a batched value, its part in the current
+    /// shard (see [`Recorder::set_shard`]).
     pub fn view(&self, loc: Loc) -> View<'a> {
-        (self.resolve)(loc)
+        (self.resolve)(loc, self.shard)
+    }
+
+    /// How the batch is split; one shard when it is not.
+    pub fn shards(&self) -> &'a BatchShards {
+        self.shards
+    }
+
+    /// Makes shard `k` the one [`Recorder::view`] resolves batched values in, and returns it.
+    pub fn set_shard(&mut self, k: usize) -> Shard {
+        self.shard = k;
+        self.shards.shard(k)
+    }
+
+    /// Records `each` once per shard, in batch order, with that shard current, then makes the
+    /// first shard current again.
+    pub fn each_shard(&mut self, mut each: impl FnMut(&mut Recorder<'a>, Shard)) {
+        for k in 0..self.shards.len() {
+            let shard = self.set_shard(k);
+            each(self, shard);
+        }
+        self.shard = 0;
+    }
+
+    /// The scratch of [`crate::memory::shard_statistics_request`]: present in a sharded
+    /// training step.
+    pub fn shard_statistics(&self) -> Option<View<'a>> {
+        self.shard_statistics
     }
 
     /// Appends a dispatch whose parameters never change.
@@ -454,14 +496,22 @@ pub struct Program {
     arena: Vec<wgpu::Buffer>,
     dispatches: Vec<Dispatch>,
     per_step: Vec<(usize, PerStep)>,
+    shards: BatchShards,
+    /// Per value, the index of its first placement in `layout`.
+    value_placements: Vec<usize>,
+    /// Per value, its placements: the shard count for a batched value, else 1.
+    value_shards: Vec<usize>,
 }
 
 impl Program {
     async fn new(gpu: &Gpu, graph: &Graph, memory: MemoryPlan, persistent: &Persistent) -> Result<Program> {
+        let shard_statistics_place = memory.shard_statistics_placement();
         let MemoryPlan {
             persistent: PersistentLayout { params: param_layout, states: state_layout },
             schedule,
             arena: layout,
+            shards,
+            value_placements,
             ..
         } = memory;
         let mut arena = Vec::new();
@@ -474,10 +524,20 @@ impl Program {
             let (b, off) = layout.places[i];
             View::in_window(&buffers[b], off as u64 * 4, Segments::padded_len(&groups[i]) * 4, 0)
         }
-        let resolve = |loc: Loc| -> View<'_> {
+        let batched: Vec<bool> =
+            schedule.values.iter().map(|v| shards.len() > 1 && graph.storages[v.storage.0].batched).collect();
+        let resolve = |loc: Loc, k: usize| -> View<'_> {
             match loc {
+                Loc::Value { value, offset } if batched[value.0] => {
+                    // A batched value's shard is a whole (C, n_k, H, W) storage of its own, so a
+                    // channel offset scales with the shard's images.
+                    let shard = shards.shard(k);
+                    let p = layout.placements[value_placements[value.0] + k];
+                    let bytes = (schedule.values[value.0].elems * 4 / shard.total as u64 * shard.images as u64).max(4);
+                    View::in_window(&arena[p.buffer], p.offset, bytes, shard.part(offset))
+                }
                 Loc::Value { value, offset } => {
-                    let p = layout.placements[value.0];
+                    let p = layout.placements[value_placements[value.0]];
                     let bytes = (schedule.values[value.0].elems * 4).max(4);
                     View::in_window(&arena[p.buffer], p.offset, bytes, offset)
                 }
@@ -493,18 +553,37 @@ impl Program {
                 (elems as u32, views)
             })
             .collect();
-        let mut recorder =
-            Recorder { gpu, resolve: &resolve, optimizer_segments, dispatches: Vec::new(), per_step: Vec::new() };
+        let shard_statistics =
+            shard_statistics_place.map(|(p, bytes)| View::in_window(&arena[p.buffer], p.offset, bytes, 0));
+        let mut recorder = Recorder {
+            gpu,
+            resolve: &resolve,
+            shards: &shards,
+            shard: 0,
+            shard_statistics,
+            optimizer_segments,
+            dispatches: Vec::new(),
+            per_step: Vec::new(),
+        };
         for launch in &schedule.launches {
             record(&launch.op, &mut recorder);
         }
         let Recorder { dispatches, per_step, .. } = recorder;
-        Ok(Program { schedule, layout, arena, dispatches, per_step })
+        let value_shards = batched.iter().map(|&b| if b { shards.len() } else { 1 }).collect();
+        Ok(Program { schedule, layout, arena, dispatches, per_step, shards, value_placements, value_shards })
     }
 
-    fn value_place(&self, v: crate::schedule::ValueId) -> (usize, u64) {
-        let p = self.layout.placements[v.0];
+    /// Where value `v`'s part in shard `k` (its whole, for an unbatched value) starts: the
+    /// arena buffer and the element offset.
+    fn value_place(&self, v: crate::schedule::ValueId, k: usize) -> (usize, u64) {
+        let k = if self.value_shards[v.0] > 1 { k } else { 0 };
+        let p = self.layout.placements[self.value_placements[v.0] + k];
         (p.buffer, p.offset / 4)
+    }
+
+    /// How the batch is split.
+    pub fn shards(&self) -> &BatchShards {
+        &self.shards
     }
 
     pub fn arena_bytes(&self) -> u64 {
@@ -522,7 +601,7 @@ impl Program {
         let Some(loss) = self.schedule.loss else {
             return Ok(StepResult { loss: f32::NAN, correct: 0 });
         };
-        let (b, off) = self.value_place(loss);
+        let (b, off) = self.value_place(loss, 0);
         let v = gpu.read_f32(&self.arena[b], off, 2).await?;
         Ok(StepResult { loss: v[0], correct: v[1] as u32 })
     }

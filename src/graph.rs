@@ -90,6 +90,9 @@ pub struct Storage {
     pub n: u32,
     pub h: u32,
     pub w: u32,
+    /// Whether `n` is the batch, so the storage can be split along it into batch shards (an
+    /// activation, the labels); `false` for a small vector such as batch statistics or the loss.
+    pub batched: bool,
 }
 
 impl Storage {
@@ -276,13 +279,13 @@ impl Graph {
     }
 
     pub fn new_storage(&mut self, name: impl Into<String>, c: u32, h: u32, w: u32) -> StorageId {
-        self.storages.push(Storage { name: name.into(), c, n: self.batch, h, w });
+        self.storages.push(Storage { name: name.into(), c, n: self.batch, h, w, batched: true });
         StorageId(self.storages.len() - 1)
     }
 
     /// A small storage whose shape is not an activation's (statistics, the loss).
     pub fn new_vector(&mut self, name: impl Into<String>, len: u32) -> StorageId {
-        self.storages.push(Storage { name: name.into(), c: len, n: 1, h: 1, w: 1 });
+        self.storages.push(Storage { name: name.into(), c: len, n: 1, h: 1, w: 1, batched: false });
         StorageId(self.storages.len() - 1)
     }
 
@@ -470,7 +473,7 @@ mod tests {
     #[test]
     fn storage_elems_do_not_wrap_at_a_huge_batch() {
         // 5,000,000 images of 32x32: 5.12e9 values per channel, beyond u32.
-        let s = Storage { name: "input".into(), c: 3, n: 5_000_000, h: 32, w: 32 };
+        let s = Storage { name: "input".into(), c: 3, n: 5_000_000, h: 32, w: 32, batched: true };
         assert_eq!(s.elems(), 3 * 5_000_000 * 1024);
     }
 }

@@ -28,6 +28,7 @@
 
 use crate::graph::{ChannelSlice, Graph, NodeId, ParamId, SliceId, StateId, StorageId, StorageUses};
 use crate::memory::arena::{ArenaRequest, Category};
+use crate::memory::shards::BatchShards;
 use crate::ops::elementwise::ElementwiseLaunch;
 use std::collections::{HashMap, HashSet};
 
@@ -102,29 +103,46 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// The memory planner's view: one request per value. A forward value still alive in
-    /// backward is a stored activation; everything else is transient workspace.
-    pub fn requests(&self, graph: &Graph) -> Vec<ArenaRequest> {
+    /// The memory planner's view: one request per value, or per shard of a batched value when
+    /// the batch is split into `shards`, with the index of each value's first request (its
+    /// shards follow in order). A forward value still alive in backward is a stored
+    /// activation; everything else is transient workspace.
+    pub fn requests(&self, graph: &Graph, shards: &BatchShards) -> (Vec<ArenaRequest>, Vec<usize>) {
+        let mut requests = Vec::new();
+        let mut first = Vec::with_capacity(self.values.len());
+        for (v, request) in self.values.iter().zip(self.value_requests(graph)) {
+            first.push(requests.len());
+            if shards.len() == 1 || !graph.storages[v.storage.0].batched {
+                requests.push(request);
+                continue;
+            }
+            for shard in shards.iter() {
+                let bytes = v.elems * 4 / shard.total as u64 * shard.images as u64;
+                let name = format!("{} [images {}..{}]", request.name, shard.first, shard.first + shard.images);
+                requests.push(ArenaRequest { name, bytes, ..request.clone() });
+            }
+        }
+        (requests, first)
+    }
+
+    fn value_requests<'a>(&'a self, graph: &'a Graph) -> impl Iterator<Item = ArenaRequest> + 'a {
         let backward_start =
             self.launches.iter().position(|l| l.phase != Phase::Forward).unwrap_or(self.launches.len());
-        self.values
-            .iter()
-            .map(|v| {
-                let stored = v.kind == ValueKind::Forward && v.last >= backward_start && self.pass == Pass::Train;
-                let kind = match v.kind {
-                    ValueKind::Forward => "",
-                    ValueKind::Recomputed => " (recomputed)",
-                    ValueKind::Gradient => " (gradient)",
-                };
-                ArenaRequest {
-                    name: format!("{}{kind}", graph.storages[v.storage.0].name),
-                    bytes: v.elems * 4,
-                    first_use: v.first,
-                    last_use: v.last,
-                    category: if stored { Category::Activations } else { Category::Workspace },
-                }
-            })
-            .collect()
+        self.values.iter().map(move |v| {
+            let stored = v.kind == ValueKind::Forward && v.last >= backward_start && self.pass == Pass::Train;
+            let kind = match v.kind {
+                ValueKind::Forward => "",
+                ValueKind::Recomputed => " (recomputed)",
+                ValueKind::Gradient => " (gradient)",
+            };
+            ArenaRequest {
+                name: format!("{}{kind}", graph.storages[v.storage.0].name),
+                bytes: v.elems * 4,
+                first_use: v.first,
+                last_use: v.last,
+                category: if stored { Category::Activations } else { Category::Workspace },
+            }
+        })
     }
 }
 
@@ -163,13 +181,17 @@ pub struct ScheduleOptions {
     /// How much of a batch norm's output gradient backward may hold at once where it takes
     /// that gradient in channel slices, in bytes. Tests make it tiny to get many uneven slices.
     pub gradient_slice_bytes: u64,
+    /// The most images one batch shard may hold (see [`crate::memory::shards`]). `None` lets
+    /// the planner take the fewest shards whose tensors fit the device's storage bindings;
+    /// tests force small, unequal shards with it.
+    pub max_shard_images: Option<u32>,
 }
 
 impl Default for ScheduleOptions {
-    /// 8 MiB: about 32 channels of a CIFAR DenseNet's first block at batch 64, small beside the
-    /// block.
+    /// 8 MiB gradient slices: about 32 channels of a CIFAR DenseNet's first block at batch 64,
+    /// small beside the block. Shards as the bindings need.
     fn default() -> Self {
-        ScheduleOptions { gradient_slice_bytes: 8 << 20 }
+        ScheduleOptions { gradient_slice_bytes: 8 << 20, max_shard_images: None }
     }
 }
 

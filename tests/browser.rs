@@ -239,3 +239,18 @@ fn a_picked_image_folder_becomes_the_data_with_one_class_per_folder() {
     // 30 images: every tenth is held out for testing.
     assert_eq!((data["train"].as_u64(), data["test"].as_u64()), (Some(27), Some(3)), "{data}");
 }
+
+#[test]
+fn a_batch_split_into_shards_trains_as_the_whole_batch_in_the_browser() {
+    let Some(run) = browser_run() else { return };
+    let s = &run["sharded"];
+    assert_eq!(s["whole"]["shards"], serde_json::json!([16]), "{s}");
+    assert_eq!(s["sharded"]["shards"], serde_json::json!([6, 5, 5]), "{s}");
+    let losses =
+        |k: &str| -> Vec<f64> { s[k]["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
+    let (whole, sharded) = (losses("whole"), losses("sharded"));
+    // The same bound as the native test (tests/shards.rs): shards reorder float32 sums only.
+    for (a, b) in whole.iter().zip(&sharded) {
+        assert!(a.is_finite() && (a - b).abs() <= 2e-6 * a.abs(), "losses {whole:?} whole vs {sharded:?} sharded");
+    }
+}

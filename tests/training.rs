@@ -25,7 +25,7 @@ fn naive_training_step_matches_cpu_reference() {
     for (drop_rate, slice_bytes) in [(0.0, FIVE_CHANNELS), (0.2, FIVE_CHANNELS), (0.0, u64::MAX)] {
         let graph = tiny_config(drop_rate).build(3, MemoryMode::Naive).unwrap();
         let mut session = block_on(Session::new(gpu(), graph.clone(), 11)).unwrap();
-        session.set_schedule_options(ScheduleOptions { gradient_slice_bytes: slice_bytes });
+        session.set_schedule_options(ScheduleOptions { gradient_slice_bytes: slice_bytes, ..Default::default() });
         for step in 0..2u64 {
             let params = block_on(session.parameters()).unwrap();
             let states = block_on(session.states()).unwrap();
@@ -63,7 +63,7 @@ fn naive_training_step_matches_cpu_reference() {
 fn run_three_steps(mode: MemoryMode, drop_rate: f32, slice_bytes: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let graph = tiny_config(drop_rate).build(3, mode).unwrap();
     let mut session = block_on(Session::new(gpu(), graph.clone(), 5)).unwrap();
-    session.set_schedule_options(ScheduleOptions { gradient_slice_bytes: slice_bytes });
+    session.set_schedule_options(ScheduleOptions { gradient_slice_bytes: slice_bytes, ..Default::default() });
     let mut losses = Vec::new();
     for step in 0..3 {
         let (nchw, _, labels) = batch(&graph, 200 + step);

@@ -157,11 +157,13 @@ function refreshPlans() {
     mode: m.mode,
     className: m.mode === s.mode ? 'chosen' : '',
     cells: [m.mode, ...(m.error
-      ? [{ textContent: m.error, className: 'err', colSpan: PLAN_COLUMNS.length }]
-      : PLAN_COLUMNS.map(([key]) => ({ textContent: mib(m[key]), title: `${m[key]} bytes` })))],
+      ? [{ textContent: m.error, className: 'err', colSpan: PLAN_COLUMNS.length + 1 }]
+      : [...PLAN_COLUMNS.map(([key]) => ({ textContent: mib(m[key]), title: `${m[key]} bytes` })),
+        { textContent: String(m.shards.length), title: `images per batch shard: ${m.shards.join(' + ')}` }])],
   }));
   const caption = `MiB for a batch of ${plans.batch_size}; one binding may cover at most ${mib(plans.binding_limit)} MiB here.`;
-  $('plan').replaceChildren(tableOf([['mode'], ...PLAN_COLUMNS.map(([key, short]) => [short, key])], rows, caption));
+  const header = [['mode'], ...PLAN_COLUMNS.map(([key, short]) => [short, key]), ['shards', 'batch shards: the batch is split so that each tensor fits one binding']];
+  $('plan').replaceChildren(tableOf(header, rows, caption));
 }
 
 function onSettingsChanged() {

@@ -6,11 +6,13 @@
 //! plan table read the same plan before anything runs.
 
 pub mod arena;
+pub mod shards;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, ParamGroup};
 use crate::schedule::{self, Pass, Schedule, ScheduleOptions};
-use arena::{ArenaLayout, ArenaLimits, ArenaRequest, MemoryReport};
+use arena::{ArenaLayout, ArenaLimits, MemoryReport};
+use shards::BatchShards;
 
 /// WebGPU's default `minStorageBufferOffsetAlignment`, in bytes: every binding window, and so
 /// every arena offset and every persistent group, starts at a multiple of it. It also keeps each
@@ -95,6 +97,14 @@ pub struct MemoryPlan {
     pub schedule: Schedule,
     pub arena: ArenaLayout,
     pub pass: Pass,
+    /// How the batch is split (one shard where every tensor fits a binding).
+    pub shards: BatchShards,
+    /// Per schedule value, the index of its first arena placement; a batched value has one
+    /// placement per shard, in shard order.
+    pub value_placements: Vec<usize>,
+    /// The index of the shard-statistics scratch among the arena placements, and its bytes, if
+    /// there is one.
+    shard_statistics: Option<(usize, u64)>,
 }
 
 impl MemoryPlan {
@@ -115,9 +125,21 @@ impl MemoryPlan {
         options: &ScheduleOptions,
     ) -> Result<MemoryPlan> {
         let schedule = schedule::compile_with(graph, pass, options)?;
-        let requests: Vec<ArenaRequest> = schedule.requests(graph);
+        let shards = BatchShards::plan(graph, &schedule, limits.max_buffer_bytes, options.max_shard_images)?;
+        let (mut requests, value_placements) = schedule.requests(graph, &shards);
+        let mut shard_statistics = None;
+        if let Some(scratch) = shard_statistics_request(graph, &schedule, &shards) {
+            shard_statistics = Some((requests.len(), scratch.bytes));
+            requests.push(scratch);
+        }
         let arena = arena::layout_arena(&requests, limits)?;
-        Ok(MemoryPlan { persistent, schedule, arena, pass })
+        Ok(MemoryPlan { persistent, schedule, arena, pass, shards, value_placements, shard_statistics })
+    }
+
+    /// The arena placement of the scratch through which sharded batch statistics combine
+    /// (see [`shard_statistics_request`]), when the batch is sharded in training.
+    pub fn shard_statistics_placement(&self) -> Option<(arena::Placement, u64)> {
+        self.shard_statistics.map(|(i, bytes)| (self.arena.placements[i], bytes))
     }
 
     /// Bytes by category for this schedule, adding up to `total`: every byte the executor
@@ -144,6 +166,31 @@ impl MemoryPlan {
             total: arena.total + parameters + gradients + optimizer,
         }
     }
+}
+
+/// Floats per channel and shard in the shard-statistics scratch: the shard's mean, its sum of
+/// squared deviations and its value count (a `u32` in the float's bits).
+pub const SHARD_STATISTICS_WORDS: u64 = 3;
+
+/// The scratch through which a sharded training step combines batch statistics: for the widest
+/// batch norm, [`SHARD_STATISTICS_WORDS`] floats per channel and shard. Alive for the whole step
+/// (every batch norm reuses it, one after another). `None` without shards or batch norms, or in
+/// evaluation, which normalises with the running statistics.
+pub fn shard_statistics_request(
+    graph: &Graph,
+    schedule: &Schedule,
+    shards: &BatchShards,
+) -> Option<arena::ArenaRequest> {
+    if shards.len() < 2 || schedule.pass != Pass::Train {
+        return None;
+    }
+    let widest = (graph.nodes.iter())
+        .filter(|n| matches!(n.op, crate::graph::Op::BatchNorm { .. }))
+        .map(|n| graph.shape(n.inputs[0])[0] as u64)
+        .max()?;
+    let bytes = widest * SHARD_STATISTICS_WORDS * shards.len() as u64 * 4;
+    let last = schedule.launches.len().saturating_sub(1);
+    Some(arena::ArenaRequest::new("batch statistics of each shard", bytes, 0, last, arena::Category::Workspace))
 }
 
 /// The memory report of `graph`'s schedule for `pass`, for the default WebGPU binding limit.

@@ -32,6 +32,12 @@
 //!   of the channels it read.
 //! - Host functions validate nothing about buffer sizes beyond what wgpu validates; shapes
 //!   are checked by the graph that builds them.
+//! - Launches are planned for the whole batch; where the planner splits the batch into shards
+//!   ([`crate::memory::shards`]), each family's `record` runs a launch once per shard
+//!   ([`crate::executor::Recorder::each_shard`], the shape's batch set to the shard's images)
+//!   and combines what reduces over the batch with one whole batch's semantics: weight and
+//!   affine gradients accumulate over the shards, batch statistics combine every shard's
+//!   moments, and the loss is the whole batch's mean.
 
 use crate::graph::{Graph, NodeId, Op, StorageId, StorageUses};
 use crate::schedule::{Loc, Phase, ScheduleBuilder};

@@ -197,6 +197,22 @@ async function main() {
       return e && !e.hidden && getComputedStyle(e).display !== 'none' ? e.textContent.trim() : '';
     });
 
+    // A batch split into shards, forced small (SwiftShader grants bindings of 1 GiB, so nothing
+    // this size needs them): three steps from the same seed and data, whole and in shards of
+    // at most 6 of the 16 images (6 + 5 + 5).
+    results.sharded = JSON.parse(await page.evaluate(async () => {
+      const run = async (maxShardImages) => {
+        const request = { depth: 10, growth_rate: 6, mode: 'minimal', batch_size: 16, lr: 0.1, seed: 3 };
+        if (maxShardImages) request.max_shard_images = maxShardImages;
+        const model = JSON.parse(await window.demo.api.create_model(JSON.stringify(request)));
+        const losses = [];
+        for (let i = 0; i < 3; i++) losses.push(JSON.parse(await window.demo.api.train_step()).loss);
+        return { shards: model.shards, losses };
+      };
+      return JSON.stringify({ whole: await run(null), sharded: await run(6) });
+    }));
+    save();
+
     // A batch the device cannot hold: a clear message with the largest batch that fits.
     const before = await page.evaluate(() => window.demo.errors.length);
     await page.fill('#batch', '1000000');

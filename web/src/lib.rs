@@ -16,6 +16,7 @@ use densegpu::data::{self, BatchLoader, Dataset, LoaderOptions, Normalization, C
 use densegpu::densenet::{largest_batch, memory_plans_json, plan_training};
 use densegpu::memory::arena::ArenaLimits;
 use densegpu::memory::arena_limits;
+use densegpu::schedule::ScheduleOptions;
 use densegpu::train::softmax;
 use densegpu::trainer::{LrSchedule, Trainer};
 use densegpu::{DenseNetConfig, Error, Gpu, MemoryMode, Pass, Session, SgdHyper};
@@ -41,6 +42,10 @@ struct ModelRequest {
     weight_decay: f32,
     #[serde(default)]
     seed: u64,
+    /// At most this many images per batch shard (fewer than the planner needs forces shards, so
+    /// that a page on a generous device can show a batch split across bindings).
+    #[serde(default)]
+    max_shard_images: Option<u32>,
 }
 
 fn default_lr() -> f32 {
@@ -233,7 +238,8 @@ fn append(
 }
 
 /// Creates a DenseNet-BC for the current data from a JSON request
-/// `{depth, growth_rate, mode, batch_size, lr?, momentum?, weight_decay?, seed?}`.
+/// `{depth, growth_rate, mode, batch_size, lr?, momentum?, weight_decay?, seed?,
+/// max_shard_images?}`.
 /// The training plan is checked against the device first: a batch that does not fit gives
 /// an error naming the largest batch that does. Returns the model's summary as JSON.
 #[wasm_bindgen]
@@ -270,6 +276,10 @@ pub async fn create_model(request_json: &str) -> Result<String, JsError> {
     // keeps what was trained. Its GPU memory is freed before the new arena is allocated.
     DEMO.with_borrow_mut(|d| d.model = None);
     let mut session = Session::new(gpu, graph, request.seed).await.map_err(js_error)?;
+    if request.max_shard_images.is_some() {
+        let options = ScheduleOptions { max_shard_images: request.max_shard_images, ..Default::default() };
+        session.set_schedule_options(options);
+    }
     // Allocating the arena now turns a device that refuses the memory into an error here,
     // with advice, rather than in the first step.
     if let Err(e) = session.prepare(Pass::Train).await {
@@ -286,6 +296,7 @@ pub async fn create_model(request_json: &str) -> Result<String, JsError> {
             .as_array()
             .and_then(|m| m.iter().find(|p| p["mode"] == mode.name()).cloned()),
         "allocated_bytes": session.allocated_bytes(),
+        "shards": session.memory_plan(Pass::Train).map_err(js_error)?.shards.sizes,
     });
     let trainer = Trainer::new(session, loader, LrSchedule::constant(sgd)).map_err(js_error)?;
     let model = Model { trainer, config, mode, classes };

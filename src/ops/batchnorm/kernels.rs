@@ -16,6 +16,8 @@ const APPLY: Kernel = kernel("apply");
 const BACKWARD_AFFINE: Kernel = kernel("backward_affine");
 const BACKWARD_INPUT: Kernel = kernel("backward_input");
 const BACKWARD: Kernel = kernel("backward");
+const SHARD_STATS: Kernel = kernel("shard_stats");
+const COMBINE_STATS: Kernel = kernel("combine_stats");
 
 /// Values each invocation of the elementwise kernels handles (by striding), so that a launch
 /// is not dominated by per-workgroup overhead on CPU drivers.
@@ -41,6 +43,9 @@ crate::uniform! {
         accumulate_out: u32,
         c_stride: u32,
         in_place: u32,
+        m_total: u32,
+        shards: u32,
+        shard: u32,
     }
 }
 
@@ -62,6 +67,11 @@ struct Roles<'a> {
     accumulate_affine: bool,
     accumulate_out: bool,
     in_place: bool,
+    /// Values per channel in the whole batch when the launch covers one batch shard; 0 for
+    /// the shape's own `m()`.
+    m_total: u32,
+    shards: u32,
+    shard: u32,
 }
 
 impl Roles<'_> {
@@ -90,6 +100,9 @@ impl Roles<'_> {
             accumulate_out: flag(self.accumulate_out),
             c_stride: s.total,
             in_place: flag(self.in_place),
+            m_total: if self.m_total == 0 { s.m() } else { self.m_total },
+            shards: self.shards,
+            shard: self.shard,
         };
         gpu.dispatch(kernel, &params, &buffers, workgroups)
     }
@@ -243,7 +256,7 @@ pub fn batchnorm_backward_input(
     relu: bool,
     accumulate: bool,
 ) -> Dispatch {
-    input_pass(gpu, s, x, Some(dy), stats, affine, grad_affine, dx, relu, accumulate)
+    input_pass(gpu, s, x, Some(dy), stats, affine, grad_affine, dx, relu, accumulate, s.m())
 }
 
 /// [`batchnorm_backward_input`] in place: `dy_dx` holds dy and receives dx (overwritten, never
@@ -260,10 +273,11 @@ pub fn batchnorm_backward_input_in_place(
     dy_dx: View,
     relu: bool,
 ) -> Dispatch {
-    input_pass(gpu, s, x, None, stats, affine, grad_affine, dy_dx, relu, false)
+    input_pass(gpu, s, x, None, stats, affine, grad_affine, dy_dx, relu, false, s.m())
 }
 
-/// The input pass, reading dy from `dy`, or from `dx` itself when `dy` is None.
+/// The input pass, reading dy from `dy`, or from `dx` itself when `dy` is None, over a batch
+/// (or a batch shard of one) whose channels hold `m_total` values each.
 #[allow(clippy::too_many_arguments)]
 fn input_pass(
     gpu: &Gpu,
@@ -276,9 +290,11 @@ fn input_pass(
     dx: View,
     relu: bool,
     accumulate: bool,
+    m_total: u32,
 ) -> Dispatch {
     let launch = Roles {
         shape: s,
+        m_total,
         x: Some(x),
         dy,
         out: Some(dx),
@@ -293,35 +309,90 @@ fn input_pass(
     launch.dispatch(gpu, &BACKWARD_INPUT, elementwise(s))
 }
 
+/// The batch statistics of a batch split into shards: each shard's moments into `scratch`
+/// ([`crate::memory::SHARD_STATISTICS_WORDS`] floats per channel and shard), then one launch
+/// that combines them in shard order into `stats` and updates the running statistics once.
+/// `shards[k]` is shard k's input view and its shape (its `n` the shard's images); `m_total`
+/// is the whole batch's values per channel.
+pub fn batchnorm_train_stats_sharded(
+    gpu: &Gpu,
+    shards: &[(BatchNormShape, View)],
+    m_total: u32,
+    scratch: View,
+    stats: View,
+    running: View,
+) -> Vec<Dispatch> {
+    let mut out: Vec<Dispatch> = (shards.iter().enumerate())
+        .map(|(k, &(s, x))| {
+            let launch = Roles { shape: s, x: Some(x), out: Some(scratch), shard: k as u32, ..Default::default() };
+            launch.dispatch(gpu, &SHARD_STATS, per_channel(s))
+        })
+        .collect();
+    let s = shards[0].0;
+    let combine = Roles {
+        shape: s,
+        out: Some(scratch),
+        stats: Some(stats),
+        running: Some(running),
+        momentum: BN_MOMENTUM,
+        eps: BN_EPS,
+        m_total,
+        shards: shards.len() as u32,
+        ..Default::default()
+    };
+    out.push(combine.dispatch(gpu, &COMBINE_STATS, grid(s.c as u64, 64)));
+    out
+}
+
 /// Records one batch-norm launch of a schedule. Backward is the split pair (it measured faster
 /// on lavapipe than the fused kernel): the affine pass, then the input pass, which reads the
 /// sums the affine pass just wrote.
+///
+/// Over a batch in shards, everything that reduces over the batch reduces over all of it: the
+/// statistics combine every shard's ([`batchnorm_train_stats_sharded`]), the affine passes of
+/// all shards add into one dgamma and dbeta before any input pass reads them, and the input
+/// passes divide by the whole batch's count.
 pub(crate) fn record(launch: &BatchNormLaunch, r: &mut Recorder) {
     let gpu = r.gpu;
-    let d = match *launch {
-        BatchNormLaunch::TrainStats { shape, x, stats, running } => {
-            batchnorm_train_stats(gpu, shape, r.view(x), r.view(stats), r.view(running), BN_MOMENTUM, BN_EPS)
-        }
-        BatchNormLaunch::EvalStats { shape, running, stats } => {
-            batchnorm_eval_stats(gpu, shape.c, r.view(running), r.view(stats), BN_EPS)
-        }
-        BatchNormLaunch::Apply { shape, x, stats, affine, y, relu } => {
-            batchnorm_apply(gpu, shape, r.view(x), r.view(stats), r.view(affine), r.view(y), relu)
-        }
-        BatchNormLaunch::Backward { shape, x, dy: dy_loc, stats, affine, grad_affine, dx, relu, accumulate } => {
-            let (x, dy, stats) = (r.view(x), r.view(dy_loc), r.view(stats));
-            let (affine, grad_affine) = (r.view(affine), r.view(grad_affine));
-            let affine_pass = batchnorm_backward_affine(gpu, shape, x, dy, stats, affine, grad_affine, relu, false);
-            let Some(dx) = dx else { return r.push(affine_pass) };
-            r.push(affine_pass);
-            if dx == dy_loc {
-                assert!(!accumulate, "an in-place batch-norm backward overwrites its input gradient");
-                batchnorm_backward_input_in_place(gpu, shape, x, stats, affine, grad_affine, dy, relu)
-            } else {
-                let dx = r.view(dx);
-                batchnorm_backward_input(gpu, shape, x, dy, stats, affine, grad_affine, dx, relu, accumulate)
+    let sharded = r.shards().len() > 1;
+    match *launch {
+        BatchNormLaunch::TrainStats { shape, x, stats, running } if sharded => {
+            let mut parts = Vec::new();
+            r.each_shard(|r, shard| parts.push((BatchNormShape { n: shard.images, ..shape }, r.view(x))));
+            let scratch = r.shard_statistics().expect("a sharded training step plans the shard-statistics scratch");
+            let (stats, running) = (r.view(stats), r.view(running));
+            for d in batchnorm_train_stats_sharded(gpu, &parts, shape.m(), scratch, stats, running) {
+                r.push(d);
             }
         }
-    };
-    r.push(d);
+        BatchNormLaunch::TrainStats { shape, x, stats, running } => {
+            r.push(batchnorm_train_stats(gpu, shape, r.view(x), r.view(stats), r.view(running), BN_MOMENTUM, BN_EPS))
+        }
+        BatchNormLaunch::EvalStats { shape, running, stats } => {
+            r.push(batchnorm_eval_stats(gpu, shape.c, r.view(running), r.view(stats), BN_EPS))
+        }
+        BatchNormLaunch::Apply { shape, x, stats, affine, y, relu } => r.each_shard(|r, shard| {
+            let shape = BatchNormShape { n: shard.images, ..shape };
+            r.push(batchnorm_apply(gpu, shape, r.view(x), r.view(stats), r.view(affine), r.view(y), relu))
+        }),
+        BatchNormLaunch::Backward { shape, x, dy: dy_loc, stats, affine, grad_affine, dx, relu, accumulate } => {
+            let m_total = shape.m();
+            r.each_shard(|r, shard| {
+                let part = BatchNormShape { n: shard.images, ..shape };
+                let (x, dy, stats) = (r.view(x), r.view(dy_loc), r.view(stats));
+                let (affine, grad) = (r.view(affine), r.view(grad_affine));
+                r.push(batchnorm_backward_affine(gpu, part, x, dy, stats, affine, grad, relu, shard.index > 0));
+            });
+            let Some(dx_loc) = dx else { return };
+            r.each_shard(|r, shard| {
+                let part = BatchNormShape { n: shard.images, ..shape };
+                let in_place = dx_loc == dy_loc;
+                assert!(!(in_place && accumulate), "an in-place batch-norm backward overwrites its input gradient");
+                let dy = (!in_place).then(|| r.view(dy_loc));
+                let (x, stats, affine, grad, dx) =
+                    (r.view(x), r.view(stats), r.view(affine), r.view(grad_affine), r.view(dx_loc));
+                r.push(input_pass(gpu, part, x, dy, stats, affine, grad, dx, relu, accumulate, m_total));
+            });
+        }
+    }
 }

@@ -319,6 +319,12 @@ fn launch(gpu: &Gpu, s: &Conv2dShape, params: &Params, buffers: [Window; 3]) -> 
 
 /// Records one conv launch of a schedule.
 pub(crate) fn record(launch: &ConvLaunch, r: &mut Recorder) {
+    // Once per batch shard, over its images; a weight gradient sums over the batch, so every
+    // shard after the first adds to it.
+    r.each_shard(|r, shard| record_shard(&launch.with_batch(shard.images, shard.index > 0), r));
+}
+
+fn record_shard(launch: &ConvLaunch, r: &mut Recorder) {
     let gpu = r.gpu;
     let d = match *launch {
         ConvLaunch::Forward { shape, x, w, y } => conv2d_forward(gpu, &shape, r.view(x), r.view(w), r.view(y)),

@@ -182,6 +182,24 @@ pub enum ConvLaunch {
 }
 
 impl ConvLaunch {
+    /// The launch over `n` images (one batch shard) instead of the whole batch; with
+    /// `accumulate_weight`, a weight gradient adds to what the gradient holds (the shards
+    /// after the first).
+    pub fn with_batch(&self, n: u32, accumulate_weight: bool) -> ConvLaunch {
+        let mut l = self.clone();
+        match &mut l {
+            ConvLaunch::Forward { shape, .. }
+            | ConvLaunch::ForwardBnRelu { shape, .. }
+            | ConvLaunch::BackwardInput { shape, .. } => shape.n = n,
+            ConvLaunch::BackwardWeight { shape, accumulate, .. }
+            | ConvLaunch::BackwardWeightBnRelu { shape, accumulate, .. } => {
+                shape.n = n;
+                *accumulate |= accumulate_weight;
+            }
+        }
+        l
+    }
+
     /// Every operand of the launch.
     pub fn operands(&self) -> Vec<Loc> {
         match *self {

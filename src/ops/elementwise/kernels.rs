@@ -3,6 +3,7 @@
 use super::ElementwiseLaunch;
 use crate::executor::Recorder;
 use crate::gpu::{grid, shaders, Dispatch, Gpu, Kernel, View, Window};
+use crate::memory::shards::Shard;
 use crate::ops::flag;
 
 const fn kernel(entry: &'static str) -> Kernel {
@@ -37,6 +38,12 @@ crate::uniform! {
         scale: f32,
         /// relu_backward_into and dropout_backward add to their output instead of overwriting.
         accumulate: u32,
+        /// Dropout over one batch shard: values per channel in the shard (0: unsharded) and in
+        /// the whole batch, and the shard's first value within a channel (see
+        /// [`DropoutShard`]).
+        plane_shard: u32,
+        plane_batch: u32,
+        plane_first: u32,
     }
 }
 
@@ -161,34 +168,75 @@ fn same_window(a: Window, b: Window) -> bool {
     a.buffer == b.buffer && a.start == b.start
 }
 
+/// Where a dropout launch over one batch shard lies in the whole batch, so that its mask is
+/// the whole batch's: element i of the shard is element
+/// `(i / plane_shard)·plane_batch + plane_first + i mod plane_shard` of the batch's tensor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropoutShard {
+    /// Values per channel in the shard, n_k·H·W; 0 for an unsharded launch.
+    pub plane_shard: u32,
+    /// Values per channel in the whole batch, N·H·W.
+    pub plane_batch: u32,
+    /// The shard's first value within a channel, first image·H·W.
+    pub plane_first: u32,
+}
+
+impl DropoutShard {
+    /// The placement of `shard` for a tensor of `plane` = N·H·W values per channel.
+    fn of(shard: Shard, plane: u32) -> DropoutShard {
+        if shard.images == shard.total {
+            return DropoutShard::default();
+        }
+        let image = plane / shard.total;
+        DropoutShard { plane_shard: image * shard.images, plane_batch: plane, plane_first: image * shard.first }
+    }
+
+    fn apply(self, p: ElementwiseParams) -> ElementwiseParams {
+        ElementwiseParams {
+            plane_shard: self.plane_shard,
+            plane_batch: self.plane_batch,
+            plane_first: self.plane_first,
+            ..p
+        }
+    }
+}
+
 /// Records one elementwise launch of a schedule. Dropout's parameters are rewritten every
 /// step with the step in the seed, so each step draws a new mask.
 pub(crate) fn record(launch: &ElementwiseLaunch, r: &mut Recorder) {
+    // Every elementwise launch is over batched tensors: once per shard, over its part.
+    r.each_shard(|r, shard| record_shard(launch, r, shard));
+}
+
+fn record_shard(launch: &ElementwiseLaunch, r: &mut Recorder, shard: Shard) {
     let gpu = r.gpu;
     let d = match *launch {
-        ElementwiseLaunch::ReluForward { len, x, y } => relu_forward(gpu, len, r.view(x), r.view(y)),
+        ElementwiseLaunch::ReluForward { len, x, y } => relu_forward(gpu, shard.part(len), r.view(x), r.view(y)),
         ElementwiseLaunch::ReluBackward { len, x, dy, dx, accumulate } => {
-            relu_backward_into(gpu, len, r.view(x), r.view(dy), r.view(dx), accumulate)
+            relu_backward_into(gpu, shard.part(len), r.view(x), r.view(dy), r.view(dx), accumulate)
         }
-        ElementwiseLaunch::DropoutForward { len, rate, key, x, y } => {
+        ElementwiseLaunch::DropoutForward { len, plane, rate, key, x, y } => {
+            let (len, place) = (shard.part(len), DropoutShard::of(shard, plane));
             let (x, y) = (r.view(x), r.view(y));
             let (from, to) = (x.offset, y.offset);
             let d = dropout_forward(gpu, len, x, y, rate, [key, 0]);
             return r.push_per_step(d, move |gpu, d, s| {
-                d.set_params(gpu, &dropout_params(len, from, to, rate, [key, s.step as u32], false))
+                d.set_params(gpu, &place.apply(dropout_params(len, from, to, rate, [key, s.step as u32], false)))
             });
         }
-        ElementwiseLaunch::DropoutBackward { len, rate, key, dy, dx, accumulate } => {
+        ElementwiseLaunch::DropoutBackward { len, plane, rate, key, dy, dx, accumulate } => {
+            let (len, place) = (shard.part(len), DropoutShard::of(shard, plane));
             let (dy, dx) = (r.view(dy), r.view(dx));
             let (from, to) = (dy.offset, dx.offset);
             let d = dropout_backward(gpu, len, dy, dx, rate, [key, 0], accumulate);
             return r.push_per_step(d, move |gpu, d, s| {
-                d.set_params(gpu, &dropout_params(len, from, to, rate, [key, s.step as u32], accumulate))
+                let words = dropout_params(len, from, to, rate, [key, s.step as u32], accumulate);
+                d.set_params(gpu, &place.apply(words))
             });
         }
-        ElementwiseLaunch::Copy { len, x, y } => copy(gpu, len, r.view(x), r.view(y)),
-        ElementwiseLaunch::Add { len, x, y } => add(gpu, len, r.view(x), r.view(y)),
-        ElementwiseLaunch::Fill { len, y, value } => fill(gpu, len, r.view(y), value),
+        ElementwiseLaunch::Copy { len, x, y } => copy(gpu, shard.part(len), r.view(x), r.view(y)),
+        ElementwiseLaunch::Add { len, x, y } => add(gpu, shard.part(len), r.view(x), r.view(y)),
+        ElementwiseLaunch::Fill { len, y, value } => fill(gpu, shard.part(len), r.view(y), value),
     };
     r.push(d);
 }

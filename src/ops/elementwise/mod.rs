@@ -24,8 +24,11 @@ pub enum ElementwiseLaunch {
         dx: Loc,
         accumulate: bool,
     },
+    /// `plane` is N·H·W, the values of one channel over the batch (which batch shards need to
+    /// key the mask by each element's index in the whole batch).
     DropoutForward {
         len: u32,
+        plane: u32,
         rate: f32,
         key: u32,
         x: Loc,
@@ -33,6 +36,7 @@ pub enum ElementwiseLaunch {
     },
     DropoutBackward {
         len: u32,
+        plane: u32,
         rate: f32,
         key: u32,
         dy: Loc,
@@ -82,7 +86,8 @@ pub(crate) fn forward(b: &mut ScheduleBuilder, id: NodeId, phase: Phase) {
     let op = match node.op {
         Op::Relu => ElementwiseLaunch::ReluForward { len, x, y },
         Op::Dropout { rate, key } if b.pass() == Pass::Train && rate > 0.0 => {
-            ElementwiseLaunch::DropoutForward { len, rate, key, x, y }
+            let [_, n, h, w] = g.shape(node.output);
+            ElementwiseLaunch::DropoutForward { len, plane: n * h * w, rate, key, x, y }
         }
         Op::Dropout { .. } | Op::Copy => ElementwiseLaunch::Copy { len, x, y },
         _ => unreachable!("not an elementwise op"),
@@ -102,7 +107,8 @@ pub(crate) fn backward(b: &mut ScheduleBuilder, id: NodeId, dy: Loc) {
     let op = match node.op {
         Op::Relu => ElementwiseLaunch::ReluBackward { len, x: x.unwrap(), dy, dx, accumulate },
         Op::Dropout { rate, key } if rate > 0.0 => {
-            ElementwiseLaunch::DropoutBackward { len, rate, key, dy, dx, accumulate }
+            let [_, n, h, w] = g.shape(xt);
+            ElementwiseLaunch::DropoutBackward { len, plane: n * h * w, rate, key, dy, dx, accumulate }
         }
         Op::Dropout { .. } | Op::Copy if accumulate => ElementwiseLaunch::Add { len, x: dy, y: dx },
         Op::Dropout { .. } | Op::Copy => ElementwiseLaunch::Copy { len, x: dy, y: dx },

@@ -4,6 +4,7 @@ use super::LinearLaunch;
 use super::LinearShape;
 use crate::executor::Recorder;
 use crate::gpu::{grid, shaders, Dispatch, Gpu, Kernel, View};
+use crate::memory::shards::Shard;
 use crate::ops::flag;
 
 const FORWARD: Kernel = Kernel { shader: &shaders::LINEAR, entry: "linear_forward", buffers: 4 };
@@ -64,14 +65,20 @@ pub fn backward_bias(gpu: &Gpu, s: LinearShape, dy: View, db: View, accumulate: 
 /// Records one linear launch of a schedule; the parameter gradients are two dispatches, the
 /// weight's and the bias's, which follows the weight in `grad_params`.
 pub(crate) fn record(launch: &LinearLaunch, r: &mut Recorder) {
+    r.each_shard(|r, shard| record_shard(&launch.with_batch(shard.images), r, shard));
+}
+
+fn record_shard(launch: &LinearLaunch, r: &mut Recorder, shard: Shard) {
     let gpu = r.gpu;
     let d = match *launch {
         LinearLaunch::Forward { shape, x, params, y } => forward(gpu, shape, r.view(x), r.view(params), r.view(y)),
         LinearLaunch::BackwardParams { shape, x, dy, grad_params } => {
+            // Sums over the batch: the shards after the first add to the gradients.
+            let accumulate = shard.index > 0;
             let dw = r.view(grad_params);
             let db = dw.at(shape.out_features * shape.in_features);
-            r.push(backward_weight(gpu, shape, r.view(x), r.view(dy), dw, false));
-            backward_bias(gpu, shape, r.view(dy), db, false)
+            r.push(backward_weight(gpu, shape, r.view(x), r.view(dy), dw, accumulate));
+            backward_bias(gpu, shape, r.view(dy), db, accumulate)
         }
         LinearLaunch::BackwardInput { shape, dy, params, dx, accumulate } => {
             backward_input(gpu, shape, r.view(params), r.view(dy), r.view(dx), accumulate)

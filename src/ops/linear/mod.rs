@@ -57,6 +57,17 @@ pub enum LinearLaunch {
 }
 
 impl LinearLaunch {
+    /// The launch over `n` images (one batch shard) instead of the whole batch.
+    pub fn with_batch(&self, n: u32) -> LinearLaunch {
+        let mut l = self.clone();
+        match &mut l {
+            LinearLaunch::Forward { shape, .. }
+            | LinearLaunch::BackwardParams { shape, .. }
+            | LinearLaunch::BackwardInput { shape, .. } => shape.n = n,
+        }
+        l
+    }
+
     /// Every operand of the launch.
     pub fn operands(&self) -> Vec<Loc> {
         match *self {

@@ -25,11 +25,28 @@ pub fn cross_entropy(
     stats: View,
     accumulate_stats: bool,
 ) -> Dispatch {
+    cross_entropy_of(gpu, s, s.n, logits, labels, dlogits, stats, accumulate_stats)
+}
+
+/// [`cross_entropy`] over `s.n` images of a batch of `n_total` (one batch shard): the loss
+/// and its gradient are means over the whole batch.
+#[allow(clippy::too_many_arguments)]
+fn cross_entropy_of(
+    gpu: &Gpu,
+    s: LossShape,
+    n_total: u32,
+    logits: View,
+    labels: View,
+    dlogits: Option<View>,
+    stats: View,
+    accumulate_stats: bool,
+) -> Dispatch {
     // Without a gradient, binding 3 still needs a window; the kernel never touches it.
     let (d, d_offset) = dlogits.map_or((gpu.unused_binding(0), 0), |v| (v.buffer, v.offset));
     let params = LossParams {
         classes: s.classes,
         n: s.n,
+        n_total,
         write_grad: flag(dlogits.is_some()),
         accumulate: flag(accumulate_stats),
         off1: logits.offset,
@@ -46,6 +63,7 @@ crate::uniform! {
     pub struct LossParams for shaders::LOSS {
         classes: u32,
         n: u32,
+        n_total: u32,
         write_grad: u32,
         accumulate: u32,
         off1: u32,
@@ -56,8 +74,14 @@ crate::uniform! {
 }
 
 /// Records the loss launch of a schedule.
+/// Once per batch shard: each shard's images add their share of the whole batch's mean loss
+/// and their correct count to what the shards before them wrote.
 pub(crate) fn record(launch: &LossLaunch, r: &mut Recorder) {
     let LossLaunch { shape, logits, labels, loss, dlogits } = *launch;
-    let dlogits = dlogits.map(|d| r.view(d));
-    r.push(cross_entropy(r.gpu, shape, r.view(logits), r.view(labels), dlogits, r.view(loss), false));
+    r.each_shard(|r, shard| {
+        let part = LossShape { n: shard.images, ..shape };
+        let dlogits = dlogits.map(|d| r.view(d));
+        let (logits, labels, loss) = (r.view(logits), r.view(labels), r.view(loss));
+        r.push(cross_entropy_of(r.gpu, part, shard.total, logits, labels, dlogits, loss, shard.index > 0));
+    });
 }

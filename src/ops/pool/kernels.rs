@@ -81,6 +81,11 @@ crate::uniform! {
 
 /// Records one pool launch of a schedule.
 pub(crate) fn record(launch: &PoolLaunch, r: &mut Recorder) {
+    // Pools act on each image alone: once per batch shard, over its images.
+    r.each_shard(|r, shard| record_shard(&launch.with_batch(shard.images), r));
+}
+
+fn record_shard(launch: &PoolLaunch, r: &mut Recorder) {
     let gpu = r.gpu;
     let d = match *launch {
         PoolLaunch::AvgForward { shape, x, y } => avg_pool_forward(gpu, shape, r.view(x), r.view(y)),

@@ -90,6 +90,20 @@ pub enum PoolLaunch {
 }
 
 impl PoolLaunch {
+    /// The launch over `n` images (one batch shard) instead of the whole batch.
+    pub fn with_batch(&self, n: u32) -> PoolLaunch {
+        let mut l = self.clone();
+        match &mut l {
+            PoolLaunch::AvgForward { shape, .. }
+            | PoolLaunch::AvgBackward { shape, .. }
+            | PoolLaunch::MaxForward { shape, .. }
+            | PoolLaunch::MaxBackward { shape, .. }
+            | PoolLaunch::GlobalAvgForward { shape, .. }
+            | PoolLaunch::GlobalAvgBackward { shape, .. } => shape.n = n,
+        }
+        l
+    }
+
     /// Every operand of the launch.
     pub fn operands(&self) -> Vec<Loc> {
         match *self {
