@@ -26,7 +26,8 @@ struct Args {
     growth_rate: u32,
     #[arg(long, default_value_t = 64)]
     batch_size: u32,
-    /// Timed steps per mode, after one untimed warm-up step.
+    /// Timed steps per mode, after one untimed warm-up step; 0 times a single step without
+    /// warm-up.
     #[arg(long, default_value_t = 3)]
     steps: u32,
     /// naive, efficient, minimal, or all.
@@ -67,7 +68,11 @@ fn run(args: Args) -> densegpu::Result<()> {
         Some(name) => name.clone(),
         None => format!("DenseNet-BC-{} k={}", args.depth, args.growth_rate),
     };
-    println!("{name} at {size}x{size}, batch {}, {} timed steps after 1 warm-up step", args.batch_size, args.steps);
+    let timing = match args.steps {
+        0 => "1 timed step, no warm-up (pipelines compile inside it)".to_string(),
+        n => format!("{n} timed steps after 1 warm-up step"),
+    };
+    println!("{name} at {size}x{size}, batch {}, {timing}", args.batch_size);
     println!(
         "{:<10} {:>9} {:>10} {:>14} {:>14}  batch shards",
         "mode", "img/s", "s/step", "planned MiB", "allocated MiB"
@@ -86,12 +91,16 @@ fn run(args: Args) -> densegpu::Result<()> {
         let planned = plan.report().total;
         let shards = plan.shards.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("+");
         let sgd = SgdHyper::densenet_cifar();
-        block_on(session.train_step(&images, &labels, &sgd))?;
-        let start = Instant::now();
-        for _ in 0..args.steps {
+        // `--steps 0` times one step with no warm-up (its pipelines compile inside it), for a
+        // model too slow on a CPU driver for two steps.
+        if args.steps > 0 {
             block_on(session.train_step(&images, &labels, &sgd))?;
         }
-        let per_step = start.elapsed().as_secs_f64() / args.steps as f64;
+        let start = Instant::now();
+        for _ in 0..args.steps.max(1) {
+            block_on(session.train_step(&images, &labels, &sgd))?;
+        }
+        let per_step = start.elapsed().as_secs_f64() / args.steps.max(1) as f64;
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let overhead = match baseline {
             None if mode == MemoryMode::Naive => {
