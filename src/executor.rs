@@ -524,11 +524,13 @@ impl Program {
             let (b, off) = layout.places[i];
             View::in_window(&buffers[b], off as u64 * 4, Segments::padded_len(&groups[i]) * 4, 0)
         }
-        let batched: Vec<bool> =
-            schedule.values.iter().map(|v| shards.len() > 1 && graph.storages[v.storage.0].batched).collect();
+        // Per value, its placements: the shard count for a batched value, else 1.
+        let value_shards: Vec<usize> = (schedule.values.iter())
+            .map(|v| if graph.storages[v.storage.0].batched { shards.len() } else { 1 })
+            .collect();
         let resolve = |loc: Loc, k: usize| -> View<'_> {
             match loc {
-                Loc::Value { value, offset } if batched[value.0] => {
+                Loc::Value { value, offset } if value_shards[value.0] > 1 => {
                     // A batched value's shard is a whole (C, n_k, H, W) storage of its own, so a
                     // channel offset scales with the shard's images.
                     let shard = shards.shard(k);
@@ -569,7 +571,6 @@ impl Program {
             record(&launch.op, &mut recorder);
         }
         let Recorder { dispatches, per_step, .. } = recorder;
-        let value_shards = batched.iter().map(|&b| if b { shards.len() } else { 1 }).collect();
         Ok(Program { schedule, layout, arena, dispatches, per_step, shards, value_placements, value_shards })
     }
 
