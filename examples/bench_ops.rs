@@ -1,11 +1,27 @@
 //! Micro-benchmark of the conv2d kernels at the real shapes of DenseNet-BC-100 (k = 12) on
-//! CIFAR at batch 64. `cargo run --release --example bench_ops [filter]` prints a markdown
-//! table; a filter keeps the rows whose name contains it (e.g. `3x3`).
+//! CIFAR at batch 64. `cargo run --release --example bench_ops -- [--kernels K] [filter]`
+//! prints a markdown table; a filter keeps the rows whose name contains it (e.g. `3x3`).
+//! `--kernels register` or `workgroup` runs every row with that family (its default
+//! candidates), `auto` (the default) with the tuned choice for each shape and direction,
+//! tuning what the cache does not hold; the table names the kernel of each cell.
 
+use clap::Parser;
 use densegpu::gpu::{Dispatch, View};
-use densegpu::ops::conv::{kernels as conv, Conv2dShape};
+use densegpu::ops::conv::kernels::{self as conv, ConvDirection, ConvKernel};
+use densegpu::ops::conv::Conv2dShape;
+use densegpu::tune::{self, Autotune, Cache};
 use densegpu::{block_on, Gpu};
 use std::time::Instant;
+
+#[derive(Parser)]
+struct Args {
+    /// register, workgroup or auto (tuned, from the cache where it holds the shape).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "register", "workgroup"])]
+    kernels: String,
+    /// Keeps the rows whose name contains this.
+    #[arg(default_value = "")]
+    filter: String,
+}
 
 const BATCH: u32 = 64;
 
@@ -57,9 +73,9 @@ fn cpu_seconds() -> Option<f64> {
 /// (wall seconds, CPU seconds) per launch: one warm-up submission (which also compiles the
 /// pipeline), then the fastest of five submissions of about 0.1 s each. The minimum, because
 /// on a shared machine other processes only ever add time.
-fn time(gpu: &Gpu, make: &dyn Fn() -> Dispatch) -> (f64, f64) {
+fn time(gpu: &Gpu, make: &dyn Fn() -> Vec<Dispatch>) -> (f64, f64) {
     let once = |count: usize| -> (f64, f64) {
-        let dispatches: Vec<Dispatch> = (0..count).map(|_| make()).collect();
+        let dispatches: Vec<Dispatch> = (0..count).flat_map(|_| make()).collect();
         let (start, cpu_start) = (Instant::now(), cpu_seconds().unwrap_or(0.0));
         block_on(gpu.run(&dispatches)).and_then(|()| gpu.wait()).expect("running the benchmark");
         let cpu = cpu_seconds().unwrap_or(0.0) - cpu_start;
@@ -72,34 +88,57 @@ fn time(gpu: &Gpu, make: &dyn Fn() -> Dispatch) -> (f64, f64) {
 }
 
 fn main() {
-    let filter = std::env::args().nth(1).unwrap_or_default();
+    let args = Args::parse();
     let gpu = block_on(Gpu::new()).expect("a GPU adapter");
-    println!("device: {}", gpu.describe());
+    if let Err(e) = tune::set_kernels(&gpu, &args.kernels) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+    println!("device: {}; kernels: {}", gpu.describe(), args.kernels);
+    // What a training session on this adapter plans for split weight gradients.
+    let scratch_bytes = densegpu::executor::split_scratch_bytes(&gpu);
+    let scratch = (scratch_bytes > 0).then(|| buffer(&gpu, "split scratch", (scratch_bytes / 4) as u32));
+    let mut cache = Cache::load();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("batch {BATCH}; GFLOP/s = 2 x forward multiply-adds / time, for every direction.");
     println!("ms and GFLOP/s are wall clock; cpu GFLOP/s divides by CPU time / {threads} cores instead,");
     println!("i.e. the rate with the machine to itself (the wall numbers suffer from other load).\n");
-    println!("| conv | fwd ms | fwd GFLOP/s | fwd cpu GFLOP/s | bwd-in ms | bwd-in GFLOP/s | bwd-in cpu GFLOP/s | bwd-w ms | bwd-w GFLOP/s | bwd-w cpu GFLOP/s |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| conv | fwd kernel | fwd ms | fwd GFLOP/s | fwd cpu GFLOP/s | bwd-in kernel | bwd-in ms | bwd-in GFLOP/s | bwd-in cpu GFLOP/s | bwd-w kernel | bwd-w ms | bwd-w GFLOP/s | bwd-w cpu GFLOP/s |");
+    println!("|---|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|");
     let mut totals = [0.0f64; 3];
     for (name, s) in cases() {
-        if !name.contains(&filter) {
+        if !name.contains(&args.filter) {
             continue;
         }
         let x = buffer(&gpu, "x", s.input_elems());
         let w = buffer(&gpu, "w", s.weight_elems());
         let y = buffer(&gpu, "y", s.output_elems());
         let v = |b| View::new(b, 0);
+        let directions = [ConvDirection::Forward, ConvDirection::BackwardInput, ConvDirection::BackwardWeight];
+        let kernels: Vec<ConvKernel> = directions
+            .iter()
+            .map(|&d| {
+                if args.kernels == "auto" && gpu.forced_family().is_none() {
+                    tune::tune_shape(&gpu, &mut cache, d, &s, Autotune::Cached, scratch_bytes, &mut Vec::new())
+                        .expect("tuning");
+                }
+                conv::choose(&gpu, d, &s)
+            })
+            .collect();
+        let scratch = scratch.as_ref().map(v);
         let seconds = [
-            time(&gpu, &|| conv::conv2d_forward(&gpu, &s, v(&x), v(&w), v(&y))),
-            time(&gpu, &|| conv::conv2d_backward_input(&gpu, &s, v(&y), v(&w), v(&x), false)),
-            time(&gpu, &|| conv::conv2d_backward_weight(&gpu, &s, v(&x), v(&y), v(&w), false)),
+            time(&gpu, &|| vec![conv::forward_with(&gpu, kernels[0], &s, v(&x), v(&w), v(&y))]),
+            time(&gpu, &|| {
+                vec![conv::backward_input_with(&gpu, kernels[1], &s, (0, s.c_in), v(&y), v(&w), v(&x), false)]
+            }),
+            time(&gpu, &|| conv::backward_weight_with(&gpu, kernels[2], &s, v(&x), None, v(&y), v(&w), scratch, false)),
         ];
         let gflops = |t: f64| s.flops_forward() as f64 / t / 1e9;
         print!("| {name} |");
         for (i, &(wall, cpu)) in seconds.iter().enumerate() {
             totals[i] += wall;
-            print!(" {:.2} | {:.1} | {:.1} |", wall * 1e3, gflops(wall), gflops(cpu / threads as f64));
+            let kernel = kernels[i].name();
+            print!(" {kernel} | {:.2} | {:.1} | {:.1} |", wall * 1e3, gflops(wall), gflops(cpu / threads as f64));
         }
         println!();
     }
@@ -109,4 +148,5 @@ fn main() {
         totals[1] * 1e3,
         totals[2] * 1e3
     );
+    cache.save().expect("writing the kernel cache");
 }

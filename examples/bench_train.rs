@@ -43,6 +43,13 @@ struct Args {
     /// At most this many images per batch shard.
     #[arg(long)]
     max_shard_images: Option<u32>,
+    /// Conv kernels: auto (tuned per shape on this adapter), register or workgroup.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "register", "workgroup"])]
+    kernels: String,
+    /// With --kernels auto: cached, full or off (see `tune`). Tuning happens before the clock
+    /// starts.
+    #[arg(long, default_value = "cached", value_parser = clap::value_parser!(densegpu::tune::Autotune))]
+    autotune: densegpu::tune::Autotune,
 }
 
 fn main() {
@@ -85,8 +92,11 @@ fn run(args: Args) -> densegpu::Result<()> {
     for mode in modes {
         let graph = config.build(args.batch_size, mode)?;
         let mut session = block_on(Session::new(gpu.clone(), graph, 0))?;
-        let options = ScheduleOptions { max_shard_images: args.max_shard_images, ..Default::default() };
+        let options = ScheduleOptions { max_shard_images: args.max_shard_images, ..*session.schedule_options() };
         session.set_schedule_options(options);
+        if let Some(line) = densegpu::run::choose_kernels(&session, &args.kernels, args.autotune)? {
+            println!("{line}");
+        }
         let plan = session.memory_plan(Pass::Train)?;
         let planned = plan.report().total;
         let shards = plan.shards.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("+");

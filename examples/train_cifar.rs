@@ -93,6 +93,14 @@ struct Args {
     /// Print one JSON summary line at the end.
     #[arg(long)]
     json: bool,
+    /// Conv kernels: auto (tuned per shape on this adapter), register (for CPU drivers) or
+    /// workgroup (for GPUs).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "register", "workgroup"])]
+    kernels: String,
+    /// With --kernels auto: cached (time only shapes this adapter's cache lacks), full (time
+    /// all again) or off (the device type's default, no timing).
+    #[arg(long, env = "DENSEGPU_AUTOTUNE", default_value = "cached", value_parser = clap::value_parser!(densegpu::tune::Autotune))]
+    autotune: densegpu::tune::Autotune,
 }
 
 fn main() {
@@ -217,6 +225,14 @@ fn run(args: &Args) -> Result<()> {
             } else {
                 println!("{line}");
             }
+        }
+    }
+    if let Some(line) = run::choose_kernels(&session, &args.kernels, args.autotune)? {
+        // On stderr under --json, whose stdout is the one summary line.
+        if args.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
         }
     }
 

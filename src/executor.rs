@@ -74,12 +74,13 @@ impl Session {
             momentum: alloc("momentum", &layout.params).await?,
             states: alloc("running statistics", &layout.states).await?,
         };
+        let schedule_options = ScheduleOptions { split_scratch_bytes: split_scratch_bytes(&gpu), ..Default::default() };
         let session = Session {
             gpu,
             graph,
             limits,
             layout,
-            schedule_options: ScheduleOptions::default(),
+            schedule_options,
             persistent,
             train: None,
             eval: None,
@@ -237,6 +238,11 @@ impl Session {
     /// The memory plan of this session's program for `pass` (compiled or not).
     pub fn memory_plan(&self, pass: Pass) -> Result<MemoryPlan> {
         MemoryPlan::with_persistent(&self.graph, pass, &self.limits, self.layout.clone(), &self.schedule_options)
+    }
+
+    /// The schedule compiler's options for this session's programs.
+    pub fn schedule_options(&self) -> &ScheduleOptions {
+        &self.schedule_options
     }
 
     /// Sets the schedule compiler's options for this session's programs; compiled programs are
@@ -399,6 +405,16 @@ pub struct StepInputs {
     pub sgd: SgdHyper,
 }
 
+/// The split-reduction scratch a session on `gpu` plans: none where the register family is the
+/// default (a CPU driver has few cores to fill, so its weight gradients need no splits),
+/// [`crate::ops::conv::workgroup::SPLIT_SCRATCH_BYTES`] elsewhere.
+pub fn split_scratch_bytes(gpu: &Gpu) -> u64 {
+    match gpu.default_family() {
+        crate::gpu::Family::Register => 0,
+        crate::gpu::Family::Workgroup => crate::ops::conv::workgroup::SPLIT_SCRATCH_BYTES,
+    }
+}
+
 /// Rewrites a recorded dispatch's parameter words for a step.
 type PerStep = Box<dyn Fn(&Gpu, &Dispatch, &StepInputs) + Send + Sync>;
 
@@ -412,6 +428,7 @@ pub struct Recorder<'a> {
     /// The shard that [`Recorder::view`] resolves batched values in.
     shard: usize,
     shard_statistics: Option<View<'a>>,
+    split_scratch: Option<View<'a>>,
     /// Per segment of the persistent parameter buffers: its length in elements and the
     /// parameters, gradients and momentum buffers it covers.
     optimizer_segments: Vec<(u32, [View<'a>; 3])>,
@@ -451,6 +468,11 @@ impl<'a> Recorder<'a> {
     /// training step.
     pub fn shard_statistics(&self) -> Option<View<'a>> {
         self.shard_statistics
+    }
+
+    /// The scratch of [`ScheduleOptions::split_scratch_bytes`], when the plan has one.
+    pub fn split_scratch(&self) -> Option<View<'a>> {
+        self.split_scratch
     }
 
     /// Appends a dispatch whose parameters never change.
@@ -506,6 +528,7 @@ pub struct Program {
 impl Program {
     async fn new(gpu: &Gpu, graph: &Graph, memory: MemoryPlan, persistent: &Persistent) -> Result<Program> {
         let shard_statistics_place = memory.shard_statistics_placement();
+        let split_scratch_place = memory.split_scratch_placement();
         let MemoryPlan {
             persistent: PersistentLayout { params: param_layout, states: state_layout },
             schedule,
@@ -557,12 +580,14 @@ impl Program {
             .collect();
         let shard_statistics =
             shard_statistics_place.map(|(p, bytes)| View::in_window(&arena[p.buffer], p.offset, bytes, 0));
+        let split_scratch = split_scratch_place.map(|(p, bytes)| View::in_window(&arena[p.buffer], p.offset, bytes, 0));
         let mut recorder = Recorder {
             gpu,
             resolve: &resolve,
             shards: &shards,
             shard: 0,
             shard_statistics,
+            split_scratch,
             optimizer_segments,
             dispatches: Vec::new(),
             per_step: Vec::new(),

@@ -264,6 +264,34 @@ pub fn flag_number(v: f32) -> String {
     }
 }
 
+/// Sets up the conv kernels of a run (see [`crate::tune`]): `kernels` is `auto` (tuned, or the
+/// device type's default where nothing is tuned), `register` or `workgroup` (that family,
+/// forced); with `auto`, `autotune` says whether to tune. Returns the line a command prints
+/// when it timed anything: how many shapes, how long, and what was chosen.
+///
+/// Errors: an unknown family, or a device error while timing.
+pub fn choose_kernels(session: &Session, kernels: &str, autotune: crate::tune::Autotune) -> Result<Option<String>> {
+    use crate::tune;
+    tune::set_kernels(&session.gpu, kernels)?;
+    if kernels != "auto" {
+        return Ok(None);
+    }
+    let start = std::time::Instant::now();
+    let tuned = tune::tune(session, crate::Pass::Train, autotune, &mut |_| {})?;
+    let timed = tuned.iter().filter(|t| !t.timings.is_empty()).count();
+    if timed == 0 {
+        return Ok(None);
+    }
+    let workgroup = tuned.iter().filter(|t| t.chosen != "register").count();
+    Ok(Some(format!(
+        "Tuned the conv kernels for {} in {:.1} s: {timed} of {} shapes timed, {workgroup} on the workgroup family, {} on the register family (cached for later runs; --autotune off skips this)",
+        session.gpu.describe(),
+        start.elapsed().as_secs_f64(),
+        tuned.len(),
+        tuned.len() - workgroup,
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

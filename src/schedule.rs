@@ -185,13 +185,18 @@ pub struct ScheduleOptions {
     /// the planner take the fewest shards whose tensors fit the device's storage bindings;
     /// tests force small, unequal shards with it.
     pub max_shard_images: Option<u32>,
+    /// Bytes of scratch for weight gradients that split their pixels over many workgroups and
+    /// add the parts in a second pass (the workgroup kernel family, see
+    /// [`crate::ops::conv::workgroup`]); planned for training only. 0 plans none, and such a
+    /// gradient then runs in one pass.
+    pub split_scratch_bytes: u64,
 }
 
 impl Default for ScheduleOptions {
     /// 8 MiB gradient slices: about 32 channels of a CIFAR DenseNet's first block at batch 64,
-    /// small beside the block. Shards as the bindings need.
+    /// small beside the block. Shards as the bindings need. No split-reduction scratch.
     fn default() -> Self {
-        ScheduleOptions { gradient_slice_bytes: 8 << 20, max_shard_images: None }
+        ScheduleOptions { gradient_slice_bytes: 8 << 20, max_shard_images: None, split_scratch_bytes: 0 }
     }
 }
 

@@ -11,7 +11,8 @@ use crate::densenet::{DenseNetConfig, MemoryMode};
 use crate::gpu::{Dispatch, View};
 use crate::graph::{BN_EPS, BN_MOMENTUM};
 use crate::ops::batchnorm::{kernels as bn, BatchNormShape};
-use crate::ops::conv::{kernels as conv, Conv2dShape};
+use crate::ops::conv::kernels::{self as conv, ConvDirection, ConvKernel};
+use crate::ops::conv::Conv2dShape;
 use crate::ops::elementwise::kernels as elementwise;
 use crate::ops::linear::{kernels as linear, LinearShape};
 use crate::ops::loss::{kernels as loss, LossShape};
@@ -218,15 +219,15 @@ struct Expected {
 /// kernel that ignores its offset, or writes past its range, then shows); and the outputs the
 /// reference expects.
 struct Tensors {
-    family: &'static str,
+    family: String,
     shape: String,
     data: Vec<f32>,
     outputs: Vec<Expected>,
 }
 
 impl Tensors {
-    fn new(family: &'static str, shape: String) -> Tensors {
-        Tensors { family, shape, data: Vec::new(), outputs: Vec::new() }
+    fn new(family: impl Into<String>, shape: String) -> Tensors {
+        Tensors { family: family.into(), shape, data: Vec::new(), outputs: Vec::new() }
     }
 
     fn push(&mut self, values: &[f32]) -> Slot {
@@ -279,7 +280,7 @@ impl Tensors {
     }
 
     async fn upload(&self, gpu: &Gpu) -> Result<wgpu::Buffer> {
-        let buffer = gpu.storage_buffer(self.family, self.data.len() as u64 * 4).await?;
+        let buffer = gpu.storage_buffer(&self.family, self.data.len() as u64 * 4).await?;
         gpu.write_f32(&buffer, 0, &self.data);
         Ok(buffer)
     }
@@ -320,7 +321,40 @@ impl Tensors {
     }
 }
 
+/// The kernels the conv checks run, for each of the two families: (label suffix, forward and
+/// input-gradient kernel, weight-gradient kernel). The workgroup family with its first
+/// candidates, as a GPU runs it untuned; a device's own choice is always one of the two kinds.
+fn conv_families() -> [(&'static str, ConvKernel, ConvKernel); 2] {
+    let first = |d: ConvDirection| ConvKernel::Workgroup(d.candidates()[0]);
+    [
+        ("register", ConvKernel::Register, ConvKernel::Register),
+        ("workgroup", first(ConvDirection::Forward), first(ConvDirection::BackwardWeight)),
+    ]
+}
+
+/// A check family's name: the op's, with `-workgroup` for the workgroup kernels (the register
+/// family keeps the plain name).
+fn family_name(op: &str, kernel_family: &str) -> String {
+    match kernel_family {
+        "register" => op.to_string(),
+        other => format!("{op}-{other}"),
+    }
+}
+
 async fn conv(gpu: &Gpu, family: &'static str, s: Conv2dShape) -> Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for kernels in conv_families() {
+        checks.extend(conv_with(gpu, family, s, kernels).await?);
+    }
+    Ok(checks)
+}
+
+async fn conv_with(
+    gpu: &Gpu,
+    family: &'static str,
+    s: Conv2dShape,
+    (kernel_family, product, weight): (&'static str, ConvKernel, ConvKernel),
+) -> Result<Vec<Check>> {
     let x = random(s.input_elems() as usize, 1);
     let w = random(s.weight_elems() as usize, 2);
     let dy = random(s.output_elems() as usize, 3);
@@ -328,16 +362,19 @@ async fn conv(gpu: &Gpu, family: &'static str, s: Conv2dShape) -> Result<Vec<Che
         "n={} c={}->{} {}x{} k={}x{} stride={} pad={}",
         s.n, s.c_in, s.c_out, s.h, s.w, s.kh, s.kw, s.stride, s.pad
     );
-    let mut t = Tensors::new(family, shape);
+    let mut t = Tensors::new(family_name(family, kernel_family), shape);
     let (xs, ws, dys) = (t.input(&x), t.input(&w), t.input(&dy));
     let y = t.output("forward", reference::conv::conv2d_forward(&s, &x, &w));
     let dx = t.gradients("backward_input", &reference::conv::conv2d_backward_input(&s, &dy, &w));
     let dw = t.gradients("backward_weight", &reference::conv::conv2d_backward_weight(&s, &x, &dy));
     let buffer = t.upload(gpu).await?;
     let v = |slot| t.view(&buffer, slot);
-    let mut d = vec![conv::conv2d_forward(gpu, &s, v(xs), v(ws), v(y))];
-    d.extend(dx.map(|(acc, dx)| conv::conv2d_backward_input(gpu, &s, v(dys), v(ws), v(dx), acc)));
-    d.extend(dw.map(|(acc, dw)| conv::conv2d_backward_weight(gpu, &s, v(xs), v(dys), v(dw), acc)));
+    let all = (0, s.c_in);
+    let mut d = vec![conv::forward_with(gpu, product, &s, v(xs), v(ws), v(y))];
+    d.extend(dx.map(|(acc, dx)| conv::backward_input_with(gpu, product, &s, all, v(dys), v(ws), v(dx), acc)));
+    for (acc, dw) in dw {
+        d.extend(conv::backward_weight_with(gpu, weight, &s, v(xs), None, v(dys), v(dw), None, acc));
+    }
     t.check(gpu, &buffer, &d).await
 }
 
@@ -383,6 +420,17 @@ async fn batchnorm(gpu: &Gpu) -> Result<Vec<Check>> {
 /// input's BN-ReLU on load (forward and weight gradient), and a batch norm's backward taken in
 /// a channel slice, in place, from the conv's input gradient of that slice.
 async fn fused(gpu: &Gpu) -> Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for kernels in conv_families() {
+        checks.extend(fused_with(gpu, kernels).await?);
+    }
+    Ok(checks)
+}
+
+async fn fused_with(
+    gpu: &Gpu,
+    (kernel_family, product, weight): (&'static str, ConvKernel, ConvKernel),
+) -> Result<Vec<Check>> {
     let s = Conv2dShape { n: 3, c_in: 5, h: 9, w: 11, c_out: 7, kh: 1, kw: 1, stride: 1, pad: 0 };
     let (c, m) = (s.c_in as usize, (s.n * s.h * s.w) as usize);
     let (first, count) = (1u32, 3u32);
@@ -395,7 +443,8 @@ async fn fused(gpu: &Gpu) -> Result<Vec<Check>> {
     let bn_dx = reference::batchnorm::backward_input(c, m, &x, &dnormed, &stats, &affine, true);
     let slice = first as usize..(first + count) as usize;
 
-    let mut t = Tensors::new("fused", format!("n=3 c=5->7 9x11 bn-relu, channels {first}+{count}"));
+    let shape = format!("n=3 c=5->7 9x11 bn-relu, channels {first}+{count}");
+    let mut t = Tensors::new(family_name("fused", kernel_family), shape);
     let (xs, ss, afs, ws, dys) = (t.input(&x), t.input(&stats), t.input(&affine), t.input(&w), t.input(&dy));
     let y = t.output("conv1x1_bnrelu_forward", reference::conv::conv2d_forward(&s, &normed, &w));
     let dw = t.output("conv1x1_bnrelu_weight_grad", reference::conv::conv2d_backward_weight(&s, &normed, &dy));
@@ -412,13 +461,13 @@ async fn fused(gpu: &Gpu) -> Result<Vec<Check>> {
     let (xv, sv, av) = (v(xs), v(ss), v(afs));
     let bn_slice = BatchNormShape::new(s.c_in, s.n, s.h * s.w).slice(first, count);
     let x_slice = xv.at(first * m as u32);
-    let d = [
-        conv::conv2d_forward_bnrelu(gpu, &s, xv, sv, av, v(ws), v(y)),
-        conv::conv2d_backward_weight_bnrelu(gpu, &s, xv, sv, av, v(dys), v(dw), false),
-        conv::conv2d_backward_input_channels(gpu, &s, (first, count), v(dys), v(ws), v(dx), false),
+    let mut d = vec![conv::forward_bnrelu_with(gpu, product, &s, xv, sv, av, v(ws), v(y))];
+    d.extend(conv::backward_weight_with(gpu, weight, &s, xv, Some((sv, av)), v(dys), v(dw), None, false));
+    d.extend([
+        conv::backward_input_with(gpu, product, &s, (first, count), v(dys), v(ws), v(dx), false),
         bn::batchnorm_backward_affine(gpu, bn_slice, x_slice, v(dx), sv, av, v(ga), true, false),
         bn::batchnorm_backward_input_in_place(gpu, bn_slice, x_slice, sv, av, v(ga), v(dx), true),
-    ];
+    ]);
     t.check(gpu, &buffer, &d).await
 }
 
@@ -547,19 +596,25 @@ async fn realistic(gpu: &Gpu) -> Result<Vec<Check>> {
         Conv2dShape { n: 4, c_in: 48, h: 16, w: 16, c_out: 12, kh: 3, kw: 3, stride: 1, pad: 1 },
     ];
     let mut checks = Vec::new();
-    for (k, s) in shapes.into_iter().enumerate() {
+    for ((k, s), (kernel_family, product, weight)) in
+        shapes.into_iter().enumerate().flat_map(|ks| conv_families().map(move |f| (ks, f)))
+    {
         let seed = 100 * k as u64;
         let x: Vec<f32> = random(s.input_elems() as usize, seed).iter().map(|v| (0.8 + 1.5 * v).max(0.0)).collect();
         let scale = (2.0 / (s.c_in * s.kh * s.kw) as f32).sqrt();
         let w: Vec<f32> = random(s.weight_elems() as usize, seed + 1).iter().map(|v| v * scale).collect();
         let dy: Vec<f32> = random(s.output_elems() as usize, seed + 2).iter().map(|v| v * 1e-4).collect();
-        let depth = s.rounding_depth();
+        let depth = match (product, weight) {
+            (ConvKernel::Register, _) => s.rounding_depth(),
+            (_, ConvKernel::Workgroup(t)) => s.workgroup_rounding_depth(1, t.depth),
+            (_, ConvKernel::Register) => unreachable!("a family's kernels come together"),
+        };
         let shape = format!(
             "n={} c={}->{} {}x{} k={}x{} post-ReLU x, gradients ~1e-4",
             s.n, s.c_in, s.c_out, s.h, s.w, s.kh, s.kw
         );
         let family = if s.kh == 1 { "realistic-conv1x1" } else { "realistic-conv3x3" };
-        let mut t = Tensors::new(family, shape);
+        let mut t = Tensors::new(family_name(family, kernel_family), shape);
         let (xs, ws, dys) = (t.input(&x), t.input(&w), t.input(&dy));
         let y = reference::conv::conv2d_forward(&s, &x, &w);
         let bound = sum_bound(depth.forward, &reference::conv::conv2d_forward(&s, &x, &abs(&w)), &y);
@@ -573,11 +628,11 @@ async fn realistic(gpu: &Gpu) -> Result<Vec<Check>> {
         let dws = t.output_within("backward_weight", dw, bound);
         let buffer = t.upload(gpu).await?;
         let v = |slot| t.view(&buffer, slot);
-        let d = [
-            conv::conv2d_forward(gpu, &s, v(xs), v(ws), v(ys)),
-            conv::conv2d_backward_input(gpu, &s, v(dys), v(ws), v(dxs), false),
-            conv::conv2d_backward_weight(gpu, &s, v(xs), v(dys), v(dws), false),
+        let mut d = vec![
+            conv::forward_with(gpu, product, &s, v(xs), v(ws), v(ys)),
+            conv::backward_input_with(gpu, product, &s, (0, s.c_in), v(dys), v(ws), v(dxs), false),
         ];
+        d.extend(conv::backward_weight_with(gpu, weight, &s, v(xs), None, v(dys), v(dws), None, false));
         checks.extend(t.check(gpu, &buffer, &d).await?);
     }
     // Batch-norm sums over a channel whose mean lies far from zero: dbeta = Σ dy within

@@ -88,8 +88,16 @@ fn the_page_trains_and_its_loss_goes_down() {
     let history = run["history"].as_array().unwrap();
     assert!(history.iter().all(|h| h["allocated_bytes"].as_f64().unwrap() > 0.0), "memory was not shown");
     assert!(history.iter().skip(1).all(|h| h["images_per_second"].as_f64().unwrap() > 0.0), "speed was not shown");
+    // SwiftShader is a software adapter: the page must pick the register family there (a
+    // GPU's page gets the workgroup family).
+    let kernels = run["kernels"].as_str().unwrap_or_default();
+    let adapter = run["adapter"].as_str().unwrap_or_default().to_lowercase();
+    assert!(["register", "workgroup"].contains(&kernels), "the page did not say its kernels: {}", run["kernels"]);
+    if adapter.contains("swiftshader") {
+        assert_eq!(kernels, "register", "{adapter}");
+    }
     eprintln!(
-        "browser: {} steps in {:.1} s on {}, loss {first:.3} -> {last:.3}",
+        "browser: {} steps in {:.1} s on {} ({kernels} kernels), loss {first:.3} -> {last:.3}",
         losses.len(),
         run["trainSeconds"].as_f64().unwrap_or(0.0),
         run["adapter"]

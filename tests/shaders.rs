@@ -104,3 +104,40 @@ fn a_broken_shader_is_rejected() {
     let broken = format!("{}\nfn f() -> f32 {{ return undefined_name; }}", shaders::COMMON);
     assert!(naga::front::wgsl::parse_str(&broken).is_err());
 }
+
+/// Every workgroup-family candidate's module holds every entry point the host launches, each
+/// with the candidate's workgroup size (64 for the combine pass), binding no more buffers than
+/// the host binds, and with at most 64 accumulators per invocation.
+#[test]
+fn every_workgroup_candidate_has_every_kernel_the_host_launches() {
+    use conv::workgroup::{self, GEMM_TILES, MAX_ACCUMULATORS, WEIGHT_GRAD_TILES};
+    let kernels = workgroup::kernels();
+    assert_eq!(kernels.len(), 7 * (GEMM_TILES.len() + WEIGHT_GRAD_TILES.len()));
+    for tile in GEMM_TILES.iter().chain(&WEIGHT_GRAD_TILES) {
+        assert!(tile.tile_rows * tile.tile_cols <= MAX_ACCUMULATORS, "{tile:?}");
+        assert!((64..=256).contains(&tile.workgroup()), "{tile:?}: 64 to 256 invocations");
+        let (_, shader) = workgroup::candidate(tile.name).unwrap();
+        let source = shader.source();
+        let (module, info) = validate(shader.name, &source);
+        for kernel in kernels.iter().filter(|k| std::ptr::eq(k.shader, shader)) {
+            let (index, entry) = (module.entry_points.iter().enumerate())
+                .find(|(_, e)| e.name == kernel.entry)
+                .unwrap_or_else(|| panic!("{} has no entry point {}", tile.name, kernel.entry));
+            let size = if kernel.entry.ends_with("combine") { 64 } else { tile.workgroup() };
+            assert_eq!(entry.workgroup_size, [size, 1, 1], "{} {}", tile.name, kernel.entry);
+            let uses = info.get_entry_point(index);
+            for (handle, global) in module.global_variables.iter() {
+                let Some(binding) = &global.binding else { continue };
+                if !uses[handle].is_empty() {
+                    assert!(
+                        binding.binding <= kernel.buffers,
+                        "{} {} binds {}",
+                        tile.name,
+                        kernel.entry,
+                        binding.binding
+                    );
+                }
+            }
+        }
+    }
+}

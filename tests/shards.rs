@@ -31,7 +31,8 @@ fn run(mode: MemoryMode, drop_rate: f32, max_shard_images: Option<u32>) -> Run {
     let graph = tiny_config(drop_rate).build(BATCH, mode).unwrap();
     let mut session = block_on(Session::new(gpu(), graph.clone(), 7)).unwrap();
     // Uneven batch-norm gradient slices too, so sharding meets the sliced backward.
-    let options = ScheduleOptions { gradient_slice_bytes: 5 * BATCH as u64 * 8 * 8 * 4, max_shard_images };
+    let options =
+        ScheduleOptions { gradient_slice_bytes: 5 * BATCH as u64 * 8 * 8 * 4, max_shard_images, ..Default::default() };
     session.set_schedule_options(options);
     let (mut losses, mut correct) = (Vec::new(), Vec::new());
     for step in 0..3 {

@@ -14,7 +14,10 @@ fn example(name: &str) -> PathBuf {
 fn run_example(name: &str, args: &[&str]) -> std::process::Output {
     let bin = example(name);
     assert!(bin.exists(), "{} is built by `cargo test`", bin.display());
-    let out = Command::new(bin).args(args).env_remove("XDG_RUNTIME_DIR").output().unwrap();
+    // Kernel tuning is tested on its own (below): timing-based choices would make runs that
+    // must agree (a resume, a rerun) depend on the cache's state.
+    let out =
+        Command::new(bin).args(args).env_remove("XDG_RUNTIME_DIR").env("DENSEGPU_AUTOTUNE", "off").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("XDG_RUNTIME_DIR"), "the driver's XDG_RUNTIME_DIR complaint got through:\n{stderr}");
     out
@@ -200,6 +203,40 @@ fn bad_flags_are_refused_with_the_problem_and_the_fix() {
             assert!(stderr.contains(p), "{args:?}: {stderr:?} does not say {p:?}");
         }
     }
+}
+
+/// The first run on an adapter times the kernels of its conv shapes, says so in one line and
+/// caches the choices; the next run reads them and times nothing. A forced family runs too,
+/// and an unknown one is refused before anything runs.
+#[test]
+fn train_cifar_tunes_once_per_adapter_and_shape_and_then_reads_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let args = [&SMALL[..], &["--max-steps", "1"], extra].concat();
+        let out = Command::new(example("train_cifar"))
+            .args(&args)
+            .env("DENSEGPU_CACHE_DIR", cache.path())
+            .env_remove("DENSEGPU_AUTOTUNE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = run(&[]);
+    let line = first.lines().find(|l| l.starts_with("Tuned the conv kernels")).unwrap_or_else(|| panic!("{first}"));
+    assert!(line.contains(" s: ") && line.contains("shapes timed"), "{line}");
+    let cached: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache.path().join("kernels.json")).unwrap()).unwrap();
+    let adapter = cached.as_object().unwrap().values().next().expect("one adapter's entries");
+    assert!(adapter.as_object().unwrap().keys().any(|k| k.starts_with("conv backward_weight")), "{cached}");
+    let second = run(&[]);
+    assert!(!second.contains("Tuned the conv kernels"), "the second run timed again:\n{second}");
+    let forced = run(&["--kernels", "workgroup"]);
+    assert!(!forced.contains("Tuned the conv kernels"), "{forced}");
+    let out = train(&[&SMALL[..], &["--kernels", "fastest"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("fastest") && stderr.contains("register") && stderr.contains("workgroup"), "{stderr}");
 }
 
 #[test]

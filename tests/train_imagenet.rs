@@ -24,7 +24,7 @@ fn train(data: &Path, extra: &[&str]) -> std::process::Output {
         args.extend_from_slice(&["--max-steps", "2"]);
     }
     args.extend_from_slice(extra);
-    Command::new(bin).args(&args).env_remove("XDG_RUNTIME_DIR").output().unwrap()
+    Command::new(bin).args(&args).env_remove("XDG_RUNTIME_DIR").env("DENSEGPU_AUTOTUNE", "off").output().unwrap()
 }
 
 /// 3 classes x 6 training and 2 validation images each, of mixed sizes, PNG and JPEG.

@@ -2,10 +2,13 @@
 //! against finite differences.
 
 use densegpu::densenet::MemoryMode;
+use densegpu::gpu::Family;
 use densegpu::graph::{Conv2dOut, Graph, Op};
+use densegpu::ops::conv::workgroup::SPLIT_SCRATCH_BYTES;
 use densegpu::reference::graph as reference;
 use densegpu::schedule::ScheduleOptions;
-use densegpu::{block_on, Session, SgdHyper};
+use densegpu::{block_on, Gpu, Session, SgdHyper};
+use std::sync::Arc;
 
 mod support;
 use support::{batch, gpu, rel_err, tiny_config};
@@ -59,11 +62,22 @@ fn naive_training_step_matches_cpu_reference() {
     }
 }
 
+type Trained = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
 /// Three SGD steps per mode from the same initialisation and data.
-fn run_three_steps(mode: MemoryMode, drop_rate: f32, slice_bytes: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+fn run_three_steps(mode: MemoryMode, drop_rate: f32, slice_bytes: u64) -> Trained {
+    run_three_steps_on(
+        gpu(),
+        mode,
+        drop_rate,
+        ScheduleOptions { gradient_slice_bytes: slice_bytes, ..Default::default() },
+    )
+}
+
+fn run_three_steps_on(gpu: Arc<Gpu>, mode: MemoryMode, drop_rate: f32, options: ScheduleOptions) -> Trained {
     let graph = tiny_config(drop_rate).build(3, mode).unwrap();
-    let mut session = block_on(Session::new(gpu(), graph.clone(), 5)).unwrap();
-    session.set_schedule_options(ScheduleOptions { gradient_slice_bytes: slice_bytes, ..Default::default() });
+    let mut session = block_on(Session::new(gpu, graph.clone(), 5)).unwrap();
+    session.set_schedule_options(options);
     let mut losses = Vec::new();
     for step in 0..3 {
         let (nchw, _, labels) = batch(&graph, 200 + step);
@@ -96,6 +110,41 @@ fn every_memory_mode_gives_the_same_training() {
             assert_eq!(bits(&other.3), bits(&naive.3), "{what}: running statistics are not bit-identical");
         }
     }
+}
+
+/// Either kernel family, forced (on a device of its own, so no other test sees the choice),
+/// trains bit-identically across the memory modes; the workgroup family with its weight
+/// gradients split over the pixels through the scratch. The two families agree with each
+/// other within float32 rounding (they sum in different orders).
+#[test]
+fn either_kernel_family_trains_bit_identically_across_memory_modes() {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let mut by_family = Vec::new();
+    for family in [Family::Register, Family::Workgroup] {
+        let device = Arc::new(block_on(Gpu::new()).unwrap());
+        device.force_family(Some(family));
+        let scratch = if family == Family::Workgroup { SPLIT_SCRATCH_BYTES } else { 0 };
+        let options = |slice_bytes| ScheduleOptions {
+            gradient_slice_bytes: slice_bytes,
+            split_scratch_bytes: scratch,
+            ..Default::default()
+        };
+        let naive = run_three_steps_on(device.clone(), MemoryMode::Naive, 0.25, options(u64::MAX));
+        for mode in [MemoryMode::Efficient, MemoryMode::Minimal] {
+            let other = run_three_steps_on(device.clone(), mode, 0.25, options(FIVE_CHANNELS));
+            let what = format!("{} family, {mode} vs naive", family.name());
+            assert_eq!(bits(&other.0), bits(&naive.0), "{what}: losses are not bit-identical");
+            assert_eq!(bits(&other.1), bits(&naive.1), "{what}: gradients are not bit-identical");
+            assert_eq!(bits(&other.2), bits(&naive.2), "{what}: parameters are not bit-identical");
+            assert_eq!(bits(&other.3), bits(&naive.3), "{what}: running statistics are not bit-identical");
+        }
+        by_family.push(naive);
+    }
+    let (register, workgroup) = (&by_family[0], &by_family[1]);
+    assert_ne!(bits(&register.1), bits(&workgroup.1), "the forced families must run different kernels");
+    assert!(rel_err(&workgroup.0, &register.0) < 1e-5, "losses {:?} vs {:?}", workgroup.0, register.0);
+    assert!(rel_err(&workgroup.1, &register.1) < 1e-4, "gradients differ by more than float32 rounding");
+    assert!(rel_err(&workgroup.2, &register.2) < 1e-5, "parameters differ by more than float32 rounding");
 }
 
 #[test]

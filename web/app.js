@@ -16,7 +16,7 @@ const NO_WEBGPU =
 const $ = (id) => document.getElementById(id);
 
 const demo = (window.demo = {
-  status: 'loading', errors: [], history: [], plans: null, adapter: null,
+  status: 'loading', errors: [], history: [], plans: null, adapter: null, kernels: null,
   lastEval: null, selftest: null, model: null, data: null, api: null,
 });
 
@@ -727,7 +727,9 @@ async function main() {
   try {
     const info = JSON.parse(await dg.init_gpu());
     demo.adapter = typeof info.adapter === 'string' ? info.adapter : JSON.stringify(info.adapter);
-    $('adapter').textContent = `${demo.adapter} · binding limit ${mib(info.max_binding_bytes)} MiB`;
+    demo.kernels = info.kernels;
+    $('adapter').textContent =
+      `${demo.adapter} · binding limit ${mib(info.max_binding_bytes)} MiB · ${info.kernels} conv kernels`;
   } catch (e) {
     return fatal(`WebGPU could not start: ${e.message}`);
   }

@@ -115,7 +115,7 @@ impl Gpu {
         workgroups: [u32; 3],
     ) -> Dispatch {
         assert!(
-            std::ptr::eq(kernel.shader, P::SHADER),
+            std::ptr::eq(kernel.shader.params_shader(), P::SHADER),
             "kernel {} of {} given the parameter block of {}",
             kernel.entry,
             kernel.shader.name,

@@ -35,6 +35,32 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
     /// Disjoint windows for bindings a kernel declares but a launch does not use.
     unused: wgpu::Buffer,
+    /// The kernel family every launch must use, when a caller forces one.
+    forced_family: Mutex<Option<Family>>,
+    /// Tuned kernel choices: tuning key (e.g. [`crate::ops::conv::kernels::ConvDirection::tuning_key`])
+    /// to candidate name. See [`crate::tune`].
+    kernel_choices: Mutex<HashMap<String, String>>,
+}
+
+/// The two kernel families (see README, "How it is built").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// Register-tiled kernels: large unrolled tiles per invocation, for CPU drivers
+    /// (llvmpipe/lavapipe, SwiftShader) that run invocations as SIMD lanes.
+    Register,
+    /// Workgroup-tiled kernels: operand tiles staged in workgroup memory, small tiles per
+    /// invocation, for GPUs.
+    Workgroup,
+}
+
+impl Family {
+    /// `register` or `workgroup`, as the command lines spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Register => "register",
+            Family::Workgroup => "workgroup",
+        }
+    }
 }
 
 /// Bindings per kernel that may go unused, at most.
@@ -145,7 +171,45 @@ impl Gpu {
             layouts: Mutex::default(),
             modules: Mutex::default(),
             pipelines: Mutex::default(),
+            forced_family: Mutex::default(),
+            kernel_choices: Mutex::default(),
         })
+    }
+
+    /// The family launches use when neither a forced family nor a tuned choice says otherwise:
+    /// the register family on a CPU driver, the workgroup family on every GPU (and on adapters
+    /// that do not say what they are). A browser reports a CPU adapter as such only when it is
+    /// its fallback adapter, so the software rasterisers are also known by name: llvmpipe
+    /// (lavapipe), SwiftShader and Microsoft's WARP ("Basic Render Driver").
+    pub fn default_family(&self) -> Family {
+        let name = self.info.name.to_lowercase();
+        let software = ["llvmpipe", "lavapipe", "swiftshader", "basic render driver"];
+        if self.info.device_type == wgpu::DeviceType::Cpu || software.iter().any(|s| name.contains(s)) {
+            Family::Register
+        } else {
+            Family::Workgroup
+        }
+    }
+
+    /// Makes every later recorded launch use `family` (its default candidate), whatever the
+    /// tuning says; `None` lifts that. Programs recorded before keep their kernels.
+    pub fn force_family(&self, family: Option<Family>) {
+        *self.forced_family.lock().unwrap() = family;
+    }
+
+    /// The family set by [`Gpu::force_family`], if any.
+    pub fn forced_family(&self) -> Option<Family> {
+        *self.forced_family.lock().unwrap()
+    }
+
+    /// The tuned candidate name for a tuning key, if one was chosen or loaded.
+    pub fn kernel_choice(&self, key: &str) -> Option<String> {
+        self.kernel_choices.lock().unwrap().get(key).cloned()
+    }
+
+    /// Records the candidate to launch for a tuning key.
+    pub fn set_kernel_choice(&self, key: &str, candidate: &str) {
+        self.kernel_choices.lock().unwrap().insert(key.to_string(), candidate.to_string());
     }
 
     /// One line for logs and benchmark records: adapter name, backend, device type, driver.

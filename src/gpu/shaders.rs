@@ -14,6 +14,9 @@ pub struct Shader {
     /// Identifies the module in the pipeline cache, in wgpu labels and in error messages.
     pub name: &'static str,
     body: Body,
+    /// The shader whose `Params` block this one declares too, if not its own: the workgroup
+    /// conv candidates share the conv shader's, so one uniform type serves both families.
+    params_of: Option<&'static Shader>,
 }
 
 /// Where a shader's kernels come from.
@@ -35,6 +38,12 @@ impl Shader {
         format!("{COMMON}\n{}", self.body())
     }
 
+    /// The shader whose `Params` struct a launch of this one's kernels fills in (itself unless
+    /// it shares another's).
+    pub fn params_shader(&'static self) -> &'static Shader {
+        self.params_of.unwrap_or(self)
+    }
+
     /// The op family's kernels alone, without the prelude.
     pub fn body(&self) -> &str {
         match &self.body {
@@ -46,9 +55,13 @@ impl Shader {
 
 macro_rules! shaders {
     ($($id:ident => $file:literal),* $(,)?) => {
-        $(pub static $id: Shader = Shader { name: $file, body: Body::File(include_str!(concat!("../../shaders/", $file))) };)*
+        $(pub static $id: Shader = Shader { name: $file, body: Body::File(include_str!(concat!("../../shaders/", $file))), params_of: None };)*
         /// Every shader, for validation tests and pipeline warm-up.
-        pub static ALL: &[&Shader] = &[$(&$id),* , &CONV];
+        pub static ALL: &[&Shader] = &[
+            $(&$id),* , &CONV,
+            &CONV_GEMM[0], &CONV_GEMM[1], &CONV_GEMM[2], &CONV_GEMM[3],
+            &CONV_WEIGHT_GRAD[0], &CONV_WEIGHT_GRAD[1],
+        ];
     };
 }
 
@@ -62,8 +75,36 @@ shaders! {
 }
 
 /// The conv kernels, generated from [`crate::ops::conv::wgsl::TILES`].
-pub static CONV: Shader = Shader { name: "conv (generated)", body: Body::Generated(conv_body, OnceLock::new()) };
+pub static CONV: Shader =
+    Shader { name: "conv (generated)", body: Body::Generated(conv_body, OnceLock::new()), params_of: None };
 
 fn conv_body() -> String {
     crate::ops::conv::wgsl::TILES.wgsl()
+}
+
+use crate::ops::conv::workgroup::{ConvTile, GEMM_TILES, WEIGHT_GRAD_TILES};
+
+/// One module per workgroup-family candidate for forward and the input gradient
+/// ([`GEMM_TILES`], in order), generated on first use.
+pub static CONV_GEMM: [Shader; 4] = [gemm::<0>(), gemm::<1>(), gemm::<2>(), gemm::<3>()];
+
+/// One module per workgroup-family weight-gradient candidate ([`WEIGHT_GRAD_TILES`], in order).
+pub static CONV_WEIGHT_GRAD: [Shader; 2] = [weight_grad::<0>(), weight_grad::<1>()];
+
+const fn gemm<const I: usize>() -> Shader {
+    fn body<const I: usize>() -> String {
+        GEMM_TILES[I].wgsl()
+    }
+    candidate(&GEMM_TILES[I], body::<I>)
+}
+
+const fn weight_grad<const I: usize>() -> Shader {
+    fn body<const I: usize>() -> String {
+        WEIGHT_GRAD_TILES[I].wgsl()
+    }
+    candidate(&WEIGHT_GRAD_TILES[I], body::<I>)
+}
+
+const fn candidate(tile: &ConvTile, body: fn() -> String) -> Shader {
+    Shader { name: tile.name, body: Body::Generated(body, OnceLock::new()), params_of: Some(&CONV) }
 }

@@ -105,6 +105,8 @@ pub struct MemoryPlan {
     /// The index of the shard-statistics scratch among the arena placements, and its bytes, if
     /// there is one.
     shard_statistics: Option<(usize, u64)>,
+    /// The index of the split-reduction scratch among the arena placements, and its bytes.
+    split_scratch: Option<(usize, u64)>,
 }
 
 impl MemoryPlan {
@@ -132,14 +134,28 @@ impl MemoryPlan {
             shard_statistics = Some((requests.len(), scratch.bytes));
             requests.push(scratch);
         }
+        let mut split_scratch = None;
+        if options.split_scratch_bytes > 0 && pass == Pass::Train {
+            let last = schedule.launches.len().saturating_sub(1);
+            let bytes = options.split_scratch_bytes;
+            split_scratch = Some((requests.len(), bytes));
+            let what = "split weight-gradient partial sums";
+            requests.push(arena::ArenaRequest::new(what, bytes, 0, last, arena::Category::Workspace));
+        }
         let arena = arena::layout_arena(&requests, limits)?;
-        Ok(MemoryPlan { persistent, schedule, arena, pass, shards, value_placements, shard_statistics })
+        Ok(MemoryPlan { persistent, schedule, arena, pass, shards, value_placements, shard_statistics, split_scratch })
     }
 
     /// The arena placement of the scratch through which sharded batch statistics combine
     /// (see [`shard_statistics_request`]), when the batch is sharded in training.
     pub fn shard_statistics_placement(&self) -> Option<(arena::Placement, u64)> {
         self.shard_statistics.map(|(i, bytes)| (self.arena.placements[i], bytes))
+    }
+
+    /// The arena placement of the split-reduction scratch (see
+    /// [`ScheduleOptions::split_scratch_bytes`]), and its bytes, when there is one.
+    pub fn split_scratch_placement(&self) -> Option<(arena::Placement, u64)> {
+        self.split_scratch.map(|(i, bytes)| (self.arena.placements[i], bytes))
     }
 
     /// Bytes by category for this schedule, adding up to `total`: every byte the executor

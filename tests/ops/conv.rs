@@ -1,6 +1,8 @@
 use crate::common::*;
 use densegpu::ops::batchnorm::{kernels as batchnorm, BatchNormShape};
-use densegpu::ops::conv::{kernels as conv, Conv2dShape};
+use densegpu::ops::conv::kernels::{self as conv, ConvKernel};
+use densegpu::ops::conv::workgroup::{GEMM_TILES, WEIGHT_GRAD_TILES};
+use densegpu::ops::conv::Conv2dShape;
 use densegpu::reference::conv as reference;
 
 #[allow(clippy::too_many_arguments)]
@@ -57,6 +59,9 @@ impl Region {
     }
 }
 
+/// Builds the launches of one check from (input views, output view, accumulate).
+type Launch<'a> = dyn Fn(&[densegpu::gpu::View], densegpu::gpu::View, bool) -> Vec<densegpu::gpu::Dispatch> + 'a;
+
 /// Runs a gradient/output kernel into a channel slice of a larger tensor, once overwriting
 /// (the slice poisoned with NaN) and once accumulating onto random values, and compares with
 /// the reference. `dispatch(input views, output view, accumulate)` builds the launch.
@@ -69,7 +74,7 @@ fn check_output(
     out_plane: usize,
     want: &[f32],
     accumulate_modes: &[bool],
-    dispatch: &dyn Fn(&[densegpu::gpu::View], densegpu::gpu::View, bool) -> densegpu::gpu::Dispatch,
+    dispatch: &Launch<'_>,
 ) {
     for &accumulate in accumulate_modes {
         let prefill = if accumulate { random(out_len, 77) } else { vec![f32::NAN; out_len] };
@@ -81,7 +86,7 @@ fn check_output(
         let views: Vec<_> = input_slots.iter().map(|&sl| slots.view(&buffer, sl)).collect();
         let input_views: Vec<_> = views.iter().zip(inputs).map(|(v, r)| v.at(r.before as u32)).collect();
         let out_view = slots.view(&buffer, out_slot).at(out.before as u32);
-        run(&[dispatch(&input_views, out_view, accumulate)]);
+        run(&dispatch(&input_views, out_view, accumulate));
         let got = slots.read(&buffer, out_slot);
         let expected: Vec<f32> =
             if accumulate { want.iter().zip(&prefill).map(|(w, p)| w + p).collect() } else { want.to_vec() };
@@ -96,7 +101,30 @@ fn check_output(
     }
 }
 
+/// Every kernel the tests run, as (forward and input gradient, weight gradient) pairs: the
+/// register family, and each workgroup candidate (the weight-gradient candidates taken in
+/// turn beside the product ones).
+fn kernel_pairs() -> Vec<(ConvKernel, ConvKernel)> {
+    let mut out = vec![(ConvKernel::Register, ConvKernel::Register)];
+    for (i, t) in GEMM_TILES.iter().enumerate() {
+        out.push((ConvKernel::Workgroup(*t), ConvKernel::Workgroup(WEIGHT_GRAD_TILES[i % WEIGHT_GRAD_TILES.len()])));
+    }
+    out
+}
+
 fn check_all_directions(s: &Conv2dShape, seed: u64, accumulate_modes: &[bool]) {
+    for (product, weight) in kernel_pairs() {
+        check_all_directions_with(s, seed, accumulate_modes, product, weight);
+    }
+}
+
+fn check_all_directions_with(
+    s: &Conv2dShape,
+    seed: u64,
+    accumulate_modes: &[bool],
+    product: ConvKernel,
+    weight: ConvKernel,
+) {
     let g = gpu();
     let x_plane = (s.n * s.h * s.w) as usize;
     let y_plane = (s.n * s.out_h() * s.out_w()) as usize;
@@ -106,8 +134,9 @@ fn check_all_directions(s: &Conv2dShape, seed: u64, accumulate_modes: &[bool]) {
     let dy = Region::new(0, random(s.output_elems() as usize, seed + 2), 3 * y_plane, seed + 12);
 
     let want = reference::conv2d_forward(s, x.inner(), w.inner());
-    check_output("forward", s, &[x, w], s.output_elems() as usize, y_plane, &want, &[false], &|i, out, _| {
-        conv::conv2d_forward(g, s, i[0], i[1], out)
+    let what = |direction: &str| format!("{direction} ({})", product.name());
+    check_output(&what("forward"), s, &[x, w], s.output_elems() as usize, y_plane, &want, &[false], &|i, out, _| {
+        vec![conv::forward_with(g, product, s, i[0], i[1], out)]
     });
 
     let x = Region::new(0, random(s.input_elems() as usize, seed), 2 * x_plane, seed + 10);
@@ -116,14 +145,14 @@ fn check_all_directions(s: &Conv2dShape, seed: u64, accumulate_modes: &[bool]) {
     let w_again = Region::new(7, w.inner().to_vec(), 0, seed + 11);
     let dy_again = Region::new(0, dy.inner().to_vec(), 3 * y_plane, seed + 12);
     check_output(
-        "backward input",
+        &what("backward input"),
         s,
         &[dy_again, w],
         s.input_elems() as usize,
         x_plane,
         &want,
         accumulate_modes,
-        &|i, out, acc| conv::conv2d_backward_input(g, s, i[0], i[1], out, acc),
+        &|i, out, acc| vec![conv::backward_input_with(g, product, s, (0, s.c_in), i[0], i[1], out, acc)],
     );
 
     // A slice of the input channels: [1, c_in - 1), or the last one alone.
@@ -131,20 +160,21 @@ fn check_all_directions(s: &Conv2dShape, seed: u64, accumulate_modes: &[bool]) {
     let slice = &want[first as usize * x_plane..(first + count) as usize * x_plane];
     let dy_again = Region::new(0, dy.inner().to_vec(), 3 * y_plane, seed + 12);
     check_output(
-        "backward input channels",
+        &what("backward input channels"),
         s,
         &[dy_again, w_again],
         slice.len(),
         x_plane,
         slice,
         accumulate_modes,
-        &|i, out, acc| conv::conv2d_backward_input_channels(g, s, (first, count), i[0], i[1], out, acc),
+        &|i, out, acc| vec![conv::backward_input_with(g, product, s, (first, count), i[0], i[1], out, acc)],
     );
 
     let want = reference::conv2d_backward_weight(s, x.inner(), dy.inner());
     let weights = s.weight_elems() as usize;
-    check_output("backward weight", s, &[x, dy], weights, 1, &want, accumulate_modes, &|i, out, acc| {
-        conv::conv2d_backward_weight(g, s, i[0], i[1], out, acc)
+    let what = format!("backward weight ({})", weight.name());
+    check_output(&what, s, &[x, dy], weights, 1, &want, accumulate_modes, &|i, out, acc| {
+        conv::backward_weight_with(g, weight, s, i[0], None, i[1], out, None, acc)
     });
 }
 
@@ -206,16 +236,20 @@ fn conv1x1_weight_grad_with_bn_relu_on_load_matches_reference() {
         assert!(normed.contains(&0.0) && normed.iter().any(|&v| v > 0.0), "the ReLU clips some values");
         let want = reference::conv2d_backward_weight(s, &normed, dy.inner());
         let weights = s.weight_elems() as usize;
-        check_output(
-            "backward weight with BN-ReLU",
-            s,
-            &[x, stats, affine, dy],
-            weights,
-            1,
-            &want,
-            accumulate_modes,
-            &|v, out, acc| conv::conv2d_backward_weight_bnrelu(g, s, v[0], v[1], v[2], v[3], out, acc),
-        );
+        for (_, kernel) in kernel_pairs() {
+            let inputs = [&x, &stats, &affine, &dy]
+                .map(|r| Region::new(r.before, r.inner().to_vec(), r.values.len() - r.before - r.len, seed + 9));
+            check_output(
+                &format!("backward weight with BN-ReLU ({})", kernel.name()),
+                s,
+                &inputs,
+                weights,
+                1,
+                &want,
+                accumulate_modes,
+                &|v, out, acc| conv::backward_weight_with(g, kernel, s, v[0], Some((v[1], v[2])), v[3], out, None, acc),
+            );
+        }
     }
 }
 
@@ -249,36 +283,39 @@ fn conv1x1_forward_with_bn_relu_on_load_matches_reference_and_the_unfused_pair()
         assert!(normed.contains(&0.0) && normed.iter().any(|&v| v > 0.0), "the ReLU clips some values");
         let want = reference::conv2d_forward(s, &normed, w.inner());
 
-        let mut slots = Slots::new();
-        let [xs, ss, affs, ws, ys] = [&x, &stats, &affine, &w, &y].map(|r| slots.input(&r.values));
-        // The unfused pair: BnApply into a tensor of its own, then the plain 1x1 conv.
-        let normed_slot = slots.output(normed.len());
-        let pair_slot = slots.output(y_len);
-        let buffer = slots.upload();
-        let at = |slot, r: &Region| slots.view(&buffer, slot).at(r.before as u32);
-        let (xv, sv, av, wv, yv) = (at(xs, &x), at(ss, &stats), at(affs, &affine), at(ws, &w), at(ys, &y));
-        let nv = slots.view(&buffer, normed_slot);
-        let bn_shape = BatchNormShape::new(s.c_in, s.n, s.h * s.w);
-        run(&[
-            conv::conv2d_forward_bnrelu(g, s, xv, sv, av, wv, yv),
-            batchnorm::batchnorm_apply(g, bn_shape, xv, sv, av, nv, true),
-            conv::conv2d_forward(g, s, nv, wv, slots.view(&buffer, pair_slot)),
-        ]);
-        let pair = slots.read(&buffer, pair_slot);
-        let got = slots.read(&buffer, ys);
-        let fused = &got[y.before..y.before + y_len];
-        assert_close(&format!("forward with BN-ReLU {s:?}"), fused, &want);
-        assert_close(&format!("BnApply then forward {s:?}"), &pair, &want);
-        // The schedule swaps the pair for the fused launch only in some memory modes, which
-        // must still train identically.
-        for (j, (f, p)) in fused.iter().zip(&pair).enumerate() {
-            assert_eq!(f.to_bits(), p.to_bits(), "{s:?}: element {j} is {f} fused but {p} unfused");
-        }
-        for (j, (g, o)) in got.iter().zip(&y.values).enumerate() {
-            if j < y.before || j >= y.before + y_len {
-                assert_eq!(g.to_bits(), o.to_bits(), "{s:?}: element {j} outside the output slice changed");
+        for (kernel, _) in kernel_pairs() {
+            let mut slots = Slots::new();
+            let [xs, ss, affs, ws, ys] = [&x, &stats, &affine, &w, &y].map(|r| slots.input(&r.values));
+            // The unfused pair: BnApply into a tensor of its own, then the plain 1x1 conv.
+            let normed_slot = slots.output(normed.len());
+            let pair_slot = slots.output(y_len);
+            let buffer = slots.upload();
+            let at = |slot, r: &Region| slots.view(&buffer, slot).at(r.before as u32);
+            let (xv, sv, av, wv, yv) = (at(xs, &x), at(ss, &stats), at(affs, &affine), at(ws, &w), at(ys, &y));
+            let nv = slots.view(&buffer, normed_slot);
+            let bn_shape = BatchNormShape::new(s.c_in, s.n, s.h * s.w);
+            run(&[
+                conv::forward_bnrelu_with(g, kernel, s, xv, sv, av, wv, yv),
+                batchnorm::batchnorm_apply(g, bn_shape, xv, sv, av, nv, true),
+                conv::forward_with(g, kernel, s, nv, wv, slots.view(&buffer, pair_slot)),
+            ]);
+            let pair = slots.read(&buffer, pair_slot);
+            let got = slots.read(&buffer, ys);
+            let fused = &got[y.before..y.before + y_len];
+            let k = kernel.name();
+            assert_close(&format!("forward with BN-ReLU {s:?} ({k})"), fused, &want);
+            assert_close(&format!("BnApply then forward {s:?} ({k})"), &pair, &want);
+            // The schedule swaps the pair for the fused launch only in some memory modes, which
+            // must still train identically.
+            for (j, (f, p)) in fused.iter().zip(&pair).enumerate() {
+                assert_eq!(f.to_bits(), p.to_bits(), "{s:?} ({k}): element {j} is {f} fused but {p} unfused");
             }
+            for (j, (g, o)) in got.iter().zip(&y.values).enumerate() {
+                if j < y.before || j >= y.before + y_len {
+                    assert_eq!(g.to_bits(), o.to_bits(), "{s:?} ({k}): element {j} outside the output slice changed");
+                }
+            }
+            slots.assert_guards_intact(&buffer);
         }
-        slots.assert_guards_intact(&buffer);
     }
 }

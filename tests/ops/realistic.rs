@@ -16,6 +16,9 @@
 
 use crate::common::*;
 use densegpu::ops::batchnorm::{kernels::*, BatchNormShape};
+use densegpu::ops::conv::workgroup::{
+    weight_grad_splits, ConvTile, GEMM_TILES, SPLIT_SCRATCH_BYTES, WEIGHT_GRAD_TILES,
+};
 use densegpu::ops::conv::{kernels::*, Conv2dShape};
 use densegpu::reference::{batchnorm as bn_ref, conv as conv_ref};
 use densegpu::selftest::{compare_within, gamma, sum_bound, UNIT_ROUNDOFF as U};
@@ -102,60 +105,124 @@ fn densenet_convs() -> Vec<(&'static str, Conv2dShape)> {
 #[test]
 fn conv_kernels_at_densenet_shapes_stay_within_f32_rounding() {
     for (k, (name, s)) in densenet_convs().into_iter().enumerate() {
-        let seed = 1000 * k as u64;
-        let x = post_relu(s.input_elems() as usize, seed);
-        let w = he(s.weight_elems() as usize, s.c_in * s.kh * s.kw, seed + 1);
-        let dy = small_gradients(s.output_elems() as usize, seed + 2);
-        let depth = s.rounding_depth();
-        let y = conv_ref::conv2d_forward(&s, &x, &w);
-        let y_abs = conv_ref::conv2d_forward(&s, &x, &abs(&w));
-        let dx = conv_ref::conv2d_backward_input(&s, &dy, &w);
-        let dx_abs = conv_ref::conv2d_backward_input(&s, &abs(&dy), &abs(&w));
-        let dw = conv_ref::conv2d_backward_weight(&s, &x, &dy);
-        let dw_abs = conv_ref::conv2d_backward_weight(&s, &x, &abs(&dy));
-        let dx_before = small_gradients(dx.len(), seed + 3);
-        let dw_before = small_gradients(dw.len(), seed + 4);
+        check_conv_kernels(name, &s, 1000 * k as u64, &[ConvKernel::Register]);
+    }
+}
 
-        let what = |op: &str| format!("{name} {op} (depth {depth:?})");
-        // One buffer per direction: block 1's activations at batch 64 do not fit one binding
-        // together.
-        let mut slots = Slots::new();
-        let (xs, ws, ys) = (slots.input(&x), slots.input(&w), slots.output(y.len()));
-        let buf = slots.upload();
-        let v = |slot| slots.view(&buf, slot);
-        run(&[conv2d_forward(gpu(), &s, v(xs), v(ws), v(ys))]);
-        assert_within(&what("forward"), &slots.read(&buf, ys), &y, &sum_bound(depth.forward, &y_abs, &y));
-        slots.assert_guards_intact(&buf);
+/// Every workgroup-family candidate (see `densegpu::ops::conv::workgroup`), in every direction
+/// it serves, at the same shapes and values, against the same kind of bound: the depths of
+/// `Conv2dShape::workgroup_rounding_depth`. The weight gradient runs once in one pass and once
+/// split over the pixels through a scratch buffer.
+#[test]
+fn every_workgroup_candidate_at_densenet_shapes_stays_within_f32_rounding() {
+    let candidates: Vec<ConvKernel> =
+        GEMM_TILES.iter().chain(&WEIGHT_GRAD_TILES).map(|t| ConvKernel::Workgroup(*t)).collect();
+    for (k, (name, s)) in densenet_convs().into_iter().enumerate() {
+        check_conv_kernels(name, &s, 1000 * k as u64, &candidates);
+    }
+}
 
-        let mut slots = Slots::new();
-        let (ws, dys, dxs, dxa) = (slots.input(&w), slots.input(&dy), slots.output(dx.len()), slots.input(&dx_before));
-        let buf = slots.upload();
-        let v = |slot| slots.view(&buf, slot);
-        run(&[
-            conv2d_backward_input(gpu(), &s, v(dys), v(ws), v(dxs), false),
-            conv2d_backward_input(gpu(), &s, v(dys), v(ws), v(dxa), true),
-        ]);
-        let bound = sum_bound(depth.backward_input, &dx_abs, &dx);
-        assert_within(&what("backward_input"), &slots.read(&buf, dxs), &dx, &bound);
-        let want = plus(&dx, &dx_before);
-        let bound = accumulated_bound(depth.backward_input, &dx_abs, &dx_before, &want);
-        assert_within(&what("backward_input accumulate"), &slots.read(&buf, dxa), &want, &bound);
-        slots.assert_guards_intact(&buf);
+fn check_conv_kernels(name: &str, s: &Conv2dShape, seed: u64, kernels: &[ConvKernel]) {
+    let s = *s;
+    let x = post_relu(s.input_elems() as usize, seed);
+    let w = he(s.weight_elems() as usize, s.c_in * s.kh * s.kw, seed + 1);
+    let dy = small_gradients(s.output_elems() as usize, seed + 2);
+    let y = conv_ref::conv2d_forward(&s, &x, &w);
+    let y_abs = conv_ref::conv2d_forward(&s, &x, &abs(&w));
+    let dx = conv_ref::conv2d_backward_input(&s, &dy, &w);
+    let dx_abs = conv_ref::conv2d_backward_input(&s, &abs(&dy), &abs(&w));
+    let dw = conv_ref::conv2d_backward_weight(&s, &x, &dy);
+    let dw_abs = conv_ref::conv2d_backward_weight(&s, &x, &abs(&dy));
+    let dx_before = small_gradients(dx.len(), seed + 3);
+    let dw_before = small_gradients(dw.len(), seed + 4);
+    let is_gemm = |t: &ConvTile| GEMM_TILES.contains(t);
+    // The accumulating store is one helper (`put`) shared by every kernel of a family, so on
+    // lavapipe, where the workgroup family is slow, it is checked with each family's first
+    // candidate only.
+    let accumulates = |k: ConvKernel| match k {
+        ConvKernel::Register => true,
+        ConvKernel::Workgroup(t) => t == GEMM_TILES[0] || t == WEIGHT_GRAD_TILES[0],
+    };
 
-        let mut slots = Slots::new();
-        let (xs, dys, dws, dwa) = (slots.input(&x), slots.input(&dy), slots.output(dw.len()), slots.input(&dw_before));
-        let buf = slots.upload();
-        let v = |slot| slots.view(&buf, slot);
-        run(&[
-            conv2d_backward_weight(gpu(), &s, v(xs), v(dys), v(dws), false),
-            conv2d_backward_weight(gpu(), &s, v(xs), v(dys), v(dwa), true),
-        ]);
-        let bound = sum_bound(depth.backward_weight, &dw_abs, &dw);
-        assert_within(&what("backward_weight"), &slots.read(&buf, dws), &dw, &bound);
-        let want = plus(&dw, &dw_before);
-        let bound = accumulated_bound(depth.backward_weight, &dw_abs, &dw_before, &want);
-        assert_within(&what("backward_weight accumulate"), &slots.read(&buf, dwa), &want, &bound);
-        slots.assert_guards_intact(&buf);
+    for &kernel in kernels {
+        let depth = match kernel {
+            ConvKernel::Register => s.rounding_depth(),
+            ConvKernel::Workgroup(t) => s.workgroup_rounding_depth(1, t.depth),
+        };
+        let what = |op: &str| format!("{name} {} {op} (depth {depth:?})", kernel.name());
+        let gemm = !matches!(kernel, ConvKernel::Workgroup(t) if !is_gemm(&t));
+        if gemm {
+            // One buffer per direction: block 1's activations at batch 64 do not fit one
+            // binding together.
+            let mut slots = Slots::new();
+            let (xs, ws, ys) = (slots.input(&x), slots.input(&w), slots.output(y.len()));
+            let buf = slots.upload();
+            let v = |slot| slots.view(&buf, slot);
+            run(&[forward_with(gpu(), kernel, &s, v(xs), v(ws), v(ys))]);
+            assert_within(&what("forward"), &slots.read(&buf, ys), &y, &sum_bound(depth.forward, &y_abs, &y));
+            slots.assert_guards_intact(&buf);
+        }
+        let serves_input = ConvDirection::BackwardInput.workgroup_serves(&s) || kernel == ConvKernel::Register;
+        if gemm && serves_input {
+            let mut slots = Slots::new();
+            let (ws, dys, dxs, dxa) =
+                (slots.input(&w), slots.input(&dy), slots.output(dx.len()), slots.input(&dx_before));
+            let buf = slots.upload();
+            let v = |slot| slots.view(&buf, slot);
+            let all = (0, s.c_in);
+            let mut d = vec![backward_input_with(gpu(), kernel, &s, all, v(dys), v(ws), v(dxs), false)];
+            if accumulates(kernel) {
+                d.push(backward_input_with(gpu(), kernel, &s, all, v(dys), v(ws), v(dxa), true));
+            }
+            run(&d);
+            let bound = sum_bound(depth.backward_input, &dx_abs, &dx);
+            assert_within(&what("backward_input"), &slots.read(&buf, dxs), &dx, &bound);
+            if accumulates(kernel) {
+                let want = plus(&dx, &dx_before);
+                let bound = accumulated_bound(depth.backward_input, &dx_abs, &dx_before, &want);
+                assert_within(&what("backward_input accumulate"), &slots.read(&buf, dxa), &want, &bound);
+            }
+            slots.assert_guards_intact(&buf);
+        }
+        if gemm && kernel != ConvKernel::Register {
+            continue;
+        }
+        // The register family once; a workgroup candidate in one pass, then split.
+        let scratch_options: &[usize] = match kernel {
+            ConvKernel::Register => &[0],
+            ConvKernel::Workgroup(_) => &[0, SPLIT_SCRATCH_BYTES as usize / 4],
+        };
+        for &scratch_len in scratch_options {
+            let mut slots = Slots::new();
+            let (xs, dys, dws, dwa) =
+                (slots.input(&x), slots.input(&dy), slots.output(dw.len()), slots.input(&dw_before));
+            let scratch = slots.output(scratch_len);
+            let buf = slots.upload();
+            let v = |slot| slots.view(&buf, slot);
+            let scratch_view = (scratch_len > 0).then(|| v(scratch));
+            let depth = match kernel {
+                ConvKernel::Register => depth,
+                ConvKernel::Workgroup(t) => {
+                    let splits = weight_grad_splits(&t, &s, scratch_len as u64);
+                    assert!(scratch_len == 0 || splits > 1, "{name}: a scratch of {scratch_len} floats gives splits");
+                    s.workgroup_rounding_depth(splits, t.depth)
+                }
+            };
+            let what = |op: &str| format!("{name} {} {op} (depth {depth:?})", kernel.name());
+            let mut d = backward_weight_with(gpu(), kernel, &s, v(xs), None, v(dys), v(dws), scratch_view, false);
+            if accumulates(kernel) {
+                d.extend(backward_weight_with(gpu(), kernel, &s, v(xs), None, v(dys), v(dwa), scratch_view, true));
+            }
+            run(&d);
+            let bound = sum_bound(depth.backward_weight, &dw_abs, &dw);
+            assert_within(&what("backward_weight"), &slots.read(&buf, dws), &dw, &bound);
+            if accumulates(kernel) {
+                let want = plus(&dw, &dw_before);
+                let bound = accumulated_bound(depth.backward_weight, &dw_abs, &dw_before, &want);
+                assert_within(&what("backward_weight accumulate"), &slots.read(&buf, dwa), &want, &bound);
+            }
+            slots.assert_guards_intact(&buf);
+        }
     }
 }
 

@@ -108,6 +108,7 @@ async function main() {
     await page.goto(url);
     await page.waitForFunction(() => window.demo && ['ready', 'error'].includes(window.demo.status), null, { timeout: 120_000 });
     results.adapter = await page.evaluate(() => window.demo.adapter);
+    results.kernels = await page.evaluate(() => window.demo.kernels);
     results.startStatus = await page.evaluate(() => window.demo.status);
     if (results.startStatus === 'error') throw new Error(`the page failed to start: ${await page.evaluate(() => window.demo.errors.join('; '))}`);
 

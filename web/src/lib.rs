@@ -120,11 +120,17 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// Opens the browser's WebGPU adapter. Returns `{adapter, max_binding_bytes}` as JSON.
+/// Opens the browser's WebGPU adapter. Returns `{adapter, max_binding_bytes, kernels}` as
+/// JSON; `kernels` names the conv kernel family the page runs (`register` on a software
+/// adapter such as SwiftShader, `workgroup` on a GPU; the page does not tune).
 #[wasm_bindgen]
 pub async fn init_gpu() -> Result<String, JsError> {
     let gpu = Arc::new(Gpu::new().await.map_err(js_error)?);
-    let info = serde_json::json!({ "adapter": gpu.describe(), "max_binding_bytes": gpu.max_binding_bytes() });
+    let info = serde_json::json!({
+        "adapter": gpu.describe(),
+        "max_binding_bytes": gpu.max_binding_bytes(),
+        "kernels": gpu.default_family().name(),
+    });
     DEMO.with_borrow_mut(|d| d.gpu = Some(gpu));
     Ok(info.to_string())
 }
@@ -277,7 +283,7 @@ pub async fn create_model(request_json: &str) -> Result<String, JsError> {
     DEMO.with_borrow_mut(|d| d.model = None);
     let mut session = Session::new(gpu, graph, request.seed).await.map_err(js_error)?;
     if request.max_shard_images.is_some() {
-        let options = ScheduleOptions { max_shard_images: request.max_shard_images, ..Default::default() };
+        let options = ScheduleOptions { max_shard_images: request.max_shard_images, ..*session.schedule_options() };
         session.set_schedule_options(options);
     }
     // Allocating the arena now turns a device that refuses the memory into an error here,

@@ -1,9 +1,11 @@
 //! The GPU side of [`super`]: the kernels' launches and parameter block.
 
 use super::wgsl::{GENERAL_ROWS, TILES, WORKGROUP};
+use super::workgroup::{self, ConvTile};
 use super::Conv2dShape;
 use super::ConvLaunch;
 use crate::executor::Recorder;
+use crate::gpu::Family;
 use crate::gpu::{grid, shaders, Dispatch, Gpu, Kernel, View, Window};
 use crate::ops::flag;
 
@@ -37,26 +39,30 @@ pub const KERNELS: [Kernel; 10] = [
     GENERAL_WEIGHT_GRAD,
 ];
 
-/// The `Params` block of the conv shader ([`wgsl`]), in field order.
-struct Params {
-    n: u32,
-    m_rows: u32,
-    k_rows: u32,
-    pad: u32,
-    src_hw: (u32, u32),
-    dst_hw: (u32, u32),
-    accumulate: bool,
-    src_off: u32,
-    wt_off: u32,
-    dst_off: u32,
+/// The `Params` block of the conv shaders ([`super::wgsl`], [`super::workgroup`]), in field
+/// order.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Params {
+    pub(super) n: u32,
+    pub(super) m_rows: u32,
+    pub(super) k_rows: u32,
+    pub(super) pad: u32,
+    pub(super) src_hw: (u32, u32),
+    pub(super) dst_hw: (u32, u32),
+    pub(super) accumulate: bool,
+    pub(super) src_off: u32,
+    pub(super) wt_off: u32,
+    pub(super) dst_off: u32,
     /// Weight strides for (m, k, i, j); they wrap, so a negative stride is `0u32.wrapping_sub(s)`.
-    strides: [u32; 4],
+    pub(super) strides: [u32; 4],
     /// (stats, affine) element offsets; only the fused BN-ReLU kernels read them.
-    bn_offsets: (u32, u32),
+    pub(super) bn_offsets: (u32, u32),
+    /// Pixel splits of a workgroup-family weight gradient (1 elsewhere).
+    pub(super) splits: u32,
 }
 
 impl Params {
-    fn words(&self, s: &Conv2dShape) -> ConvParams {
+    pub(super) fn words(&self, s: &Conv2dShape) -> ConvParams {
         let [a_m, a_k, a_i, a_j] = self.strides;
         ConvParams {
             n: self.n,
@@ -80,6 +86,7 @@ impl Params {
             a_j,
             stats_off: self.bn_offsets.0,
             affine_off: self.bn_offsets.1,
+            splits: self.splits,
         }
     }
 }
@@ -110,6 +117,7 @@ crate::uniform! {
         a_j: u32,
         stats_off: u32,
         affine_off: u32,
+        splits: u32,
     }
 }
 
@@ -165,6 +173,7 @@ fn forward_params(s: &Conv2dShape, x: View, w: View, y: View) -> Params {
         dst_off: y.offset,
         strides: weight_strides_oihw(s),
         bn_offsets: (0, 0),
+        splits: 1,
     }
 }
 
@@ -185,6 +194,31 @@ pub fn conv2d_backward_input_channels(
     dx: View,
     accumulate: bool,
 ) -> Dispatch {
+    let params = backward_input_params(s, (first, count), dy, w, dx, accumulate, s.is_3x3_stride_1());
+    let buffers = [dy.buffer, w.buffer, dx.buffer];
+    if s.is_pointwise() {
+        return launch(gpu, s, &params, buffers);
+    }
+    if s.is_3x3_stride_1() {
+        return conv3x3(gpu, &params, s, buffers);
+    }
+    let groups = grid_with_blocks((s.n * s.h * s.w) as u64, count.div_ceil(GENERAL_ROWS));
+    gpu.dispatch(&GENERAL_BACKWARD_INPUT, &params.words(s), &buffers, groups)
+}
+
+/// The parameters of an input-gradient launch: rows are the input channels `[first, first +
+/// count)`, the reduction runs over output channels. With `flip` (a square stride-1 conv)
+/// they describe a stride-1 conv of dy with the kernel flipped in both axes and padding
+/// `kh - 1 - pad`: the flip is a start at the last tap and negative tap strides.
+fn backward_input_params(
+    s: &Conv2dShape,
+    (first, count): (u32, u32),
+    dy: View,
+    w: View,
+    dx: View,
+    accumulate: bool,
+    flip: bool,
+) -> Params {
     s.check();
     assert!(count > 0 && first + count <= s.c_in, "conv2d: input channels {first}+{count} of {}", s.c_in);
     let [o_stride, i_stride, row_stride, _] = weight_strides_oihw(s);
@@ -202,22 +236,17 @@ pub fn conv2d_backward_input_channels(
         // The rows are now input channels and the reduction runs over output channels.
         strides: [i_stride, o_stride, row_stride, 1],
         bn_offsets: (0, 0),
+        splits: 1,
     };
-    let buffers = [dy.buffer, w.buffer, dx.buffer];
-    if s.is_pointwise() {
-        return launch(gpu, s, &params, buffers);
-    }
-    if s.is_3x3_stride_1() {
-        // A 3x3 stride-1 conv of dy with the kernel flipped in both axes and padding 2 - pad;
-        // the flip is a start at tap (2, 2) and negative tap strides.
-        params.pad = 2 - s.pad;
-        params.wt_off += 2 * row_stride + 2;
+    if flip {
+        // Wraps below zero (padding wider than the kernel), which the shaders' u32 arithmetic
+        // undoes.
+        params.pad = (s.kh - 1).wrapping_sub(s.pad);
+        params.wt_off += (s.kh - 1) * row_stride + (s.kw - 1);
         params.strides[2] = 0u32.wrapping_sub(row_stride);
         params.strides[3] = u32::MAX;
-        return conv3x3(gpu, &params, s, buffers);
     }
-    let groups = grid_with_blocks((s.n * s.h * s.w) as u64, count.div_ceil(GENERAL_ROWS));
-    gpu.dispatch(&GENERAL_BACKWARD_INPUT, &params.words(s), &buffers, groups)
+    params
 }
 
 /// dw (+)= the gradient with respect to the weights, summed over the batch.
@@ -317,6 +346,196 @@ fn launch(gpu: &Gpu, s: &Conv2dShape, params: &Params, buffers: [Window; 3]) -> 
     gpu.dispatch(&GENERAL_FORWARD, &words, &buffers, groups)
 }
 
+/// Which kernel family, and which candidate of it, serves a conv launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// The register-tiled kernels of [`super::wgsl`] (for CPU drivers such as lavapipe).
+    Register,
+    /// A workgroup-tiled candidate of [`super::workgroup`] (for GPUs).
+    Workgroup(ConvTile),
+}
+
+impl ConvKernel {
+    /// The name tuning tables and caches use: `register`, or the candidate's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConvKernel::Register => "register",
+            ConvKernel::Workgroup(t) => t.name,
+        }
+    }
+}
+
+/// The three directions of a conv, each tuned on its own. The fused BN-ReLU forms share their
+/// direction's choice, so that a fused and an unfused launch of one conv sum in the same
+/// order and the memory modes stay bit-identical.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvDirection {
+    Forward,
+    BackwardInput,
+    BackwardWeight,
+}
+
+impl ConvDirection {
+    /// The workgroup candidates of this direction.
+    pub fn candidates(self) -> &'static [ConvTile] {
+        match self {
+            ConvDirection::Forward | ConvDirection::BackwardInput => &workgroup::GEMM_TILES,
+            ConvDirection::BackwardWeight => &workgroup::WEIGHT_GRAD_TILES,
+        }
+    }
+
+    /// Whether the workgroup family serves this direction of `s`: everything but the input
+    /// gradient of a strided or non-square conv wider than 1x1 (not a stride-1 conv with one
+    /// padding), which stays on the register family's general direct kernel.
+    pub fn workgroup_serves(self, s: &Conv2dShape) -> bool {
+        self != ConvDirection::BackwardInput || s.is_pointwise() || (s.stride == 1 && s.kh == s.kw)
+    }
+
+    /// The key of `s` in a tuning table: the direction, the kernel geometry, the output
+    /// channels and the map exactly, the input channels and the images rounded up to a power
+    /// of two. DenseNet's bottlenecks have a new input width at every layer, and a shard's
+    /// images move with the batch, while the best tile hardly moves with either; rounding them
+    /// keeps tuning a DenseNet-BC-100 to a few dozen shapes.
+    pub fn tuning_key(self, s: &Conv2dShape) -> String {
+        let dir = match self {
+            ConvDirection::Forward => "forward",
+            ConvDirection::BackwardInput => "backward_input",
+            ConvDirection::BackwardWeight => "backward_weight",
+        };
+        let (kh, kw, stride, pad) = (s.kh, s.kw, s.stride, s.pad);
+        let (c_in, c_out, n, h, w) = (s.c_in.next_power_of_two(), s.c_out, s.n.next_power_of_two(), s.h, s.w);
+        format!("conv {dir} {kh}x{kw}/{stride}p{pad} in<={c_in} out {c_out} images<={n} {h}x{w}")
+    }
+}
+
+/// The kernel densegpu launches for `direction` of `s` on `gpu`: the family the GPU is forced
+/// to (see [`Gpu::force_family`]) with its default candidate, else the tuned choice for this
+/// shape (see [`crate::tune`]), else the device type's default family.
+pub fn choose(gpu: &Gpu, direction: ConvDirection, s: &Conv2dShape) -> ConvKernel {
+    if !direction.workgroup_serves(s) {
+        return ConvKernel::Register;
+    }
+    let default_tile = || ConvKernel::Workgroup(direction.candidates()[0]);
+    match gpu.forced_family() {
+        Some(Family::Register) => return ConvKernel::Register,
+        Some(Family::Workgroup) => return default_tile(),
+        None => {}
+    }
+    if let Some(name) = gpu.kernel_choice(&direction.tuning_key(s)) {
+        if name == ConvKernel::Register.name() {
+            return ConvKernel::Register;
+        }
+        if let Some(t) = direction.candidates().iter().find(|t| t.name == name && t.fits(&gpu.limits)) {
+            return ConvKernel::Workgroup(*t);
+        }
+    }
+    match gpu.default_family() {
+        Family::Register => ConvKernel::Register,
+        Family::Workgroup => default_tile(),
+    }
+}
+
+/// y = conv(x, w) with a chosen kernel; as [`conv2d_forward`].
+pub fn forward_with(gpu: &Gpu, kernel: ConvKernel, s: &Conv2dShape, x: View, w: View, y: View) -> Dispatch {
+    match kernel {
+        ConvKernel::Register => conv2d_forward(gpu, s, x, w, y),
+        ConvKernel::Workgroup(t) => {
+            s.check();
+            workgroup::product(gpu, (t, shader_of(&t)), s, &forward_params(s, x, w, y), &[x.buffer, w.buffer, y.buffer])
+        }
+    }
+}
+
+/// y = conv(relu(batchnorm(x)), w) with a chosen kernel; as [`conv2d_forward_bnrelu`].
+#[allow(clippy::too_many_arguments)]
+pub fn forward_bnrelu_with(
+    gpu: &Gpu,
+    kernel: ConvKernel,
+    s: &Conv2dShape,
+    x: View,
+    stats: View,
+    affine: View,
+    w: View,
+    y: View,
+) -> Dispatch {
+    match kernel {
+        ConvKernel::Register => conv2d_forward_bnrelu(gpu, s, x, stats, affine, w, y),
+        ConvKernel::Workgroup(t) => {
+            s.check();
+            assert!(s.is_pointwise(), "conv2d: the fused BN-ReLU forward serves only 1x1 convs, not {s:?}");
+            let params = Params { bn_offsets: (stats.offset, affine.offset), ..forward_params(s, x, w, y) };
+            let buffers = [x.buffer, w.buffer, y.buffer, stats.buffer, affine.buffer];
+            workgroup::product(gpu, (t, shader_of(&t)), s, &params, &buffers)
+        }
+    }
+}
+
+/// The input gradient of input channels `[first, first + count)` with a chosen kernel; as
+/// [`conv2d_backward_input_channels`]. The workgroup family does not serve the input gradient
+/// of a strided or non-square conv wider than 1x1 (see [`ConvDirection::workgroup_serves`]); such a launch
+/// takes the register family's general kernel whatever `kernel` says.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_input_with(
+    gpu: &Gpu,
+    kernel: ConvKernel,
+    s: &Conv2dShape,
+    channels: (u32, u32),
+    dy: View,
+    w: View,
+    dx: View,
+    accumulate: bool,
+) -> Dispatch {
+    let ConvKernel::Workgroup(t) = kernel else {
+        return conv2d_backward_input_channels(gpu, s, channels, dy, w, dx, accumulate);
+    };
+    if !ConvDirection::BackwardInput.workgroup_serves(s) {
+        return conv2d_backward_input_channels(gpu, s, channels, dy, w, dx, accumulate);
+    }
+    let params = backward_input_params(s, channels, dy, w, dx, accumulate, !s.is_pointwise());
+    workgroup::product(gpu, (t, shader_of(&t)), s, &params, &[dy.buffer, w.buffer, dx.buffer])
+}
+
+/// dw (+)= the weight gradient with a chosen kernel, optionally of relu(batchnorm(x)) (`bn`:
+/// the statistics and affine parameters); as [`conv2d_backward_weight`] and
+/// [`conv2d_backward_weight_bnrelu`]. A workgroup candidate splits the pixels when `scratch`
+/// has room for the partial sums (see [`workgroup::weight_grad_splits`]), and then returns
+/// two dispatches: the partial products and their fixed-order sum.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_weight_with(
+    gpu: &Gpu,
+    kernel: ConvKernel,
+    s: &Conv2dShape,
+    x: View,
+    bn: Option<(View, View)>,
+    dy: View,
+    dw: View,
+    scratch: Option<View>,
+    accumulate: bool,
+) -> Vec<Dispatch> {
+    match (kernel, bn) {
+        (ConvKernel::Register, None) => vec![conv2d_backward_weight(gpu, s, x, dy, dw, accumulate)],
+        (ConvKernel::Register, Some((stats, affine))) => {
+            vec![conv2d_backward_weight_bnrelu(gpu, s, x, stats, affine, dy, dw, accumulate)]
+        }
+        (ConvKernel::Workgroup(t), bn) => {
+            s.check();
+            let mut params = weight_grad_params(s, x, dy, dw, accumulate);
+            let mut buffers = vec![x.buffer, dy.buffer, dw.buffer];
+            if let Some((stats, affine)) = bn {
+                assert!(s.is_pointwise(), "conv2d: the fused BN-ReLU weight gradient serves only 1x1 convs, not {s:?}");
+                params.bn_offsets = (stats.offset, affine.offset);
+                buffers.extend([stats.buffer, affine.buffer]);
+            }
+            workgroup::weight_grad(gpu, (t, shader_of(&t)), s, &params, &buffers, scratch)
+        }
+    }
+}
+
+/// The shader module of a workgroup candidate.
+fn shader_of(t: &ConvTile) -> &'static crate::gpu::shaders::Shader {
+    workgroup::candidate(t.name).unwrap_or_else(|| panic!("conv tile {} is not a listed candidate", t.name)).1
+}
+
 /// Records one conv launch of a schedule.
 pub(crate) fn record(launch: &ConvLaunch, r: &mut Recorder) {
     // Once per batch shard, over its images; a weight gradient sums over the batch, so every
@@ -327,20 +546,35 @@ pub(crate) fn record(launch: &ConvLaunch, r: &mut Recorder) {
 fn record_shard(launch: &ConvLaunch, r: &mut Recorder) {
     let gpu = r.gpu;
     let d = match *launch {
-        ConvLaunch::Forward { shape, x, w, y } => conv2d_forward(gpu, &shape, r.view(x), r.view(w), r.view(y)),
+        ConvLaunch::Forward { shape, x, w, y } => {
+            let kernel = choose(gpu, ConvDirection::Forward, &shape);
+            forward_with(gpu, kernel, &shape, r.view(x), r.view(w), r.view(y))
+        }
         ConvLaunch::ForwardBnRelu { shape, x, stats, affine, w, y } => {
+            let kernel = choose(gpu, ConvDirection::Forward, &shape);
             let (x, stats, affine) = (r.view(x), r.view(stats), r.view(affine));
-            conv2d_forward_bnrelu(gpu, &shape, x, stats, affine, r.view(w), r.view(y))
+            forward_bnrelu_with(gpu, kernel, &shape, x, stats, affine, r.view(w), r.view(y))
         }
         ConvLaunch::BackwardInput { shape, channels, dy, w, dx, accumulate } => {
-            conv2d_backward_input_channels(gpu, &shape, channels, r.view(dy), r.view(w), r.view(dx), accumulate)
+            let kernel = choose(gpu, ConvDirection::BackwardInput, &shape);
+            backward_input_with(gpu, kernel, &shape, channels, r.view(dy), r.view(w), r.view(dx), accumulate)
         }
         ConvLaunch::BackwardWeight { shape, x, dy, dw, accumulate } => {
-            conv2d_backward_weight(gpu, &shape, r.view(x), r.view(dy), r.view(dw), accumulate)
+            let kernel = choose(gpu, ConvDirection::BackwardWeight, &shape);
+            let (x, dy, dw, scratch) = (r.view(x), r.view(dy), r.view(dw), r.split_scratch());
+            for d in backward_weight_with(gpu, kernel, &shape, x, None, dy, dw, scratch, accumulate) {
+                r.push(d);
+            }
+            return;
         }
         ConvLaunch::BackwardWeightBnRelu { shape, x, stats, affine, dy, dw, accumulate } => {
-            let (x, stats, affine) = (r.view(x), r.view(stats), r.view(affine));
-            conv2d_backward_weight_bnrelu(gpu, &shape, x, stats, affine, r.view(dy), r.view(dw), accumulate)
+            let kernel = choose(gpu, ConvDirection::BackwardWeight, &shape);
+            let bn = Some((r.view(stats), r.view(affine)));
+            let (x, dy, dw, scratch) = (r.view(x), r.view(dy), r.view(dw), r.split_scratch());
+            for d in backward_weight_with(gpu, kernel, &shape, x, bn, dy, dw, scratch, accumulate) {
+                r.push(d);
+            }
+            return;
         }
     };
     r.push(d);

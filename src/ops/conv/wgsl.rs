@@ -529,7 +529,7 @@ fn vec4(parts: impl Iterator<Item = String>) -> String {
 
 /// The shared declarations: what the kernels' operands mean, the parameter block (which
 /// `super::Params` fills in this order), the bindings and the store helper.
-const PRELUDE: &str = r"// 2-D convolution without bias, forward and both backwards.
+pub(super) const PRELUDE: &str = r"// 2-D convolution without bias, forward and both backwards.
 // Activations are (C, N, H, W), weights OIHW. Every kernel reads a `src` activation, a `wt`
 // operand and writes `dst`; the host maps forward and backward onto them:
 //   forward:         src = x,  wt = w,  dst = y,  rows m = output channels, k = input channels
@@ -565,6 +565,7 @@ struct Params {
     a_j: u32,
     stats_off: u32,
     affine_off: u32,
+    splits: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

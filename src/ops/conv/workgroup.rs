@@ -1,0 +1,603 @@
+//! The workgroup family of conv kernels: tiles staged in workgroup memory, for GPUs.
+//!
+//! The register family ([`super::wgsl`]) suits llvmpipe, which runs 8 invocations as SIMD
+//! lanes and pays per gathered load: one invocation keeps up to 256 accumulators. A GPU runs
+//! thousands of invocations with a few dozen registers each, and reuses operands through
+//! workgroup memory instead. So these kernels treat every conv as an implicit matrix product
+//! and tile it the way GPU GEMMs do:
+//!
+//! - forward (and the input gradient of 1x1 and stride-1 convs, which is a stride-1 conv of dy
+//!   with the weights transposed and flipped in place) computes `dst[m, q] = Σ_d A[m, d]·B[d, q]`
+//!   over the `q` output pixels (N·H'·W'), where `d` runs over (input channel, tap row, tap
+//!   column) and `B[d, q]` is the input pixel under output pixel `q` through that tap (zero in
+//!   the padding);
+//! - the weight gradient computes `dw[m, d] = Σ_q dy[m, q]·B[d, q]`, the same `B` with the
+//!   reduction over pixels, which can be millions long while `dw` holds only a few thousand
+//!   weights (a 3x3 growth conv: 12 x 432). So the pixels are split into `splits` chunks, one
+//!   workgroup layer each, whose partial products go to a scratch buffer; a second pass adds
+//!   them in split order, which keeps the result deterministic and the f32 sums short.
+//!
+//! Each workgroup owns a `rows` x `cols` block of the product, loads `depth`-long slices of
+//! both operands into workgroup memory (every invocation one or more elements of each), and
+//! each invocation accumulates a `tile_rows` x `tile_cols` sub-block from them, at most 64
+//! accumulators. An invocation's rows and columns are strided across the block, so
+//! neighbouring invocations read neighbouring workgroup-memory words and store neighbouring
+//! pixels.
+//!
+//! The candidates are data ([`GEMM_TILES`], [`WEIGHT_GRAD_TILES`]); each compiles to its own
+//! shader module, generated on first use, so an adapter compiles only the candidates it runs,
+//! and [`ConvTile::fits`] keeps a candidate its limits cannot run from being compiled at all.
+
+use super::kernels::Params;
+use super::wgsl::PRELUDE;
+use super::Conv2dShape;
+use crate::gpu::shaders::Shader;
+use crate::gpu::{grid, Dispatch, Gpu, Kernel, View};
+use std::fmt::Write;
+
+/// Writes one line of WGSL (a `format!` string and its arguments) to a `String`.
+macro_rules! emit {
+    ($out:expr, $($fmt:tt)*) => {
+        writeln!($out, $($fmt)*).expect("writing to a String cannot fail")
+    };
+}
+
+/// One candidate configuration of a workgroup-family kernel: the block a workgroup computes
+/// and the sub-block each invocation accumulates. For the matrix products of forward and the
+/// input gradient, rows are destination channels and columns output pixels; for the weight
+/// gradient, rows are output channels and columns (input channel, tap) pairs, and `depth`
+/// counts pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTile {
+    /// Names the candidate in tuning tables, caches and benchmark output.
+    pub name: &'static str,
+    /// Rows of the workgroup's block.
+    pub rows: u32,
+    /// Columns of the workgroup's block.
+    pub cols: u32,
+    /// Reduction steps staged in workgroup memory per barrier pair.
+    pub depth: u32,
+    /// Rows per invocation.
+    pub tile_rows: u32,
+    /// Columns per invocation.
+    pub tile_cols: u32,
+}
+
+/// Accumulators per invocation, at most: more spill out of a GPU's registers.
+pub const MAX_ACCUMULATORS: u32 = 64;
+
+/// The candidates for forward and the input gradient. Narrow blocks serve DenseNet's growth
+/// convs (12 output channels over tens of thousands of pixels); square ones the bottleneck and
+/// transition products.
+pub const GEMM_TILES: [ConvTile; 4] = [
+    ConvTile { name: "gemm16x64", rows: 16, cols: 64, depth: 16, tile_rows: 2, tile_cols: 4 },
+    ConvTile { name: "gemm32x128", rows: 32, cols: 128, depth: 8, tile_rows: 4, tile_cols: 8 },
+    ConvTile { name: "gemm64x64", rows: 64, cols: 64, depth: 16, tile_rows: 4, tile_cols: 4 },
+    ConvTile { name: "gemm64x64r8", rows: 64, cols: 64, depth: 16, tile_rows: 8, tile_cols: 8 },
+];
+
+/// The candidates for the weight gradient (rows: output channels, columns: input channel x
+/// tap, depth: pixels per step).
+///
+/// A 64 x 64 block (256 invocations, 4 x 4 each) was a candidate too, and so was 32 x 32 with
+/// 32 pixels a step. On lavapipe both summed only a fixed prefix of the pixels once one
+/// workgroup's reduction passed about 16,000 pixels (65,536 at batch 64 gave the same wrong
+/// sums as 262,144), while these two stayed exact up to 262,144. The cause is not found, so
+/// they are not offered.
+pub const WEIGHT_GRAD_TILES: [ConvTile; 2] = [
+    ConvTile { name: "wgrad16x64", rows: 16, cols: 64, depth: 16, tile_rows: 2, tile_cols: 4 },
+    ConvTile { name: "wgrad32x32", rows: 32, cols: 32, depth: 16, tile_rows: 2, tile_cols: 4 },
+];
+
+/// Workgroups a weight gradient aims to keep busy before it splits its pixels no further:
+/// enough for a large GPU's cores, several each (an H100 has 132).
+const TARGET_WORKGROUPS: u64 = 1024;
+/// Splits of the pixel axis, at most.
+pub const MAX_SPLITS: u32 = 64;
+
+/// Bytes of split-reduction scratch a training step on a GPU plans (see
+/// [`crate::schedule::ScheduleOptions::split_scratch_bytes`]): 64 splits of a 4,096-weight
+/// gradient, or fewer splits of a larger one, whose workgroups fill a GPU anyway.
+pub const SPLIT_SCRATCH_BYTES: u64 = 1 << 20;
+
+impl ConvTile {
+    /// Invocations per workgroup.
+    pub fn workgroup(&self) -> u32 {
+        (self.rows / self.tile_rows) * (self.cols / self.tile_cols)
+    }
+
+    /// Bytes of workgroup memory the two staged operand slices take.
+    pub fn workgroup_bytes(&self) -> u32 {
+        (self.rows + self.cols) * self.depth * 4
+    }
+
+    /// Whether an adapter with these limits can run the candidate: its workgroup size and
+    /// workgroup memory within the limits. A candidate that does not fit is never compiled.
+    pub fn fits(&self, limits: &wgpu::Limits) -> bool {
+        let size = self.workgroup();
+        size <= limits.max_compute_invocations_per_workgroup
+            && size <= limits.max_compute_workgroup_size_x
+            && self.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
+    }
+
+    /// FLOP per byte of storage traffic, from the tile alone: each step a workgroup loads
+    /// `(rows + cols)·depth` floats and does `2·rows·cols·depth` FLOP with them.
+    pub fn arithmetic_intensity(&self) -> f64 {
+        (2.0 * (self.rows * self.cols) as f64) / (4.0 * (self.rows + self.cols) as f64)
+    }
+
+    /// Panics unless the block divides into whole invocation tiles of at most
+    /// [`MAX_ACCUMULATORS`].
+    fn check(&self) {
+        assert!(
+            self.rows.is_multiple_of(self.tile_rows)
+                && self.cols.is_multiple_of(self.tile_cols)
+                && self.tile_rows * self.tile_cols <= MAX_ACCUMULATORS
+                && self.depth > 0,
+            "conv tile {self:?}: the block must divide into invocation tiles of at most {MAX_ACCUMULATORS} accumulators"
+        );
+    }
+
+    /// The candidate's shader body (without `common.wgsl`): the conv prelude and every entry
+    /// point of [`Entry`].
+    pub fn wgsl(&self) -> String {
+        self.check();
+        let mut out = String::with_capacity(40_000);
+        emit!(out, "// Generated by src/ops/conv/workgroup.rs from {self:?}: edit the generator, not this text.");
+        emit!(out, "{PRELUDE}");
+        emit!(out, "var<workgroup> rows_tile: array<f32, {}>;", self.rows * self.depth);
+        emit!(out, "var<workgroup> cols_tile: array<f32, {}>;\n", self.cols * self.depth);
+        self.product(&mut out, "conv_product", Form::General);
+        self.product(&mut out, "conv_product_pointwise", Form::Pointwise);
+        self.product(&mut out, "conv_product_bnrelu", Form::BnRelu);
+        self.weight_grad(&mut out, "conv_weight_grad", Form::General);
+        self.weight_grad(&mut out, "conv_weight_grad_pointwise", Form::Pointwise);
+        self.weight_grad(&mut out, "conv_weight_grad_bnrelu", Form::BnRelu);
+        emit!(out, "{COMBINE}");
+        out
+    }
+
+    /// The lines every kernel starts its block with: which row and columns of the invocation
+    /// tile this lane owns, and its accumulators.
+    fn invocation_tile(&self, out: &mut String) {
+        let lanes_across = self.cols / self.tile_cols;
+        emit!(out, "    let tx = lane % {lanes_across}u;");
+        emit!(out, "    let ty = lane / {lanes_across}u;");
+        for r in 0..self.tile_rows {
+            for c in 0..self.tile_cols {
+                emit!(out, "        var acc{r}_{c} = 0.0;");
+            }
+        }
+    }
+
+    /// The inner product over one staged slice: every lane's tile from the two slices.
+    fn multiply_slice(&self, out: &mut String) {
+        let (row_step, col_step) = (self.rows / self.tile_rows, self.cols / self.tile_cols);
+        emit!(out, "        workgroupBarrier();");
+        emit!(out, "        for (var s = 0u; s < {}u; s++) {{", self.depth);
+        for r in 0..self.tile_rows {
+            emit!(out, "            let a{r} = rows_tile[s * {}u + ty + {}u];", self.rows, r * row_step);
+        }
+        for c in 0..self.tile_cols {
+            emit!(out, "            let b{c} = cols_tile[s * {}u + tx + {}u];", self.cols, c * col_step);
+        }
+        for r in 0..self.tile_rows {
+            for c in 0..self.tile_cols {
+                emit!(out, "            acc{r}_{c} = fma(a{r}, b{c}, acc{r}_{c});");
+            }
+        }
+        emit!(out, "        }}");
+        emit!(out, "        workgroupBarrier();");
+    }
+
+    /// Per staged element `e` of this lane in a `width`-wide slice: its index, slice row
+    /// (`{prefix}s{e}`: the reduction step) and column (`{prefix}c{e}`), laid out so
+    /// consecutive lanes take consecutive columns (`column_major` false) or steps (true).
+    fn loads(&self, out: &mut String, prefix: &str, width: u32, column_major: bool) -> u32 {
+        let (size, total) = (self.workgroup(), width * self.depth);
+        let count = total.div_ceil(size);
+        for e in 0..count {
+            emit!(out, "    let {prefix}at{e} = lane + {}u;", e * size);
+            emit!(out, "    let {prefix}in{e} = {prefix}at{e} < {total}u;");
+            if column_major {
+                emit!(out, "    let {prefix}s{e} = {prefix}at{e} % {}u;", self.depth);
+                emit!(out, "    let {prefix}c{e} = min({prefix}at{e} / {}u, {}u);", self.depth, width - 1);
+            } else {
+                emit!(out, "    let {prefix}c{e} = {prefix}at{e} % {width}u;");
+                emit!(out, "    let {prefix}s{e} = min({prefix}at{e} / {width}u, {}u);", self.depth - 1);
+            }
+        }
+        count
+    }
+
+    /// Forward and the input gradient: `dst[m, q] = Σ_d wt(m, d) · src(d, q)`.
+    fn product(&self, out: &mut String, name: &str, form: Form) {
+        let (rows, cols, depth, size) = (self.rows, self.cols, self.depth, self.workgroup());
+        emit!(out, "// {} One workgroup per {rows} destination channels x {cols} output pixels.", form.product_doc());
+        emit!(
+            out,
+            "@compute @workgroup_size({size})
+fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(num_workgroups) groups: vec3<u32>) {{
+    let taps = p.kh * p.kw;
+    let reduction = p.k_rows * taps;
+    let src_plane = p.n * p.src_h * p.src_w;
+    let pixels = p.n * p.dst_h * p.dst_w;
+    let q0 = (wg.x + wg.y * groups.x) * {cols}u;
+    // Uniform across the workgroup, so no barrier is stranded.
+    if (q0 >= pixels) {{ return; }}
+    let m0 = wg.z * {rows}u;"
+        );
+        // Weight loads: consecutive lanes take consecutive reduction steps, which are
+        // consecutive in OIHW memory for forward.
+        let weight_loads = self.loads(out, "w", rows, true);
+        for e in 0..weight_loads {
+            emit!(out, "    let wm{e} = m0 + wc{e};");
+            emit!(out, "    let wok{e} = win{e} && wm{e} < p.m_rows;");
+            emit!(out, "    let wrow{e} = p.wt_off + min(wm{e}, p.m_rows - 1u) * p.a_m;");
+        }
+        // Input loads: consecutive lanes take consecutive pixels; each lane's pixels stay the
+        // same for the whole reduction, so their coordinates are computed once.
+        let input_loads = self.loads(out, "x", cols, false);
+        for e in 0..input_loads {
+            emit!(out, "    let xq{e} = q0 + xc{e};");
+            emit!(out, "    let xok{e} = xin{e} && xq{e} < pixels;");
+            if form == Form::General {
+                emit!(out, "    let xqc{e} = min(xq{e}, pixels - 1u);");
+                emit!(out, "    let xline{e} = xqc{e} / p.dst_w;");
+                emit!(out, "    let xih{e} = (xline{e} % p.dst_h) * p.stride - p.pad;");
+                emit!(out, "    let xiw{e} = (xqc{e} % p.dst_w) * p.stride - p.pad;");
+                emit!(out, "    let ximg{e} = p.src_off + (xline{e} / p.dst_h) * p.src_h * p.src_w;");
+            }
+        }
+        self.invocation_tile(out);
+        emit!(out, "    for (var d0 = 0u; d0 < reduction; d0 += {depth}u) {{");
+        for e in 0..weight_loads {
+            emit!(out, "        {{");
+            emit!(out, "            let d = d0 + ws{e};");
+            emit!(out, "            var v = 0.0;");
+            match form {
+                Form::General => {
+                    emit!(out, "            if (wok{e} && d < reduction) {{");
+                    emit!(out, "                let k = d / taps;");
+                    emit!(out, "                let t = d - k * taps;");
+                    emit!(out, "                let i = t / p.kw;");
+                    emit!(out, "                v = wt[wrow{e} + k * p.a_k + i * p.a_i + (t - i * p.kw) * p.a_j];");
+                    emit!(out, "            }}");
+                }
+                Form::Pointwise | Form::BnRelu => {
+                    emit!(out, "            if (wok{e} && d < reduction) {{ v = wt[wrow{e} + d * p.a_k]; }}");
+                }
+            }
+            emit!(out, "            if (win{e}) {{ rows_tile[ws{e} * {rows}u + wc{e}] = v; }}");
+            emit!(out, "        }}");
+        }
+        for e in 0..input_loads {
+            emit!(out, "        {{");
+            emit!(out, "            let d = d0 + xs{e};");
+            emit!(out, "            var v = 0.0;");
+            emit!(out, "            if (xok{e} && d < reduction) {{");
+            match form {
+                Form::General => {
+                    emit!(out, "                let k = d / taps;");
+                    emit!(out, "                let t = d - k * taps;");
+                    emit!(out, "                let i = t / p.kw;");
+                    emit!(out, "                let ih = xih{e} + i;");
+                    emit!(out, "                let iw = xiw{e} + t - i * p.kw;");
+                    emit!(out, "                if (ih < p.src_h && iw < p.src_w) {{");
+                    emit!(out, "                    v = src[ximg{e} + k * src_plane + ih * p.src_w + iw];");
+                    emit!(out, "                }}");
+                }
+                Form::Pointwise => emit!(out, "                v = src[p.src_off + d * src_plane + xq{e}];"),
+                Form::BnRelu => {
+                    emit!(
+                        out,
+                        "                v = {};",
+                        bn_relu(&format!("src[p.src_off + d * src_plane + xq{e}]"), "d")
+                    )
+                }
+            }
+            emit!(out, "            }}");
+            emit!(out, "            if (xin{e}) {{ cols_tile[xs{e} * {cols}u + xc{e}] = v; }}");
+            emit!(out, "        }}");
+        }
+        self.multiply_slice(out);
+        emit!(out, "    }}");
+        let (row_step, col_step) = (rows / self.tile_rows, cols / self.tile_cols);
+        for r in 0..self.tile_rows {
+            emit!(out, "    {{");
+            emit!(out, "        let m = m0 + ty + {}u;", r * row_step);
+            for c in 0..self.tile_cols {
+                emit!(out, "        let col{c} = q0 + tx + {}u;", c * col_step);
+                emit!(out, "        if (m < p.m_rows && col{c} < pixels) {{ put(p.dst_off + m * pixels + col{c}, acc{r}_{c}); }}");
+            }
+            emit!(out, "    }}");
+        }
+        emit!(out, "}}\n");
+    }
+
+    /// The weight gradient's first pass: `dw[m, d] = Σ_q dy(m, q) · src(d, q)` over this
+    /// workgroup's split of the pixels, into `dst` (the final weights when there is one split,
+    /// the scratch otherwise).
+    fn weight_grad(&self, out: &mut String, name: &str, form: Form) {
+        let (rows, cols, depth, size) = (self.rows, self.cols, self.depth, self.workgroup());
+        emit!(
+            out,
+            "// {} One workgroup per {rows} output channels x {cols} (input channel, tap) pairs x one of
+// p.splits chunks of the pixels; with more than one split the partial sums go to the scratch
+// (dst) as (split, m, d), for conv_weight_grad_combine.",
+            form.weight_grad_doc()
+        );
+        emit!(
+            out,
+            "@compute @workgroup_size({size})
+fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg: vec3<u32>) {{
+    let taps = p.kh * p.kw;
+    let reduction = p.k_rows * taps;
+    let src_plane = p.n * p.src_h * p.src_w;
+    let pixels = p.n * p.dst_h * p.dst_w;
+    let d0 = wg.x * {cols}u;
+    let m0 = wg.y * {rows}u;
+    let chunk = ((pixels + p.splits - 1u) / p.splits + {last}u) / {depth}u * {depth}u;
+    let q_begin = min(wg.z * chunk, pixels);
+    let q_end = min(q_begin + chunk, pixels);",
+            last = depth - 1
+        );
+        // dy loads: consecutive lanes take consecutive pixels of one channel.
+        let grad_loads = self.loads(out, "g", rows, true);
+        for e in 0..grad_loads {
+            emit!(out, "    let gm{e} = m0 + gc{e};");
+            emit!(out, "    let gok{e} = gin{e} && gm{e} < p.m_rows;");
+            emit!(out, "    let grow{e} = p.wt_off + min(gm{e}, p.m_rows - 1u) * pixels;");
+        }
+        // Input loads: consecutive lanes take consecutive pixels; each lane's (channel, tap)
+        // column stays the same for the whole reduction.
+        let input_loads = self.loads(out, "x", cols, true);
+        for e in 0..input_loads {
+            emit!(out, "    let xd{e} = d0 + xc{e};");
+            emit!(out, "    let xok{e} = xin{e} && xd{e} < reduction;");
+            emit!(out, "    let xdc{e} = min(xd{e}, reduction - 1u);");
+            match form {
+                Form::General => {
+                    emit!(out, "    let xk{e} = xdc{e} / taps;");
+                    emit!(out, "    let xt{e} = xdc{e} - xk{e} * taps;");
+                    emit!(out, "    let xi{e} = xt{e} / p.kw;");
+                    emit!(out, "    let xj{e} = xt{e} - xi{e} * p.kw;");
+                    emit!(out, "    let xrow{e} = p.src_off + xk{e} * src_plane;");
+                }
+                Form::Pointwise | Form::BnRelu => emit!(out, "    let xrow{e} = p.src_off + xdc{e} * src_plane;"),
+            }
+        }
+        self.invocation_tile(out);
+        emit!(out, "    for (var q0 = q_begin; q0 < q_end; q0 += {depth}u) {{");
+        for e in 0..grad_loads {
+            emit!(out, "        {{");
+            emit!(out, "            let q = q0 + gs{e};");
+            emit!(out, "            var v = 0.0;");
+            emit!(out, "            if (gok{e} && q < q_end) {{ v = wt[grow{e} + q]; }}");
+            emit!(out, "            if (gin{e}) {{ rows_tile[gs{e} * {rows}u + gc{e}] = v; }}");
+            emit!(out, "        }}");
+        }
+        for e in 0..input_loads {
+            emit!(out, "        {{");
+            emit!(out, "            let q = q0 + xs{e};");
+            emit!(out, "            var v = 0.0;");
+            emit!(out, "            if (xok{e} && q < q_end) {{");
+            match form {
+                Form::General => {
+                    emit!(out, "                let line = q / p.dst_w;");
+                    emit!(out, "                let ih = (line % p.dst_h) * p.stride + xi{e} - p.pad;");
+                    emit!(out, "                let iw = (q % p.dst_w) * p.stride + xj{e} - p.pad;");
+                    emit!(out, "                if (ih < p.src_h && iw < p.src_w) {{");
+                    emit!(
+                        out,
+                        "                    v = src[xrow{e} + ((line / p.dst_h) * p.src_h + ih) * p.src_w + iw];"
+                    );
+                    emit!(out, "                }}");
+                }
+                Form::Pointwise => emit!(out, "                v = src[xrow{e} + q];"),
+                Form::BnRelu => {
+                    emit!(out, "                v = {};", bn_relu(&format!("src[xrow{e} + q]"), &format!("xdc{e}")))
+                }
+            }
+            emit!(out, "            }}");
+            emit!(out, "            if (xin{e}) {{ cols_tile[xs{e} * {cols}u + xc{e}] = v; }}");
+            emit!(out, "        }}");
+        }
+        self.multiply_slice(out);
+        emit!(out, "    }}");
+        let (row_step, col_step) = (rows / self.tile_rows, cols / self.tile_cols);
+        emit!(out, "    let weights = p.m_rows * reduction;");
+        for r in 0..self.tile_rows {
+            emit!(out, "    {{");
+            emit!(out, "        let m = m0 + ty + {}u;", r * row_step);
+            for c in 0..self.tile_cols {
+                emit!(out, "        let col{c} = d0 + tx + {}u;", c * col_step);
+                emit!(out, "        if (m < p.m_rows && col{c} < reduction) {{");
+                emit!(out, "            let e = m * reduction + col{c};");
+                emit!(out, "            if (p.splits == 1u) {{ put(p.dst_off + e, acc{r}_{c}); }}");
+                emit!(out, "            else {{ dst[p.dst_off + wg.z * weights + e] = acc{r}_{c}; }}");
+                emit!(out, "        }}");
+            }
+            emit!(out, "    }}");
+        }
+        emit!(out, "}}\n");
+    }
+}
+
+/// `relu(batchnorm(x))` of channel `channel`, in batchnorm.wgsl's `bn_value` order, so that the
+/// value equals the stored BN-ReLU output of the other memory modes bit for bit.
+fn bn_relu(load: &str, channel: &str) -> String {
+    format!(
+        "max(({load} - bn_stats[p.stats_off + {channel}]) * bn_stats[p.stats_off + p.k_rows + {channel}] \
+         * bn_affine[p.affine_off + {channel}] + bn_affine[p.affine_off + p.k_rows + {channel}], 0.0)"
+    )
+}
+
+/// How a kernel reads its input operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    /// Any kernel size, stride and padding.
+    General,
+    /// 1x1, stride 1, no padding: the input is a plain (channels, pixels) matrix.
+    Pointwise,
+    /// As pointwise, of `relu(batchnorm(x))` computed on load.
+    BnRelu,
+}
+
+impl Form {
+    fn product_doc(self) -> &'static str {
+        match self {
+            Form::General => {
+                "Forward of any conv, or the input gradient of a stride-1 conv, as a product over the taps."
+            }
+            Form::Pointwise => "A 1x1, stride-1, unpadded conv's product (forward or input gradient).",
+            Form::BnRelu => "As conv_product_pointwise, of relu(batchnorm(src)) computed on load (forward only).",
+        }
+    }
+    fn weight_grad_doc(self) -> &'static str {
+        match self {
+            Form::General => "Weight gradient of any conv.",
+            Form::Pointwise => "Weight gradient of a 1x1, stride-1, unpadded conv.",
+            Form::BnRelu => "As conv_weight_grad_pointwise, of relu(batchnorm(src)) computed on load.",
+        }
+    }
+}
+
+/// The weight gradient's second pass.
+const COMBINE: &str = r"// The weight gradient's second pass: adds the p.splits partial sums of each weight in split
+// order (src = the scratch, (split, weight)) and writes the total to dst.
+@compute @workgroup_size(64)
+fn conv_weight_grad_combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let weights = p.m_rows * p.k_rows * p.kh * p.kw;
+    let e = flat_id(gid, groups, 64u);
+    if (e >= weights) { return; }
+    var sum = 0.0;
+    for (var s = 0u; s < p.splits; s++) { sum += src[p.src_off + s * weights + e]; }
+    put(p.dst_off + e, sum);
+}
+";
+
+/// The entry points of a candidate's module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    Product,
+    ProductPointwise,
+    ProductBnRelu,
+    WeightGrad,
+    WeightGradPointwise,
+    WeightGradBnRelu,
+    Combine,
+}
+
+impl Entry {
+    fn kernel(self, shader: &'static Shader) -> Kernel {
+        let (entry, buffers) = match self {
+            Entry::Product => ("conv_product", 3),
+            Entry::ProductPointwise => ("conv_product_pointwise", 3),
+            Entry::ProductBnRelu => ("conv_product_bnrelu", 5),
+            Entry::WeightGrad => ("conv_weight_grad", 3),
+            Entry::WeightGradPointwise => ("conv_weight_grad_pointwise", 3),
+            Entry::WeightGradBnRelu => ("conv_weight_grad_bnrelu", 5),
+            Entry::Combine => ("conv_weight_grad_combine", 3),
+        };
+        Kernel { shader, entry, buffers }
+    }
+}
+
+/// Every entry point with its bindings, for the GPU-free shader tests.
+pub fn kernels() -> Vec<Kernel> {
+    let entries = [
+        Entry::Product,
+        Entry::ProductPointwise,
+        Entry::ProductBnRelu,
+        Entry::WeightGrad,
+        Entry::WeightGradPointwise,
+        Entry::WeightGradBnRelu,
+        Entry::Combine,
+    ];
+    let shaders = crate::gpu::shaders::CONV_GEMM.iter().chain(&crate::gpu::shaders::CONV_WEIGHT_GRAD);
+    shaders.flat_map(|s| entries.map(|e| e.kernel(s))).collect()
+}
+
+/// A candidate of [`GEMM_TILES`] or [`WEIGHT_GRAD_TILES`] by its name, with its shader module.
+pub fn candidate(name: &str) -> Option<(ConvTile, &'static Shader)> {
+    let gemm = GEMM_TILES.iter().zip(&crate::gpu::shaders::CONV_GEMM);
+    let wgrad = WEIGHT_GRAD_TILES.iter().zip(&crate::gpu::shaders::CONV_WEIGHT_GRAD);
+    gemm.chain(wgrad).find(|(t, _)| t.name == name).map(|(t, s)| (*t, s))
+}
+
+/// A product launch: `params` describes it with rows = destination channels.
+pub(super) fn product(
+    gpu: &Gpu,
+    (tile, shader): (ConvTile, &'static Shader),
+    s: &Conv2dShape,
+    params: &Params,
+    buffers: &[crate::gpu::Window],
+) -> Dispatch {
+    let entry = match (buffers.len() == 5, s.is_pointwise()) {
+        (true, _) => Entry::ProductBnRelu,
+        (false, true) => Entry::ProductPointwise,
+        (false, false) => Entry::Product,
+    };
+    let (dh, dw) = params.dst_hw;
+    let blocks = (params.n as u64 * dh as u64 * dw as u64).div_ceil(tile.cols as u64);
+    let [x, y, _] = grid(blocks, 1);
+    let z = params.m_rows.div_ceil(tile.rows);
+    assert!(z <= 65_535, "conv2d: {z} channel blocks exceed the workgroup grid");
+    gpu.dispatch(&entry.kernel(shader), &params.words(s), buffers, [x, y, z])
+}
+
+/// How many splits a weight gradient of `s` takes with `tile` when `scratch_elems` floats of
+/// scratch are at hand: enough workgroups for [`TARGET_WORKGROUPS`], chunks of at least four
+/// staged steps, and partial sums that fit the scratch. One without scratch.
+pub fn weight_grad_splits(tile: &ConvTile, s: &Conv2dShape, scratch_elems: u64) -> u32 {
+    let weights = s.weight_elems() as u64;
+    let reduction = s.c_in as u64 * s.kh as u64 * s.kw as u64;
+    let blocks = (s.c_out as u64).div_ceil(tile.rows as u64) * reduction.div_ceil(tile.cols as u64);
+    let pixels = s.n as u64 * s.out_h() as u64 * s.out_w() as u64;
+    let wanted = TARGET_WORKGROUPS.div_ceil(blocks);
+    let by_length = pixels / (4 * tile.depth as u64);
+    let by_scratch = scratch_elems / weights;
+    wanted.min(by_length).min(by_scratch).clamp(1, MAX_SPLITS as u64) as u32
+}
+
+/// A weight-gradient launch (one or two dispatches): `params` as for the register family's
+/// weight gradient, `buffers` = [x, dy, dw] or [x, dy, dw, stats, affine], and a scratch view
+/// for the partial sums when there is one.
+pub(super) fn weight_grad(
+    gpu: &Gpu,
+    (tile, shader): (ConvTile, &'static Shader),
+    s: &Conv2dShape,
+    params: &Params,
+    buffers: &[crate::gpu::Window],
+    scratch: Option<View>,
+) -> Vec<Dispatch> {
+    let entry = match (buffers.len() == 5, s.is_pointwise()) {
+        (true, _) => Entry::WeightGradBnRelu,
+        (false, true) => Entry::WeightGradPointwise,
+        (false, false) => Entry::WeightGrad,
+    };
+    let scratch_elems = scratch.map_or(0, |v| v.buffer.size / 4 - v.offset as u64);
+    let splits = weight_grad_splits(&tile, s, scratch_elems);
+    let reduction = s.c_in * s.kh * s.kw;
+    let groups = [reduction.div_ceil(tile.cols), s.c_out.div_ceil(tile.rows), splits];
+    assert!(groups[0] <= 65_535 && groups[1] <= 65_535, "conv2d: {s:?} has more weight blocks than the grid holds");
+    if splits == 1 {
+        return vec![gpu.dispatch(&entry.kernel(shader), &params.words(s), buffers, groups)];
+    }
+    let scratch = scratch.expect("splits need scratch");
+    let partial = Params { splits, dst_off: scratch.offset, accumulate: false, ..*params };
+    let mut partial_buffers = buffers.to_vec();
+    partial_buffers[2] = scratch.buffer;
+    let first = gpu.dispatch(&entry.kernel(shader), &partial.words(s), &partial_buffers, groups);
+    let combine = Params { splits, src_off: scratch.offset, ..*params };
+    let combine_buffers = [scratch.buffer, gpu.unused_binding(0), buffers[2]];
+    let second = gpu.dispatch(
+        &Entry::Combine.kernel(shader),
+        &combine.words(s),
+        &combine_buffers,
+        grid(s.weight_elems() as u64, 64),
+    );
+    vec![first, second]
+}
