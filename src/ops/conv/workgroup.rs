@@ -253,53 +253,34 @@ fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
         self.invocation_tile(out);
         emit!(out, "    for (var d0 = 0u; d0 < reduction; d0 += {depth}u) {{");
         for e in 0..weight_loads {
-            emit!(out, "        {{");
-            emit!(out, "            let d = d0 + ws{e};");
-            emit!(out, "            var v = 0.0;");
-            match form {
-                Form::General => {
-                    emit!(out, "            if (wok{e} && d < reduction) {{");
-                    emit!(out, "                let k = d / taps;");
-                    emit!(out, "                let t = d - k * taps;");
-                    emit!(out, "                let i = t / p.kw;");
-                    emit!(out, "                v = wt[wrow{e} + k * p.a_k + i * p.a_i + (t - i * p.kw) * p.a_j];");
-                    emit!(out, "            }}");
-                }
-                Form::Pointwise | Form::BnRelu => {
-                    emit!(out, "            if (wok{e} && d < reduction) {{ v = wt[wrow{e} + d * p.a_k]; }}");
-                }
-            }
-            emit!(out, "            if (win{e}) {{ rows_tile[ws{e} * {rows}u + wc{e}] = v; }}");
-            emit!(out, "        }}");
+            let load = match form {
+                Form::General => vec![
+                    "let k = d / taps;".to_string(),
+                    "let t = d - k * taps;".to_string(),
+                    "let i = t / p.kw;".to_string(),
+                    format!("v = wt[wrow{e} + k * p.a_k + i * p.a_i + (t - i * p.kw) * p.a_j];"),
+                ],
+                Form::Pointwise | Form::BnRelu => vec![format!("v = wt[wrow{e} + d * p.a_k];")],
+            };
+            stage(out, ("rows_tile", rows), ("w", e), ("d", "d0", "reduction"), &load);
         }
         for e in 0..input_loads {
-            emit!(out, "        {{");
-            emit!(out, "            let d = d0 + xs{e};");
-            emit!(out, "            var v = 0.0;");
-            emit!(out, "            if (xok{e} && d < reduction) {{");
-            match form {
-                Form::General => {
-                    emit!(out, "                let k = d / taps;");
-                    emit!(out, "                let t = d - k * taps;");
-                    emit!(out, "                let i = t / p.kw;");
-                    emit!(out, "                let ih = xih{e} + i;");
-                    emit!(out, "                let iw = xiw{e} + t - i * p.kw;");
-                    emit!(out, "                if (ih < p.src_h && iw < p.src_w) {{");
-                    emit!(out, "                    v = src[ximg{e} + k * src_plane + ih * p.src_w + iw];");
-                    emit!(out, "                }}");
-                }
-                Form::Pointwise => emit!(out, "                v = src[p.src_off + d * src_plane + xq{e}];"),
-                Form::BnRelu => {
-                    emit!(
-                        out,
-                        "                v = {};",
-                        bn_relu(&format!("src[p.src_off + d * src_plane + xq{e}]"), "d")
-                    )
-                }
-            }
-            emit!(out, "            }}");
-            emit!(out, "            if (xin{e}) {{ cols_tile[xs{e} * {cols}u + xc{e}] = v; }}");
-            emit!(out, "        }}");
+            let plain = format!("src[p.src_off + d * src_plane + xq{e}]");
+            let load = match form {
+                Form::General => vec![
+                    "let k = d / taps;".to_string(),
+                    "let t = d - k * taps;".to_string(),
+                    "let i = t / p.kw;".to_string(),
+                    format!("let ih = xih{e} + i;"),
+                    format!("let iw = xiw{e} + t - i * p.kw;"),
+                    format!(
+                        "if (ih < p.src_h && iw < p.src_w) {{ v = src[ximg{e} + k * src_plane + ih * p.src_w + iw]; }}"
+                    ),
+                ],
+                Form::Pointwise => vec![format!("v = {plain};")],
+                Form::BnRelu => vec![format!("v = {};", bn_relu(&plain, "d"))],
+            };
+            stage(out, ("cols_tile", cols), ("x", e), ("d", "d0", "reduction"), &load);
         }
         self.multiply_slice(out);
         emit!(out, "    }}");
@@ -371,38 +352,23 @@ fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
         self.invocation_tile(out);
         emit!(out, "    for (var q0 = q_begin; q0 < q_end; q0 += {depth}u) {{");
         for e in 0..grad_loads {
-            emit!(out, "        {{");
-            emit!(out, "            let q = q0 + gs{e};");
-            emit!(out, "            var v = 0.0;");
-            emit!(out, "            if (gok{e} && q < q_end) {{ v = wt[grow{e} + q]; }}");
-            emit!(out, "            if (gin{e}) {{ rows_tile[gs{e} * {rows}u + gc{e}] = v; }}");
-            emit!(out, "        }}");
+            stage(out, ("rows_tile", rows), ("g", e), ("q", "q0", "q_end"), &[format!("v = wt[grow{e} + q];")]);
         }
         for e in 0..input_loads {
-            emit!(out, "        {{");
-            emit!(out, "            let q = q0 + xs{e};");
-            emit!(out, "            var v = 0.0;");
-            emit!(out, "            if (xok{e} && q < q_end) {{");
-            match form {
-                Form::General => {
-                    emit!(out, "                let line = q / p.dst_w;");
-                    emit!(out, "                let ih = (line % p.dst_h) * p.stride + xi{e} - p.pad;");
-                    emit!(out, "                let iw = (q % p.dst_w) * p.stride + xj{e} - p.pad;");
-                    emit!(out, "                if (ih < p.src_h && iw < p.src_w) {{");
-                    emit!(
-                        out,
-                        "                    v = src[xrow{e} + ((line / p.dst_h) * p.src_h + ih) * p.src_w + iw];"
-                    );
-                    emit!(out, "                }}");
-                }
-                Form::Pointwise => emit!(out, "                v = src[xrow{e} + q];"),
-                Form::BnRelu => {
-                    emit!(out, "                v = {};", bn_relu(&format!("src[xrow{e} + q]"), &format!("xdc{e}")))
-                }
-            }
-            emit!(out, "            }}");
-            emit!(out, "            if (xin{e}) {{ cols_tile[xs{e} * {cols}u + xc{e}] = v; }}");
-            emit!(out, "        }}");
+            let plain = format!("src[xrow{e} + q]");
+            let load = match form {
+                Form::General => vec![
+                    "let line = q / p.dst_w;".to_string(),
+                    format!("let ih = (line % p.dst_h) * p.stride + xi{e} - p.pad;"),
+                    format!("let iw = (q % p.dst_w) * p.stride + xj{e} - p.pad;"),
+                    format!(
+                        "if (ih < p.src_h && iw < p.src_w) {{ v = src[xrow{e} + ((line / p.dst_h) * p.src_h + ih) * p.src_w + iw]; }}"
+                    ),
+                ],
+                Form::Pointwise => vec![format!("v = {plain};")],
+                Form::BnRelu => vec![format!("v = {};", bn_relu(&plain, &format!("xdc{e}")))],
+            };
+            stage(out, ("cols_tile", cols), ("x", e), ("q", "q0", "q_end"), &load);
         }
         self.multiply_slice(out);
         emit!(out, "    }}");
@@ -423,6 +389,29 @@ fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
         }
         emit!(out, "}}\n");
     }
+}
+
+/// Stages element `e` of a lane's loads (named with `prefix`, see [`ConvTile::loads`]) into
+/// workgroup array `array` of `width` columns: the reduction index `var` = `base` + the
+/// element's step, and where the element and `var` (below `limit`) are in range, the `load`
+/// lines set `v`; elsewhere the staged value is zero.
+fn stage(
+    out: &mut String,
+    (array, width): (&str, u32),
+    (prefix, e): (&str, u32),
+    (var, base, limit): (&str, &str, &str),
+    load: &[String],
+) {
+    emit!(out, "        {{");
+    emit!(out, "            let {var} = {base} + {prefix}s{e};");
+    emit!(out, "            var v = 0.0;");
+    emit!(out, "            if ({prefix}ok{e} && {var} < {limit}) {{");
+    for line in load {
+        emit!(out, "                {line}");
+    }
+    emit!(out, "            }}");
+    emit!(out, "            if ({prefix}in{e}) {{ {array}[{prefix}s{e} * {width}u + {prefix}c{e}] = v; }}");
+    emit!(out, "        }}");
 }
 
 /// `relu(batchnorm(x))` of channel `channel`, in batchnorm.wgsl's `bn_value` order, so that the
