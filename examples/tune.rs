@@ -7,7 +7,7 @@
 
 use clap::Parser;
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
-use densegpu::tune::{self, Autotune};
+use densegpu::tune::{self, Autotune, Source};
 use densegpu::{block_on, Gpu, Pass, Session};
 use std::sync::Arc;
 use std::time::Instant;
@@ -56,22 +56,26 @@ fn run(args: Args) -> densegpu::Result<()> {
     let graph = config.build(args.batch_size, args.mode)?;
     let session = block_on(Session::new(gpu.clone(), graph, 0))?;
     let start = Instant::now();
-    let tuned = tune::tune(&session, Pass::Train, args.autotune, &mut |t| {
-        if t.timings.is_empty() {
-            println!("{}: {} (cached)", t.key, t.chosen);
-        } else {
+    let tuned = tune::tune(&session, Pass::Train, args.autotune, &mut |t| match t.source {
+        Source::Cache => println!("{}: {} (cached)", t.key, t.chosen),
+        Source::OnlyCandidate => {
+            println!("{}: {} (the other family lost by 2x or more on this class of shapes)", t.key, t.chosen)
+        }
+        Source::Timed => {
             let times: Vec<String> =
                 t.timings.iter().map(|c| format!("{} {:.2} ms", c.candidate, c.seconds * 1e3)).collect();
             println!("{}: {} | chosen {}", t.key, times.join(", "), t.chosen);
         }
     })?;
-    let timed = tuned.iter().filter(|t| !t.timings.is_empty()).count();
+    let count = |source| tuned.iter().filter(|t| t.source == source).count();
     let workgroup = tuned.iter().filter(|t| t.chosen != "register").count();
     println!(
-        "tuned {} conv shapes ({timed} timed, {} from the cache) in {:.1} s; {workgroup} chose a workgroup kernel",
+        "tuned {} conv shapes in {:.1} s ({} timed, {} left one candidate, {} from the cache); {workgroup} chose a workgroup kernel",
         tuned.len(),
-        tuned.len() - timed,
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        count(Source::Timed),
+        count(Source::OnlyCandidate),
+        count(Source::Cache),
     );
     Ok(())
 }

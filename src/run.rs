@@ -278,7 +278,7 @@ pub fn choose_kernels(session: &Session, kernels: &str, autotune: crate::tune::A
     }
     let start = std::time::Instant::now();
     let tuned = tune::tune(session, crate::Pass::Train, autotune, &mut |_| {})?;
-    let timed = tuned.iter().filter(|t| !t.timings.is_empty()).count();
+    let timed = tuned.iter().filter(|t| t.source == tune::Source::Timed).count();
     if timed == 0 {
         return Ok(None);
     }

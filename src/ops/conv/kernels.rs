@@ -415,7 +415,12 @@ pub fn choose(gpu: &Gpu, direction: ConvDirection, s: &Conv2dShape) -> ConvKerne
     if !direction.workgroup_serves(s) {
         return ConvKernel::Register;
     }
-    let default_tile = || ConvKernel::Workgroup(direction.candidates()[0]);
+    // The first candidate this adapter's limits allow (every listed one fits WebGPU's
+    // defaults, but a device may offer less), else the register family.
+    let default_tile = || {
+        let fitting = direction.candidates().iter().find(|t| t.fits(&gpu.limits));
+        fitting.map_or(ConvKernel::Register, |t| ConvKernel::Workgroup(*t))
+    };
     match gpu.forced_family() {
         Some(Family::Register) => return ConvKernel::Register,
         Some(Family::Workgroup) => return default_tile(),
