@@ -100,8 +100,8 @@ const HOPELESS: f64 = 2.0;
 /// rest, and a shape left with one candidate is not timed at all. On lavapipe this keeps a
 /// DenseNet-BC-100 to one timed workgroup launch per class.
 ///
-/// Errors: a device error while timing, or a cache file that cannot be written (one that
-/// cannot be read or parsed is ignored and rewritten).
+/// Errors: a device error while timing. A cache file that cannot be read or parsed is ignored
+/// and rewritten; one that cannot be written is reported on stderr and the run goes on.
 pub fn tune(session: &Session, pass: Pass, setting: Autotune, each: &mut dyn FnMut(&Tuned)) -> Result<Vec<Tuned>> {
     let gpu = &session.gpu;
     if setting == Autotune::Off {
@@ -137,7 +137,11 @@ pub fn tune(session: &Session, pass: Pass, setting: Autotune, each: &mut dyn FnM
         each(&tuned);
         out.push(tuned);
     }
-    cache.save()?;
+    // The choices already hold for this run; a cache that cannot be written (a read-only
+    // home) only means the next run times again, which is no reason to stop this one.
+    if let Err(e) = cache.save() {
+        eprintln!("warning: {e}; the kernel choices hold for this run only");
+    }
     Ok(out)
 }
 
