@@ -219,10 +219,7 @@ pub const MARGIN: f64 = 0.10;
 /// family) is within [`MARGIN`] of it.
 fn pick(gpu: &Gpu, direction: ConvDirection, timings: &[Timing]) -> &'static str {
     let best = timings.iter().min_by(|a, b| a.seconds.total_cmp(&b.seconds)).expect("a candidate was timed");
-    let default = match gpu.default_family() {
-        Family::Register => "register",
-        Family::Workgroup => direction.candidates()[0].name,
-    };
+    let default = direction.default_kernel(gpu, gpu.default_family()).name();
     match timings.iter().find(|t| t.candidate == default) {
         Some(d) if d.seconds <= best.seconds * (1.0 + MARGIN) => d.candidate,
         _ => best.candidate,

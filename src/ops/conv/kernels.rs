@@ -152,11 +152,7 @@ pub fn conv2d_forward_bnrelu(
     w: View,
     y: View,
 ) -> Dispatch {
-    s.check();
-    assert!(s.is_pointwise(), "conv2d: the fused BN-ReLU forward serves only 1x1 convs, not {s:?}");
-    let params = Params { bn_offsets: (stats.offset, affine.offset), ..forward_params(s, x, w, y) };
-    let buffers = [x.buffer, w.buffer, y.buffer, stats.buffer, affine.buffer];
-    gpu.dispatch(&GEMM_1X1_BN_RELU, &params.words(s), &buffers, pointwise_groups(&params))
+    forward_bnrelu_with(gpu, ConvKernel::Register, s, x, stats, affine, w, y)
 }
 
 fn forward_params(s: &Conv2dShape, x: View, w: View, y: View) -> Params {
@@ -285,11 +281,8 @@ pub fn conv2d_backward_weight_bnrelu(
     dw: View,
     accumulate: bool,
 ) -> Dispatch {
-    s.check();
-    assert!(s.is_pointwise(), "conv2d: the fused BN-ReLU weight gradient serves only 1x1 convs, not {s:?}");
-    let params = Params { bn_offsets: (stats.offset, affine.offset), ..weight_grad_params(s, x, dy, dw, accumulate) };
-    let buffers = [x.buffer, dy.buffer, dw.buffer, stats.buffer, affine.buffer];
-    gpu.dispatch(&WEIGHT_GRAD_1X1_BN_RELU, &params.words(s), &buffers, pointwise_weight_grad_groups(s))
+    let mut d = backward_weight_with(gpu, ConvKernel::Register, s, x, Some((stats, affine)), dy, dw, None, accumulate);
+    d.pop().expect("the register family's weight gradient is one launch")
 }
 
 /// The parameter words every weight-gradient kernel reads: x is the source, dy the "weights"
@@ -391,6 +384,17 @@ impl ConvDirection {
         self != ConvDirection::BackwardInput || s.is_pointwise() || (s.stride == 1 && s.kh == s.kw)
     }
 
+    /// The kernel `family` launches for this direction untuned: the register kernel, or the
+    /// first workgroup candidate this adapter's limits allow (every listed one fits WebGPU's
+    /// defaults, but a device may offer less), else the register kernel.
+    pub fn default_kernel(self, gpu: &Gpu, family: Family) -> ConvKernel {
+        let fitting = match family {
+            Family::Register => None,
+            Family::Workgroup => self.candidates().iter().find(|t| t.fits(&gpu.limits)),
+        };
+        fitting.map_or(ConvKernel::Register, |t| ConvKernel::Workgroup(*t))
+    }
+
     /// The key of `s` in a tuning table: the direction, the kernel geometry, the output
     /// channels and the map exactly, the input channels and the images rounded up to a power
     /// of two. DenseNet's bottlenecks have a new input width at every layer, and a shard's
@@ -415,15 +419,9 @@ pub fn choose(gpu: &Gpu, direction: ConvDirection, s: &Conv2dShape) -> ConvKerne
     if !direction.workgroup_serves(s) {
         return ConvKernel::Register;
     }
-    // The first candidate this adapter's limits allow (every listed one fits WebGPU's
-    // defaults, but a device may offer less), else the register family.
-    let default_tile = || {
-        let fitting = direction.candidates().iter().find(|t| t.fits(&gpu.limits));
-        fitting.map_or(ConvKernel::Register, |t| ConvKernel::Workgroup(*t))
-    };
     match gpu.forced_family() {
         Some(Family::Register) => return ConvKernel::Register,
-        Some(Family::Workgroup) => return default_tile(),
+        Some(Family::Workgroup) => return direction.default_kernel(gpu, Family::Workgroup),
         None => {}
     }
     if let Some(name) = gpu.kernel_choice(&direction.tuning_key(s)) {
@@ -434,10 +432,7 @@ pub fn choose(gpu: &Gpu, direction: ConvDirection, s: &Conv2dShape) -> ConvKerne
             return ConvKernel::Workgroup(*t);
         }
     }
-    match gpu.default_family() {
-        Family::Register => ConvKernel::Register,
-        Family::Workgroup => default_tile(),
-    }
+    direction.default_kernel(gpu, gpu.default_family())
 }
 
 /// y = conv(x, w) with a chosen kernel; as [`conv2d_forward`].
@@ -463,15 +458,13 @@ pub fn forward_bnrelu_with(
     w: View,
     y: View,
 ) -> Dispatch {
+    s.check();
+    assert!(s.is_pointwise(), "conv2d: the fused BN-ReLU forward serves only 1x1 convs, not {s:?}");
+    let params = Params { bn_offsets: (stats.offset, affine.offset), ..forward_params(s, x, w, y) };
+    let buffers = [x.buffer, w.buffer, y.buffer, stats.buffer, affine.buffer];
     match kernel {
-        ConvKernel::Register => conv2d_forward_bnrelu(gpu, s, x, stats, affine, w, y),
-        ConvKernel::Workgroup(t) => {
-            s.check();
-            assert!(s.is_pointwise(), "conv2d: the fused BN-ReLU forward serves only 1x1 convs, not {s:?}");
-            let params = Params { bn_offsets: (stats.offset, affine.offset), ..forward_params(s, x, w, y) };
-            let buffers = [x.buffer, w.buffer, y.buffer, stats.buffer, affine.buffer];
-            workgroup::product(gpu, (t, shader_of(&t)), s, &params, &buffers)
-        }
+        ConvKernel::Register => gpu.dispatch(&GEMM_1X1_BN_RELU, &params.words(s), &buffers, pointwise_groups(&params)),
+        ConvKernel::Workgroup(t) => workgroup::product(gpu, (t, shader_of(&t)), s, &params, &buffers),
     }
 }
 
@@ -517,22 +510,21 @@ pub fn backward_weight_with(
     scratch: Option<View>,
     accumulate: bool,
 ) -> Vec<Dispatch> {
+    s.check();
+    let mut params = weight_grad_params(s, x, dy, dw, accumulate);
+    let mut buffers = vec![x.buffer, dy.buffer, dw.buffer];
+    if let Some((stats, affine)) = bn {
+        assert!(s.is_pointwise(), "conv2d: the fused BN-ReLU weight gradient serves only 1x1 convs, not {s:?}");
+        params.bn_offsets = (stats.offset, affine.offset);
+        buffers.extend([stats.buffer, affine.buffer]);
+    }
     match (kernel, bn) {
         (ConvKernel::Register, None) => vec![conv2d_backward_weight(gpu, s, x, dy, dw, accumulate)],
-        (ConvKernel::Register, Some((stats, affine))) => {
-            vec![conv2d_backward_weight_bnrelu(gpu, s, x, stats, affine, dy, dw, accumulate)]
+        (ConvKernel::Register, Some(_)) => {
+            let groups = pointwise_weight_grad_groups(s);
+            vec![gpu.dispatch(&WEIGHT_GRAD_1X1_BN_RELU, &params.words(s), &buffers, groups)]
         }
-        (ConvKernel::Workgroup(t), bn) => {
-            s.check();
-            let mut params = weight_grad_params(s, x, dy, dw, accumulate);
-            let mut buffers = vec![x.buffer, dy.buffer, dw.buffer];
-            if let Some((stats, affine)) = bn {
-                assert!(s.is_pointwise(), "conv2d: the fused BN-ReLU weight gradient serves only 1x1 convs, not {s:?}");
-                params.bn_offsets = (stats.offset, affine.offset);
-                buffers.extend([stats.buffer, affine.buffer]);
-            }
-            workgroup::weight_grad(gpu, (t, shader_of(&t)), s, &params, &buffers, scratch)
-        }
+        (ConvKernel::Workgroup(t), _) => workgroup::weight_grad(gpu, (t, shader_of(&t)), s, &params, &buffers, scratch),
     }
 }
 
