@@ -31,9 +31,11 @@ struct Params {
     // Values per channel in the whole batch: m when a launch covers the whole batch, more when
     // it covers one batch shard (the statistics and the input gradient are the whole batch's).
     m_total: u32,
-    // Batch shards: their number (combine_stats) and the launch's shard (shard_stats).
-    shards: u32,
-    shard: u32,
+    // Partial results over parts of each channel's values: batch shards (shard_stats, one
+    // launch per shard) or pixel splits (split_stats and split_affine, one workgroup layer per
+    // split). `parts` is their number; `part` the launch's shard.
+    parts: u32,
+    part: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -93,24 +95,34 @@ fn bn_value(v: f32, mean: f32, invstd: f32, gamma: f32, beta: f32) -> f32 {
 // mean is corrected by Σ(x - shift) / M, a sum of values the size of the spread, not of the
 // mean. (Shifting by one sample left the variance exposed to a sample far from the rest; a
 // second pass over the channel cost 2.4x the kernel's time.)
-// The mean and biased variance of channel ch's m values (see train_stats), valid in
+// The mean and biased variance of values [lo, hi) of channel ch (see train_stats), valid in
 // invocation 0. Must be reached in uniform control flow.
-fn channel_moments(ch: u32, lid: u32) -> vec2<f32> {
-    let base = p.x_off + ch * p.m;
-    let sampled = min(p.m, WG);
-    let sample = select(0.0, x[base + min(lid * (p.m / sampled), p.m - 1u)], lid < sampled);
+fn range_moments(ch: u32, lo: u32, hi: u32, lid: u32) -> vec2<f32> {
+    let base = p.x_off + ch * p.m + lo;
+    let len = hi - lo;
+    let sampled = min(len, WG);
+    let sample = select(0.0, x[base + min(lid * (len / sampled), len - 1u)], lid < sampled);
     let shift = reduce_pair(lid, sample, 0.0).x / f32(sampled);
     var s1 = 0.0;
     var s2 = 0.0;
-    for (var i = lid; i < p.m; i += WG) {
+    for (var i = lid; i < len; i += WG) {
         let d = x[base + i] - shift;
         s1 += d;
         s2 += d * d;
     }
     let s = reduce_pair(lid, s1, s2);
-    let mf = f32(p.m);
+    let mf = f32(len);
     let dm = s.x / mf;
     return vec2(shift + dm, max(s.y / mf - dm * dm, 0.0));
+}
+
+fn channel_moments(ch: u32, lid: u32) -> vec2<f32> {
+    return range_moments(ch, 0u, p.m, lid);
+}
+
+// Split k of `parts` over a channel's m values: balanced, and never empty while parts <= m.
+fn split_range(k: u32) -> vec2<u32> {
+    return vec2(k * p.m / p.parts, (k + 1u) * p.m / p.parts);
 }
 
 // Writes a channel's batch statistics and updates its running ones (PyTorch's unbiased
@@ -141,15 +153,32 @@ fn shard_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let ch = wg.x;
     let moments = channel_moments(ch, lid);
     if (lid == 0u) {
-        let o = p.out_off + p.shard * 3u * p.c_stride + ch;
-        out[o] = moments.x;
-        out[o + p.c_stride] = moments.y * f32(p.m);
-        out[o + 2u * p.c_stride] = f32(p.m);
+        store_part_moments(p.part, ch, moments, p.m);
     }
 }
 
-// The whole batch's statistics from every shard's (Chan, Golub and LeVeque's pairwise update,
-// "Algorithms for computing the sample variance", 1983), shard after shard in batch order, so
+// A part's mean, sum of squared deviations and count, into the scratch bound as `out`.
+fn store_part_moments(part: u32, ch: u32, moments: vec2<f32>, count: u32) {
+    let o = p.out_off + part * 3u * p.c_stride + ch;
+    out[o] = moments.x;
+    out[o + p.c_stride] = moments.y * f32(count);
+    out[o + 2u * p.c_stride] = f32(count);
+}
+
+// The workgroup family's train_stats, first pass: grid (channel, split), each workgroup the
+// moments of one split of one channel's values, as shard_stats writes a shard's. combine_stats
+// then combines the splits in order. A GPU gets `parts` times the workgroups of train_stats.
+@compute @workgroup_size(256)
+fn split_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = split_range(wg.y);
+    let moments = range_moments(wg.x, r.x, r.y, lid);
+    if (lid == 0u) {
+        store_part_moments(wg.y, wg.x, moments, r.y - r.x);
+    }
+}
+
+// The whole batch's statistics from every part's (Chan, Golub and LeVeque's pairwise update,
+// "Algorithms for computing the sample variance", 1983), part after part in batch order, so
 // the result never depends on timing. One invocation per channel.
 @compute @workgroup_size(64)
 fn combine_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -158,7 +187,7 @@ fn combine_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
     var count = 0.0;
     var mean = 0.0;
     var m2 = 0.0;
-    for (var k = 0u; k < p.shards; k++) {
+    for (var k = 0u; k < p.parts; k++) {
         let o = p.out_off + k * 3u * p.c_stride + ch;
         let nk = out[o + 2u * p.c_stride];
         let n = count + nk;
@@ -235,18 +264,22 @@ struct ChannelSums {
     dbeta: f32,
 }
 
-fn channel_sums(k: Channel, lid: u32) -> ChannelSums {
+// Sums over values [lo, hi) of the channel. Must be reached in uniform control flow.
+fn range_sums(k: Channel, lo: u32, hi: u32, lid: u32) -> ChannelSums {
     let relu = p.relu != 0u;
-    let m = p.m;
     var sb = 0.0;
     var sg = 0.0;
-    for (var i = lid; i < m; i += WG) {
+    for (var i = lo + lid; i < hi; i += WG) {
         let hg = xhat_and_grad(k, i, relu);
         sb += hg.y;
         sg += hg.y * hg.x;
     }
     let s = reduce_pair(lid, sg, sb);
     return ChannelSums(s.x, s.y);
+}
+
+fn channel_sums(k: Channel, lid: u32) -> ChannelSums {
+    return range_sums(k, 0u, p.m, lid);
 }
 
 fn store_affine_grad(ch: u32, s: ChannelSums) {
@@ -281,6 +314,34 @@ fn input_grad(k: Channel, s: ChannelSums, first: u32, step: u32) {
 fn backward_affine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let s = channel_sums(channel(wg.x), lid);
     if (lid == 0u) { store_affine_grad(wg.x, s); }
+}
+
+// The workgroup family's backward_affine, first pass: grid (channel, split), each workgroup
+// one split's dgamma and dbeta into the scratch bound as `out` (2·c_stride floats per split).
+@compute @workgroup_size(256)
+fn split_affine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = split_range(wg.y);
+    let s = range_sums(channel(wg.x), r.x, r.y, lid);
+    if (lid == 0u) {
+        let o = p.out_off + wg.y * 2u * p.c_stride + wg.x;
+        out[o] = s.dgamma;
+        out[o + p.c_stride] = s.dbeta;
+    }
+}
+
+// Second pass: the splits' sums added in split order, written or accumulated as
+// backward_affine's. One invocation per channel.
+@compute @workgroup_size(64)
+fn combine_affine(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let ch = gid.x;
+    if (ch >= p.c) { return; }
+    var s = ChannelSums(0.0, 0.0);
+    for (var k = 0u; k < p.parts; k++) {
+        let o = p.out_off + k * 2u * p.c_stride + ch;
+        s.dgamma += out[o];
+        s.dbeta += out[o + p.c_stride];
+    }
+    store_affine_grad(ch, s);
 }
 
 // Grid as in `apply`. Reads the channel sums from grad_affine, so those must be this batch's

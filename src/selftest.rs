@@ -153,6 +153,7 @@ pub async fn run(gpu: &Arc<Gpu>) -> Vec<Check> {
         ("sgd", sgd(gpu).await),
         ("realistic", realistic(gpu).await),
         ("training_step", training_step(gpu).await),
+        ("memory_modes", memory_modes().await),
     ];
     let mut checks = Vec::new();
     for (family, result) in families {
@@ -784,4 +785,65 @@ async fn training_step(gpu: &Arc<Gpu>) -> Result<Vec<Check>> {
         check("gradients (median tensor)", f.median(), STEP_MEDIAN_TARGET, "median relative error".into()),
         check("gradients (worst tensor)", worst.rel_err, STEP_WORST_TARGET, format!("{} differs by", worst.name)),
     ])
+}
+
+/// Each kernel family, forced on a device of its own (so the caller's device keeps its
+/// choice), trains three steps of a small DenseNet-BC in every memory mode from the same
+/// initialisation and data; the efficient and minimal modes (batch-norm gradients in uneven
+/// 5-channel slices) must give naive's losses, gradients, parameters and running statistics
+/// bit for bit. The workgroup family runs with the split scratch, so its weight gradients
+/// and its first block's batch-norm reductions (8,192 values per channel) take the two-pass,
+/// fixed-order path.
+async fn memory_modes() -> Result<Vec<Check>> {
+    use crate::gpu::Family;
+    use crate::schedule::ScheduleOptions;
+    const BATCH: u32 = 8;
+    let config =
+        DenseNetConfig { growth_rate: 4, num_init_features: 6, num_classes: 5, ..DenseNetConfig::cifar_bc(16, 4, 5)? };
+    let mut checks = Vec::new();
+    for family in [Family::Register, Family::Workgroup] {
+        let gpu = Arc::new(Gpu::new().await?);
+        gpu.force_family(Some(family));
+        let split_scratch_bytes =
+            if family == Family::Workgroup { crate::ops::conv::workgroup::SPLIT_SCRATCH_BYTES } else { 0 };
+        let mut runs = Vec::new();
+        for mode in MemoryMode::ALL {
+            let graph = config.build(BATCH, mode)?;
+            let [c, n, h, w] = graph.shape(graph.input.expect("a DenseNet has an input"));
+            let slice = if mode == MemoryMode::Naive { u64::MAX } else { 5 * (n * h * w) as u64 * 4 };
+            let mut session = Session::new(gpu.clone(), graph, 5).await?;
+            session.set_schedule_options(ScheduleOptions {
+                gradient_slice_bytes: slice,
+                split_scratch_bytes,
+                ..Default::default()
+            });
+            let sgd = SgdHyper { lr: 0.05, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
+            let mut values = Vec::new();
+            for step in 0..3u64 {
+                let images = random((c * n * h * w) as usize, 300 + step);
+                let labels: Vec<u32> = (0..n).map(|i| (i * 3 + step as u32) % config.num_classes).collect();
+                values.push(session.train_step(&images, &labels, &sgd).await?.loss);
+            }
+            for group in [session.gradients().await?, session.parameters().await?, session.states().await?] {
+                values.extend(group.concat());
+            }
+            runs.push((mode, values));
+        }
+        let (_, naive) = &runs[0];
+        for (mode, values) in &runs[1..] {
+            let name = format!("memory_modes-{}/{mode} vs naive", family.name());
+            let mut check =
+                compare(&name, &format!("DenseNet-BC-16 k=4, batch {BATCH}, 32x32, 3 steps"), values, naive);
+            let differing = values.iter().zip(naive).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            if check.passed && differing > 0 {
+                check.passed = false;
+                check.detail = Some(format!(
+                    "{differing} of {} losses, gradients, parameters and statistics differ from naive's bits",
+                    values.len()
+                ));
+            }
+            checks.push(check);
+        }
+    }
+    Ok(checks)
 }

@@ -197,6 +197,12 @@ impl Gpu {
         *self.forced_family.lock().unwrap() = family;
     }
 
+    /// The family in effect for kernels without a tuned choice (the batch-norm reductions, and
+    /// conv shapes the tuner has not seen): the forced one, else [`Gpu::default_family`].
+    pub fn family(&self) -> Family {
+        self.forced_family().unwrap_or_else(|| self.default_family())
+    }
+
     /// The family set by [`Gpu::force_family`], if any.
     pub fn forced_family(&self) -> Option<Family> {
         *self.forced_family.lock().unwrap()

@@ -378,3 +378,91 @@ fn batchnorm_speed() {
         batchnorm_backward_input(gpu(), s, v(xs), v(dys), v(ss), v(afs), v(gs), v(dxs), true, true)
     });
 }
+
+/// The workgroup family's two-pass reductions at odd shapes and split counts, down to one
+/// value per split, through a NaN-poisoned scratch: the statistics, the running update and
+/// the affine gradient (overwritten and accumulated, whole and over channel slices, whose
+/// entries outside the slice must not change).
+#[test]
+fn split_reductions_match_reference() {
+    for (k, whole) in SHAPES.iter().copied().map(shape).filter(|s| s.m() >= 2).enumerate() {
+        let p = Problem::new(whole, 120 + k as u64);
+        let (c, m) = (p.c(), p.m());
+        for splits in [2, 3, whole.m().min(7), whole.m()] {
+            let running = running_values(whole.c, 130 + k as u64);
+            let mut slots = Slots::new();
+            let (xs, ss, rs) = (slots.input(&p.x), slots.output(2 * c), slots.input(&running));
+            let scratch = slots.output(3 * c * splits as usize);
+            let buf = slots.upload();
+            let v = |slot| slots.view(&buf, slot);
+            run(&batchnorm_train_stats_split(gpu(), whole, v(xs), v(scratch), v(ss), v(rs), splits));
+            let (want_stats, want_running) = reference::train_stats(c, m, &p.x, &running, MOMENTUM, EPS);
+            let what = format!("{whole:?} {splits} splits");
+            assert_halves_close(&format!("split stats {what}"), whole.c, &slots.read(&buf, ss), &want_stats);
+            assert_halves_close(&format!("split running {what}"), whole.c, &slots.read(&buf, rs), &want_running);
+            slots.assert_guards_intact(&buf);
+
+            for (relu, accumulate) in [(false, false), (true, false), (true, true)] {
+                let mut whole_got: Vec<f32> = Vec::new();
+                for (first, count) in [(0, whole.c), (whole.c / 3, whole.c - whole.c / 3)] {
+                    let s = whole.slice(first, count);
+                    let range = first as usize * m..(first + count) as usize * m;
+                    let mut slots = Slots::new();
+                    let (xs, dys) = (slots.input(&p.x[range.clone()]), slots.input(&p.dy[range.clone()]));
+                    let (ss, afs) = (slots.input(&p.stats), slots.input(&p.affine));
+                    let grad0 = random(2 * c, 140);
+                    let gs = slots.input(&grad0);
+                    let scratch = slots.output(2 * c * splits as usize);
+                    let buf = slots.upload();
+                    let v = |slot| slots.view(&buf, slot);
+                    let (x, dy, st, af) = (v(xs), v(dys), v(ss), v(afs));
+                    run(&batchnorm_backward_affine_split(
+                        gpu(),
+                        s,
+                        x,
+                        dy,
+                        st,
+                        af,
+                        v(gs),
+                        v(scratch),
+                        relu,
+                        accumulate,
+                        splits,
+                    ));
+                    let want_affine = p.want_affine(relu);
+                    let mut want = grad0.clone();
+                    for ch in (first as usize..(first + count) as usize).flat_map(|ch| [ch, c + ch]) {
+                        want[ch] = want_affine[ch] + if accumulate { grad0[ch] } else { 0.0 };
+                    }
+                    let what = format!("{what} channels {first}+{count} relu={relu} accumulate={accumulate}");
+                    let got = slots.read(&buf, gs);
+                    assert_halves_close(&format!("split affine {what}"), whole.c, &got, &want);
+                    for (i, (g, w)) in got.iter().zip(&grad0).enumerate() {
+                        let ch = (i % c) as u32;
+                        if ch < first || ch >= first + count {
+                            assert_eq!(g.to_bits(), w.to_bits(), "{what}: grad_affine {i} outside the slice changed");
+                        } else if !whole_got.is_empty() {
+                            // The sums a slice takes are the whole's, bit for bit: what keeps
+                            // the memory modes (whole vs sliced) bit-identical.
+                            assert_eq!(g.to_bits(), whole_got[i].to_bits(), "{what}: slice differs from whole at {i}");
+                        }
+                    }
+                    slots.assert_guards_intact(&buf);
+                    if whole_got.is_empty() {
+                        whole_got = got;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn split_counts_depend_on_the_values_per_channel_and_the_scratch_only() {
+    let s = BatchNormShape::new(24, 64, 32 * 32);
+    assert_eq!(batchnorm_splits(s, 1 << 18), 16, "65,536 values per channel in splits of 4,096");
+    assert_eq!(batchnorm_splits(s.slice(5, 7), 1 << 18), 16, "a channel slice splits as the whole");
+    assert_eq!(batchnorm_splits(BatchNormShape::new(24, 64, 8 * 8), 1 << 18), 1);
+    assert_eq!(batchnorm_splits(s, 3 * 24 * 5), 5, "no more splits than the scratch holds");
+    assert_eq!(batchnorm_splits(s, 0), 1);
+}

@@ -313,8 +313,10 @@ impl BatchNormProblem {
     /// its product one); dx = scale·(g − (dbeta + xhat·dgamma)/M) carries those errors divided by
     /// M, plus 8 roundings of its own on each term.
     fn backward_bounds(&self, relu: bool, want_affine: &[f32], want_dx: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        self.backward_bounds_at(self.s.sum_rounding_depth(), relu, want_affine, want_dx)
+    }
+    fn backward_bounds_at(&self, d: u64, relu: bool, want_affine: &[f32], want_dx: &[f32]) -> (Vec<f64>, Vec<f64>) {
         let (c, m) = (self.c(), self.m());
-        let d = self.s.sum_rounding_depth();
         let (xhat, g) = self.xhat_and_grad(relu);
         let mut affine_bound = vec![0.0; 2 * c];
         let mut dx_bound = vec![0.0; c * m];
@@ -467,6 +469,118 @@ fn batchnorm_backward_variants_at_real_sizes_stay_within_f32_rounding() {
             );
         }
     }
+}
+
+/// The bound on train_stats' [mean, invstd] and on the running update for one channel whose
+/// values went through `parts` (start, end) ranges, each summed as `channel_moments` sums a
+/// channel (shifted by the mean of 256 evenly spaced values, to depth d_k = ceil(len/256) + 32),
+/// then combined in order by Chan et al.'s update as `combine_stats` does. Per part, the mean's
+/// error e_k is γ_{d_k+1}·Σ|x − shift|/len + 2u·|mean_k| and M2's relative error
+/// γ_{d_k+5}·(1 + (mean_k − shift)²/var_k) + 2u (its product by the count). Each combine step
+/// adds 4u·|δ·n_k/n| + u·|mean| to the mean and, to M2, the error of δ² n_k·count/n:
+/// 2|δ|·(e_k + the running mean's error) plus 6u·δ² n_k·count/n, and 2u·M2 for its two
+/// additions. Returns (mean bound, relative bound on the biased variance).
+fn split_moments_bound(values: &[f32], parts: &[(usize, usize)]) -> (f64, f64) {
+    let (mut count, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
+    let (mut mean_err, mut m2_err) = (0.0f64, 0.0f64);
+    for &(lo, hi) in parts {
+        let part = &values[lo..hi];
+        let len = part.len();
+        let sampled = len.min(256);
+        let shift = (0..sampled).map(|i| part[i * (len / sampled)] as f64).sum::<f64>() / sampled as f64;
+        let mean_k = part.iter().map(|&v| v as f64).sum::<f64>() / len as f64;
+        let m2_k = part.iter().map(|&v| (v as f64 - mean_k).powi(2)).sum::<f64>();
+        let var_k = m2_k / len as f64;
+        let d = (len as u64).div_ceil(256) + 32;
+        let spread = part.iter().map(|&v| (v as f64 - shift).abs()).sum::<f64>() / len as f64;
+        let e_k = gamma(d + 1) * spread + 2.0 * U * mean_k.abs();
+        let m2_k_err = (gamma(d + 5) * (1.0 + (mean_k - shift).powi(2) / var_k) + 2.0 * U) * m2_k;
+        let nk = len as f64;
+        let n = count + nk;
+        let delta = mean_k - mean;
+        let w = count * nk / n;
+        let delta_err = e_k + mean_err;
+        mean_err = (count * mean_err + nk * e_k) / n + 4.0 * U * (delta * nk / n).abs();
+        mean += delta * nk / n;
+        mean_err += U * mean.abs();
+        m2 += m2_k + delta * delta * w;
+        m2_err += m2_k_err + 2.0 * delta.abs() * delta_err * w + 6.0 * U * delta * delta * w + 2.0 * U * m2;
+        count = n;
+    }
+    (mean_err, m2_err / m2 + U)
+}
+
+/// The workgroup family's two-pass statistics and affine gradient (a pixel split per workgroup
+/// layer, then a fixed-order combine) at BC-100 block 1 with the schedule's own split count,
+/// and at block 3 with 5 uneven splits, through a NaN-poisoned scratch: each output within
+/// the bound of its own summation order, and the combine order fixed (a rerun is bit-identical).
+#[test]
+fn batchnorm_split_reductions_at_real_sizes_stay_within_f32_rounding() {
+    for (name, p) in batchnorm_problems() {
+        let (c, m) = (p.c(), p.m());
+        let scheduled = batchnorm_splits(p.s, SPLIT_SCRATCH_BYTES / 4);
+        let splits = if scheduled > 1 { scheduled } else { 5 };
+        let parts: Vec<(usize, usize)> =
+            (0..splits as usize).map(|k| (k * m / splits as usize, (k + 1) * m / splits as usize)).collect();
+        let running: Vec<f32> =
+            (0..2 * c).map(|i| if i < c { 0.1 * i as f32 } else { 1.0 + 0.05 * i as f32 }).collect();
+        let (want_stats, want_running) = bn_ref::train_stats(c, m, &p.x, &running, MOMENTUM, EPS);
+        let mo = MOMENTUM as f64;
+        let mut stats_bound = vec![0.0; 2 * c];
+        let mut running_bound = vec![0.0; 2 * c];
+        for ch in 0..c {
+            let (mean_bound, var_rel) = split_moments_bound(&p.x[ch * m..(ch + 1) * m], &parts);
+            let (mean, invstd) = (want_stats[ch] as f64, want_stats[c + ch] as f64);
+            stats_bound[ch] = mean_bound;
+            stats_bound[c + ch] = (var_rel / 2.0 + 8.0 * U) * invstd;
+            let var_unbiased = (1.0 / (invstd * invstd) - EPS as f64) * m as f64 / (m as f64 - 1.0);
+            let (rm, rv) = (running[ch] as f64, running[c + ch] as f64);
+            running_bound[ch] = 4.0 * U * ((1.0 - mo) * rm.abs() + mo * mean.abs()) + mo * mean_bound;
+            running_bound[c + ch] =
+                4.0 * U * ((1.0 - mo) * rv + mo * var_unbiased) + mo * var_unbiased * (var_rel + 4.0 * U);
+        }
+        let d = p.s.split_rounding_depth(splits);
+        for relu in [false, true] {
+            let want_affine = bn_ref::backward_affine(c, m, &p.x, &p.dy, &p.stats, &p.affine, relu);
+            let want_dx = bn_ref::backward_input(c, m, &p.x, &p.dy, &p.stats, &p.affine, relu);
+            let (affine_bound, _) = p.backward_bounds_at(d, relu, &want_affine, &want_dx);
+            let g_before = small_gradients(2 * c, 8);
+            let want_acc = plus(&want_affine, &g_before);
+            let acc_bound: Vec<f64> = (affine_bound.iter().zip(&g_before).zip(&want_acc))
+                .map(|((b, before), w)| b + U * (before.abs() as f64 + (*w as f64).abs()))
+                .collect();
+            let mut slots = Slots::new();
+            let (xs, dys, ss, afs) =
+                (slots.input(&p.x), slots.input(&p.dy), slots.input(&p.stats), slots.input(&p.affine));
+            let (rs, stats_out) = (slots.input(&running), slots.output(2 * c));
+            let (gs, ga) = (slots.output(2 * c), slots.input(&g_before));
+            let scratch = slots.output(3 * c * splits as usize);
+            let buf = slots.upload();
+            let v = |slot| slots.view(&buf, slot);
+            let (x, dy, st, af, sc) = (v(xs), v(dys), v(ss), v(afs), v(scratch));
+            let mut launches = batchnorm_train_stats_split(gpu(), p.s, x, sc, v(stats_out), v(rs), splits);
+            launches.extend(batchnorm_backward_affine_split(gpu(), p.s, x, dy, st, af, v(gs), sc, relu, false, splits));
+            launches.extend(batchnorm_backward_affine_split(gpu(), p.s, x, dy, st, af, v(ga), sc, relu, true, splits));
+            run(&launches);
+            let what = |op: &str| format!("{name} {splits} splits relu={relu} {op}");
+            if !relu {
+                assert_within(&what("train_stats"), &slots.read(&buf, stats_out), &want_stats, &stats_bound);
+                assert_within(&what("running update"), &slots.read(&buf, rs), &want_running, &running_bound);
+            }
+            let got_affine = slots.read(&buf, gs);
+            assert_within(&what("backward_affine"), &got_affine, &want_affine, &affine_bound);
+            assert_within(&what("backward_affine accumulate"), &slots.read(&buf, ga), &want_acc, &acc_bound);
+            slots.assert_guards_intact(&buf);
+            // The same launches again give the same bits: the combine order is fixed.
+            run(&batchnorm_backward_affine_split(gpu(), p.s, x, dy, st, af, v(gs), sc, relu, false, splits));
+            let again = slots.read(&buf, gs);
+            assert_eq!(bits(&again), bits(&got_affine), "{}", what("rerun"));
+        }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 /// The 1x1 conv that applies its input's BN-ReLU on load, forward and weight gradient, at

@@ -3,7 +3,7 @@
 use super::BatchNormLaunch;
 use super::{BatchNormShape, WG};
 use crate::executor::Recorder;
-use crate::gpu::{grid, shaders, Dispatch, Gpu, Kernel, View, Window};
+use crate::gpu::{grid, shaders, Dispatch, Family, Gpu, Kernel, View, Window};
 use crate::graph::{BN_EPS, BN_MOMENTUM};
 use crate::ops::flag;
 
@@ -18,6 +18,9 @@ const BACKWARD_INPUT: Kernel = kernel("backward_input");
 const BACKWARD: Kernel = kernel("backward");
 const SHARD_STATS: Kernel = kernel("shard_stats");
 const COMBINE_STATS: Kernel = kernel("combine_stats");
+const SPLIT_STATS: Kernel = kernel("split_stats");
+const SPLIT_AFFINE: Kernel = kernel("split_affine");
+const COMBINE_AFFINE: Kernel = kernel("combine_affine");
 
 /// Values each invocation of the elementwise kernels handles (by striding), so that a launch
 /// is not dominated by per-workgroup overhead on CPU drivers.
@@ -44,8 +47,8 @@ crate::uniform! {
         c_stride: u32,
         in_place: u32,
         m_total: u32,
-        shards: u32,
-        shard: u32,
+        parts: u32,
+        part: u32,
     }
 }
 
@@ -70,8 +73,10 @@ struct Roles<'a> {
     /// Values per channel in the whole batch when the launch covers one batch shard; 0 for
     /// the shape's own `m()`.
     m_total: u32,
-    shards: u32,
-    shard: u32,
+    /// Partial results the launch writes or combines (batch shards or pixel splits), and the
+    /// shard a per-shard launch covers.
+    parts: u32,
+    part: u32,
 }
 
 impl Roles<'_> {
@@ -101,8 +106,8 @@ impl Roles<'_> {
             c_stride: s.total,
             in_place: flag(self.in_place),
             m_total: if self.m_total == 0 { s.m() } else { self.m_total },
-            shards: self.shards,
-            shard: self.shard,
+            parts: self.parts,
+            part: self.part,
         };
         gpu.dispatch(kernel, &params, &buffers, workgroups)
     }
@@ -324,7 +329,7 @@ pub fn batchnorm_train_stats_sharded(
 ) -> Vec<Dispatch> {
     let mut out: Vec<Dispatch> = (shards.iter().enumerate())
         .map(|(k, &(s, x))| {
-            let launch = Roles { shape: s, x: Some(x), out: Some(scratch), shard: k as u32, ..Default::default() };
+            let launch = Roles { shape: s, x: Some(x), out: Some(scratch), part: k as u32, ..Default::default() };
             launch.dispatch(gpu, &SHARD_STATS, per_channel(s))
         })
         .collect();
@@ -337,11 +342,123 @@ pub fn batchnorm_train_stats_sharded(
         momentum: BN_MOMENTUM,
         eps: BN_EPS,
         m_total,
-        shards: shards.len() as u32,
+        parts: shards.len() as u32,
         ..Default::default()
     };
     out.push(combine.dispatch(gpu, &COMBINE_STATS, grid(s.c as u64, 64)));
     out
+}
+
+/// Values of a channel each pixel split of the workgroup family's reductions aims at: 16 per
+/// invocation of a 256-wide workgroup, enough to hide a split's fixed cost.
+pub const VALUES_PER_SPLIT: u32 = 4096;
+
+/// Splits of each channel's values the workgroup family's statistics and affine gradient use
+/// for shape `s` with `scratch_elems` floats of split scratch: M / [`VALUES_PER_SPLIT`] (at
+/// least 1, at most [`MAX_SPLITS`](crate::ops::conv::workgroup::MAX_SPLITS)), and no more than
+/// the scratch holds at [`crate::memory::SHARD_STATISTICS_WORDS`] floats per channel and
+/// split. It depends on M and the batch norm's whole channel count only, never on the slice a
+/// launch covers, so a batch norm taken whole or in channel slices sums in the same order and
+/// the memory modes stay bit-identical.
+pub fn batchnorm_splits(s: BatchNormShape, scratch_elems: u64) -> u32 {
+    let wanted = (s.m() / VALUES_PER_SPLIT).clamp(1, crate::ops::conv::workgroup::MAX_SPLITS) as u64;
+    let by_scratch = scratch_elems / (crate::memory::SHARD_STATISTICS_WORDS * s.total as u64);
+    wanted.min(by_scratch).max(1) as u32
+}
+
+/// [`batchnorm_train_stats`] in two passes, for GPUs: each of `splits` parts of every
+/// channel's values (balanced ranges of the M values) writes its moments into `scratch`
+/// ([`crate::memory::SHARD_STATISTICS_WORDS`] floats per channel of `s.total` and split),
+/// then one launch combines them in split order (Chan et al.'s pairwise update), so the result
+/// is deterministic. Writes `stats` and updates `running` with PyTorch's momentum 0.1 and
+/// eps 1e-5. `splits` must lie in 1..=M.
+pub fn batchnorm_train_stats_split(
+    gpu: &Gpu,
+    s: BatchNormShape,
+    x: View,
+    scratch: View,
+    stats: View,
+    running: View,
+    splits: u32,
+) -> Vec<Dispatch> {
+    assert!((1..=s.m()).contains(&splits), "{splits} splits of {} values per channel", s.m());
+    let parts = Roles { shape: s, x: Some(x), out: Some(scratch), parts: splits, ..Default::default() };
+    let combine = Roles {
+        shape: s,
+        out: Some(scratch),
+        stats: Some(stats),
+        running: Some(running),
+        momentum: BN_MOMENTUM,
+        eps: BN_EPS,
+        parts: splits,
+        ..Default::default()
+    };
+    vec![
+        parts.dispatch(gpu, &SPLIT_STATS, split_grid(s, splits)),
+        combine.dispatch(gpu, &COMBINE_STATS, grid(s.c as u64, 64)),
+    ]
+}
+
+/// [`batchnorm_backward_affine`] in two passes, for GPUs: each of `splits` parts of every
+/// channel's values writes its dgamma and dbeta into `scratch` (2 floats per channel of
+/// `s.total` and split), then one launch adds them in split order into `grad_affine`
+/// (overwriting, or adding if `accumulate`). `splits` must lie in 1..=M.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_affine_split(
+    gpu: &Gpu,
+    s: BatchNormShape,
+    x: View,
+    dy: View,
+    stats: View,
+    affine: View,
+    grad_affine: View,
+    scratch: View,
+    relu: bool,
+    accumulate: bool,
+    splits: u32,
+) -> Vec<Dispatch> {
+    assert!((1..=s.m()).contains(&splits), "{splits} splits of {} values per channel", s.m());
+    let parts = Roles {
+        shape: s,
+        x: Some(x),
+        dy: Some(dy),
+        out: Some(scratch),
+        stats: Some(stats),
+        affine: Some(affine),
+        relu,
+        parts: splits,
+        ..Default::default()
+    };
+    let combine = Roles {
+        shape: s,
+        out: Some(scratch),
+        grad: Some(grad_affine),
+        accumulate_affine: accumulate,
+        parts: splits,
+        ..Default::default()
+    };
+    vec![
+        parts.dispatch(gpu, &SPLIT_AFFINE, split_grid(s, splits)),
+        combine.dispatch(gpu, &COMBINE_AFFINE, grid(s.c as u64, 64)),
+    ]
+}
+
+/// One workgroup per channel and split.
+fn split_grid(s: BatchNormShape, splits: u32) -> [u32; 3] {
+    let [c, _, _] = per_channel(s);
+    [c, splits, 1]
+}
+
+/// The pixel splits a launch of the schedule uses: more than one only for the workgroup
+/// family (forced, or the adapter's default), in an unsharded training step that has split
+/// scratch. A sharded step keeps the per-shard path, whose shards are already parts.
+fn splits_for<'a>(r: &Recorder<'a>, s: BatchNormShape) -> Option<(View<'a>, u32)> {
+    let scratch = r.split_scratch()?;
+    if r.gpu.family() != Family::Workgroup || r.shards().len() > 1 {
+        return None;
+    }
+    let splits = batchnorm_splits(s, scratch.buffer.size / 4 - scratch.offset as u64);
+    (splits > 1).then_some((scratch, splits))
 }
 
 /// Records one batch-norm launch of a schedule. Backward is the split pair (it measured faster
@@ -366,7 +483,15 @@ pub(crate) fn record(launch: &BatchNormLaunch, r: &mut Recorder) {
             }
         }
         BatchNormLaunch::TrainStats { shape, x, stats, running } => {
-            r.push(batchnorm_train_stats(gpu, shape, r.view(x), r.view(stats), r.view(running), BN_MOMENTUM, BN_EPS))
+            let (x, stats, running) = (r.view(x), r.view(stats), r.view(running));
+            match splits_for(r, shape) {
+                Some((scratch, splits)) => {
+                    for d in batchnorm_train_stats_split(gpu, shape, x, scratch, stats, running, splits) {
+                        r.push(d);
+                    }
+                }
+                None => r.push(batchnorm_train_stats(gpu, shape, x, stats, running, BN_MOMENTUM, BN_EPS)),
+            }
         }
         BatchNormLaunch::EvalStats { shape, running, stats } => {
             r.push(batchnorm_eval_stats(gpu, shape.c, r.view(running), r.view(stats), BN_EPS))
@@ -377,12 +502,22 @@ pub(crate) fn record(launch: &BatchNormLaunch, r: &mut Recorder) {
         }),
         BatchNormLaunch::Backward { shape, x, dy: dy_loc, stats, affine, grad_affine, dx, relu, accumulate } => {
             let m_total = shape.m();
-            r.each_shard(|r, shard| {
-                let part = BatchNormShape { n: shard.images, ..shape };
+            if let Some((scratch, splits)) = splits_for(r, shape) {
                 let (x, dy, stats) = (r.view(x), r.view(dy_loc), r.view(stats));
                 let (affine, grad) = (r.view(affine), r.view(grad_affine));
-                r.push(batchnorm_backward_affine(gpu, part, x, dy, stats, affine, grad, relu, shard.index > 0));
-            });
+                for d in batchnorm_backward_affine_split(
+                    gpu, shape, x, dy, stats, affine, grad, scratch, relu, false, splits,
+                ) {
+                    r.push(d);
+                }
+            } else {
+                r.each_shard(|r, shard| {
+                    let part = BatchNormShape { n: shard.images, ..shape };
+                    let (x, dy, stats) = (r.view(x), r.view(dy_loc), r.view(stats));
+                    let (affine, grad) = (r.view(affine), r.view(grad_affine));
+                    r.push(batchnorm_backward_affine(gpu, part, x, dy, stats, affine, grad, relu, shard.index > 0));
+                });
+            }
             let Some(dx_loc) = dx else { return };
             r.each_shard(|r, shard| {
                 let part = BatchNormShape { n: shard.images, ..shape };

@@ -71,6 +71,13 @@ impl BatchNormShape {
     pub fn sum_rounding_depth(&self) -> u64 {
         (self.m() as u64).div_ceil(WG as u64) + 32
     }
+
+    /// As [`BatchNormShape::sum_rounding_depth`] for the workgroup family's sums over `splits`
+    /// pixel splits (`split_affine` then `combine_affine` in batchnorm.wgsl): each split sums
+    /// at most ceil(M / splits) values as above, then the splits are added in order.
+    pub fn split_rounding_depth(&self, splits: u32) -> u64 {
+        (self.m() as u64).div_ceil(splits as u64).div_ceil(WG as u64) + 32 + splits as u64
+    }
 }
 
 /// Invocations per workgroup of every kernel but `eval_stats` (batchnorm.wgsl's `WG`); the sums'
