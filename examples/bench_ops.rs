@@ -119,8 +119,10 @@ fn main() {
             .iter()
             .map(|&d| {
                 if args.kernels == "auto" && gpu.forced_family().is_none() {
-                    tune::tune_shape(&gpu, &mut cache, d, &s, Autotune::Cached, scratch_bytes, &mut Vec::new())
-                        .expect("tuning");
+                    let mut out_of_race = Vec::new();
+                    let tuned =
+                        tune::tune_shape(&gpu, &mut cache, d, &s, Autotune::Cached, scratch_bytes, &mut out_of_race);
+                    densegpu::block_on(tuned).expect("tuning");
                 }
                 conv::choose(&gpu, d, &s)
             })

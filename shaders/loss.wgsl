@@ -85,6 +85,13 @@ fn cross_entropy(@builtin(local_invocation_index) t: u32) {
             }
         }
     }
+    finish(t, loss_sum, hits, bad);
+}
+
+// The batch totals from each invocation's (loss_sum, hits, bad), by a fixed-order tree, into
+// [loss, correct] (added to what they hold with `accumulate`). Must be reached in uniform
+// control flow by all 256 invocations.
+fn finish(t: u32, loss_sum: f32, hits: u32, bad: u32) {
     part_loss[t] = loss_sum;
     part_hits[t] = hits;
     part_bad[t] = bad;
@@ -110,4 +117,96 @@ fn cross_entropy(@builtin(local_invocation_index) t: u32) {
         loss[p.off4] = mean;
         loss[p.off4 + 1u] = count;
     }
+}
+
+// The workgroup family's form, for GPUs, in two passes. First `cross_entropy_rows`: one
+// workgroup per sample, its 64 invocations striding over the classes (a GPU then has a
+// workgroup per image to spread, and a 1000-class row is not one invocation's serial loop).
+// It writes dlogits and the sample's [loss, hit, bad] into the scratch bound as `loss`
+// (3 floats per sample from off4). Then `combine_rows` sums those over the batch in a fixed
+// order, as cross_entropy does, into the [loss, correct] pair bound as `loss` at off4, reading
+// the scratch bound as `dlogits` at off3.
+const ROW: u32 = 64u;
+var<workgroup> row_max: array<f32, ROW>;
+var<workgroup> row_arg: array<u32, ROW>;
+var<workgroup> row_sum: array<f32, ROW>;
+
+@compute @workgroup_size(64)
+fn cross_entropy_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let s = wg.x;
+    let k_count = p.classes;
+    // The row's maximum and, among equal maxima, the lowest class index (torch.argmax).
+    var m = logits[p.off1 + min(t, k_count - 1u) * p.n + s];
+    var arg = min(t, k_count - 1u);
+    for (var k = t + ROW; k < k_count; k += ROW) {
+        let v = logits[p.off1 + k * p.n + s];
+        if (v > m) {
+            m = v;
+            arg = k;
+        }
+    }
+    row_max[t] = m;
+    row_arg[t] = arg;
+    workgroupBarrier();
+    for (var stride = ROW / 2u; stride > 0u; stride >>= 1u) {
+        if (t < stride) {
+            let v = row_max[t + stride];
+            let a = row_arg[t + stride];
+            if (v > row_max[t] || (v == row_max[t] && a < row_arg[t])) {
+                row_max[t] = v;
+                row_arg[t] = a;
+            }
+        }
+        workgroupBarrier();
+    }
+    m = row_max[0];
+    arg = row_arg[0];
+    var z = 0.0;
+    for (var k = t; k < k_count; k += ROW) {
+        z += exp(logits[p.off1 + k * p.n + s] - m);
+    }
+    row_sum[t] = z;
+    workgroupBarrier();
+    for (var stride = ROW / 2u; stride > 0u; stride >>= 1u) {
+        if (t < stride) {
+            row_sum[t] += row_sum[t + stride];
+        }
+        workgroupBarrier();
+    }
+    z = row_sum[0];
+    let l = labels[p.off2 + s];
+    let valid = l >= 0.0 && l < f32(k_count);
+    let label = select(0u, u32(l), valid);
+    if (p.write_grad != 0u) {
+        let inv_n = 1.0 / f32(p.n_total);
+        for (var k = t; k < k_count; k += ROW) {
+            let j = p.off1 + k * p.n + s;
+            let onehot = select(0.0, 1.0, k == label);
+            var d = (exp(logits[j] - m) / z - onehot) * inv_n;
+            if (!valid) {
+                d = quiet_nan();
+            }
+            dlogits[p.off3 + k * p.n + s] = d;
+        }
+    }
+    if (t == 0u) {
+        let o = p.off4 + 3u * s;
+        loss[o] = select(0.0, log(z) + m - logits[p.off1 + label * p.n + s], valid);
+        loss[o + 1u] = select(0.0, 1.0, valid && arg == label);
+        loss[o + 2u] = select(1.0, 0.0, valid);
+    }
+}
+
+@compute @workgroup_size(256)
+fn combine_rows(@builtin(local_invocation_index) t: u32) {
+    var loss_sum = 0.0;
+    var hits = 0u;
+    var bad = 0u;
+    for (var s = t; s < p.n; s += 256u) {
+        let o = p.off3 + 3u * s;
+        loss_sum += dlogits[o];
+        hits += u32(dlogits[o + 1u]);
+        bad += u32(dlogits[o + 2u]);
+    }
+    finish(t, loss_sum, hits, bad);
 }

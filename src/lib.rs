@@ -18,7 +18,6 @@ pub mod schedule;
 pub mod selftest;
 pub mod train;
 pub mod trainer;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod tune;
 
 pub use densenet::{DenseNetConfig, MemoryMode};

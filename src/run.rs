@@ -278,18 +278,8 @@ pub fn choose_kernels(session: &Session, kernels: &str, autotune: crate::tune::A
     }
     let start = std::time::Instant::now();
     let tuned = tune::tune(session, crate::Pass::Train, autotune, &mut |_| {})?;
-    let timed = tuned.iter().filter(|t| t.source == tune::Source::Timed).count();
-    if timed == 0 {
-        return Ok(None);
-    }
-    let workgroup = tuned.iter().filter(|t| t.chosen != "register").count();
-    Ok(Some(format!(
-        "Tuned the conv kernels for {} in {:.1} s: {timed} of {} shapes timed, {workgroup} on the workgroup family, {} on the register family (cached for later runs; --autotune off skips this)",
-        session.gpu.describe(),
-        start.elapsed().as_secs_f64(),
-        tuned.len(),
-        tuned.len() - workgroup,
-    )))
+    Ok(tune::summary(&session.gpu, &tuned, start.elapsed().as_secs_f64())
+        .map(|line| format!("{line} (cached for later runs; --autotune off skips this)")))
 }
 
 #[cfg(test)]

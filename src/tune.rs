@@ -6,8 +6,10 @@
 //! device is requested without timestamp queries, which not every adapter offers) and records
 //! the fastest in the [`Gpu`]'s kernel choices, which every later recorded program reads (see
 //! [`crate::ops::conv::kernels::choose`]). The choices are kept per adapter (name, backend,
-//! device type, driver: [`Gpu::describe`]) in `kernels.json` in the user's cache folder, so
-//! later runs read them and time nothing.
+//! device type, driver: [`Gpu::describe`]) in `kernels.json` in the user's cache folder (in
+//! the browser, the page keeps [`Cache::to_json`] in localStorage), so later runs read them
+//! and time nothing. [`tune_with`] is the asynchronous core both use; [`tune`] is its native,
+//! blocking form with the cache file.
 //!
 //! The fused BN-ReLU forms share their direction's choice and are timed through their plain
 //! form, so a fused and an unfused launch of one conv always sum in the same order.
@@ -20,7 +22,9 @@ use crate::ops::LaunchOp;
 use crate::{Pass, Session};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
+// std's Instant panics in a browser; this one reads performance.now() there and is std's
+// elsewhere.
+use web_time::Instant;
 
 /// How kernels are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -81,6 +85,12 @@ pub enum Source {
     OnlyCandidate,
 }
 
+/// Whether each candidate runs once untimed first. A browser compiles a pipeline in the
+/// background and its first launch waits for the compile: in Chromium on SwiftShader that
+/// charged the register kernels 2-8 s of compiling and handed 7 of 26 shapes to the slower
+/// family. Natively the pipeline is compiled when the launch is recorded, before the clock.
+const WARM_UP: bool = cfg!(target_arch = "wasm32");
+
 /// Launches timed per candidate that is still in the race after its first.
 const ROUNDS: usize = 2;
 
@@ -102,12 +112,34 @@ const HOPELESS: f64 = 2.0;
 ///
 /// Errors: a device error while timing. A cache file that cannot be read or parsed is ignored
 /// and rewritten; one that cannot be written is reported on stderr and the run goes on.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn tune(session: &Session, pass: Pass, setting: Autotune, each: &mut dyn FnMut(&Tuned)) -> Result<Vec<Tuned>> {
-    let gpu = &session.gpu;
     if setting == Autotune::Off {
         return Ok(Vec::new());
     }
     let mut cache = Cache::load();
+    let out = crate::block_on(tune_with(session, pass, setting, &mut cache, each))?;
+    // The choices already hold for this run; a cache that cannot be written (a read-only
+    // home) only means the next run times again, which is no reason to stop this one.
+    if let Err(e) = cache.save() {
+        eprintln!("warning: {e}; the kernel choices hold for this run only");
+    }
+    Ok(out)
+}
+
+/// [`tune`] with the choices read from and recorded in `cache` (the caller loads and keeps
+/// it: a file natively, localStorage in a browser). Errors: a device error while timing.
+pub async fn tune_with(
+    session: &Session,
+    pass: Pass,
+    setting: Autotune,
+    cache: &mut Cache,
+    each: &mut dyn FnMut(&Tuned),
+) -> Result<Vec<Tuned>> {
+    let gpu = &session.gpu;
+    if setting == Autotune::Off {
+        return Ok(Vec::new());
+    }
     let plan = session.memory_plan(pass)?;
     let images = plan.shards.shard(0).images;
     let mut seen = BTreeMap::new();
@@ -133,16 +165,27 @@ pub fn tune(session: &Session, pass: Pass, setting: Autotune, each: &mut dyn FnM
     let mut out = Vec::new();
     for (direction, shape) in shapes {
         let out_of_race = hopeless.entry(class(direction, &shape)).or_default();
-        let tuned = tune_shape(gpu, &mut cache, direction, &shape, setting, scratch_bytes, out_of_race)?;
+        let tuned = tune_shape(gpu, cache, direction, &shape, setting, scratch_bytes, out_of_race).await?;
         each(&tuned);
         out.push(tuned);
     }
-    // The choices already hold for this run; a cache that cannot be written (a read-only
-    // home) only means the next run times again, which is no reason to stop this one.
-    if let Err(e) = cache.save() {
-        eprintln!("warning: {e}; the kernel choices hold for this run only");
-    }
     Ok(out)
+}
+
+/// One line on what [`tune`] did, for a trainer's log or a page, or `None` when it timed
+/// nothing (every choice came from the cache): shapes timed, seconds taken, families chosen.
+pub fn summary(gpu: &Gpu, tuned: &[Tuned], seconds: f64) -> Option<String> {
+    let timed = tuned.iter().filter(|t| t.source == Source::Timed).count();
+    if timed == 0 {
+        return None;
+    }
+    let workgroup = tuned.iter().filter(|t| family_of(&t.chosen) == Family::Workgroup).count();
+    Some(format!(
+        "Tuned the conv kernels for {} in {seconds:.1} s: {timed} of {} shapes timed, {workgroup} on the workgroup family, {} on the register family",
+        gpu.describe(),
+        tuned.len(),
+        tuned.len() - workgroup,
+    ))
 }
 
 /// Shapes whose kernels rank alike: one direction, kernel geometry and map size.
@@ -153,7 +196,7 @@ fn class(direction: ConvDirection, s: &Conv2dShape) -> String {
 /// Tunes one direction of one conv shape (see [`tune`]) with `scratch_bytes` of split scratch
 /// at hand, leaving out the families in `out_of_race` (and adding to it those that prove
 /// hopeless here); records the choice in `gpu` and `cache`, and returns it.
-pub fn tune_shape(
+pub async fn tune_shape(
     gpu: &Gpu,
     cache: &mut Cache,
     direction: ConvDirection,
@@ -176,7 +219,7 @@ pub fn tune_shape(
             let timings = if kernels.len() == 1 {
                 Vec::new()
             } else {
-                time_candidates(gpu, direction, shape, scratch_bytes, &kernels)?
+                time_candidates(gpu, direction, shape, scratch_bytes, &kernels).await?
             };
             let chosen = if timings.is_empty() { kernels[0].name() } else { pick(gpu, direction, &timings) };
             let best = timings.iter().map(|t| t.seconds).fold(f64::INFINITY, f64::min);
@@ -227,10 +270,20 @@ fn pick(gpu: &Gpu, direction: ConvDirection, timings: &[Timing]) -> &'static str
 }
 
 /// The candidates for `direction` of `s` this adapter can run: the register family and every
-/// workgroup candidate within its limits.
+/// workgroup candidate within its limits. On a CPU driver (an adapter whose default family is
+/// the register family) only the workgroup family's default candidate races the register
+/// kernel: the family runs 2 to 35 times slower there (BENCHMARKS.md), and SwiftShader did not
+/// finish the first launch of `gemm64x64r8` (64 unrolled accumulators) in 400 s before Chrome
+/// lost the device, so timing every candidate on a CPU driver risks the run for nothing. The
+/// tests still run every candidate on lavapipe.
 pub fn candidates(gpu: &Gpu, direction: ConvDirection, s: &Conv2dShape) -> Vec<ConvKernel> {
     let mut out = vec![ConvKernel::Register];
-    if direction.workgroup_serves(s) {
+    if !direction.workgroup_serves(s) {
+        return out;
+    }
+    if gpu.default_family() == Family::Register {
+        out.extend(Some(direction.default_kernel(gpu, Family::Workgroup)).filter(|k| *k != ConvKernel::Register));
+    } else {
         let fitting = direction.candidates().iter().filter(|t| t.fits(&gpu.limits));
         out.extend(fitting.map(|t| ConvKernel::Workgroup(*t)));
     }
@@ -239,22 +292,19 @@ pub fn candidates(gpu: &Gpu, direction: ConvDirection, s: &Conv2dShape) -> Vec<C
 
 /// Times `kernels` on zero-filled operands of shape `s` (the kernels' speed does not depend on
 /// the values), in order. Pipelines compile when a launch is recorded, before its clock
-/// starts. A candidate whose first launch takes [`HOPELESS`] times the best so far gets no
-/// more rounds.
-pub fn time_candidates(
+/// starts (in a browser, during an untimed first launch: see [`WARM_UP`]). A candidate whose
+/// first timed launch takes [`HOPELESS`] times the best so far gets no more rounds.
+pub async fn time_candidates(
     gpu: &Gpu,
     direction: ConvDirection,
     s: &Conv2dShape,
     scratch_bytes: u64,
     kernels: &[ConvKernel],
 ) -> Result<Vec<Timing>> {
-    let block = |elems: u32| crate::block_on(gpu.storage_buffer("tuning operand", elems as u64 * 4));
-    let (x, w, y) = (block(s.input_elems())?, block(s.weight_elems())?, block(s.output_elems())?);
-    let scratch = if scratch_bytes > 0 {
-        Some(crate::block_on(gpu.storage_buffer("tuning scratch", scratch_bytes))?)
-    } else {
-        None
-    };
+    let block = |elems: u32| gpu.storage_buffer("tuning operand", elems as u64 * 4);
+    let (x, w, y) = (block(s.input_elems()).await?, block(s.weight_elems()).await?, block(s.output_elems()).await?);
+    let scratch =
+        if scratch_bytes > 0 { Some(gpu.storage_buffer("tuning scratch", scratch_bytes).await?) } else { None };
     fn v(b: &wgpu::Buffer) -> View<'_> {
         View::new(b, 0)
     }
@@ -270,24 +320,36 @@ pub fn time_candidates(
             }
         };
         let best = out.iter().map(|t| t.seconds).fold(f64::INFINITY, f64::min);
+        if WARM_UP {
+            run_and_wait(gpu, &dispatches, &x).await?;
+        }
         let start = Instant::now();
-        run_and_wait(gpu, &dispatches)?;
+        run_and_wait(gpu, &dispatches, &x).await?;
         let first = start.elapsed().as_secs_f64();
         if first > HOPELESS * best {
             out.push(Timing { candidate: kernel.name(), seconds: first });
             continue;
         }
         for _ in 1..ROUNDS {
-            run_and_wait(gpu, &dispatches)?;
+            run_and_wait(gpu, &dispatches, &x).await?;
         }
         out.push(Timing { candidate: kernel.name(), seconds: start.elapsed().as_secs_f64() / ROUNDS as f64 });
     }
     Ok(out)
 }
 
-fn run_and_wait(gpu: &Gpu, dispatches: &[crate::gpu::Dispatch]) -> Result<()> {
-    crate::block_on(gpu.run(dispatches))?;
-    gpu.wait()
+/// Runs the launches and returns once the device has finished them: natively by polling the
+/// device to idle; in a browser, which cannot block, by reading one float of `any` back (its
+/// mapping resolves only after the work submitted before it).
+async fn run_and_wait(gpu: &Gpu, dispatches: &[crate::gpu::Dispatch], any: &wgpu::Buffer) -> Result<()> {
+    gpu.run(dispatches).await?;
+    #[cfg(target_arch = "wasm32")]
+    return gpu.read_f32(any, 0, 1).await.map(|_| ());
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = any;
+        gpu.wait()
+    }
 }
 
 /// Sets how `gpu` chooses kernels from a command line's `--kernels` value: `register` or
@@ -306,15 +368,32 @@ pub fn set_kernels(gpu: &Gpu, kernels: &str) -> Result<()> {
     Ok(())
 }
 
-/// The cache file of tuned choices: adapter description → tuning key → candidate name.
+/// The tuned choices: adapter description → tuning key → candidate name. Natively a file
+/// ([`Cache::load`], [`Cache::save`]); a browser page keeps [`Cache::to_json`] in localStorage
+/// and reads it back with [`Cache::from_json`].
+#[derive(Default)]
 pub struct Cache {
+    /// The file, natively; a browser has none.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     path: Option<PathBuf>,
     entries: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Cache {
+    /// The cache from its JSON text; malformed text reads as empty (and is replaced by the
+    /// next [`Cache::to_json`]), since the cache only saves time.
+    pub fn from_json(text: &str) -> Cache {
+        Cache { path: None, entries: serde_json::from_str(text).unwrap_or_default() }
+    }
+
+    /// The cache as JSON text, for [`Cache::from_json`].
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&self.entries).expect("a map of strings serialises")
+    }
+
     /// `$DENSEGPU_CACHE_DIR/kernels.json`, else `$XDG_CACHE_HOME/densegpu/kernels.json`, else
     /// `~/.cache/densegpu/kernels.json` (`%LOCALAPPDATA%\densegpu` on Windows).
+    #[cfg(not(target_arch = "wasm32"))]
     fn path() -> Option<PathBuf> {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         let dir = var("DENSEGPU_CACHE_DIR")
@@ -326,13 +405,11 @@ impl Cache {
 
     /// Reads the cache file; a missing, unreadable or malformed one reads as empty (and is
     /// rewritten by [`Cache::save`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn load() -> Cache {
         let path = Self::path();
-        let entries = (path.as_ref())
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        Cache { path, entries }
+        let text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+        Cache { path, ..Cache::from_json(&text) }
     }
 
     fn get(&self, adapter: &str, key: &str) -> Option<String> {
@@ -343,15 +420,16 @@ impl Cache {
         self.entries.entry(adapter.to_string()).or_default().insert(key.to_string(), candidate.to_string());
     }
 
-    /// Writes the cache atomically (a reader never sees half a file). Errors: the folder or
-    /// the file cannot be written.
+    /// Writes the cache file atomically (a reader never sees half a file). Errors: the folder
+    /// or the file cannot be written.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn save(&self) -> Result<()> {
         let Some(path) = &self.path else { return Ok(()) };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::Data(format!("creating the kernel cache folder {}: {e}", dir.display())))?;
         }
-        let text = serde_json::to_vec_pretty(&self.entries).expect("a map of strings serialises");
-        crate::atomic_file::write_atomic(path, |f| std::io::Write::write_all(f, &text))
+        let text = self.to_json();
+        crate::atomic_file::write_atomic(path, |f| std::io::Write::write_all(f, text.as_bytes()))
     }
 }

@@ -74,6 +74,66 @@ fn kernels_in_the_browser_match_the_cpu_reference() {
     for family in ["conv", "batchnorm", "relu", "pool", "linear", "cross_entropy", "sgd"] {
         assert!(names.iter().any(|n| n.contains(family)), "no {family} check ran in the browser: {names:?}");
     }
+    // Each kernel family, forced, trains bit-identically across the memory modes in the browser.
+    for check in ["memory_modes-register/efficient", "memory_modes-register/minimal"]
+        .into_iter()
+        .chain(["memory_modes-workgroup/efficient", "memory_modes-workgroup/minimal"])
+    {
+        assert!(names.iter().any(|n| n.starts_with(check)), "no {check} check ran in the browser: {names:?}");
+    }
+}
+
+#[test]
+fn the_page_tunes_its_kernels_and_keeps_the_choice() {
+    let Some(run) = browser_run() else { return };
+    let t = &run["tuning"];
+    let (started, full, cached) = (&t["started"], &t["full"], &t["cached"]);
+    assert_eq!(started["kernels"]["forced"], false, "{t}");
+    assert!(started["kernels"]["shapes"].as_u64() > Some(0), "the page's model was not tuned: {t}");
+    let stored = started["stored"].as_str().expect("the page kept the tuned choices in localStorage");
+    let stored: Value = serde_json::from_str(stored).expect("the kept choices are JSON");
+    assert!(stored.as_object().is_some_and(|adapters| !adapters.is_empty()), "{stored}");
+    // A full tuning times every shape with more than one candidate; the cache then serves all.
+    assert!(full["timed"].as_u64() > Some(0), "a full tuning timed nothing: {full}");
+    assert_eq!(cached["timed"], 0, "the kept cache did not spare the timing: {cached}");
+    assert_eq!(cached["shapes"], full["shapes"], "{t}");
+    assert_eq!(
+        (cached["register"].clone(), cached["workgroup"].clone()),
+        (full["register"].clone(), full["workgroup"].clone())
+    );
+    for timed in full["timings"].as_array().unwrap() {
+        let seconds = timed["seconds"].as_object().unwrap();
+        assert!(seconds.contains_key("register") && seconds.len() >= 2, "{timed}");
+        assert!(seconds.values().all(|s| s.as_f64().is_some_and(|s| s > 0.0)), "{timed}");
+    }
+    eprintln!("browser tuning: {}", full["line"]);
+}
+
+#[test]
+fn either_forced_kernel_family_trains_in_the_browser() {
+    let Some(run) = browser_run() else { return };
+    let f = &run["families"];
+    let losses =
+        |k: &str| -> Vec<f64> { f[k]["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
+    let (register, workgroup) = (losses("register"), losses("workgroup"));
+    for k in ["register", "workgroup"] {
+        assert_eq!(f[k]["kernels"]["family"], k, "{f}");
+        assert_eq!(f[k]["kernels"]["forced"], true, "{f}");
+    }
+    // The same model, seed and data: the families differ only in their sums' order, which
+    // the first three steps carry into the loss at the native test's scale (tests/training.rs).
+    assert_eq!(register.len(), 6, "{f}");
+    for (a, b) in register.iter().zip(&workgroup).take(3) {
+        assert!(
+            a.is_finite() && (a - b).abs() <= 1e-4 * a.abs(),
+            "losses {register:?} register vs {workgroup:?} workgroup"
+        );
+    }
+    eprintln!(
+        "browser, forced families: register {:.1} img/s, workgroup {:.1} img/s",
+        f["register"]["images_per_second"].as_f64().unwrap(),
+        f["workgroup"]["images_per_second"].as_f64().unwrap()
+    );
 }
 
 #[test]

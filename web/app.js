@@ -130,7 +130,7 @@ function readSettings() {
   if (!(lr > 0 && Number.isFinite(lr))) throw new Error('the learning rate must be a positive number');
   return {
     depth: whole('depth', 'depth'), growth_rate: whole('growth', 'growth rate'), mode: $('mode').value,
-    batch_size: whole('batch', 'batch size'), lr, seed: 0,
+    batch_size: whole('batch', 'batch size'), lr, seed: 0, kernels: $('kernels').value,
   };
 }
 
@@ -275,11 +275,37 @@ function renderModelInfo(error) {
   }
 }
 
+// The conv kernels' tuned choices for this browser's adapters, kept across visits so that a
+// model's first Start times nothing it has timed before. Storage can be refused (private
+// windows, full quota): the page then tunes again next time, which only costs time.
+const KERNEL_CACHE = 'densegpu.kernels';
+function readKernelCache() {
+  try { return localStorage.getItem(KERNEL_CACHE); } catch { return null; }
+}
+function writeKernelCache(text) {
+  try { localStorage.setItem(KERNEL_CACHE, text); } catch { /* see KERNEL_CACHE */ }
+}
+
+// The adapter line: the adapter, its binding limit and the conv kernel family it runs; once a
+// model exists, what the tuning chose and what it took.
+function showAdapter() {
+  const k = demo.model?.kernels;
+  let kernels = `${demo.kernels} conv kernels`;
+  if (k && k.forced) kernels += ' (forced)';
+  else if (k && k.timed > 0) kernels += ` (tuned ${k.timed} of ${k.shapes} shapes in ${k.seconds.toFixed(1)} s: ${k.register} register, ${k.workgroup} workgroup)`;
+  else if (k && k.shapes > 0) kernels += ` (tuned before: ${k.register} register, ${k.workgroup} workgroup)`;
+  $('adapter').textContent = `${demo.adapter} · binding limit ${mib(demo.bindingLimit)} MiB · ${kernels}`;
+}
+
 async function createModel(settings) {
   $('model-info').textContent = 'Building the model…';
   demo.model = state.modelKey = null;
   try {
-    demo.model = JSON.parse(await onGpu(() => dg.create_model(JSON.stringify(settings))));
+    const request = { ...settings, kernel_cache: readKernelCache() };
+    demo.model = JSON.parse(await onGpu(() => dg.create_model(JSON.stringify(request))));
+    if (demo.model.kernel_cache) writeKernelCache(demo.model.kernel_cache);
+    demo.kernels = demo.model.kernels.family;
+    showAdapter();
   } catch (e) {
     renderModelInfo(e.message); // names the largest batch that fits, when that was the problem
     throw e;
@@ -668,7 +694,7 @@ function chosenFile(use) {
 
 function wireControls() {
   const on = (id, type, handler) => $(id).addEventListener(type, guarded(handler));
-  for (const id of ['depth', 'growth', 'mode', 'batch']) for (const t of ['input', 'change']) on(id, t, onSettingsChanged);
+  for (const id of ['depth', 'growth', 'mode', 'kernels', 'batch']) for (const t of ['input', 'change']) on(id, t, onSettingsChanged);
   on('lr', 'input', () => renderModelInfo());
   on('error-close', 'click', () => {
     $('error').hidden = true;
@@ -728,8 +754,8 @@ async function main() {
     const info = JSON.parse(await dg.init_gpu());
     demo.adapter = typeof info.adapter === 'string' ? info.adapter : JSON.stringify(info.adapter);
     demo.kernels = info.kernels;
-    $('adapter').textContent =
-      `${demo.adapter} · binding limit ${mib(info.max_binding_bytes)} MiB · ${info.kernels} conv kernels`;
+    demo.bindingLimit = info.max_binding_bytes;
+    showAdapter();
   } catch (e) {
     return fatal(`WebGPU could not start: ${e.message}`);
   }

@@ -218,6 +218,12 @@ impl Gpu {
         self.kernel_choices.lock().unwrap().insert(key.to_string(), candidate.to_string());
     }
 
+    /// Forgets every tuned choice, so that each conv runs its family's default candidate (as
+    /// autotune `off` asks).
+    pub fn clear_kernel_choices(&self) {
+        self.kernel_choices.lock().unwrap().clear();
+    }
+
     /// One line for logs and benchmark records: adapter name, backend, device type, driver.
     pub fn describe(&self) -> String {
         let name = if self.info.name.is_empty() { "unnamed adapter" } else { self.info.name.as_str() };

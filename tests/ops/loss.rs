@@ -16,7 +16,8 @@ struct Run {
 
 /// One launch with every tensor packed into a single buffer. `prefill` gives the (loss,
 /// correct) already in the outputs when accumulating; otherwise they start poisoned.
-fn launch(s: LossShape, logits: &[f32], labels: &[f32], grad: bool, prefill: Option<(f32, f32)>) -> Run {
+/// With `rows`, the workgroup family's two-pass form through a NaN-poisoned scratch.
+fn launch(s: LossShape, logits: &[f32], labels: &[f32], grad: bool, prefill: Option<(f32, f32)>, rows: bool) -> Run {
     let mut sl = Slots::new();
     let ls = sl.input(logits);
     let ys = sl.input(labels);
@@ -25,19 +26,30 @@ fn launch(s: LossShape, logits: &[f32], labels: &[f32], grad: bool, prefill: Opt
         Some((l, c)) => sl.input(&[l, c]),
         None => sl.output(2),
     };
+    let scratch = sl.output((loss::ROW_SCRATCH_WORDS * s.n) as usize);
     let buf = sl.upload();
     let v = |slot| sl.view(&buf, slot);
-    run(&[loss::cross_entropy(gpu(), s, v(ls), v(ys), ds.map(v), v(stats), prefill.is_some())]);
+    if rows {
+        run(&loss::cross_entropy_rows(gpu(), s, v(ls), v(ys), ds.map(v), v(stats), v(scratch), prefill.is_some()));
+    } else {
+        run(&[loss::cross_entropy(gpu(), s, v(ls), v(ys), ds.map(v), v(stats), prefill.is_some())]);
+    }
     sl.assert_guards_intact(&buf);
     let [loss, correct] = sl.read(&buf, stats)[..] else { unreachable!() };
     Run { loss, correct, dlogits: ds.map(|d| sl.read(&buf, d)) }
 }
 
 fn check(classes: u32, n: u32, logits: &[f32]) {
+    check_form(classes, n, logits, false);
+    check_form(classes, n, logits, true);
+}
+
+fn check_form(classes: u32, n: u32, logits: &[f32], rows: bool) {
     let s = LossShape::new(classes, n);
     let y = labels(classes, n, 11);
     let want = reference::cross_entropy(classes as usize, n as usize, logits, &y);
-    let tag = format!("K={classes} N={n}");
+    let tag = format!("K={classes} N={n} rows={rows}");
+    let launch = |s, logits, y, grad, prefill| launch(s, logits, y, grad, prefill, rows);
 
     let got = launch(s, logits, &y, true, None);
     assert_close(&format!("loss {tag}"), &[got.loss], &[want.loss]);
@@ -78,10 +90,10 @@ fn cross_entropy_is_stable_for_large_logits_and_breaks_ties_low() {
 fn cross_entropy_with_invalid_labels_gives_nan_not_a_crash() {
     let (classes, n) = (10u32, 5u32);
     let logits = random((classes * n) as usize, 6);
-    for bad in [-1.0, 10.0, 1e9, f32::NAN, f32::INFINITY] {
+    for (bad, rows) in [-1.0, 10.0, 1e9, f32::NAN, f32::INFINITY].into_iter().flat_map(|b| [(b, false), (b, true)]) {
         let mut y = labels(classes, n, 12);
         y[2] = bad;
-        let got = launch(LossShape::new(classes, n), &logits, &y, true, None);
+        let got = launch(LossShape::new(classes, n), &logits, &y, true, None, rows);
         assert!(got.loss.is_nan(), "label {bad}: loss {}", got.loss);
         let want = reference::cross_entropy(classes as usize, n as usize, &logits, &y);
         assert!(want.loss.is_nan());

@@ -203,7 +203,8 @@ async function main() {
     // at most 6 of the 16 images (6 + 5 + 5).
     results.sharded = JSON.parse(await page.evaluate(async () => {
       const run = async (maxShardImages) => {
-        const request = { depth: 10, growth_rate: 6, mode: 'minimal', batch_size: 16, lr: 0.1, seed: 3 };
+        // Untuned (each family's default), so both runs launch the same kernels.
+        const request = { depth: 10, growth_rate: 6, mode: 'minimal', batch_size: 16, lr: 0.1, seed: 3, autotune: 'off' };
         if (maxShardImages) request.max_shard_images = maxShardImages;
         const model = JSON.parse(await window.demo.api.create_model(JSON.stringify(request)));
         const losses = [];
@@ -211,6 +212,36 @@ async function main() {
         return { shards: model.shards, losses };
       };
       return JSON.stringify({ whole: await run(null), sharded: await run(6) });
+    }));
+    save();
+
+    // Kernel tuning: the model Start built was tuned (auto) and its choices kept in
+    // localStorage. A fresh full tuning of a small model records every candidate's time on
+    // this adapter; the same request with the kept cache then times nothing.
+    results.tuning = JSON.parse(await page.evaluate(async () => {
+      const base = { depth: 10, growth_rate: 6, mode: 'efficient', batch_size: 16, lr: 0.1, seed: 3 };
+      const create = async (extra) => JSON.parse(await window.demo.api.create_model(JSON.stringify({ ...base, ...extra })));
+      const started = { kernels: window.demo.model.kernels, stored: localStorage.getItem('densegpu.kernels') };
+      const full = await create({ autotune: 'full' });
+      const cached = await create({ kernel_cache: full.kernel_cache });
+      return JSON.stringify({ started, full: full.kernels, cached: cached.kernels });
+    }));
+    save();
+
+    // Each kernel family forced, for the record of its speed on this adapter: one warm-up step,
+    // then five timed steps of the same small model.
+    results.families = JSON.parse(await page.evaluate(async () => {
+      const out = {};
+      for (const kernels of ['register', 'workgroup']) {
+        const request = { depth: 10, growth_rate: 6, mode: 'efficient', batch_size: 16, lr: 0.1, seed: 3, kernels };
+        const model = JSON.parse(await window.demo.api.create_model(JSON.stringify(request)));
+        const losses = [JSON.parse(await window.demo.api.train_step()).loss];
+        const started = performance.now();
+        for (let i = 0; i < 5; i++) losses.push(JSON.parse(await window.demo.api.train_step()).loss);
+        const seconds = (performance.now() - started) / 1000;
+        out[kernels] = { kernels: model.kernels, losses, seconds, images_per_second: (5 * 16) / seconds };
+      }
+      return JSON.stringify(out);
     }));
     save();
 

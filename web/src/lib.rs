@@ -19,6 +19,7 @@ use densegpu::memory::arena_limits;
 use densegpu::schedule::ScheduleOptions;
 use densegpu::train::softmax;
 use densegpu::trainer::{LrSchedule, Trainer};
+use densegpu::tune;
 use densegpu::{DenseNetConfig, Error, Gpu, MemoryMode, Pass, Session, SgdHyper};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
@@ -46,6 +47,24 @@ struct ModelRequest {
     /// that a page on a generous device can show a batch split across bindings).
     #[serde(default)]
     max_shard_images: Option<u32>,
+    /// The conv kernel family: `auto` (the default: tuned on this adapter), `register` or
+    /// `workgroup` (forced, untimed).
+    #[serde(default = "default_kernels")]
+    kernels: String,
+    /// `off`, `cached` (the default) or `full`, as the native `--autotune`.
+    #[serde(default = "default_autotune")]
+    autotune: String,
+    /// The tuned choices the page kept in localStorage (see `densegpu::tune::Cache::to_json`);
+    /// the reply's `kernel_cache` is the updated text to keep.
+    #[serde(default)]
+    kernel_cache: Option<String>,
+}
+
+fn default_kernels() -> String {
+    "auto".to_string()
+}
+fn default_autotune() -> String {
+    "cached".to_string()
 }
 
 fn default_lr() -> f32 {
@@ -120,9 +139,71 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = log)]
+    fn dbg_log(s: &str);
+}
+
+/// Sets the page's conv kernels for a new model (`kernels`: auto, register or workgroup) and,
+/// for `auto`, tunes them on this adapter with the choices in `cache` (JSON, as kept in
+/// localStorage). Returns `{family, forced, shapes, timed, seconds, workgroup, register,
+/// line}` (`family` is `mixed` when the tuning chose both) and the updated cache text.
+async fn choose_kernels(
+    session: &Session,
+    kernels: &str,
+    autotune: tune::Autotune,
+    cache: Option<&str>,
+) -> Result<(serde_json::Value, Option<String>), JsError> {
+    let gpu = &session.gpu;
+    tune::set_kernels(gpu, kernels).map_err(js_error)?;
+    // The page's device outlives its models: a model asked to run untuned must not inherit
+    // what an earlier model's tuning chose.
+    if autotune == tune::Autotune::Off {
+        gpu.clear_kernel_choices();
+    }
+    if kernels != "auto" {
+        return Ok((serde_json::json!({ "family": kernels, "forced": true }), None));
+    }
+    let mut cache = tune::Cache::from_json(cache.unwrap_or_default());
+    let start = js_sys::Date::now();
+    let tuned = tune::tune_with(session, Pass::Train, autotune, &mut cache, &mut |t| {
+        dbg_log(&format!("DBG {} {:?} {:?} {}", t.key, t.timings, t.source, js_sys::Date::now()))
+    })
+    .await
+    .map_err(js_error)?;
+    let seconds = (js_sys::Date::now() - start) / 1000.0;
+    let workgroup = tuned.iter().filter(|t| t.chosen != "register").count();
+    let register = tuned.len() - workgroup;
+    let family = match (register, workgroup) {
+        (0, 0) => gpu.default_family().name(),
+        (_, 0) => "register",
+        (0, _) => "workgroup",
+        _ => "mixed",
+    };
+    let timed = tuned.iter().filter(|t| t.source == tune::Source::Timed).count();
+    let info = serde_json::json!({
+        "family": family,
+        "forced": false,
+        "shapes": tuned.len(),
+        "timed": timed,
+        "seconds": seconds,
+        "workgroup": workgroup,
+        "register": register,
+        "line": tune::summary(gpu, &tuned, seconds),
+        "timings": tuned.iter().filter(|t| !t.timings.is_empty()).map(|t| serde_json::json!({
+            "key": t.key,
+            "chosen": t.chosen,
+            "seconds": t.timings.iter().map(|m| (m.candidate, m.seconds)).collect::<HashMap<_, _>>(),
+        })).collect::<Vec<_>>(),
+    });
+    Ok((info, Some(cache.to_json())))
+}
+
 /// Opens the browser's WebGPU adapter. Returns `{adapter, max_binding_bytes, kernels}` as
-/// JSON; `kernels` names the conv kernel family the page runs (`register` on a software
-/// adapter such as SwiftShader, `workgroup` on a GPU; the page does not tune).
+/// JSON; `kernels` names the adapter type's default conv kernel family (`register` on a
+/// software adapter such as SwiftShader, `workgroup` on a GPU), which a model runs where
+/// tuning has not chosen otherwise (see `create_model`).
 #[wasm_bindgen]
 pub async fn init_gpu() -> Result<String, JsError> {
     let gpu = Arc::new(Gpu::new().await.map_err(js_error)?);
@@ -253,6 +334,7 @@ pub async fn create_model(request_json: &str) -> Result<String, JsError> {
     let request: ModelRequest =
         serde_json::from_str(request_json).map_err(|e| js_error(format!("bad model request {request_json}: {e}")))?;
     let mode: MemoryMode = request.mode.parse().map_err(js_error)?;
+    let autotune: tune::Autotune = request.autotune.parse().map_err(js_error)?;
     let sgd =
         SgdHyper { lr: request.lr, momentum: request.momentum, weight_decay: request.weight_decay, nesterov: true };
     densegpu::train::check_sgd(&sgd).map_err(js_error)?;
@@ -286,6 +368,9 @@ pub async fn create_model(request_json: &str) -> Result<String, JsError> {
         let options = ScheduleOptions { max_shard_images: request.max_shard_images, ..*session.schedule_options() };
         session.set_schedule_options(options);
     }
+    // Before the arena: the program recorded with it launches the chosen kernels.
+    let (kernels, kernel_cache) =
+        choose_kernels(&session, &request.kernels, autotune, request.kernel_cache.as_deref()).await?;
     // Allocating the arena now turns a device that refuses the memory into an error here,
     // with advice, rather than in the first step.
     if let Err(e) = session.prepare(Pass::Train).await {
@@ -303,6 +388,8 @@ pub async fn create_model(request_json: &str) -> Result<String, JsError> {
             .and_then(|m| m.iter().find(|p| p["mode"] == mode.name()).cloned()),
         "allocated_bytes": session.allocated_bytes(),
         "shards": session.memory_plan(Pass::Train).map_err(js_error)?.shards.sizes,
+        "kernels": kernels,
+        "kernel_cache": kernel_cache,
     });
     let trainer = Trainer::new(session, loader, LrSchedule::constant(sgd)).map_err(js_error)?;
     let model = Model { trainer, config, mode, classes };
