@@ -73,19 +73,25 @@ fn cross_entropy(@builtin(local_invocation_index) t: u32) {
             bad += 1u;
         }
         if (p.write_grad != 0u) {
-            let inv_n = 1.0 / f32(p.n_total);
-            for (var k = 0u; k < k_count; k++) {
-                let j = p.off1 + k * p.n + s;
-                let onehot = select(0.0, 1.0, k == label);
-                var d = (exp(logits[j] - m) / z - onehot) * inv_n;
-                if (!valid) {
-                    d = quiet_nan();
-                }
-                dlogits[p.off3 + k * p.n + s] = d;
-            }
+            write_dlogits(s, 0u, 1u, m, z, label, valid);
         }
     }
     finish(t, loss_sum, hits, bad);
+}
+
+// dlogits of sample s for classes first, first + step, ...: (softmax − onehot) / n_total from
+// the row's maximum m and exp-sum z, or NaN for an invalid label.
+fn write_dlogits(s: u32, first: u32, step: u32, m: f32, z: f32, label: u32, valid: bool) {
+    let inv_n = 1.0 / f32(p.n_total);
+    for (var k = first; k < p.classes; k += step) {
+        let j = p.off1 + k * p.n + s;
+        let onehot = select(0.0, 1.0, k == label);
+        var d = (exp(logits[j] - m) / z - onehot) * inv_n;
+        if (!valid) {
+            d = quiet_nan();
+        }
+        dlogits[p.off3 + k * p.n + s] = d;
+    }
 }
 
 // The batch totals from each invocation's (loss_sum, hits, bad), by a fixed-order tree, into
@@ -178,16 +184,7 @@ fn cross_entropy_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoc
     let valid = l >= 0.0 && l < f32(k_count);
     let label = select(0u, u32(l), valid);
     if (p.write_grad != 0u) {
-        let inv_n = 1.0 / f32(p.n_total);
-        for (var k = t; k < k_count; k += ROW) {
-            let j = p.off1 + k * p.n + s;
-            let onehot = select(0.0, 1.0, k == label);
-            var d = (exp(logits[j] - m) / z - onehot) * inv_n;
-            if (!valid) {
-                d = quiet_nan();
-            }
-            dlogits[p.off3 + k * p.n + s] = d;
-        }
+        write_dlogits(s, t, ROW, m, z, label, valid);
     }
     if (t == 0u) {
         let o = p.off4 + 3u * s;

@@ -237,6 +237,25 @@ fn train_cifar_tunes_once_per_adapter_and_shape_and_then_reads_the_cache() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("fastest") && stderr.contains("register") && stderr.contains("workgroup"), "{stderr}");
+    let out = train(&[&SMALL[..], &["--autotune", "always"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("always") && stderr.contains("use off, cached or full"), "{stderr}");
+    // A cache folder that cannot be created (a file stands where it would go) costs a warning
+    // and the next run's timing, not this run.
+    let blocker = cache.path().join("not-a-folder");
+    std::fs::write(&blocker, b"").unwrap();
+    let args = [&SMALL[..], &["--max-steps", "1"]].concat();
+    let out = Command::new(example("train_cifar"))
+        .args(&args)
+        .env("DENSEGPU_CACHE_DIR", blocker.join("cache"))
+        .env_remove("DENSEGPU_AUTOTUNE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "an unwritable kernel cache stopped the run: {stderr}");
+    assert!(stderr.contains("warning") && stderr.contains("kernel cache"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Tuned the conv kernels"));
 }
 
 #[test]

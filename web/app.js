@@ -298,7 +298,9 @@ function showAdapter() {
 }
 
 async function createModel(settings) {
-  $('model-info').textContent = 'Building the model…';
+  $('model-info').textContent = settings.kernels === 'auto' && !readKernelCache()
+    ? 'Building the model and timing the conv kernels on this adapter (once; the choice is kept)…'
+    : 'Building the model…';
   demo.model = state.modelKey = null;
   try {
     const request = { ...settings, kernel_cache: readKernelCache() };

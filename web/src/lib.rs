@@ -139,12 +139,6 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
-#[wasm_bindgen]
-extern "C" {
-    #[wasm_bindgen(js_namespace = console, js_name = log)]
-    fn dbg_log(s: &str);
-}
-
 /// Sets the page's conv kernels for a new model (`kernels`: auto, register or workgroup) and,
 /// for `auto`, tunes them on this adapter with the choices in `cache` (JSON, as kept in
 /// localStorage). Returns `{family, forced, shapes, timed, seconds, workgroup, register,
@@ -167,11 +161,7 @@ async fn choose_kernels(
     }
     let mut cache = tune::Cache::from_json(cache.unwrap_or_default());
     let start = js_sys::Date::now();
-    let tuned = tune::tune_with(session, Pass::Train, autotune, &mut cache, &mut |t| {
-        dbg_log(&format!("DBG {} {:?} {:?} {}", t.key, t.timings, t.source, js_sys::Date::now()))
-    })
-    .await
-    .map_err(js_error)?;
+    let tuned = tune::tune_with(session, Pass::Train, autotune, &mut cache, &mut |_| {}).await.map_err(js_error)?;
     let seconds = (js_sys::Date::now() - start) / 1000.0;
     let workgroup = tuned.iter().filter(|t| t.chosen != "register").count();
     let register = tuned.len() - workgroup;

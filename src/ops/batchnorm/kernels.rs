@@ -333,7 +333,22 @@ pub fn batchnorm_train_stats_sharded(
             launch.dispatch(gpu, &SHARD_STATS, per_channel(s))
         })
         .collect();
-    let s = shards[0].0;
+    out.push(combine_stats(gpu, shards[0].0, m_total, shards.len() as u32, scratch, stats, running));
+    out
+}
+
+/// The batch statistics from `parts` partial moments in `scratch` (batch shards or pixel
+/// splits), combined in order, into `stats`, with the running statistics' update over
+/// `m_total` values per channel.
+fn combine_stats(
+    gpu: &Gpu,
+    s: BatchNormShape,
+    m_total: u32,
+    parts: u32,
+    scratch: View,
+    stats: View,
+    running: View,
+) -> Dispatch {
     let combine = Roles {
         shape: s,
         out: Some(scratch),
@@ -342,11 +357,10 @@ pub fn batchnorm_train_stats_sharded(
         momentum: BN_MOMENTUM,
         eps: BN_EPS,
         m_total,
-        parts: shards.len() as u32,
+        parts,
         ..Default::default()
     };
-    out.push(combine.dispatch(gpu, &COMBINE_STATS, grid(s.c as u64, 64)));
-    out
+    combine.dispatch(gpu, &COMBINE_STATS, grid(s.c as u64, 64))
 }
 
 /// Values of a channel each pixel split of the workgroup family's reductions aims at: 16 per
@@ -383,19 +397,9 @@ pub fn batchnorm_train_stats_split(
 ) -> Vec<Dispatch> {
     assert!((1..=s.m()).contains(&splits), "{splits} splits of {} values per channel", s.m());
     let parts = Roles { shape: s, x: Some(x), out: Some(scratch), parts: splits, ..Default::default() };
-    let combine = Roles {
-        shape: s,
-        out: Some(scratch),
-        stats: Some(stats),
-        running: Some(running),
-        momentum: BN_MOMENTUM,
-        eps: BN_EPS,
-        parts: splits,
-        ..Default::default()
-    };
     vec![
         parts.dispatch(gpu, &SPLIT_STATS, split_grid(s, splits)),
-        combine.dispatch(gpu, &COMBINE_STATS, grid(s.c as u64, 64)),
+        combine_stats(gpu, s, s.m(), splits, scratch, stats, running),
     ]
 }
 
