@@ -52,14 +52,17 @@ fn run(args: Args) -> densegpu::Result<()> {
         config.image_size = size;
     }
     let gpu = Arc::new(block_on(Gpu::new())?);
-    println!("device: {}", gpu.describe());
+    println!("device: {}; timing by {}", gpu.describe(), tune::clock(&gpu));
     let graph = config.build(args.batch_size, args.mode)?;
     let session = block_on(Session::new(gpu.clone(), graph, 0))?;
     let start = Instant::now();
     let tuned = tune::tune(&session, Pass::Train, args.autotune, &mut |t| match t.source {
         Source::Cache => println!("{}: {} (cached)", t.key, t.chosen),
         Source::OnlyCandidate => {
-            println!("{}: {} (the other family lost by 2x or more on this class of shapes)", t.key, t.chosen)
+            println!(
+                "{}: {} (the other candidates' family lost by 2x or more on this class of shapes)",
+                t.key, t.chosen
+            )
         }
         Source::Timed => {
             let times: Vec<String> =
@@ -68,9 +71,9 @@ fn run(args: Args) -> densegpu::Result<()> {
         }
     })?;
     let count = |source| tuned.iter().filter(|t| t.source == source).count();
-    let workgroup = tuned.iter().filter(|t| t.chosen != "register").count();
+    let (register, workgroup) = tune::family_counts(&tuned);
     println!(
-        "tuned {} conv shapes in {:.1} s ({} timed, {} left one candidate, {} from the cache); {workgroup} chose a workgroup kernel",
+        "tuned {} conv shapes in {:.1} s ({} timed, {} left one candidate, {} from the cache); {register} chose a register kernel, {workgroup} a workgroup kernel",
         tuned.len(),
         start.elapsed().as_secs_f64(),
         count(Source::Timed),

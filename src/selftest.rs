@@ -326,9 +326,9 @@ impl Tensors {
 /// input-gradient kernel, weight-gradient kernel). The workgroup family with its first
 /// candidates, as a GPU runs it untuned; a device's own choice is always one of the two kinds.
 fn conv_families() -> [(&'static str, ConvKernel, ConvKernel); 2] {
-    let first = |d: ConvDirection| ConvKernel::Workgroup(d.candidates()[0]);
+    let first = |d: ConvDirection| ConvKernel::Workgroup(d.workgroup_tiles()[0]);
     [
-        ("register", ConvKernel::Register, ConvKernel::Register),
+        ("register", ConvKernel::REGISTER, ConvKernel::REGISTER),
         ("workgroup", first(ConvDirection::Forward), first(ConvDirection::BackwardWeight)),
     ]
 }
@@ -605,11 +605,10 @@ async fn realistic(gpu: &Gpu) -> Result<Vec<Check>> {
         let scale = (2.0 / (s.c_in * s.kh * s.kw) as f32).sqrt();
         let w: Vec<f32> = random(s.weight_elems() as usize, seed + 1).iter().map(|v| v * scale).collect();
         let dy: Vec<f32> = random(s.output_elems() as usize, seed + 2).iter().map(|v| v * 1e-4).collect();
-        let depth = match (product, weight) {
-            (ConvKernel::Register, _) => s.rounding_depth(),
-            (_, ConvKernel::Workgroup(t)) => s.workgroup_rounding_depth(1, t.depth),
-            (_, ConvKernel::Register) => unreachable!("a family's kernels come together"),
-        };
+        // Forward and the input gradient depend on the family alone; the weight gradient on
+        // its own candidate, in one pass here.
+        let depth = weight.rounding_depth(&s, 1);
+        debug_assert_eq!(product.family(), weight.family(), "a family's kernels come together");
         let shape = format!(
             "n={} c={}->{} {}x{} k={}x{} post-ReLU x, gradients ~1e-4",
             s.n, s.c_in, s.c_out, s.h, s.w, s.kh, s.kw

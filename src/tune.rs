@@ -1,12 +1,12 @@
-//! Autotune: which conv kernel (the register family or a workgroup candidate) runs fastest for
-//! each conv shape of a model on this adapter, measured on the adapter and cached.
+//! Autotune: which conv kernel (a register or a workgroup candidate) runs fastest for each conv
+//! shape of a model on this adapter, measured on the adapter and cached.
 //!
 //! On first use of an adapter and a shape, [`tune`] times every candidate the adapter's limits
-//! can run on that shape (wall clock around the launches with the device polled to idle; the
-//! device is requested without timestamp queries, which not every adapter offers) and records
+//! can run on that shape (with timestamp queries around the launches where the adapter has
+//! them, else the wall clock with the device polled to idle: see [`clock`]) and records
 //! the fastest in the [`Gpu`]'s kernel choices, which every later recorded program reads (see
 //! [`crate::ops::conv::kernels::choose`]). The choices are kept per adapter (name, backend,
-//! device type, driver: [`Gpu::describe`]) in `kernels.json` in the user's cache folder (in
+//! device type, driver: [`Gpu::describe`]) and candidate list in `kernels.json` in the user's cache folder (in
 //! the browser, the page keeps [`Cache::to_json`] in localStorage), so later runs read them
 //! and time nothing. [`tune_with`] is the asynchronous core both use; [`tune`] is its native,
 //! blocking form with the cache file.
@@ -54,7 +54,7 @@ impl std::str::FromStr for Autotune {
 /// One candidate's measurement.
 #[derive(Clone, Debug)]
 pub struct Timing {
-    /// `register` or a workgroup candidate's name.
+    /// The candidate's name ([`ConvKernel::name`]).
     pub candidate: &'static str,
     /// Mean seconds per launch over the timed rounds.
     pub seconds: f64,
@@ -80,7 +80,7 @@ pub enum Source {
     Cache,
     /// The candidates were timed now.
     Timed,
-    /// One candidate was left after the families out of the race in this shape's class (see
+    /// One candidate was left after the candidates out of the race in this shape's class (see
     /// [`tune`]), so nothing needed timing.
     OnlyCandidate,
 }
@@ -94,10 +94,15 @@ const WARM_UP: bool = cfg!(target_arch = "wasm32");
 /// Launches timed per candidate that is still in the race after its first.
 const ROUNDS: usize = 2;
 
-/// A family whose best candidate measures this many times the best time of a shape is out of
-/// the race for the other shapes of its class (see [`class`]): it will not win there either,
-/// and on a CPU driver a badly fitting kernel takes a second a launch. A single candidate whose
-/// first launch is this slow gets no further rounds. On lavapipe the workgroup family runs 2.4
+/// A first launch at least this long (seconds) is timed once: the wall clock's jitter (a few
+/// milliseconds of scheduling) is then well inside [`MARGIN`], and a second launch of the
+/// slowest DenseNet-BC-100 shapes (a second each on lavapipe) would only lengthen tuning.
+const ONE_LAUNCH_ENOUGH: f64 = 0.25;
+
+/// A candidate that measures this many times the best time of a shape is out of the race for
+/// the other shapes of its class (see [`class`]): it will not win there either, and on a CPU
+/// driver a badly fitting kernel takes a second a launch. A candidate whose first launch is
+/// this slow gets no further rounds. On lavapipe the workgroup family runs 2.4
 /// to 25 times slower than the register family at DenseNet-BC-100's shapes (BENCHMARKS.md).
 const HOPELESS: f64 = 2.0;
 
@@ -106,7 +111,7 @@ const HOPELESS: f64 = 2.0;
 /// one entry per tuning key. With [`Autotune::Off`] it times nothing and returns nothing.
 ///
 /// Shapes are taken class by class (direction, kernel geometry, map size), the cheapest first;
-/// a family that is hopeless on one shape of a class (see [`HOPELESS`]) is not timed on the
+/// a candidate that is hopeless on one shape of a class (see [`HOPELESS`]) is not timed on the
 /// rest, and a shape left with one candidate is not timed at all. On lavapipe this keeps a
 /// DenseNet-BC-100 to one timed workgroup launch per class.
 ///
@@ -140,6 +145,7 @@ pub async fn tune_with(
     if setting == Autotune::Off {
         return Ok(Vec::new());
     }
+    cache.retire_others(&gpu.describe(), &cache_section(gpu));
     let plan = session.memory_plan(pass)?;
     let images = plan.shards.shard(0).images;
     let mut seen = BTreeMap::new();
@@ -161,7 +167,7 @@ pub async fn tune_with(
     let mut shapes: Vec<(ConvDirection, Conv2dShape)> = seen.into_values().collect();
     shapes.sort_by_key(|(d, s)| (class(*d, s), s.flops_forward()));
     let scratch_bytes = session.schedule_options().split_scratch_bytes;
-    let mut hopeless: BTreeMap<String, Vec<Family>> = BTreeMap::new();
+    let mut hopeless: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
     let mut out = Vec::new();
     for (direction, shape) in shapes {
         let out_of_race = hopeless.entry(class(direction, &shape)).or_default();
@@ -179,13 +185,35 @@ pub fn summary(gpu: &Gpu, tuned: &[Tuned], seconds: f64) -> Option<String> {
     if timed == 0 {
         return None;
     }
-    let workgroup = tuned.iter().filter(|t| family_of(&t.chosen) == Family::Workgroup).count();
+    let (register, workgroup) = family_counts(tuned);
     Some(format!(
-        "Tuned the conv kernels for {} in {seconds:.1} s: {timed} of {} shapes timed, {workgroup} on the workgroup family, {} on the register family",
+        "Tuned the conv kernels for {} in {seconds:.1} s: {timed} of {} shapes timed, {workgroup} on the workgroup family, {register} on the register family",
         gpu.describe(),
         tuned.len(),
-        tuned.len() - workgroup,
     ))
+}
+
+/// How many of `tuned`'s choices are (register, workgroup) family candidates.
+pub fn family_counts(tuned: &[Tuned]) -> (usize, usize) {
+    let workgroup = tuned.iter().filter(|t| family_of(&t.chosen) == Family::Workgroup).count();
+    (tuned.len() - workgroup, workgroup)
+}
+
+/// The cache's section for `gpu`: its adapter ([`Gpu::describe`]) and a fingerprint of this
+/// build's candidates (every tile) and of [`MARGIN`]. `cached` never revisits an entry, so a
+/// choice made among other candidates or under another rule must not be read as this
+/// build's: with the fingerprint, a changed candidate list times the shapes again.
+fn cache_section(gpu: &Gpu) -> String {
+    let mut text = format!("margin {MARGIN}");
+    for direction in [ConvDirection::Forward, ConvDirection::BackwardWeight] {
+        for kernel in direction.kernels() {
+            text.push_str(&format!("; {kernel:?}"));
+        }
+    }
+    // FNV-1a (64-bit): the same value on every build and platform, which std's hasher does
+    // not promise.
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    format!("{} [kernels {hash:016x}]", gpu.describe())
 }
 
 /// Shapes whose kernels rank alike: one direction, kernel geometry and map size.
@@ -194,8 +222,8 @@ fn class(direction: ConvDirection, s: &Conv2dShape) -> String {
 }
 
 /// Tunes one direction of one conv shape (see [`tune`]) with `scratch_bytes` of split scratch
-/// at hand, leaving out the families in `out_of_race` (and adding to it those that prove
-/// hopeless here); records the choice in `gpu` and `cache`, and returns it.
+/// at hand, leaving out the candidates named in `out_of_race` (and adding to it those that
+/// prove hopeless here); records the choice in `gpu` and `cache`, and returns it.
 pub async fn tune_shape(
     gpu: &Gpu,
     cache: &mut Cache,
@@ -203,9 +231,9 @@ pub async fn tune_shape(
     shape: &Conv2dShape,
     setting: Autotune,
     scratch_bytes: u64,
-    out_of_race: &mut Vec<Family>,
+    out_of_race: &mut Vec<&'static str>,
 ) -> Result<Tuned> {
-    let adapter = gpu.describe();
+    let adapter = cache_section(gpu);
     let key = direction.tuning_key(shape);
     let tuned = match cache.get(&adapter, &key) {
         Some(name) if setting != Autotune::Full => {
@@ -213,9 +241,10 @@ pub async fn tune_shape(
         }
         _ => {
             let mut kernels = candidates(gpu, direction, shape);
-            kernels.retain(|k| !out_of_race.contains(&family(k)));
+            kernels.retain(|k| !out_of_race.contains(&k.name()));
             // The device type's default first: it sets the pace the others must beat.
-            kernels.sort_by_key(|k| family(k) != gpu.default_family());
+            let default = direction.default_kernel(gpu, gpu.default_family());
+            kernels.sort_by_key(|k| (*k != default, k.family() != gpu.default_family()));
             let timings = if kernels.len() == 1 {
                 Vec::new()
             } else {
@@ -223,13 +252,7 @@ pub async fn tune_shape(
             };
             let chosen = if timings.is_empty() { kernels[0].name() } else { pick(gpu, direction, &timings) };
             let best = timings.iter().map(|t| t.seconds).fold(f64::INFINITY, f64::min);
-            for f in [Family::Register, Family::Workgroup] {
-                let of_family = timings.iter().filter(|t| family_of(t.candidate) == f);
-                let fastest = of_family.map(|t| t.seconds).fold(f64::INFINITY, f64::min);
-                if fastest.is_finite() && fastest > HOPELESS * best && !out_of_race.contains(&f) {
-                    out_of_race.push(f);
-                }
-            }
+            out_of_race.extend(timings.iter().filter(|t| t.seconds > HOPELESS * best).map(|t| t.candidate));
             cache.set(&adapter, &key, chosen);
             let source = if timings.is_empty() { Source::OnlyCandidate } else { Source::Timed };
             Tuned { key, timings, chosen: chosen.to_string(), source }
@@ -239,18 +262,14 @@ pub async fn tune_shape(
     Ok(tuned)
 }
 
-fn family(k: &ConvKernel) -> Family {
-    match k {
-        ConvKernel::Register => Family::Register,
-        ConvKernel::Workgroup(_) => Family::Workgroup,
-    }
-}
-
+/// The family of a candidate named in a cache or a timing; a name no direction lists (an
+/// older version's) counts as the register family's, which is what [`conv::choose`] then runs.
 fn family_of(candidate: &str) -> Family {
-    if candidate == ConvKernel::Register.name() {
-        Family::Register
-    } else {
+    let workgroup = |d: ConvDirection| d.workgroup_tiles().iter().any(|t| t.name == candidate);
+    if workgroup(ConvDirection::Forward) || workgroup(ConvDirection::BackwardWeight) {
         Family::Workgroup
+    } else {
+        Family::Register
     }
 }
 
@@ -269,31 +288,32 @@ fn pick(gpu: &Gpu, direction: ConvDirection, timings: &[Timing]) -> &'static str
     }
 }
 
-/// The candidates for `direction` of `s` this adapter can run: the register family and every
-/// workgroup candidate within its limits. On a CPU driver (an adapter whose default family is
-/// the register family) only the workgroup family's default candidate races the register
-/// kernel: the family runs 2 to 35 times slower there (BENCHMARKS.md), and SwiftShader did not
-/// finish the first launch of `gemm64x64r8` (64 unrolled accumulators) in 400 s before Chrome
-/// lost the device, so timing every candidate on a CPU driver risks the run for nothing. The
-/// tests still run every candidate on lavapipe.
+/// The candidates for `direction` of `s` this adapter can run: every register and workgroup
+/// candidate within its limits. On a CPU driver (an adapter whose default
+/// family is the register family) only the workgroup family's default candidate races the
+/// register candidates: the family runs 2 to 35 times slower there (BENCHMARKS.md), and
+/// SwiftShader did not finish the first launch of `gemm64x64r8` (64 unrolled accumulators) in
+/// 400 s before Chrome lost the device, so timing every candidate on a CPU driver risks the run
+/// for nothing. The tests still run every candidate on lavapipe.
 pub fn candidates(gpu: &Gpu, direction: ConvDirection, s: &Conv2dShape) -> Vec<ConvKernel> {
-    let mut out = vec![ConvKernel::Register];
+    let register = direction.kernels().into_iter().filter(|k| k.family() == Family::Register && k.fits(gpu));
+    let mut out: Vec<ConvKernel> = register.collect();
     if !direction.workgroup_serves(s) {
         return out;
     }
     if gpu.default_family() == Family::Register {
-        out.extend(Some(direction.default_kernel(gpu, Family::Workgroup)).filter(|k| *k != ConvKernel::Register));
+        out.extend(Some(direction.default_kernel(gpu, Family::Workgroup)).filter(|k| k.family() == Family::Workgroup));
     } else {
-        let fitting = direction.candidates().iter().filter(|t| t.fits(&gpu.limits));
-        out.extend(fitting.map(|t| ConvKernel::Workgroup(*t)));
+        out.extend(direction.kernels().into_iter().filter(|k| k.family() == Family::Workgroup && k.fits(gpu)));
     }
     out
 }
 
 /// Times `kernels` on zero-filled operands of shape `s` (the kernels' speed does not depend on
-/// the values), in order. Pipelines compile when a launch is recorded, before its clock
+/// the values), in order, by [`clock`]. Pipelines compile when a launch is recorded, before its clock
 /// starts (in a browser, during an untimed first launch: see [`WARM_UP`]). A candidate whose
-/// first timed launch takes [`HOPELESS`] times the best so far gets no more rounds.
+/// first timed launch takes [`HOPELESS`] times the best so far, or [`ONE_LAUNCH_ENOUGH`], gets
+/// no more rounds.
 pub async fn time_candidates(
     gpu: &Gpu,
     direction: ConvDirection,
@@ -323,19 +343,42 @@ pub async fn time_candidates(
         if WARM_UP {
             run_and_wait(gpu, &dispatches, &x).await?;
         }
-        let start = Instant::now();
-        run_and_wait(gpu, &dispatches, &x).await?;
-        let first = start.elapsed().as_secs_f64();
-        if first > HOPELESS * best {
+        let first = launch_seconds(gpu, &dispatches, &x).await?;
+        if first > HOPELESS * best || first >= ONE_LAUNCH_ENOUGH {
             out.push(Timing { candidate: kernel.name(), seconds: first });
             continue;
         }
+        let mut total = first;
         for _ in 1..ROUNDS {
-            run_and_wait(gpu, &dispatches, &x).await?;
+            total += launch_seconds(gpu, &dispatches, &x).await?;
         }
-        out.push(Timing { candidate: kernel.name(), seconds: start.elapsed().as_secs_f64() / ROUNDS as f64 });
+        out.push(Timing { candidate: kernel.name(), seconds: total / ROUNDS as f64 });
     }
     Ok(out)
+}
+
+/// How [`time_candidates`] measures a launch on `gpu`: `device timestamps` where the adapter
+/// offers timestamp queries, else `wall clock` (around the launch, waiting for the device).
+pub fn clock(gpu: &Gpu) -> &'static str {
+    if gpu.has_timestamps() {
+        "device timestamps"
+    } else {
+        "wall clock"
+    }
+}
+
+/// Seconds one run of the launches takes: the device's own timestamps around the pass where
+/// it has them (see [`Gpu::time_on_device`]), else the wall clock around the run and the wait.
+async fn launch_seconds(gpu: &Gpu, dispatches: &[crate::gpu::Dispatch], any: &wgpu::Buffer) -> Result<f64> {
+    let start = Instant::now();
+    if let Some(seconds) = gpu.time_on_device(dispatches).await? {
+        return Ok(seconds);
+    }
+    if !gpu.has_timestamps() {
+        run_and_wait(gpu, dispatches, any).await?;
+    }
+    // Without timestamps, or with timestamps out of order (the run finished either way).
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// Runs the launches and returns once the device has finished them: natively by polling the
@@ -353,7 +396,7 @@ async fn run_and_wait(gpu: &Gpu, dispatches: &[crate::gpu::Dispatch], any: &wgpu
 }
 
 /// Sets how `gpu` chooses kernels from a command line's `--kernels` value: `register` or
-/// `workgroup` forces that family (its default candidates), `auto` follows the tuning (or the
+/// `workgroup` forces that family (its default candidate), `auto` follows the tuning (or the
 /// device type's default where nothing is tuned).
 pub fn set_kernels(gpu: &Gpu, kernels: &str) -> Result<()> {
     let family = match kernels {
@@ -368,7 +411,8 @@ pub fn set_kernels(gpu: &Gpu, kernels: &str) -> Result<()> {
     Ok(())
 }
 
-/// The tuned choices: adapter description → tuning key → candidate name. Natively a file
+/// The tuned choices: adapter description and candidate fingerprint (see [`cache_section`]) →
+/// tuning key → candidate name. Natively a file
 /// ([`Cache::load`], [`Cache::save`]); a browser page keeps [`Cache::to_json`] in localStorage
 /// and reads it back with [`Cache::from_json`].
 #[derive(Default)]
@@ -414,6 +458,13 @@ impl Cache {
 
     fn get(&self, adapter: &str, key: &str) -> Option<String> {
         self.entries.get(adapter)?.get(key).cloned()
+    }
+
+    /// Drops `adapter`'s sections other than `current` (see [`cache_section`]): choices made
+    /// among another build's candidates.
+    fn retire_others(&mut self, adapter: &str, current: &str) {
+        let older = |section: &str| section == adapter || section.starts_with(&format!("{adapter} [kernels "));
+        self.entries.retain(|section, _| section == current || !older(section));
     }
 
     fn set(&mut self, adapter: &str, key: &str, candidate: &str) {

@@ -62,3 +62,35 @@ fn a_parameter_block_of_another_shader_is_refused() {
     let y = Window { buffer: &buffer, start: 256, size: 256 };
     gpu.dispatch(&relu, &densegpu::ops::sgd::kernels::SgdParams::default(), &[x, y], grid(16, 256));
 }
+
+/// The tuner's device clock: where the adapter has timestamp queries, a launch of a large ReLU
+/// measures more than nothing and no more than the wall clock around the whole call (the
+/// pass is part of it); without them the call says so (`None`). Either way the launch runs.
+#[test]
+fn device_timestamps_time_a_launch_within_the_wall_clock() {
+    let gpu = block_on(Gpu::new()).expect("this test needs a GPU adapter");
+    let len: u32 = 1 << 22;
+    let bytes = len as u64 * 4;
+    let buffer = block_on(gpu.storage_buffer("timed", 2 * bytes)).unwrap();
+    let values: Vec<f32> = (0..len).map(|i| if i % 2 == 0 { -1.0 } else { i as f32 }).collect();
+    gpu.write_f32(&buffer, 0, &values);
+    gpu.fill_f32(&buffer, len as u64, len as usize, f32::NAN);
+    let relu = Kernel { shader: &shaders::ELEMENTWISE, entry: "relu_forward", buffers: 2 };
+    let x = Window { buffer: &buffer, start: 0, size: bytes };
+    let y = Window { buffer: &buffer, start: bytes, size: bytes };
+    let d = gpu.dispatch(&relu, &ElementwiseParams { len, ..Default::default() }, &[x, y], grid(len as u64, 256));
+    let start = std::time::Instant::now();
+    let timed = block_on(gpu.time_on_device(&[d])).unwrap();
+    gpu.wait().unwrap();
+    let wall = start.elapsed().as_secs_f64();
+    println!("{}: timestamps {}, device {timed:?} s, wall {wall} s", gpu.describe(), gpu.has_timestamps());
+    match timed {
+        Some(seconds) => {
+            assert!(gpu.has_timestamps());
+            assert!(seconds > 0.0 && seconds <= wall, "device {seconds} s against wall {wall} s");
+        }
+        None => assert!(!gpu.has_timestamps(), "timestamps out of order on {}", gpu.describe()),
+    }
+    let out = block_on(gpu.read_f32(&buffer, len as u64, len as usize)).unwrap();
+    assert!(out.iter().zip(&values).all(|(o, v)| *o == v.max(0.0)), "the timed launch ran");
+}

@@ -4,7 +4,7 @@
 use densegpu::gpu::shaders;
 use densegpu::ops::conv::{
     self,
-    wgsl::{ConvTiles, TILES, WORKGROUP},
+    wgsl::{ConvTiles, REGISTER_TILES, WORKGROUP},
 };
 
 /// Parses and validates a complete module source, panicking with naga's report if it fails.
@@ -33,37 +33,53 @@ fn every_shader_validates_with_naga() {
     }
 }
 
-/// The generated conv shader holds every kernel the host launches, each with the workgroup
-/// size its launch grid assumes and no binding beyond the ones the host binds (the uniform
-/// block at 0 and `kernel.buffers` storage buffers after it).
+/// Every register candidate's module holds every kernel the host launches, each with the
+/// workgroup size its launch grid assumes and no binding beyond the ones the host binds (the
+/// uniform block at 0 and `kernel.buffers` storage buffers after it).
 #[test]
-fn the_generated_conv_shader_has_every_kernel_the_host_launches() {
-    let source = shaders::CONV.source();
-    let (module, info) = validate(shaders::CONV.name, &source);
-    for kernel in conv::kernels::KERNELS {
-        assert!(std::ptr::eq(kernel.shader, &shaders::CONV), "{} is a conv kernel", kernel.entry);
-        let (index, entry) = module
-            .entry_points
-            .iter()
-            .enumerate()
-            .find(|(_, e)| e.name == kernel.entry)
-            .unwrap_or_else(|| panic!("the conv shader has no entry point {}", kernel.entry));
-        assert_eq!(entry.stage, naga::ShaderStage::Compute, "{}", kernel.entry);
-        let is_3x3 = kernel.entry.starts_with("conv3x3_s1") && !kernel.entry.ends_with("weight_grad");
-        let workgroup = if is_3x3 { TILES.conv3_workgroup } else { WORKGROUP };
-        assert_eq!(entry.workgroup_size, [workgroup, 1, 1], "{}'s workgroup size", kernel.entry);
-        let uses = info.get_entry_point(index);
-        for (handle, global) in module.global_variables.iter() {
-            let Some(binding) = &global.binding else { continue };
-            if !uses[handle].is_empty() {
-                assert_eq!(binding.group, 0, "{}", kernel.entry);
-                assert!(
-                    binding.binding <= kernel.buffers,
-                    "{} uses binding {} but the host binds only {} buffers",
-                    kernel.entry,
-                    binding.binding,
-                    kernel.buffers
-                );
+fn every_register_candidate_has_every_kernel_the_host_launches() {
+    let kernels = conv::kernels::kernels();
+    assert_eq!(shaders::CONV_REGISTER.len(), REGISTER_TILES.len());
+    assert!(std::ptr::eq(shaders::CONV_REGISTER[0], &shaders::CONV), "the first candidate is the default module");
+    assert_eq!(kernels.len(), 10 * REGISTER_TILES.len());
+    for (tiles, shader) in REGISTER_TILES.iter().zip(shaders::CONV_REGISTER) {
+        assert_eq!(shader.name, tiles.name);
+        assert!(tiles.fits(&wgpu::Limits::default()), "{} fits WebGPU's default limits", tiles.name);
+        let tight = wgpu::Limits {
+            max_compute_invocations_per_workgroup: tiles.conv3_workgroup.max(WORKGROUP) - 1,
+            ..Default::default()
+        };
+        assert!(!tiles.fits(&tight), "{}: a smaller workgroup limit rules it out", tiles.name);
+        assert!(shaders::ALL.iter().any(|s| std::ptr::eq(*s, shader)), "{} is registered", tiles.name);
+        let source = shader.source();
+        let (module, info) = validate(shader.name, &source);
+        let own: Vec<_> = kernels.iter().filter(|k| std::ptr::eq(k.shader, shader)).collect();
+        assert_eq!(own.len(), 10, "{}", tiles.name);
+        for kernel in own {
+            let (index, entry) = module
+                .entry_points
+                .iter()
+                .enumerate()
+                .find(|(_, e)| e.name == kernel.entry)
+                .unwrap_or_else(|| panic!("{} has no entry point {}", tiles.name, kernel.entry));
+            assert_eq!(entry.stage, naga::ShaderStage::Compute, "{}", kernel.entry);
+            let is_3x3 = kernel.entry.starts_with("conv3x3_s1") && !kernel.entry.ends_with("weight_grad");
+            let workgroup = if is_3x3 { tiles.conv3_workgroup } else { WORKGROUP };
+            assert_eq!(entry.workgroup_size, [workgroup, 1, 1], "{} {}'s workgroup size", tiles.name, kernel.entry);
+            let uses = info.get_entry_point(index);
+            for (handle, global) in module.global_variables.iter() {
+                let Some(binding) = &global.binding else { continue };
+                if !uses[handle].is_empty() {
+                    assert_eq!(binding.group, 0, "{}", kernel.entry);
+                    assert!(
+                        binding.binding <= kernel.buffers,
+                        "{} {} uses binding {} but the host binds only {} buffers",
+                        tiles.name,
+                        kernel.entry,
+                        binding.binding,
+                        kernel.buffers
+                    );
+                }
             }
         }
     }
@@ -74,6 +90,7 @@ fn the_generated_conv_shader_has_every_kernel_the_host_launches() {
 #[test]
 fn other_conv_tiles_generate_valid_wgsl() {
     let small = ConvTiles {
+        name: "small",
         gemm_rows: 3,
         gemm_pixels: 8,
         conv3_rows: 2,
@@ -87,12 +104,13 @@ fn other_conv_tiles_generate_valid_wgsl() {
         wgrad3_rows: 1,
         wgrad3_pixels: 4,
     };
-    let shipped = TILES.wgsl();
-    for tiles in [small, ConvTiles { wgrad3_pixels: 12, conv3_narrow_pixels: 4, ..TILES }] {
+    let default = REGISTER_TILES[0];
+    let shipped = default.wgsl();
+    for tiles in [small, ConvTiles { wgrad3_pixels: 12, conv3_narrow_pixels: 4, ..default }] {
         let body = tiles.wgsl();
         assert_ne!(body, shipped, "{tiles:?} changes the kernels");
         let (module, _) = validate(&format!("conv with {tiles:?}"), &format!("{}\n{body}", shaders::COMMON));
-        for kernel in conv::kernels::KERNELS {
+        for kernel in conv::kernels::kernels() {
             assert!(module.entry_points.iter().any(|e| e.name == kernel.entry), "{tiles:?}: {}", kernel.entry);
         }
     }
@@ -105,37 +123,48 @@ fn a_broken_shader_is_rejected() {
     assert!(naga::front::wgsl::parse_str(&broken).is_err());
 }
 
-/// Every workgroup-family candidate's module holds every entry point the host launches, each
-/// with the candidate's workgroup size (64 for the combine pass), binding no more buffers than
-/// the host binds, and with at most 64 accumulators per invocation.
+/// Every workgroup-family candidate's two modules (scalar and vector loads) hold every entry
+/// point the host launches, each with the candidate's workgroup size (64 for the combine
+/// pass), binding no more buffers than the host binds, and with at most 64 accumulators per
+/// invocation; the vector module binds `src` as `vec4`s.
 #[test]
 fn every_workgroup_candidate_has_every_kernel_the_host_launches() {
     use conv::workgroup::{self, GEMM_TILES, MAX_ACCUMULATORS, WEIGHT_GRAD_TILES};
     let kernels = workgroup::kernels();
-    assert_eq!(kernels.len(), 7 * (GEMM_TILES.len() + WEIGHT_GRAD_TILES.len()));
+    assert_eq!(kernels.len(), (7 + 4) * (GEMM_TILES.len() + WEIGHT_GRAD_TILES.len()));
     for tile in GEMM_TILES.iter().chain(&WEIGHT_GRAD_TILES) {
         assert!(tile.tile_rows * tile.tile_cols <= MAX_ACCUMULATORS, "{tile:?}");
         assert!((64..=256).contains(&tile.workgroup()), "{tile:?}: 64 to 256 invocations");
-        let (_, shader) = workgroup::candidate(tile.name).unwrap();
-        let source = shader.source();
-        let (module, info) = validate(shader.name, &source);
-        for kernel in kernels.iter().filter(|k| std::ptr::eq(k.shader, shader)) {
-            let (index, entry) = (module.entry_points.iter().enumerate())
-                .find(|(_, e)| e.name == kernel.entry)
-                .unwrap_or_else(|| panic!("{} has no entry point {}", tile.name, kernel.entry));
-            let size = if kernel.entry.ends_with("combine") { 64 } else { tile.workgroup() };
-            assert_eq!(entry.workgroup_size, [size, 1, 1], "{} {}", tile.name, kernel.entry);
-            let uses = info.get_entry_point(index);
-            for (handle, global) in module.global_variables.iter() {
-                let Some(binding) = &global.binding else { continue };
-                if !uses[handle].is_empty() {
-                    assert!(
-                        binding.binding <= kernel.buffers,
-                        "{} {} binds {}",
-                        tile.name,
-                        kernel.entry,
-                        binding.binding
-                    );
+        assert!(tile.fits(&wgpu::Limits::default()), "{} fits WebGPU's default limits", tile.name);
+        assert_eq!(workgroup::candidate(tile.name), Some(*tile));
+        let (scalar, vector) = workgroup::modules(tile);
+        for (shader, entries) in [(scalar, 7), (vector, 4)] {
+            assert!(shaders::ALL.iter().any(|s| std::ptr::eq(*s, shader)), "{} is registered", tile.name);
+            let source = shader.source();
+            let vec4 = source.contains("src: array<vec4<f32>>");
+            assert_eq!(vec4, std::ptr::eq(shader, vector), "{}: only the vector module binds vec4s", tile.name);
+            let (module, info) = validate(shader.name, &source);
+            let own: Vec<_> = kernels.iter().filter(|k| std::ptr::eq(k.shader, shader)).collect();
+            assert_eq!(own.len(), entries, "{}", tile.name);
+            assert_eq!(module.entry_points.len(), entries, "{}: no entry point the host never launches", tile.name);
+            for kernel in own {
+                let (index, entry) = (module.entry_points.iter().enumerate())
+                    .find(|(_, e)| e.name == kernel.entry)
+                    .unwrap_or_else(|| panic!("{} has no entry point {}", tile.name, kernel.entry));
+                let size = if kernel.entry.ends_with("combine") { 64 } else { tile.workgroup() };
+                assert_eq!(entry.workgroup_size, [size, 1, 1], "{} {}", tile.name, kernel.entry);
+                let uses = info.get_entry_point(index);
+                for (handle, global) in module.global_variables.iter() {
+                    let Some(binding) = &global.binding else { continue };
+                    if !uses[handle].is_empty() {
+                        assert!(
+                            binding.binding <= kernel.buffers,
+                            "{} {} binds {}",
+                            tile.name,
+                            kernel.entry,
+                            binding.binding
+                        );
+                    }
                 }
             }
         }

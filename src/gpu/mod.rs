@@ -31,8 +31,10 @@ pub struct Gpu {
     /// Errors raised outside an error scope (wgpu's default handler would panic on them);
     /// the next [`Gpu::run`] returns the first one.
     uncaptured: Arc<Mutex<Option<String>>>,
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
+    /// Keyed by the `Shader`'s address: each is a static, and a candidate's scalar and vector
+    /// modules share a name.
+    modules: Mutex<HashMap<usize, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<(usize, &'static str), Arc<wgpu::ComputePipeline>>>,
     /// Disjoint windows for bindings a kernel declares but a launch does not use.
     unused: wgpu::Buffer,
     /// The kernel family every launch must use, when a caller forces one.
@@ -40,6 +42,8 @@ pub struct Gpu {
     /// Tuned kernel choices: tuning key (e.g. [`crate::ops::conv::kernels::ConvDirection::tuning_key`])
     /// to candidate name. See [`crate::tune`].
     kernel_choices: Mutex<HashMap<String, String>>,
+    /// Whether the device was granted timestamp queries (see [`Gpu::time_on_device`]).
+    timestamps: bool,
 }
 
 /// The two kernel families (see README, "How it is built").
@@ -139,10 +143,13 @@ impl Gpu {
             .map_err(|e| Error::NoAdapter(format!("{NO_ADAPTER_HELP} ({e})")))?;
         let info = adapter.get_info();
         let limits = adapter.limits();
+        // Timestamp queries time kernels on the device itself, for the tuner; not every
+        // adapter offers them, and nothing else needs them.
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("densegpu"),
-                required_features: wgpu::Features::empty(),
+                required_features: if timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() },
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -173,6 +180,7 @@ impl Gpu {
             pipelines: Mutex::default(),
             forced_family: Mutex::default(),
             kernel_choices: Mutex::default(),
+            timestamps,
         })
     }
 
@@ -288,7 +296,8 @@ impl Gpu {
 
     /// Compiles a kernel's pipeline once per device; later calls return the cached one.
     pub fn pipeline(&self, kernel: &Kernel) -> Arc<wgpu::ComputePipeline> {
-        let key = (kernel.shader.name, kernel.entry);
+        let shader = std::ptr::from_ref(kernel.shader) as usize;
+        let key = (shader, kernel.entry);
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return p.clone();
         }
@@ -296,7 +305,7 @@ impl Gpu {
         let module = {
             let mut modules = self.modules.lock().unwrap();
             modules
-                .entry(kernel.shader.name)
+                .entry(shader)
                 .or_insert_with(|| {
                     self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(kernel.shader.name),
@@ -354,15 +363,27 @@ impl Gpu {
     /// Records and submits the dispatches in order, in one compute pass, and reports any
     /// validation or out-of-memory error they raised.
     pub async fn run(&self, dispatches: &[Dispatch]) -> Result<()> {
+        self.run_with(dispatches, None, |_| {}).await
+    }
+
+    /// [`Gpu::run`] with the pass's timestamp writes, if any, and `after`, which records more
+    /// commands after the pass in the same submission.
+    async fn run_with(
+        &self,
+        dispatches: &[Dispatch],
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+        after: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Result<()> {
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let mut encoder = self.device.create_command_encoder(&Default::default());
         {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
             for d in dispatches {
                 d.record(&mut pass);
             }
         }
+        after(&mut encoder);
         self.queue.submit([encoder.finish()]);
         if let Some(e) = self.uncaptured.lock().unwrap().take() {
             return Err(Error::Validation(e));
@@ -374,6 +395,53 @@ impl Gpu {
             return Err(Error::Validation(e.to_string()));
         }
         Ok(())
+    }
+
+    /// Whether [`Gpu::time_on_device`] can time launches (the adapter offers timestamp
+    /// queries).
+    pub fn has_timestamps(&self) -> bool {
+        self.timestamps
+    }
+
+    /// Runs the dispatches in one compute pass, as [`Gpu::run`], and returns the seconds the
+    /// device spent on the pass, from timestamps written at its start and end
+    /// (`Queue::get_timestamp_period` nanoseconds a tick), once the device has finished it.
+    /// `None` without timestamp queries, or when the two timestamps are not in order (a
+    /// device may reset its counter), so the caller falls back to the wall clock. Errors: as
+    /// [`Gpu::run`], or reading the timestamps back fails.
+    pub async fn time_on_device(&self, dispatches: &[Dispatch]) -> Result<Option<f64>> {
+        if !self.timestamps {
+            return Ok(None);
+        }
+        let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("densegpu timing"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let resolved = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("densegpu timestamps"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let staging = self.staging_buffer(16);
+        let writes = wgpu::ComputePassTimestampWrites {
+            query_set: &queries,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        };
+        self.run_with(dispatches, Some(writes), |encoder| {
+            encoder.resolve_query_set(&queries, 0..2, &resolved, 0);
+            encoder.copy_buffer_to_buffer(&resolved, 0, &staging, 0, 16);
+        })
+        .await?;
+        let bytes = self.map_read(&staging).await?;
+        let ticks: &[u64] = bytemuck::cast_slice(&bytes);
+        let (start, end) = (ticks[0], ticks[1]);
+        if end <= start {
+            return Ok(None);
+        }
+        Ok(Some((end - start) as f64 * self.queue.get_timestamp_period() as f64 * 1e-9))
     }
 
     /// Blocks until the queue is idle (natively; the browser has no blocking wait).
@@ -388,17 +456,28 @@ impl Gpu {
     /// Copies `len` f32 values starting at `offset_elems` back to the host.
     pub async fn read_f32(&self, buffer: &wgpu::Buffer, offset_elems: u64, len: usize) -> Result<Vec<f32>> {
         let bytes = (len as u64 * 4).max(4);
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("densegpu readback"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = self.staging_buffer(bytes);
         let mut encoder = self.device.create_command_encoder(&Default::default());
         if len > 0 {
             encoder.copy_buffer_to_buffer(buffer, offset_elems * 4, &staging, 0, bytes);
         }
         self.queue.submit([encoder.finish()]);
+        let bytes = self.map_read(&staging).await?;
+        Ok(bytemuck::cast_slice::<u8, f32>(&bytes)[..len].to_vec())
+    }
+
+    /// A buffer the host can map for reading, `bytes` long, to copy results into.
+    fn staging_buffer(&self, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("densegpu readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Maps `staging` once the work submitted before has finished, and returns its bytes.
+    async fn map_read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
         let (sender, receiver) = futures_channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| sender.send(r));
         #[cfg(not(target_arch = "wasm32"))]
@@ -407,7 +486,7 @@ impl Gpu {
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Device(format!("reading back from the GPU failed: {e}")))?;
-        let out = bytemuck::cast_slice::<u8, f32>(&view)[..len].to_vec();
+        let out = view.to_vec();
         drop(view);
         staging.unmap();
         Ok(out)

@@ -11,7 +11,8 @@ use std::sync::OnceLock;
 /// One op family's shader module.
 #[derive(Debug)]
 pub struct Shader {
-    /// Identifies the module in the pipeline cache, in wgpu labels and in error messages.
+    /// Names the module in wgpu labels and error messages (a workgroup candidate's scalar and
+    /// vector modules share their candidate's name).
     pub name: &'static str,
     body: Body,
     /// The shader whose `Params` block this one declares too, if not its own: the workgroup
@@ -58,9 +59,11 @@ macro_rules! shaders {
         $(pub static $id: Shader = Shader { name: $file, body: Body::File(include_str!(concat!("../../shaders/", $file))), params_of: None };)*
         /// Every shader, for validation tests and pipeline warm-up.
         pub static ALL: &[&Shader] = &[
-            $(&$id),* , &CONV,
+            $(&$id),* , &CONV, &CONV_REGISTER_1,
             &CONV_GEMM[0], &CONV_GEMM[1], &CONV_GEMM[2], &CONV_GEMM[3],
             &CONV_WEIGHT_GRAD[0], &CONV_WEIGHT_GRAD[1],
+            &CONV_GEMM_VECTOR[0], &CONV_GEMM_VECTOR[1], &CONV_GEMM_VECTOR[2], &CONV_GEMM_VECTOR[3],
+            &CONV_WEIGHT_GRAD_VECTOR[0], &CONV_WEIGHT_GRAD_VECTOR[1],
         ];
     };
 }
@@ -74,37 +77,59 @@ shaders! {
     SGD => "sgd.wgsl",
 }
 
-/// The conv kernels, generated from [`crate::ops::conv::wgsl::TILES`].
-pub static CONV: Shader =
-    Shader { name: "conv (generated)", body: Body::Generated(conv_body, OnceLock::new()), params_of: None };
+/// The register family's default conv module, generated from [`REGISTER_TILES`]`[0]`. The
+/// other conv modules declare its `Params` block too, so one uniform type serves them all.
+pub static CONV: Shader = register::<0>();
+static CONV_REGISTER_1: Shader = register::<1>();
 
-fn conv_body() -> String {
-    crate::ops::conv::wgsl::TILES.wgsl()
+/// One module per register-family candidate ([`REGISTER_TILES`], in order), generated on first
+/// use.
+pub static CONV_REGISTER: [&Shader; 2] = [&CONV, &CONV_REGISTER_1];
+
+const fn register<const I: usize>() -> Shader {
+    fn body<const I: usize>() -> String {
+        REGISTER_TILES[I].wgsl()
+    }
+    let params_of = if I == 0 { None } else { Some(&CONV) };
+    Shader { name: REGISTER_TILES[I].name, body: Body::Generated(body::<I>, OnceLock::new()), params_of }
 }
 
+use crate::ops::conv::wgsl::REGISTER_TILES;
 use crate::ops::conv::workgroup::{ConvTile, GEMM_TILES, WEIGHT_GRAD_TILES};
 
 /// One module per workgroup-family candidate for forward and the input gradient
 /// ([`GEMM_TILES`], in order), generated on first use.
-pub static CONV_GEMM: [Shader; 4] = [gemm::<0>(), gemm::<1>(), gemm::<2>(), gemm::<3>()];
+pub static CONV_GEMM: [Shader; 4] =
+    [workgroup::<0, 0>(false), workgroup::<0, 1>(false), workgroup::<0, 2>(false), workgroup::<0, 3>(false)];
 
 /// One module per workgroup-family weight-gradient candidate ([`WEIGHT_GRAD_TILES`], in order).
-pub static CONV_WEIGHT_GRAD: [Shader; 2] = [weight_grad::<0>(), weight_grad::<1>()];
+pub static CONV_WEIGHT_GRAD: [Shader; 2] = [workgroup::<1, 0>(false), workgroup::<1, 1>(false)];
 
-const fn gemm<const I: usize>() -> Shader {
-    fn body<const I: usize>() -> String {
-        GEMM_TILES[I].wgsl()
+/// The vector-load module of each [`GEMM_TILES`] candidate
+/// ([`crate::ops::conv::workgroup::ConvTile::wgsl_vector`]).
+pub static CONV_GEMM_VECTOR: [Shader; 4] =
+    [workgroup::<0, 0>(true), workgroup::<0, 1>(true), workgroup::<0, 2>(true), workgroup::<0, 3>(true)];
+
+/// The vector-load module of each [`WEIGHT_GRAD_TILES`] candidate.
+pub static CONV_WEIGHT_GRAD_VECTOR: [Shader; 2] = [workgroup::<1, 0>(true), workgroup::<1, 1>(true)];
+
+/// Candidate `I` of [`GEMM_TILES`] (`LIST` 0) or [`WEIGHT_GRAD_TILES`] (`LIST` 1).
+const fn tile<const LIST: usize, const I: usize>() -> &'static ConvTile {
+    if LIST == 0 {
+        &GEMM_TILES[I]
+    } else {
+        &WEIGHT_GRAD_TILES[I]
     }
-    candidate(&GEMM_TILES[I], body::<I>)
 }
 
-const fn weight_grad<const I: usize>() -> Shader {
-    fn body<const I: usize>() -> String {
-        WEIGHT_GRAD_TILES[I].wgsl()
+/// The scalar or the vector module of a workgroup candidate (see [`tile`]).
+const fn workgroup<const LIST: usize, const I: usize>(vector: bool) -> Shader {
+    fn scalar_body<const LIST: usize, const I: usize>() -> String {
+        tile::<LIST, I>().wgsl()
     }
-    candidate(&WEIGHT_GRAD_TILES[I], body::<I>)
-}
-
-const fn candidate(tile: &ConvTile, body: fn() -> String) -> Shader {
-    Shader { name: tile.name, body: Body::Generated(body, OnceLock::new()), params_of: Some(&CONV) }
+    fn vector_body<const LIST: usize, const I: usize>() -> String {
+        tile::<LIST, I>().wgsl_vector()
+    }
+    let body: fn() -> String = if vector { vector_body::<LIST, I> } else { scalar_body::<LIST, I> };
+    Shader { name: tile::<LIST, I>().name, body: Body::Generated(body, OnceLock::new()), params_of: Some(&CONV) }
 }

@@ -49,8 +49,13 @@ pub struct Slot(usize);
 
 /// Elements per window alignment step (256 bytes).
 const WINDOW_ALIGN: usize = 64;
-/// Junk elements between a window's start and its tensor.
+/// Junk elements between a window's start and its tensor: an odd offset, which no alignment
+/// rule of a kernel may rely on.
 const LEAD: usize = 3;
+/// The lead of an aligned slot: 16 bytes, where the arena's DenseNet activations start (their
+/// channel slices begin at multiples of N·H·W), and where the workgroup family's pointwise
+/// convs take vector loads.
+const ALIGNED_LEAD: usize = 4;
 
 impl Slots {
     pub fn new() -> Self {
@@ -58,21 +63,25 @@ impl Slots {
         s.data.extend(random(3, 999));
         s
     }
-    fn push(&mut self, values: &[f32]) -> Slot {
+    fn push(&mut self, values: &[f32], lead: usize) -> Slot {
         let start = self.data.len().next_multiple_of(WINDOW_ALIGN);
-        let junk = start + LEAD - self.data.len();
+        let junk = start + lead - self.data.len();
         self.data.extend(random(junk, start as u64));
         self.data.extend_from_slice(values);
         self.data.extend(random(5, start as u64 + 1));
-        self.places.push((start, LEAD as u32, values.len()));
+        self.places.push((start, lead as u32, values.len()));
         Slot(self.places.len() - 1)
     }
     pub fn input(&mut self, values: &[f32]) -> Slot {
-        self.push(values)
+        self.push(values, LEAD)
+    }
+    /// An input at a 16-byte-aligned offset (see [`ALIGNED_LEAD`]).
+    pub fn input_aligned(&mut self, values: &[f32]) -> Slot {
+        self.push(values, ALIGNED_LEAD)
     }
     /// An output that the kernel must overwrite completely.
     pub fn output(&mut self, len: usize) -> Slot {
-        self.push(&vec![f32::NAN; len])
+        self.push(&vec![f32::NAN; len], LEAD)
     }
     pub fn upload(&self) -> wgpu::Buffer {
         let g = gpu();

@@ -1,6 +1,7 @@
 use crate::common::*;
 use densegpu::ops::batchnorm::{kernels as batchnorm, BatchNormShape};
 use densegpu::ops::conv::kernels::{self as conv, ConvKernel};
+use densegpu::ops::conv::wgsl::REGISTER_TILES;
 use densegpu::ops::conv::workgroup::{GEMM_TILES, WEIGHT_GRAD_TILES};
 use densegpu::ops::conv::Conv2dShape;
 use densegpu::reference::conv as reference;
@@ -101,11 +102,11 @@ fn check_output(
     }
 }
 
-/// Every kernel the tests run, as (forward and input gradient, weight gradient) pairs: the
-/// register family, and each workgroup candidate (the weight-gradient candidates taken in
+/// Every kernel the tests run, as (forward and input gradient, weight gradient) pairs: each
+/// register candidate, and each workgroup candidate (the weight-gradient candidates taken in
 /// turn beside the product ones).
 fn kernel_pairs() -> Vec<(ConvKernel, ConvKernel)> {
-    let mut out = vec![(ConvKernel::Register, ConvKernel::Register)];
+    let mut out: Vec<_> = REGISTER_TILES.iter().map(|t| (ConvKernel::Register(*t), ConvKernel::Register(*t))).collect();
     for (i, t) in GEMM_TILES.iter().enumerate() {
         out.push((ConvKernel::Workgroup(*t), ConvKernel::Workgroup(WEIGHT_GRAD_TILES[i % WEIGHT_GRAD_TILES.len()])));
     }

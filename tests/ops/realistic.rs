@@ -9,15 +9,18 @@
 //! order of operations: a sum whose terms pass through at most `d` roundings is within
 //! `γ_d · Σ|terms|` of the exact one (Higham, "Accuracy and Stability of Numerical
 //! Algorithms", 2nd ed., §3.1), and the reference's own rounding to f32 adds `u·|want|`. The
-//! depths come from the kernels' host code (`Conv2dShape::rounding_depth`,
+//! depths come from the kernels' host code (`ConvKernel::rounding_depth`,
 //! `BatchNormShape::sum_rounding_depth`). For a sum that does not cancel, the bound is about
 //! `d · 6e-8` relative: 2e-6 for a 3x3 conv over 48 channels, 3e-5 for a batch-norm sum over
 //! 65,536 values. Each check prints the relative L2 error it measured.
 
 use crate::common::*;
+use densegpu::gpu::Family;
+use densegpu::gpu::View;
 use densegpu::ops::batchnorm::{kernels::*, BatchNormShape};
+use densegpu::ops::conv::wgsl::REGISTER_TILES;
 use densegpu::ops::conv::workgroup::{
-    weight_grad_splits, ConvTile, GEMM_TILES, SPLIT_SCRATCH_BYTES, WEIGHT_GRAD_TILES,
+    vector_loads, weight_grad_splits, ConvTile, GEMM_TILES, SPLIT_SCRATCH_BYTES, WEIGHT_GRAD_TILES,
 };
 use densegpu::ops::conv::{kernels::*, Conv2dShape};
 use densegpu::reference::{batchnorm as bn_ref, conv as conv_ref};
@@ -102,10 +105,13 @@ fn densenet_convs() -> Vec<(&'static str, Conv2dShape)> {
     ]
 }
 
+/// Every register-family candidate (see `densegpu::ops::conv::wgsl::REGISTER_TILES`), in
+/// every direction, against the depths of `ConvKernel::rounding_depth`.
 #[test]
 fn conv_kernels_at_densenet_shapes_stay_within_f32_rounding() {
+    let candidates: Vec<ConvKernel> = REGISTER_TILES.iter().map(|t| ConvKernel::Register(*t)).collect();
     for (k, (name, s)) in densenet_convs().into_iter().enumerate() {
-        check_conv_kernels(name, &s, 1000 * k as u64, &[ConvKernel::Register]);
+        check_conv_kernels(name, &s, 1000 * k as u64, &candidates);
     }
 }
 
@@ -136,39 +142,58 @@ fn check_conv_kernels(name: &str, s: &Conv2dShape, seed: u64, kernels: &[ConvKer
     let dx_before = small_gradients(dx.len(), seed + 3);
     let dw_before = small_gradients(dw.len(), seed + 4);
     let is_gemm = |t: &ConvTile| GEMM_TILES.contains(t);
-    // The accumulating store is one helper (`put`) shared by every kernel of a family, so on
-    // lavapipe, where the workgroup family is slow, it is checked with each family's first
-    // candidate only.
+    // The accumulating store is one helper (`put`) shared by every kernel of a family, so it
+    // is checked with each family's first candidates only.
     let accumulates = |k: ConvKernel| match k {
-        ConvKernel::Register => true,
+        ConvKernel::Register(t) => t == REGISTER_TILES[0],
         ConvKernel::Workgroup(t) => t == GEMM_TILES[0] || t == WEIGHT_GRAD_TILES[0],
     };
 
     for &kernel in kernels {
-        let depth = match kernel {
-            ConvKernel::Register => s.rounding_depth(),
-            ConvKernel::Workgroup(t) => s.workgroup_rounding_depth(1, t.depth),
-        };
+        let depth = kernel.rounding_depth(&s, 1);
         let what = |op: &str| format!("{name} {} {op} (depth {depth:?})", kernel.name());
         let gemm = !matches!(kernel, ConvKernel::Workgroup(t) if !is_gemm(&t));
+        // The workgroup family reads the source operand (x, or dy for the input gradient) from
+        // a 16-byte-aligned offset, as the arena places it, so its pointwise convs take their
+        // vector loads here; `workgroup_vector_loads_equal_scalar_loads_at_a_densenet_shape`
+        // shows the scalar loads sum the same, bit for bit.
+        let workgroup = kernel.family() == Family::Workgroup;
+        let source = |slots: &mut Slots, values: &[f32]| {
+            if workgroup {
+                slots.input_aligned(values)
+            } else {
+                slots.input(values)
+            }
+        };
+        let pointwise = s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad == 0;
+        let vector = |v: View| {
+            assert_eq!(
+                vector_loads(&s, v.offset),
+                workgroup && pointwise,
+                "{name}: vector loads where the test means them"
+            );
+            workgroup && pointwise
+        };
         if gemm {
             // One buffer per direction: block 1's activations at batch 64 do not fit one
             // binding together.
             let mut slots = Slots::new();
-            let (xs, ws, ys) = (slots.input(&x), slots.input(&w), slots.output(y.len()));
+            let (xs, ws, ys) = (source(&mut slots, &x), slots.input(&w), slots.output(y.len()));
             let buf = slots.upload();
             let v = |slot| slots.view(&buf, slot);
             run(&[forward_with(gpu(), kernel, &s, v(xs), v(ws), v(ys))]);
+            let what = |op: &str| format!("{}{}", what(op), if vector(v(xs)) { " vec4" } else { "" });
             assert_within(&what("forward"), &slots.read(&buf, ys), &y, &sum_bound(depth.forward, &y_abs, &y));
             slots.assert_guards_intact(&buf);
         }
-        let serves_input = ConvDirection::BackwardInput.workgroup_serves(&s) || kernel == ConvKernel::Register;
+        let serves_input = ConvDirection::BackwardInput.workgroup_serves(&s) || kernel.family() == Family::Register;
         if gemm && serves_input {
             let mut slots = Slots::new();
             let (ws, dys, dxs, dxa) =
-                (slots.input(&w), slots.input(&dy), slots.output(dx.len()), slots.input(&dx_before));
+                (slots.input(&w), source(&mut slots, &dy), slots.output(dx.len()), slots.input(&dx_before));
             let buf = slots.upload();
             let v = |slot| slots.view(&buf, slot);
+            let what = |op: &str| format!("{}{}", what(op), if vector(v(dys)) { " vec4" } else { "" });
             let all = (0, s.c_in);
             let mut d = vec![backward_input_with(gpu(), kernel, &s, all, v(dys), v(ws), v(dxs), false)];
             if accumulates(kernel) {
@@ -184,31 +209,32 @@ fn check_conv_kernels(name: &str, s: &Conv2dShape, seed: u64, kernels: &[ConvKer
             }
             slots.assert_guards_intact(&buf);
         }
-        if gemm && kernel != ConvKernel::Register {
+        if gemm && kernel.family() == Family::Workgroup {
             continue;
         }
-        // The register family once; a workgroup candidate in one pass, then split.
+        // A register candidate once; a workgroup candidate in one pass, then split.
         let scratch_options: &[usize] = match kernel {
-            ConvKernel::Register => &[0],
+            ConvKernel::Register(_) => &[0],
             ConvKernel::Workgroup(_) => &[0, SPLIT_SCRATCH_BYTES as usize / 4],
         };
         for &scratch_len in scratch_options {
             let mut slots = Slots::new();
             let (xs, dys, dws, dwa) =
-                (slots.input(&x), slots.input(&dy), slots.output(dw.len()), slots.input(&dw_before));
+                (source(&mut slots, &x), slots.input(&dy), slots.output(dw.len()), slots.input(&dw_before));
             let scratch = slots.output(scratch_len);
             let buf = slots.upload();
             let v = |slot| slots.view(&buf, slot);
             let scratch_view = (scratch_len > 0).then(|| v(scratch));
             let depth = match kernel {
-                ConvKernel::Register => depth,
+                ConvKernel::Register(_) => depth,
                 ConvKernel::Workgroup(t) => {
                     let splits = weight_grad_splits(&t, &s, scratch_len as u64);
                     assert!(scratch_len == 0 || splits > 1, "{name}: a scratch of {scratch_len} floats gives splits");
-                    s.workgroup_rounding_depth(splits, t.depth)
+                    kernel.rounding_depth(&s, splits)
                 }
             };
-            let what = |op: &str| format!("{name} {} {op} (depth {depth:?})", kernel.name());
+            let vec4 = if vector(v(xs)) { " vec4" } else { "" };
+            let what = |op: &str| format!("{name} {} {op} (depth {depth:?}){vec4}", kernel.name());
             let mut d = backward_weight_with(gpu(), kernel, &s, v(xs), None, v(dys), v(dws), scratch_view, false);
             if accumulates(kernel) {
                 d.extend(backward_weight_with(gpu(), kernel, &s, v(xs), None, v(dys), v(dwa), scratch_view, true));
@@ -246,7 +272,7 @@ fn channel_sliced_input_gradient_stays_within_f32_rounding() {
         let buf = slots.upload();
         let v = |slot| slots.view(&buf, slot);
         run(&[conv2d_backward_input_channels(gpu(), &s, (first, count), v(dys), v(ws), v(dxs), false)]);
-        let bound = sum_bound(s.rounding_depth().backward_input, &dx_abs, &dx);
+        let bound = sum_bound(ConvKernel::REGISTER.rounding_depth(&s, 1).backward_input, &dx_abs, &dx);
         assert_within(&format!("{name} backward_input channels {first}+{count}"), &slots.read(&buf, dxs), &dx, &bound);
         slots.assert_guards_intact(&buf);
     }
@@ -585,7 +611,8 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 /// The 1x1 conv that applies its input's BN-ReLU on load, forward and weight gradient, at
 /// block 1's bottleneck. Its operand a = relu(bn(x)) carries the four roundings of the
-/// normalisation, which the conv multiplies by |w| (or |dy|) and sums.
+/// normalisation, which the conv multiplies by |w| (or |dy|) and sums. Every candidate of both
+/// families (the workgroup family's with x at an aligned offset, so through its vector loads).
 #[test]
 fn fused_bnrelu_conv_at_real_size_stays_within_f32_rounding() {
     let s = conv(64, 204, 48, 32, 1, 1, 0);
@@ -602,36 +629,108 @@ fn fused_bnrelu_conv_at_real_size_stays_within_f32_rounding() {
             (4.0 * U * (t.abs() + (p.affine[c + ch] as f64).abs()) + U * (a[i] as f64).abs()) as f32
         })
         .collect();
-    let depth = s.rounding_depth();
     let y = conv_ref::conv2d_forward(&s, &a, &w);
     let y_abs = conv_ref::conv2d_forward(&s, &a, &abs(&w));
     let y_carried = conv_ref::conv2d_forward(&s, &a_err, &abs(&w));
     let dw = conv_ref::conv2d_backward_weight(&s, &a, &dy);
     let dw_abs = conv_ref::conv2d_backward_weight(&s, &a, &abs(&dy));
     let dw_carried = conv_ref::conv2d_backward_weight(&s, &a_err, &abs(&dy));
-    let mut slots = Slots::new();
-    let (xs, ss, afs, ws, dys) =
-        (slots.input(&p.x), slots.input(&p.stats), slots.input(&p.affine), slots.input(&w), slots.input(&dy));
-    let (ys, dws) = (slots.output(y.len()), slots.output(dw.len()));
-    let buf = slots.upload();
-    let v = |slot| slots.view(&buf, slot);
-    run(&[
-        conv2d_forward_bnrelu(gpu(), &s, v(xs), v(ss), v(afs), v(ws), v(ys)),
-        conv2d_backward_weight_bnrelu(gpu(), &s, v(xs), v(ss), v(afs), v(dys), v(dws), false),
-    ]);
-    let with_carried = |bound: Vec<f64>, carried: &[f32]| -> Vec<f64> {
-        bound.iter().zip(carried).map(|(b, c)| b + *c as f64 * (1.0 + gamma(depth.backward_weight))).collect()
-    };
-    let bound = with_carried(sum_bound(depth.forward, &y_abs, &y), &y_carried);
-    assert_within("BC-100 block 1 bottleneck forward with BN-ReLU on load", &slots.read(&buf, ys), &y, &bound);
-    let bound = with_carried(sum_bound(depth.backward_weight, &dw_abs, &dw), &dw_carried);
-    assert_within(
-        "BC-100 block 1 bottleneck weight gradient with BN-ReLU on load",
-        &slots.read(&buf, dws),
-        &dw,
-        &bound,
+    let register = REGISTER_TILES.iter().map(|t| (ConvKernel::Register(*t), ConvKernel::Register(*t)));
+    let workgroup = GEMM_TILES.iter().zip(WEIGHT_GRAD_TILES.iter().cycle());
+    let workgroup = workgroup.map(|(p, w)| (ConvKernel::Workgroup(*p), ConvKernel::Workgroup(*w)));
+    for (product, weight) in register.chain(workgroup) {
+        let (forward_depth, weight_depth) =
+            (product.rounding_depth(&s, 1).forward, weight.rounding_depth(&s, 1).backward_weight);
+        let mut slots = Slots::new();
+        let xs = if product.family() == Family::Workgroup { slots.input_aligned(&p.x) } else { slots.input(&p.x) };
+        let (ss, afs, ws, dys) = (slots.input(&p.stats), slots.input(&p.affine), slots.input(&w), slots.input(&dy));
+        let (ys, dws) = (slots.output(y.len()), slots.output(dw.len()));
+        let buf = slots.upload();
+        let v = |slot| slots.view(&buf, slot);
+        let bn = Some((v(ss), v(afs)));
+        run(&[
+            forward_bnrelu_with(gpu(), product, &s, v(xs), v(ss), v(afs), v(ws), v(ys)),
+            backward_weight_with(gpu(), weight, &s, v(xs), bn, v(dys), v(dws), None, false).remove(0),
+        ]);
+        // The carried error passes through the same sum: (1 + γ_d) times it.
+        let with_carried = |bound: Vec<f64>, carried: &[f32], depth: u64| -> Vec<f64> {
+            bound.iter().zip(carried).map(|(b, c)| b + *c as f64 * (1.0 + gamma(depth))).collect()
+        };
+        let bound = with_carried(sum_bound(forward_depth, &y_abs, &y), &y_carried, forward_depth);
+        let what = format!("BC-100 block 1 bottleneck forward with BN-ReLU on load, {}", product.name());
+        assert_within(&what, &slots.read(&buf, ys), &y, &bound);
+        let bound = with_carried(sum_bound(weight_depth, &dw_abs, &dw), &dw_carried, weight_depth);
+        let what = format!("BC-100 block 1 bottleneck weight gradient with BN-ReLU on load, {}", weight.name());
+        assert_within(&what, &slots.read(&buf, dws), &dw, &bound);
+        slots.assert_guards_intact(&buf);
+    }
+}
+
+/// The workgroup family's vector loads against its scalar loads, at DenseNet-BC-100's block-3
+/// bottleneck (342 -> 48 channels, 8x8 maps, batch 64): every candidate's pointwise launches
+/// read their source operand once from a 16-byte-aligned offset (the `vec4` entry points, see
+/// `workgroup::vector_loads`) and once from an odd one (the scalar entry points). Forward, the
+/// input gradient, the weight gradient in one pass and split, and both fused BN-ReLU forms must
+/// agree bit for bit: the loads change, the staged values and every sum's order do not. The
+/// scalar outputs are also checked against the reference, so two equally wrong paths fail.
+#[test]
+fn workgroup_vector_loads_equal_scalar_loads_at_a_densenet_shape() {
+    let s = conv(64, 342, 48, 8, 1, 1, 0);
+    let p = BatchNormProblem::new(s.c_in, s.n, s.h * s.w, 31);
+    let w = he(s.weight_elems() as usize, s.c_in, 32);
+    let dy = small_gradients(s.output_elems() as usize, 33);
+    let (y, dx, dw) = (
+        conv_ref::conv2d_forward(&s, &p.x, &w),
+        conv_ref::conv2d_backward_input(&s, &dy, &w),
+        conv_ref::conv2d_backward_weight(&s, &p.x, &dy),
     );
-    slots.assert_guards_intact(&buf);
+    let scratch_len = SPLIT_SCRATCH_BYTES as usize / 4;
+    let pairs = GEMM_TILES.iter().zip(WEIGHT_GRAD_TILES.iter().cycle());
+    for (product, weight) in pairs.map(|(p, w)| (ConvKernel::Workgroup(*p), ConvKernel::Workgroup(*w))) {
+        let mut outputs: Vec<Vec<Vec<f32>>> = Vec::new();
+        for aligned in [true, false] {
+            let mut slots = Slots::new();
+            let source = |slots: &mut Slots, v: &[f32]| if aligned { slots.input_aligned(v) } else { slots.input(v) };
+            let (xs, dys) = (source(&mut slots, &p.x), source(&mut slots, &dy));
+            let (ws, gs, ss, afs) = (slots.input(&w), slots.input(&dy), slots.input(&p.stats), slots.input(&p.affine));
+            let xg = source(&mut slots, &p.x);
+            let outs = [y.len(), y.len(), dx.len(), dw.len(), dw.len(), dw.len()].map(|n| slots.output(n));
+            let scratch = slots.output(scratch_len);
+            let buf = slots.upload();
+            let v = |slot| slots.view(&buf, slot);
+            for src in [v(xs), v(dys), v(xg)] {
+                assert_eq!(vector_loads(&s, src.offset), aligned, "offset {}", src.offset);
+            }
+            let bn = Some((v(ss), v(afs)));
+            let mut d = vec![
+                forward_with(gpu(), product, &s, v(xs), v(ws), v(outs[0])),
+                forward_bnrelu_with(gpu(), product, &s, v(xs), v(ss), v(afs), v(ws), v(outs[1])),
+                backward_input_with(gpu(), product, &s, (0, s.c_in), v(dys), v(ws), v(outs[2]), false),
+            ];
+            d.extend(backward_weight_with(gpu(), weight, &s, v(xg), None, v(gs), v(outs[3]), None, false));
+            d.extend(backward_weight_with(gpu(), weight, &s, v(xg), None, v(gs), v(outs[4]), Some(v(scratch)), false));
+            d.extend(backward_weight_with(gpu(), weight, &s, v(xg), bn, v(gs), v(outs[5]), None, false));
+            run(&d);
+            outputs.push(outs.iter().map(|&o| slots.read(&buf, o)).collect());
+            slots.assert_guards_intact(&buf);
+        }
+        let names = [
+            "forward",
+            "forward with BN-ReLU",
+            "backward_input",
+            "backward_weight",
+            "backward_weight split",
+            "backward_weight with BN-ReLU",
+        ];
+        for (i, op) in names.iter().enumerate() {
+            let what = format!("{} / {} {op}", product.name(), weight.name());
+            assert!(outputs[1][i].iter().all(|v| v.is_finite()), "{what}: the scalar loads left a poisoned output");
+            assert_eq!(bits(&outputs[0][i]), bits(&outputs[1][i]), "{what}: vector and scalar loads differ");
+        }
+        assert_close(&format!("{} forward", product.name()), &outputs[1][0], &y);
+        assert_close(&format!("{} backward_input", product.name()), &outputs[1][2], &dx);
+        assert_close(&format!("{} backward_weight", weight.name()), &outputs[1][3], &dw);
+    }
 }
 
 /// The head of DenseNet-BC-100 at batch 64 (the global average pool over 8x8 maps of 342

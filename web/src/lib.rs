@@ -163,8 +163,7 @@ async fn choose_kernels(
     let start = js_sys::Date::now();
     let tuned = tune::tune_with(session, Pass::Train, autotune, &mut cache, &mut |_| {}).await.map_err(js_error)?;
     let seconds = (js_sys::Date::now() - start) / 1000.0;
-    let workgroup = tuned.iter().filter(|t| t.chosen != "register").count();
-    let register = tuned.len() - workgroup;
+    let (register, workgroup) = tune::family_counts(&tuned);
     let family = match (register, workgroup) {
         (0, 0) => gpu.default_family().name(),
         (_, 0) => "register",
@@ -178,6 +177,7 @@ async fn choose_kernels(
         "shapes": tuned.len(),
         "timed": timed,
         "seconds": seconds,
+        "clock": tune::clock(gpu),
         "workgroup": workgroup,
         "register": register,
         "line": tune::summary(gpu, &tuned, seconds),

@@ -1,32 +1,31 @@
 //! The GPU side of [`super`]: the kernels' launches and parameter block.
 
-use super::wgsl::{GENERAL_ROWS, TILES, WORKGROUP};
+use super::wgsl::{ConvTiles, GENERAL_ROWS, REGISTER_TILES, WORKGROUP};
 use super::workgroup::{self, ConvTile};
-use super::Conv2dShape;
 use super::ConvLaunch;
+use super::{Conv2dShape, RoundingDepth};
 use crate::executor::Recorder;
+use crate::gpu::shaders::{self, Shader};
 use crate::gpu::Family;
-use crate::gpu::{grid, shaders, Dispatch, Gpu, Kernel, View, Window};
+use crate::gpu::{grid, Dispatch, Gpu, Kernel, View, Window};
 use crate::ops::flag;
 
-const fn kernel(entry: &'static str) -> Kernel {
-    Kernel { shader: &shaders::CONV, entry, buffers: 3 }
-}
-const GEMM_1X1: Kernel = kernel("conv1x1_gemm");
-const GEMM_1X1_BN_RELU: Kernel = Kernel { shader: &shaders::CONV, entry: "conv1x1_gemm_bnrelu", buffers: 5 };
-const CONV_3X3_S1: Kernel = kernel("conv3x3_s1");
-const CONV_3X3_S1_NARROW: Kernel = kernel("conv3x3_s1_narrow");
-const GENERAL_FORWARD: Kernel = kernel("conv_general_forward");
-const GENERAL_BACKWARD_INPUT: Kernel = kernel("conv_general_backward_input");
-const WEIGHT_GRAD_1X1: Kernel = kernel("conv1x1_weight_grad");
-const WEIGHT_GRAD_1X1_BN_RELU: Kernel =
-    Kernel { shader: &shaders::CONV, entry: "conv1x1_weight_grad_bnrelu", buffers: 5 };
-const WEIGHT_GRAD_3X3_S1: Kernel = kernel("conv3x3_s1_weight_grad");
-const GENERAL_WEIGHT_GRAD: Kernel = kernel("conv_general_weight_grad");
+/// An entry point of every register candidate's module, with the storage buffers it binds.
+#[derive(Clone, Copy)]
+struct Entry(&'static str, u32);
 
-/// Every kernel the conv host functions launch, so a GPU-free test can check each entry point
-/// and its bindings against the generated shader.
-pub const KERNELS: [Kernel; 10] = [
+const GEMM_1X1: Entry = Entry("conv1x1_gemm", 3);
+const GEMM_1X1_BN_RELU: Entry = Entry("conv1x1_gemm_bnrelu", 5);
+const CONV_3X3_S1: Entry = Entry("conv3x3_s1", 3);
+const CONV_3X3_S1_NARROW: Entry = Entry("conv3x3_s1_narrow", 3);
+const GENERAL_FORWARD: Entry = Entry("conv_general_forward", 3);
+const GENERAL_BACKWARD_INPUT: Entry = Entry("conv_general_backward_input", 3);
+const WEIGHT_GRAD_1X1: Entry = Entry("conv1x1_weight_grad", 3);
+const WEIGHT_GRAD_1X1_BN_RELU: Entry = Entry("conv1x1_weight_grad_bnrelu", 5);
+const WEIGHT_GRAD_3X3_S1: Entry = Entry("conv3x3_s1_weight_grad", 3);
+const GENERAL_WEIGHT_GRAD: Entry = Entry("conv_general_weight_grad", 3);
+
+const ENTRIES: [Entry; 10] = [
     GEMM_1X1,
     GEMM_1X1_BN_RELU,
     CONV_3X3_S1,
@@ -38,6 +37,35 @@ pub const KERNELS: [Kernel; 10] = [
     WEIGHT_GRAD_3X3_S1,
     GENERAL_WEIGHT_GRAD,
 ];
+
+/// Every kernel the register launchers can launch, of every candidate's module
+/// ([`shaders::CONV_REGISTER`]), so a GPU-free test can check each entry point and its
+/// bindings against the generated shader.
+pub fn kernels() -> Vec<Kernel> {
+    shaders::CONV_REGISTER
+        .iter()
+        .flat_map(|shader| ENTRIES.map(|Entry(entry, buffers)| Kernel { shader, entry, buffers }))
+        .collect()
+}
+
+/// A register candidate with its module: what a register-family launch is sized and built from.
+#[derive(Clone, Copy)]
+struct Register {
+    tiles: ConvTiles,
+    shader: &'static Shader,
+}
+
+impl Register {
+    fn of(tiles: ConvTiles) -> Register {
+        let index = REGISTER_TILES.iter().position(|t| *t == tiles);
+        let index = index.unwrap_or_else(|| panic!("conv tiles {} are not a listed register candidate", tiles.name));
+        Register { tiles, shader: shaders::CONV_REGISTER[index] }
+    }
+
+    fn kernel(&self, Entry(entry, buffers): Entry) -> Kernel {
+        Kernel { shader: self.shader, entry, buffers }
+    }
+}
 
 /// The `Params` block of the conv shaders ([`super::wgsl`], [`super::workgroup`]), in field
 /// order.
@@ -132,11 +160,11 @@ fn weight_strides_oihw(s: &Conv2dShape) -> [u32; 4] {
     [s.c_in * s.kh * s.kw, s.kh * s.kw, s.kw, 1]
 }
 
-/// y = conv(x, w), overwriting y. x holds `s.c_in` channels (a channel prefix of a larger
-/// tensor is fine), y holds `s.c_out` channels (it may be a channel slice of a larger tensor).
+/// y = conv(x, w), overwriting y, with the register family's default candidate. x holds
+/// `s.c_in` channels (a channel prefix of a larger tensor is fine), y holds `s.c_out` channels
+/// (it may be a channel slice of a larger tensor).
 pub fn conv2d_forward(gpu: &Gpu, s: &Conv2dShape, x: View, w: View, y: View) -> Dispatch {
-    s.check();
-    launch(gpu, s, &forward_params(s, x, w, y), [x.buffer, w.buffer, y.buffer])
+    forward_with(gpu, ConvKernel::REGISTER, s, x, w, y)
 }
 
 /// y = conv(relu(batchnorm(x)), w) for a 1x1, stride-1, unpadded conv, with the batch norm's
@@ -152,7 +180,7 @@ pub fn conv2d_forward_bnrelu(
     w: View,
     y: View,
 ) -> Dispatch {
-    forward_bnrelu_with(gpu, ConvKernel::Register, s, x, stats, affine, w, y)
+    forward_bnrelu_with(gpu, ConvKernel::REGISTER, s, x, stats, affine, w, y)
 }
 
 fn forward_params(s: &Conv2dShape, x: View, w: View, y: View) -> Params {
@@ -184,22 +212,13 @@ pub fn conv2d_backward_input(gpu: &Gpu, s: &Conv2dShape, dy: View, w: View, dx: 
 pub fn conv2d_backward_input_channels(
     gpu: &Gpu,
     s: &Conv2dShape,
-    (first, count): (u32, u32),
+    channels: (u32, u32),
     dy: View,
     w: View,
     dx: View,
     accumulate: bool,
 ) -> Dispatch {
-    let params = backward_input_params(s, (first, count), dy, w, dx, accumulate, s.is_3x3_stride_1());
-    let buffers = [dy.buffer, w.buffer, dx.buffer];
-    if s.is_pointwise() {
-        return launch(gpu, s, &params, buffers);
-    }
-    if s.is_3x3_stride_1() {
-        return conv3x3(gpu, &params, s, buffers);
-    }
-    let groups = grid_with_blocks((s.n * s.h * s.w) as u64, count.div_ceil(GENERAL_ROWS));
-    gpu.dispatch(&GENERAL_BACKWARD_INPUT, &params.words(s), &buffers, groups)
+    backward_input_with(gpu, ConvKernel::REGISTER, s, channels, dy, w, dx, accumulate)
 }
 
 /// The parameters of an input-gradient launch: rows are the input channels `[first, first +
@@ -247,23 +266,8 @@ fn backward_input_params(
 
 /// dw (+)= the gradient with respect to the weights, summed over the batch.
 pub fn conv2d_backward_weight(gpu: &Gpu, s: &Conv2dShape, x: View, dy: View, dw: View, accumulate: bool) -> Dispatch {
-    s.check();
-    let words = weight_grad_params(s, x, dy, dw, accumulate).words(s);
-    let buffers = [x.buffer, dy.buffer, dw.buffer];
-    if s.is_pointwise() {
-        return gpu.dispatch(&WEIGHT_GRAD_1X1, &words, &buffers, pointwise_weight_grad_groups(s));
-    }
-    let in_range = |groups: u32| {
-        assert!(groups <= 65_535, "conv2d: {groups} weight blocks exceed the workgroup grid");
-        groups
-    };
-    if s.kh == 3 && s.kw == 3 && s.stride == 1 {
-        let groups = [in_range(s.c_in), 1, in_range(s.c_out.div_ceil(TILES.wgrad3_rows))];
-        return gpu.dispatch(&WEIGHT_GRAD_3X3_S1, &words, &buffers, groups);
-    }
-    // One workgroup per weight; grid() folds the count into two dimensions.
-    let groups = grid(s.weight_elems() as u64 * WORKGROUP as u64, WORKGROUP);
-    gpu.dispatch(&GENERAL_WEIGHT_GRAD, &words, &buffers, groups)
+    let mut d = backward_weight_with(gpu, ConvKernel::REGISTER, s, x, None, dy, dw, None, accumulate);
+    d.pop().expect("the register family's weight gradient is one launch")
 }
 
 /// dw (+)= the weight gradient of a 1x1, stride-1, unpadded conv whose input is
@@ -281,7 +285,7 @@ pub fn conv2d_backward_weight_bnrelu(
     dw: View,
     accumulate: bool,
 ) -> Dispatch {
-    let mut d = backward_weight_with(gpu, ConvKernel::Register, s, x, Some((stats, affine)), dy, dw, None, accumulate);
+    let mut d = backward_weight_with(gpu, ConvKernel::REGISTER, s, x, Some((stats, affine)), dy, dw, None, accumulate);
     d.pop().expect("the register family's weight gradient is one launch")
 }
 
@@ -292,68 +296,134 @@ fn weight_grad_params(s: &Conv2dShape, x: View, dy: View, dw: View, accumulate: 
     Params { accumulate, strides: [0; 4], ..forward_params(s, x, dy, dw) }
 }
 
-/// One workgroup per `wgrad1_cols` x `wgrad1_rows` block of a 1x1 conv's weights.
-fn pointwise_weight_grad_groups(s: &Conv2dShape) -> [u32; 3] {
-    let (blocks_k, blocks_m) = (s.c_in.div_ceil(TILES.wgrad1_cols), s.c_out.div_ceil(TILES.wgrad1_rows));
-    assert!(blocks_k <= 65_535 && blocks_m <= 65_535, "conv2d: {s:?} has more weight blocks than the grid holds");
-    [blocks_k, 1, blocks_m]
+/// A register-family weight gradient; `buffers` = [x, dy, dw], or [x, dy, dw, stats, affine]
+/// for the fused BN-ReLU form of a 1x1 conv.
+fn register_weight_grad(gpu: &Gpu, r: Register, s: &Conv2dShape, params: &Params, buffers: &[Window]) -> Dispatch {
+    let words = params.words(s);
+    let in_range = |groups: u32| {
+        assert!(groups <= 65_535, "conv2d: {groups} weight blocks exceed the workgroup grid");
+        groups
+    };
+    if s.is_pointwise() {
+        // One workgroup per `wgrad1_cols` x `wgrad1_rows` block of the weights.
+        let groups =
+            [in_range(s.c_in.div_ceil(r.tiles.wgrad1_cols)), 1, in_range(s.c_out.div_ceil(r.tiles.wgrad1_rows))];
+        let entry = if buffers.len() == 5 { WEIGHT_GRAD_1X1_BN_RELU } else { WEIGHT_GRAD_1X1 };
+        return gpu.dispatch(&r.kernel(entry), &words, buffers, groups);
+    }
+    if s.kh == 3 && s.kw == 3 && s.stride == 1 {
+        let groups = [in_range(s.c_in), 1, in_range(s.c_out.div_ceil(r.tiles.wgrad3_rows))];
+        return gpu.dispatch(&r.kernel(WEIGHT_GRAD_3X3_S1), &words, buffers, groups);
+    }
+    // One workgroup per weight; grid() folds the count into two dimensions.
+    let groups = grid(s.weight_elems() as u64 * WORKGROUP as u64, WORKGROUP);
+    gpu.dispatch(&r.kernel(GENERAL_WEIGHT_GRAD), &words, buffers, groups)
 }
 
 /// A 3x3 stride-1 conv described by `params` (rows = destination channels): one invocation per
 /// block of lines x pixels of one image and `conv3_rows` channels, with a narrower kernel for
 /// outputs at most `conv3_narrow_pixels` wide, so the 8x8 maps waste no accumulators.
-fn conv3x3(gpu: &Gpu, params: &Params, s: &Conv2dShape, buffers: [Window; 3]) -> Dispatch {
+fn conv3x3(gpu: &Gpu, r: Register, params: &Params, s: &Conv2dShape, buffers: &[Window]) -> Dispatch {
     let (dh, dw) = params.dst_hw;
-    let (kernel, lines, pixels) = if dw <= TILES.conv3_narrow_pixels {
-        (&CONV_3X3_S1_NARROW, TILES.conv3_narrow_lines, TILES.conv3_narrow_pixels)
+    let t = &r.tiles;
+    let (entry, lines, pixels) = if dw <= t.conv3_narrow_pixels {
+        (CONV_3X3_S1_NARROW, t.conv3_narrow_lines, t.conv3_narrow_pixels)
     } else {
-        (&CONV_3X3_S1, TILES.conv3_lines, TILES.conv3_pixels)
+        (CONV_3X3_S1, t.conv3_lines, t.conv3_pixels)
     };
     let threads = params.n as u64 * dh.div_ceil(lines) as u64 * dw.div_ceil(pixels) as u64;
-    let [x, y, _] = grid(threads, TILES.conv3_workgroup);
-    let blocks = params.m_rows.div_ceil(TILES.conv3_rows);
+    let [x, y, _] = grid(threads, t.conv3_workgroup);
+    let blocks = params.m_rows.div_ceil(t.conv3_rows);
     assert!(blocks <= 65_535, "conv2d: {blocks} channel blocks exceed the workgroup grid");
-    gpu.dispatch(kernel, &params.words(s), &buffers, [x, y, blocks])
+    gpu.dispatch(&r.kernel(entry), &params.words(s), buffers, [x, y, blocks])
 }
 
-/// The 1x1 matrix-product kernels' grid: `gemm_pixels` pixels per invocation, `gemm_rows`
-/// destination channels per block along z.
-fn pointwise_groups(params: &Params) -> [u32; 3] {
-    let (dh, dw) = params.dst_hw;
-    let pixels = params.n as u64 * dh as u64 * dw as u64;
-    grid_with_blocks(pixels.div_ceil(TILES.gemm_pixels as u64), params.m_rows.div_ceil(TILES.gemm_rows))
-}
-
-/// Forward, or backward input of a 1x1 conv: picks the kernel for `params` (whose rows are the
-/// destination channels) by the shape.
-fn launch(gpu: &Gpu, s: &Conv2dShape, params: &Params, buffers: [Window; 3]) -> Dispatch {
-    let words = params.words(s);
-    let (dh, dw) = params.dst_hw;
+/// A register-family product (forward, or the input gradient of a 1x1 or square stride-1
+/// conv) described by `params`, whose rows are the destination channels, or any other conv
+/// through `general_entry`; `buffers` as the entry point binds them (five for the fused
+/// BN-ReLU form).
+fn register_product(
+    gpu: &Gpu,
+    r: Register,
+    s: &Conv2dShape,
+    params: &Params,
+    buffers: &[Window],
+    general_entry: Entry,
+) -> Dispatch {
     if s.is_pointwise() {
-        return gpu.dispatch(&GEMM_1X1, &words, &buffers, pointwise_groups(params));
+        // `gemm_pixels` pixels per invocation, `gemm_rows` destination channels per block along z.
+        let (dh, dw) = params.dst_hw;
+        let pixels = params.n as u64 * dh as u64 * dw as u64;
+        let groups =
+            grid_with_blocks(pixels.div_ceil(r.tiles.gemm_pixels as u64), params.m_rows.div_ceil(r.tiles.gemm_rows));
+        let entry = if buffers.len() == 5 { GEMM_1X1_BN_RELU } else { GEMM_1X1 };
+        return gpu.dispatch(&r.kernel(entry), &params.words(s), buffers, groups);
     }
     if s.is_3x3_stride_1() {
-        return conv3x3(gpu, params, s, buffers);
+        return conv3x3(gpu, r, params, s, buffers);
     }
+    general(gpu, r, general_entry, s, params, buffers)
+}
+
+/// The register family's general direct kernels (a strided conv, or a kernel that is not 3x3
+/// or 1x1): one invocation per destination pixel and [`GENERAL_ROWS`] channels.
+fn general(gpu: &Gpu, r: Register, entry: Entry, s: &Conv2dShape, params: &Params, buffers: &[Window]) -> Dispatch {
+    let (dh, dw) = params.dst_hw;
     let groups = grid_with_blocks(s.n as u64 * dh as u64 * dw as u64, params.m_rows.div_ceil(GENERAL_ROWS));
-    gpu.dispatch(&GENERAL_FORWARD, &words, &buffers, groups)
+    gpu.dispatch(&r.kernel(entry), &params.words(s), buffers, groups)
 }
 
 /// Which kernel family, and which candidate of it, serves a conv launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvKernel {
-    /// The register-tiled kernels of [`super::wgsl`] (for CPU drivers such as lavapipe).
-    Register,
+    /// A register-tiled candidate of [`super::wgsl`] (for CPU drivers such as lavapipe).
+    Register(ConvTiles),
     /// A workgroup-tiled candidate of [`super::workgroup`] (for GPUs).
     Workgroup(ConvTile),
 }
 
 impl ConvKernel {
-    /// The name tuning tables and caches use: `register`, or the candidate's name.
+    /// The register family's default candidate ([`REGISTER_TILES`]`[0]`).
+    pub const REGISTER: ConvKernel = ConvKernel::Register(REGISTER_TILES[0]);
+
+    /// The name tuning tables and caches use: the candidate's (`register` for the register
+    /// family's default).
     pub fn name(&self) -> &'static str {
         match self {
-            ConvKernel::Register => "register",
+            ConvKernel::Register(t) => t.name,
             ConvKernel::Workgroup(t) => t.name,
+        }
+    }
+
+    /// The family the candidate belongs to.
+    pub fn family(&self) -> Family {
+        match self {
+            ConvKernel::Register(_) => Family::Register,
+            ConvKernel::Workgroup(_) => Family::Workgroup,
+        }
+    }
+
+    /// The candidate of `direction` named `name` (see [`ConvKernel::name`]), if one is listed.
+    pub fn by_name(direction: ConvDirection, name: &str) -> Option<ConvKernel> {
+        direction.kernels().into_iter().find(|k| k.name() == name)
+    }
+
+    /// How many roundings at most each output of `s` passes through with this candidate (see
+    /// [`RoundingDepth`]), a workgroup candidate's weight gradient taking `splits` splits of
+    /// the pixels (see [`workgroup::weight_grad_splits`]; the register family ignores it).
+    pub fn rounding_depth(&self, s: &Conv2dShape, splits: u32) -> RoundingDepth {
+        match self {
+            ConvKernel::Register(t) => s.register_rounding_depth(t),
+            ConvKernel::Workgroup(t) => s.workgroup_rounding_depth(splits, t.depth),
+        }
+    }
+
+    /// Whether this adapter's limits can run the candidate (see [`ConvTiles::fits`] and
+    /// [`ConvTile::fits`]).
+    pub fn fits(&self, gpu: &Gpu) -> bool {
+        match self {
+            ConvKernel::Register(t) => t.fits(&gpu.limits),
+            ConvKernel::Workgroup(t) => t.fits(&gpu.limits),
         }
     }
 }
@@ -370,11 +440,18 @@ pub enum ConvDirection {
 
 impl ConvDirection {
     /// The workgroup candidates of this direction.
-    pub fn candidates(self) -> &'static [ConvTile] {
+    pub fn workgroup_tiles(self) -> &'static [ConvTile] {
         match self {
             ConvDirection::Forward | ConvDirection::BackwardInput => &workgroup::GEMM_TILES,
             ConvDirection::BackwardWeight => &workgroup::WEIGHT_GRAD_TILES,
         }
+    }
+
+    /// Every candidate of this direction: the register family's ([`REGISTER_TILES`]), then
+    /// the workgroup family's ([`ConvDirection::workgroup_tiles`]).
+    pub fn kernels(self) -> Vec<ConvKernel> {
+        let register = REGISTER_TILES.iter().map(|t| ConvKernel::Register(*t));
+        register.chain(self.workgroup_tiles().iter().map(|t| ConvKernel::Workgroup(*t))).collect()
     }
 
     /// Whether the workgroup family serves this direction of `s`: everything but the input
@@ -384,15 +461,15 @@ impl ConvDirection {
         self != ConvDirection::BackwardInput || s.is_pointwise() || (s.stride == 1 && s.kh == s.kw)
     }
 
-    /// The kernel `family` launches for this direction untuned: the register kernel, or the
-    /// first workgroup candidate this adapter's limits allow (every listed one fits WebGPU's
-    /// defaults, but a device may offer less), else the register kernel.
+    /// The kernel `family` launches for this direction untuned: the register family's
+    /// default, or the first workgroup candidate this adapter's limits allow (every listed one
+    /// fits WebGPU's defaults, but a device may offer less), else the register default.
     pub fn default_kernel(self, gpu: &Gpu, family: Family) -> ConvKernel {
         let fitting = match family {
             Family::Register => None,
-            Family::Workgroup => self.candidates().iter().find(|t| t.fits(&gpu.limits)),
+            Family::Workgroup => self.workgroup_tiles().iter().find(|t| t.fits(&gpu.limits)),
         };
-        fitting.map_or(ConvKernel::Register, |t| ConvKernel::Workgroup(*t))
+        fitting.map_or(ConvKernel::REGISTER, |t| ConvKernel::Workgroup(*t))
     }
 
     /// The key of `s` in a tuning table: the direction, the kernel geometry, the output
@@ -414,35 +491,30 @@ impl ConvDirection {
 
 /// The kernel densegpu launches for `direction` of `s` on `gpu`: the family the GPU is forced
 /// to (see [`Gpu::force_family`]) with its default candidate, else the tuned choice for this
-/// shape (see [`crate::tune`]), else the device type's default family.
+/// shape (see [`crate::tune`]), else the device type's default family. A direction the
+/// workgroup family does not serve (see [`ConvDirection::workgroup_serves`]) is not tuned and
+/// takes the register family's default.
 pub fn choose(gpu: &Gpu, direction: ConvDirection, s: &Conv2dShape) -> ConvKernel {
     if !direction.workgroup_serves(s) {
-        return ConvKernel::Register;
+        return ConvKernel::REGISTER;
     }
-    match gpu.forced_family() {
-        Some(Family::Register) => return ConvKernel::Register,
-        Some(Family::Workgroup) => return direction.default_kernel(gpu, Family::Workgroup),
-        None => {}
+    if let Some(family) = gpu.forced_family() {
+        return direction.default_kernel(gpu, family);
     }
-    if let Some(name) = gpu.kernel_choice(&direction.tuning_key(s)) {
-        if name == ConvKernel::Register.name() {
-            return ConvKernel::Register;
-        }
-        if let Some(t) = direction.candidates().iter().find(|t| t.name == name && t.fits(&gpu.limits)) {
-            return ConvKernel::Workgroup(*t);
-        }
+    let tuned = gpu.kernel_choice(&direction.tuning_key(s)).and_then(|name| ConvKernel::by_name(direction, &name));
+    match tuned.filter(|k| k.fits(gpu)) {
+        Some(k) => k,
+        None => direction.default_kernel(gpu, gpu.default_family()),
     }
-    direction.default_kernel(gpu, gpu.default_family())
 }
 
 /// y = conv(x, w) with a chosen kernel; as [`conv2d_forward`].
 pub fn forward_with(gpu: &Gpu, kernel: ConvKernel, s: &Conv2dShape, x: View, w: View, y: View) -> Dispatch {
+    s.check();
+    let (params, buffers) = (forward_params(s, x, w, y), [x.buffer, w.buffer, y.buffer]);
     match kernel {
-        ConvKernel::Register => conv2d_forward(gpu, s, x, w, y),
-        ConvKernel::Workgroup(t) => {
-            s.check();
-            workgroup::product(gpu, (t, shader_of(&t)), s, &forward_params(s, x, w, y), &[x.buffer, w.buffer, y.buffer])
-        }
+        ConvKernel::Register(t) => register_product(gpu, Register::of(t), s, &params, &buffers, GENERAL_FORWARD),
+        ConvKernel::Workgroup(t) => workgroup::product(gpu, t, s, &params, &buffers),
     }
 }
 
@@ -463,15 +535,15 @@ pub fn forward_bnrelu_with(
     let params = Params { bn_offsets: (stats.offset, affine.offset), ..forward_params(s, x, w, y) };
     let buffers = [x.buffer, w.buffer, y.buffer, stats.buffer, affine.buffer];
     match kernel {
-        ConvKernel::Register => gpu.dispatch(&GEMM_1X1_BN_RELU, &params.words(s), &buffers, pointwise_groups(&params)),
-        ConvKernel::Workgroup(t) => workgroup::product(gpu, (t, shader_of(&t)), s, &params, &buffers),
+        ConvKernel::Register(t) => register_product(gpu, Register::of(t), s, &params, &buffers, GENERAL_FORWARD),
+        ConvKernel::Workgroup(t) => workgroup::product(gpu, t, s, &params, &buffers),
     }
 }
 
 /// The input gradient of input channels `[first, first + count)` with a chosen kernel; as
 /// [`conv2d_backward_input_channels`]. The workgroup family does not serve the input gradient
-/// of a strided or non-square conv wider than 1x1 (see [`ConvDirection::workgroup_serves`]); such a launch
-/// takes the register family's general kernel whatever `kernel` says.
+/// of a strided or non-square conv wider than 1x1 (see [`ConvDirection::workgroup_serves`]);
+/// such a launch takes the register family's general kernel whatever `kernel` says.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_input_with(
     gpu: &Gpu,
@@ -483,14 +555,17 @@ pub fn backward_input_with(
     dx: View,
     accumulate: bool,
 ) -> Dispatch {
-    let ConvKernel::Workgroup(t) = kernel else {
-        return conv2d_backward_input_channels(gpu, s, channels, dy, w, dx, accumulate);
+    let buffers = [dy.buffer, w.buffer, dx.buffer];
+    let register = match kernel {
+        ConvKernel::Workgroup(t) if ConvDirection::BackwardInput.workgroup_serves(s) => {
+            let params = backward_input_params(s, channels, dy, w, dx, accumulate, !s.is_pointwise());
+            return workgroup::product(gpu, t, s, &params, &buffers);
+        }
+        ConvKernel::Workgroup(_) => Register::of(REGISTER_TILES[0]),
+        ConvKernel::Register(t) => Register::of(t),
     };
-    if !ConvDirection::BackwardInput.workgroup_serves(s) {
-        return conv2d_backward_input_channels(gpu, s, channels, dy, w, dx, accumulate);
-    }
-    let params = backward_input_params(s, channels, dy, w, dx, accumulate, !s.is_pointwise());
-    workgroup::product(gpu, (t, shader_of(&t)), s, &params, &[dy.buffer, w.buffer, dx.buffer])
+    let params = backward_input_params(s, channels, dy, w, dx, accumulate, s.is_3x3_stride_1());
+    register_product(gpu, register, s, &params, &buffers, GENERAL_BACKWARD_INPUT)
 }
 
 /// dw (+)= the weight gradient with a chosen kernel, optionally of relu(batchnorm(x)) (`bn`:
@@ -518,19 +593,10 @@ pub fn backward_weight_with(
         params.bn_offsets = (stats.offset, affine.offset);
         buffers.extend([stats.buffer, affine.buffer]);
     }
-    match (kernel, bn) {
-        (ConvKernel::Register, None) => vec![conv2d_backward_weight(gpu, s, x, dy, dw, accumulate)],
-        (ConvKernel::Register, Some(_)) => {
-            let groups = pointwise_weight_grad_groups(s);
-            vec![gpu.dispatch(&WEIGHT_GRAD_1X1_BN_RELU, &params.words(s), &buffers, groups)]
-        }
-        (ConvKernel::Workgroup(t), _) => workgroup::weight_grad(gpu, (t, shader_of(&t)), s, &params, &buffers, scratch),
+    match kernel {
+        ConvKernel::Register(t) => vec![register_weight_grad(gpu, Register::of(t), s, &params, &buffers)],
+        ConvKernel::Workgroup(t) => workgroup::weight_grad(gpu, t, s, &params, &buffers, scratch),
     }
-}
-
-/// The shader module of a workgroup candidate.
-fn shader_of(t: &ConvTile) -> &'static crate::gpu::shaders::Shader {
-    workgroup::candidate(t.name).unwrap_or_else(|| panic!("conv tile {} is not a listed candidate", t.name)).1
 }
 
 /// Records one conv launch of a schedule.

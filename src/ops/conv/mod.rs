@@ -7,8 +7,8 @@
 //!   stride-1 unpadded convs (the bottleneck and transition layers), a row-segment kernel for
 //!   3x3 stride-1 convs (the growth layers and the CIFAR stem), and a general direct kernel for
 //!   everything else (e.g. the ImageNet 7x7 stem); its weight gradients reduce inside each
-//!   workgroup. Its WGSL is generated from the register tiles in [`wgsl::TILES`], which the
-//!   launch grids read too.
+//!   workgroup. Its WGSL is generated from a list of candidate register tiles
+//!   ([`wgsl::REGISTER_TILES`]), which the launch grids read too.
 //! - the workgroup family ([`workgroup`], for GPUs): implicit matrix products staged through
 //!   workgroup memory, from a list of candidate tiles; its weight gradients split the pixels
 //!   over many workgroups when the plan gives them scratch
@@ -22,7 +22,7 @@ use crate::graph::{ChannelSlice, Graph, Node, NodeId, Op, StorageId, StorageUses
 use crate::ops::batchnorm::{BatchNormLaunch, BatchNormShape};
 use crate::schedule::{Loc, Phase, ScheduleBuilder, ValueKind};
 use std::collections::HashMap;
-use wgsl::{TILES, WORKGROUP};
+use wgsl::{ConvTiles, WORKGROUP};
 
 /// The geometry of one convolution. Padding is symmetric and zero-filled; the kernel, stride
 /// and padding are the same along both axes except for the kernel's height and width.
@@ -101,8 +101,8 @@ pub struct RoundingDepth {
 }
 
 impl Conv2dShape {
-    /// See [`RoundingDepth`].
-    pub fn rounding_depth(&self) -> RoundingDepth {
+    /// [`RoundingDepth`] of the register family with the candidate `tiles`.
+    pub fn register_rounding_depth(&self, tiles: &ConvTiles) -> RoundingDepth {
         let taps = (self.kh * self.kw) as u64;
         // Forward and input gradient: the 3x3 kernel sums each channel's nine taps on their own
         // and adds them to the accumulator (k_rows + 9); the GEMM and the general kernel keep
@@ -126,7 +126,7 @@ impl Conv2dShape {
             // 64-lane combine. Inside a segment: wgrad3_pixels / 4 four-wide dot products (a
             // multiply and two adds each) summed in a chain, so wgrad3_pixels / 4 + 2 roundings
             // (4 at 8 pixels: two dot products and their sum).
-            let segment = TILES.wgrad3_pixels;
+            let segment = tiles.wgrad3_pixels;
             let items = (self.n * self.out_h() * self.out_w().div_ceil(segment)) as u64;
             items.div_ceil(lanes) + (segment / 4) as u64 + 2 + lanes
         } else {

@@ -2,10 +2,11 @@
 //!
 //! The kernels keep fully unrolled register tiles (the text's own header says why), which are
 //! tedious and error-prone to write by hand, so [`ConvTiles::wgsl`] writes them: one loop per
-//! unrolled dimension, with the tile sizes taken from a [`ConvTiles`]. The host code in
-//! [`super`] sizes its launch grids from the same [`TILES`], so a tile size is written down
-//! once. The text is generated the first time a conv pipeline is created (see
-//! [`crate::gpu::shaders::CONV`]), once per process, and is not stored in the binary.
+//! unrolled dimension, with the tile sizes taken from a [`ConvTiles`]. The register family's
+//! candidates are a list of them ([`REGISTER_TILES`]); the host code in [`super`] sizes each
+//! launch grid from the candidate it launches, so a tile size is written down once. A
+//! candidate's text is generated the first time one of its pipelines is created (see
+//! [`crate::gpu::shaders::CONV_REGISTER`]), once per process, and is not stored in the binary.
 
 use std::fmt::Write;
 
@@ -25,6 +26,8 @@ macro_rules! emit {
 /// a large tile that reuses every loaded value many times measured fastest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvTiles {
+    /// Names the candidate in tuning tables, caches and benchmark output.
+    pub name: &'static str,
     /// `conv1x1_gemm*`: destination channels per invocation.
     pub gemm_rows: u32,
     /// `conv1x1_gemm*`: consecutive pixels (over N*H*W) per invocation.
@@ -52,21 +55,47 @@ pub struct ConvTiles {
     pub wgrad3_pixels: u32,
 }
 
-/// The tiles densegpu compiles and launches: measured fastest on lavapipe (BENCHMARKS.md).
-pub const TILES: ConvTiles = ConvTiles {
-    gemm_rows: 16,
-    gemm_pixels: 16,
-    conv3_rows: 12,
-    conv3_pixels: 16,
-    conv3_lines: 4,
-    conv3_narrow_pixels: 8,
-    conv3_narrow_lines: 8,
-    conv3_workgroup: 16,
-    wgrad1_rows: 16,
-    wgrad1_cols: 16,
-    wgrad3_rows: 4,
-    wgrad3_pixels: 8,
-};
+/// The register family's candidates. The first is its default, measured fastest on lavapipe
+/// over whole DenseNet-BC-100 steps (BENCHMARKS.md), and keeps the family's name, `register`,
+/// in tuning caches.
+///
+/// `register-wide` takes the runners-up of those measurements: 8 channels x 32 pixels for the
+/// 1x1 product (longer pixel runs, half the rows: more blocks for a 48-channel bottleneck),
+/// 3x3 workgroups of 32 whose narrow kernel takes 2 lines (twice the invocations on 8x8
+/// maps), and 3x3 weight gradients that take all 12 growth channels per workgroup, reading
+/// each input segment once for all of them instead of three times.
+pub const REGISTER_TILES: [ConvTiles; 2] = [
+    ConvTiles {
+        name: "register",
+        gemm_rows: 16,
+        gemm_pixels: 16,
+        conv3_rows: 12,
+        conv3_pixels: 16,
+        conv3_lines: 4,
+        conv3_narrow_pixels: 8,
+        conv3_narrow_lines: 8,
+        conv3_workgroup: 16,
+        wgrad1_rows: 16,
+        wgrad1_cols: 16,
+        wgrad3_rows: 4,
+        wgrad3_pixels: 8,
+    },
+    ConvTiles {
+        name: "register-wide",
+        gemm_rows: 8,
+        gemm_pixels: 32,
+        conv3_rows: 12,
+        conv3_pixels: 16,
+        conv3_lines: 4,
+        conv3_narrow_pixels: 8,
+        conv3_narrow_lines: 2,
+        conv3_workgroup: 32,
+        wgrad1_rows: 16,
+        wgrad1_cols: 16,
+        wgrad3_rows: 12,
+        wgrad3_pixels: 8,
+    },
+];
 
 /// Invocations per workgroup of every kernel but the 3x3 ones. Not a tuning knob: the text
 /// spells it out where the kernels are built around it (the 64-lane reductions through
@@ -106,6 +135,18 @@ impl ConvTiles {
         self.wgrad3x3(&mut out);
         emit!(out, "{GENERAL}");
         out
+    }
+
+    /// Whether an adapter with these limits can run the candidate: its workgroups (the 3x3
+    /// kernels' and the others' [`WORKGROUP`]) and the weight gradients' `partial` array in
+    /// workgroup memory within the limits. WebGPU's defaults (256 invocations, 16 KiB) hold
+    /// every listed candidate; a candidate that does not fit is never compiled.
+    pub fn fits(&self, limits: &wgpu::Limits) -> bool {
+        let size = self.conv3_workgroup.max(WORKGROUP);
+        let partial_bytes = (WORKGROUP as usize * REDUCE_WIDTH * 4) as u32;
+        size <= limits.max_compute_invocations_per_workgroup
+            && size <= limits.max_compute_workgroup_size_x
+            && partial_bytes <= limits.max_compute_workgroup_storage_size
     }
 
     /// Panics unless every tile size is positive and every pixel count a multiple of 4 (the
