@@ -262,8 +262,9 @@ pub async fn tune_shape(
     Ok(tuned)
 }
 
-/// The family of a candidate named in a cache or a timing; a name no direction lists (an
-/// older version's) counts as the register family's, which is what [`conv::choose`] then runs.
+/// The family of a candidate named in a cache or a timing: the workgroup family's if a
+/// direction lists it there, else the register family's (the cache's fingerprint, see
+/// [`cache_section`], keeps other builds' names out).
 fn family_of(candidate: &str) -> Family {
     let workgroup = |d: ConvDirection| d.workgroup_tiles().iter().any(|t| t.name == candidate);
     if workgroup(ConvDirection::Forward) || workgroup(ConvDirection::BackwardWeight) {
