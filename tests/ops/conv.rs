@@ -320,3 +320,58 @@ fn conv1x1_forward_with_bn_relu_on_load_matches_reference_and_the_unfused_pair()
         }
     }
 }
+
+/// The register candidates split the work differently (tile sizes, workgroups, which
+/// invocation owns which outputs) but add every output's terms in the same order, so each
+/// gives the same bits as the default: a tuned run on a CPU driver trains exactly as an
+/// untuned one, whichever register candidates the tuner picked. Every direction, on the odd
+/// shapes above, with both forms of the fused BN-ReLU conv among them.
+#[test]
+fn register_candidates_give_the_same_bits() {
+    let g = gpu();
+    for (i, s) in shapes().iter().enumerate() {
+        let seed = 900 + 10 * i as u64;
+        let x = random(s.input_elems() as usize, seed);
+        let w = random(s.weight_elems() as usize, seed + 1);
+        let dy = random(s.output_elems() as usize, seed + 2);
+        let c = s.c_in as usize;
+        let mut stats = random(2 * c, seed + 3);
+        stats[c..].iter_mut().for_each(|v| *v = v.abs() + 0.5);
+        let affine = random(2 * c, seed + 4);
+        let pointwise = s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad == 0;
+        let outputs: Vec<Vec<Vec<f32>>> = REGISTER_TILES
+            .iter()
+            .map(|t| {
+                let kernel = ConvKernel::Register(*t);
+                let mut slots = Slots::new();
+                let [xs, ws, dys, ss, afs] = [&x, &w, &dy, &stats, &affine].map(|v| slots.input(v));
+                let (y, dx, dw) = (slots.output(dy.len()), slots.output(x.len()), slots.output(w.len()));
+                let (yf, dwf) = (slots.output(dy.len()), slots.output(w.len()));
+                let buf = slots.upload();
+                let v = |slot| slots.view(&buf, slot);
+                let mut d = vec![
+                    conv::forward_with(g, kernel, s, v(xs), v(ws), v(y)),
+                    conv::backward_input_with(g, kernel, s, (0, s.c_in), v(dys), v(ws), v(dx), false),
+                ];
+                d.extend(conv::backward_weight_with(g, kernel, s, v(xs), None, v(dys), v(dw), None, false));
+                let mut read = vec![y, dx, dw];
+                if pointwise {
+                    d.push(conv::forward_bnrelu_with(g, kernel, s, v(xs), v(ss), v(afs), v(ws), v(yf)));
+                    let bn = Some((v(ss), v(afs)));
+                    d.extend(conv::backward_weight_with(g, kernel, s, v(xs), bn, v(dys), v(dwf), None, false));
+                    read.extend([yf, dwf]);
+                }
+                run(&d);
+                slots.assert_guards_intact(&buf);
+                read.into_iter().map(|o| slots.read(&buf, o)).collect()
+            })
+            .collect();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (t, got) in REGISTER_TILES.iter().zip(&outputs).skip(1) {
+            for (k, (a, b)) in outputs[0].iter().zip(got).enumerate() {
+                assert!(a.iter().all(|v| v.is_finite()), "{s:?} output {k}: poisoned");
+                assert_eq!(bits(a), bits(b), "{s:?} output {k}: {} and {} differ", REGISTER_TILES[0].name, t.name);
+            }
+        }
+    }
+}
