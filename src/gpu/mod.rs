@@ -436,8 +436,8 @@ impl Gpu {
         })
         .await?;
         let bytes = self.map_read(&staging).await?;
-        let ticks: &[u64] = bytemuck::cast_slice(&bytes);
-        let (start, end) = (ticks[0], ticks[1]);
+        let tick = |i: usize| u64::from_ne_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+        let (start, end) = (tick(0), tick(1));
         if end <= start {
             return Ok(None);
         }
@@ -463,7 +463,7 @@ impl Gpu {
         }
         self.queue.submit([encoder.finish()]);
         let bytes = self.map_read(&staging).await?;
-        Ok(bytemuck::cast_slice::<u8, f32>(&bytes)[..len].to_vec())
+        Ok(bytes.chunks_exact(4).take(len).map(|c| f32::from_ne_bytes(c.try_into().expect("4 bytes"))).collect())
     }
 
     /// A buffer the host can map for reading, `bytes` long, to copy results into.
@@ -476,7 +476,8 @@ impl Gpu {
         })
     }
 
-    /// Maps `staging` once the work submitted before has finished, and returns its bytes.
+    /// Maps `staging` once the work submitted before has finished, and returns its bytes. A
+    /// `Vec<u8>` promises no alignment, so callers decode values from it rather than cast it.
     async fn map_read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
         let (sender, receiver) = futures_channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| sender.send(r));
