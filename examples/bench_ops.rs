@@ -4,6 +4,10 @@
 //! `--kernels register` or `workgroup` runs every row with that family (its default
 //! candidates), `auto` (the default) with the tuned choice for each shape and direction,
 //! tuning what the cache does not hold; the table names the kernel of each cell.
+//!
+//! `--peak` measures the adapter's own ceiling instead (`densegpu::peak`): the bandwidth of a
+//! WGSL copy kernel and the rate of a WGSL kernel of independent fused multiply-adds, which the
+//! step profiler's roofline divides by.
 
 use clap::Parser;
 use densegpu::gpu::{Dispatch, View};
@@ -18,6 +22,9 @@ struct Args {
     /// register, workgroup or auto (tuned, from the cache where it holds the shape).
     #[arg(long, default_value = "auto", value_parser = ["auto", "register", "workgroup"])]
     kernels: String,
+    /// Measure the adapter's copy bandwidth and FMA rate, and nothing else.
+    #[arg(long)]
+    peak: bool,
     /// Keeps the rows whose name contains this.
     #[arg(default_value = "")]
     filter: String,
@@ -90,6 +97,23 @@ fn time(gpu: &Gpu, make: &dyn Fn() -> Vec<Dispatch>) -> (f64, f64) {
 fn main() {
     let args = Args::parse();
     let gpu = block_on(Gpu::new()).expect("a GPU adapter");
+    if args.peak {
+        match block_on(densegpu::peak::measure(&gpu)) {
+            Ok(p) => println!(
+                "device: {}; timing by {}\ncopy: {:.2} GB/s (read + written, {} MiB each way)\nfma: {:.2} GFLOP/s",
+                gpu.describe(),
+                tune::clock(&gpu),
+                p.bytes_per_second / 1e9,
+                densegpu::peak::COPY_BYTES >> 20,
+                p.flops_per_second / 1e9
+            ),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     if let Err(e) = tune::set_kernels(&gpu, &args.kernels) {
         eprintln!("error: {e}");
         std::process::exit(2);

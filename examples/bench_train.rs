@@ -9,6 +9,10 @@
 //! does not fit a storage binding), to measure what shards cost.
 //!
 //!     cargo run --release --example bench_train -- --model densenet121 --image-size 224 --batch-size 64 --mode minimal
+//!
+//! `--profile FILE` profiles one more step after the timed ones (see `densegpu::profile`):
+//!
+//!     cargo run --release --example bench_train -- --mode efficient --steps 1 --profile step.json
 
 use clap::Parser;
 use densegpu::densenet::{DenseNetConfig, MemoryMode};
@@ -50,6 +54,11 @@ struct Args {
     /// starts.
     #[arg(long, default_value = "cached", value_parser = clap::value_parser!(densegpu::tune::Autotune))]
     autotune: densegpu::tune::Autotune,
+    /// After the timed steps, profile one more step: print where its time went and write its
+    /// Chrome trace to FILE (with the mode's name before the extension when several modes
+    /// run). Open it in Perfetto or chrome://tracing.
+    #[arg(long, value_name = "FILE")]
+    profile: Option<std::path::PathBuf>,
 }
 
 fn main() {
@@ -128,6 +137,13 @@ fn run(args: Args) -> densegpu::Result<()> {
             mib(planned),
             mib(session.allocated_bytes())
         );
+        if let Some(path) = &args.profile {
+            let path =
+                if args.mode == "all" { path.with_extension(format!("{}.json", mode.name())) } else { path.clone() };
+            let (_, mut profile) = block_on(session.profile_train_step(&images, &labels, &sgd))?;
+            profile.unprofiled_wall = Some(per_step);
+            println!("{}", densegpu::run::save_profile(&gpu, &profile, &path)?);
+        }
     }
     if let Some(kib) = peak_resident_kib() {
         // On lavapipe GPU memory is process memory, so this is the arena's real footprint

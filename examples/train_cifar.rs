@@ -101,6 +101,15 @@ struct Args {
     /// all again) or off (the device type's default, no timing).
     #[arg(long, env = "DENSEGPU_AUTOTUNE", default_value = "cached", value_parser = clap::value_parser!(densegpu::tune::Autotune))]
     autotune: densegpu::tune::Autotune,
+    /// Profile one training step: print where its time went (launches grouped by op family,
+    /// direction and block, against this adapter's measured ceiling) and write its Chrome
+    /// trace to FILE (open it in Perfetto or chrome://tracing).
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+    /// With --profile: which step of this run to profile, from 1. The first step compiles the
+    /// kernels, so the default is the third.
+    #[arg(long, default_value_t = 3)]
+    profile_step: u64,
 }
 
 fn main() {
@@ -290,8 +299,12 @@ fn run(args: &Args) -> Result<()> {
             state.epoch + 1
         );
     }
+    let profile = run::ProfileRequest::arm(args.profile.as_deref(), args.profile_step, &mut trainer)?;
     while !trainer.finished() {
         let r = block_on(files.step(&mut trainer)).inspect_err(|_| bar.abandon())?;
+        if let Some(report) = profile.as_ref().map(|p| p.after_step(&mut trainer)).transpose()?.flatten() {
+            bar.suspend(|| println!("{report}"));
+        }
         last_loss = r.loss as f64;
         let rate = (r.step - start_step) as f64 * args.batch_size as f64 / start.elapsed().as_secs_f64();
         bar.set_prefix(format!("{}", r.epoch + 1));

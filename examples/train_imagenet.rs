@@ -92,6 +92,15 @@ struct Args {
     /// all again) or off (the device type's default, no timing).
     #[arg(long, env = "DENSEGPU_AUTOTUNE", default_value = "cached", value_parser = clap::value_parser!(densegpu::tune::Autotune))]
     autotune: densegpu::tune::Autotune,
+    /// Profile one training step: print where its time went (launches grouped by op family,
+    /// direction and block, against this adapter's measured ceiling) and write its Chrome
+    /// trace to FILE (open it in Perfetto or chrome://tracing).
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+    /// With --profile: which step of this run to profile, from 1. The first step compiles the
+    /// kernels, so the default is the third.
+    #[arg(long, default_value_t = 3)]
+    profile_step: u64,
 }
 
 fn main() {
@@ -243,9 +252,13 @@ fn run(args: &Args) -> Result<()> {
     let (mut waited, mut stepping) = (Duration::ZERO, Duration::ZERO);
     let mut last_loss = f64::NAN;
     let mut last_eval: Option<Evaluation> = None;
+    let profile = run::ProfileRequest::arm(args.profile.as_deref(), args.profile_step, &mut trainer)?;
     while !trainer.finished() {
         let t = Instant::now();
         let r = block_on(files.step(&mut trainer)).inspect_err(|_| bar.abandon())?;
+        if let Some(report) = profile.as_ref().map(|p| p.after_step(&mut trainer)).transpose()?.flatten() {
+            bar.suspend(|| println!("{report}"));
+        }
         stepping += t.elapsed();
         waited += r.data_wait;
         last_loss = r.loss as f64;

@@ -65,8 +65,23 @@ fn run(args: Args) -> densegpu::Result<()> {
             )
         }
         Source::Timed => {
-            let times: Vec<String> =
-                t.timings.iter().map(|c| format!("{} {:.2} ms", c.candidate, c.seconds * 1e3)).collect();
+            // A candidate's time is the fastest of its timed launches, all shown after it.
+            let ms = |s: &f64| format!("{:.2}", s * 1e3);
+            let times: Vec<String> = (t.timings.iter())
+                .map(|c| match c.same_as {
+                    Some(twin) => format!("{} = {twin} (the same kernel)", c.candidate),
+                    None => {
+                        let each: Vec<String> = c.launches.iter().map(ms).collect();
+                        format!(
+                            "{} {} ms ({}; warm-up {} ms)",
+                            c.candidate,
+                            ms(&c.seconds),
+                            each.join("/"),
+                            ms(&c.warm_up)
+                        )
+                    }
+                })
+                .collect();
             println!("{}: {} | chosen {}", t.key, times.join(", "), t.chosen);
         }
     })?;

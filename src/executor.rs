@@ -11,7 +11,8 @@ use crate::memory::arena::{ArenaLayout, ArenaLimits};
 use crate::memory::shards::{BatchShards, Shard};
 use crate::memory::{arena_limits, MemoryPlan, PersistentLayout, Segments};
 use crate::ops;
-use crate::schedule::{LaunchOp, Loc, Pass, Schedule, ScheduleOptions};
+use crate::profile::{self, DispatchTime, LaunchInfo, StepProfile};
+use crate::schedule::{LaunchOp, Loc, Pass, Phase, Schedule, ScheduleOptions};
 use crate::Gpu;
 use rand::SeedableRng;
 use rand_distr::Distribution;
@@ -356,6 +357,85 @@ impl Session {
         Ok(result)
     }
 
+    /// [`Session::train_step`], timed launch by launch for the step profiler: each dispatch runs
+    /// in a compute pass of its own between timestamps (see [`Gpu::run_profiled`]), and the
+    /// step's wall time is split into host work, waiting for the device and the readback.
+    /// The step trains exactly as [`Session::train_step`] would (same launches, same order).
+    /// [`StepProfile::data_wait`] and `unprofiled_wall` are left for the caller. Errors: as
+    /// [`Session::train_step`].
+    pub async fn profile_train_step(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        sgd: &SgdHyper,
+    ) -> Result<(StepResult, StepProfile)> {
+        let start = web_time::Instant::now();
+        self.check_batch(images, labels)?;
+        crate::train::check_sgd(sgd)?;
+        let step = self.step;
+        let gpu = self.gpu.clone();
+        self.program(Pass::Train).await?;
+        let program = self.train.as_ref().unwrap();
+        self.upload(program, images, labels);
+        program.set_step(&gpu, step, sgd);
+        let submitted = start.elapsed().as_secs_f64();
+        let timed = gpu.run_profiled(&program.dispatches).await?;
+        let finished = start.elapsed().as_secs_f64();
+        let result = program.read_loss(&gpu).await?;
+        let wall = start.elapsed().as_secs_f64();
+        self.step += 1;
+        self.batches_tracked += 1;
+        let parameters: u64 = self.graph.params.iter().map(|p| p.len() as u64).sum();
+        let launches = (program.schedule.launches.iter())
+            .map(|l| {
+                let node =
+                    l.node.map(|n| self.graph.nodes[n.0].name.clone()).unwrap_or_else(|| l.op.family().to_string());
+                let phase = match l.phase {
+                    Phase::Forward => "forward",
+                    Phase::Recompute => "recompute",
+                    Phase::Backward => "backward",
+                    Phase::Update => "update",
+                };
+                // `forward stats`, `recompute apply`, `backward input` (not `backward backward input`).
+                let kind = l.op.kind();
+                let direction = if kind.starts_with(phase) { kind.to_string() } else { format!("{phase} {kind}") };
+                LaunchInfo {
+                    family: l.op.family(),
+                    direction,
+                    block: if l.node.is_some() { profile::block_of(&node) } else { "optimizer".into() },
+                    shape: l.op.shape_text(),
+                    node,
+                    work: l.op.work(parameters),
+                }
+            })
+            .collect();
+        let dispatches: Vec<DispatchTime> = (program.dispatches.iter().zip(&program.launch_of).zip(timed))
+            .map(|((d, &launch), (submission, start, seconds))| DispatchTime {
+                launch,
+                entry: d.label,
+                module: d.module,
+                submission,
+                start,
+                seconds,
+            })
+            .collect();
+        let device_span = dispatches.iter().map(|d| d.start + d.seconds).fold(0.0, f64::max);
+        let profile = StepProfile {
+            clock: crate::tune::clock(&gpu),
+            adapter: gpu.describe(),
+            launches,
+            dispatches,
+            wall,
+            host: submitted,
+            wait: finished - submitted,
+            readback: wall - finished,
+            data_wait: 0.0,
+            device_span,
+            unprofiled_wall: None,
+        };
+        Ok((result, profile))
+    }
+
     /// Inference on a batch with running statistics: the logits as (N, classes), row-major,
     /// plus the loss and correct count against `labels`.
     pub async fn eval_batch(&mut self, images: &[f32], labels: &[u32]) -> Result<(Vec<f32>, StepResult)> {
@@ -517,6 +597,8 @@ pub struct Program {
     pub layout: ArenaLayout,
     arena: Vec<wgpu::Buffer>,
     dispatches: Vec<Dispatch>,
+    /// Per dispatch, the index of the schedule launch that recorded it.
+    launch_of: Vec<usize>,
     per_step: Vec<(usize, PerStep)>,
     shards: BatchShards,
     /// Per value, the index of its first placement in `layout`.
@@ -592,11 +674,13 @@ impl Program {
             dispatches: Vec::new(),
             per_step: Vec::new(),
         };
-        for launch in &schedule.launches {
+        let mut launch_of = Vec::new();
+        for (i, launch) in schedule.launches.iter().enumerate() {
             record(&launch.op, &mut recorder);
+            launch_of.resize(recorder.dispatches.len(), i);
         }
         let Recorder { dispatches, per_step, .. } = recorder;
-        Ok(Program { schedule, layout, arena, dispatches, per_step, shards, value_placements, value_shards })
+        Ok(Program { schedule, layout, arena, dispatches, launch_of, per_step, shards, value_placements, value_shards })
     }
 
     /// Where value `v`'s part in shard `k` (its whole, for an unbatched value) starts: the

@@ -11,6 +11,8 @@ pub mod graph;
 pub mod memory;
 pub mod onnx;
 pub mod ops;
+pub mod peak;
+pub mod profile;
 pub mod reference;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod run;

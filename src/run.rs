@@ -12,6 +12,7 @@
 use crate::checkpoint::{self, NamedTensor, TrainingState, Weights};
 use crate::data::BatchSource;
 use crate::densenet::DenseNetConfig;
+use crate::profile::StepProfile;
 use crate::trainer::{StepReport, Trainer};
 use crate::{Error, Result, Session};
 use std::io::Write;
@@ -280,6 +281,61 @@ pub fn choose_kernels(session: &Session, kernels: &str, autotune: crate::tune::A
     let tuned = tune::tune(session, crate::Pass::Train, autotune, &mut |_| {})?;
     Ok(tune::summary(&session.gpu, &tuned, start.elapsed().as_secs_f64())
         .map(|line| format!("{line} (cached for later runs; --autotune off skips this)")))
+}
+
+/// A trainer command's `--profile FILE` (with `--profile-step N`): which step of the run to
+/// profile, and where its trace goes.
+pub struct ProfileRequest {
+    path: PathBuf,
+}
+
+impl ProfileRequest {
+    /// Arms `trainer` to profile the `nth` step of this run (counted from 1, from where a
+    /// resumed run starts), when `path` is given. Errors, before anything runs: `nth` is 0, or
+    /// the run has fewer steps than `nth`.
+    pub fn arm<L: BatchSource>(
+        path: Option<&Path>,
+        nth: u64,
+        trainer: &mut Trainer<L>,
+    ) -> Result<Option<ProfileRequest>> {
+        let Some(path) = path else { return Ok(None) };
+        let start = trainer.session().step;
+        let steps = trainer.total_steps().map(|t| t.saturating_sub(start));
+        if nth == 0 || steps.is_some_and(|s| s < nth) {
+            return Err(Error::Config(format!(
+                "--profile-step {nth} is not a step of this run ({} steps): choose one from 1 to {0}; the first \
+                 includes compiling the kernels, so 2 or later shows a step as the rest of the run runs",
+                steps.unwrap_or(0)
+            )));
+        }
+        trainer.profile_step(start + nth - 1);
+        Ok(Some(ProfileRequest { path: path.to_path_buf() }))
+    }
+
+    /// After a step: if it was the profiled one, writes its trace and returns the report to
+    /// print (see [`save_profile`]). Errors: as [`save_profile`].
+    pub fn after_step<L: BatchSource>(&self, trainer: &mut Trainer<L>) -> Result<Option<String>> {
+        match trainer.take_profile() {
+            Some(profile) => save_profile(&trainer.session().gpu, &profile, &self.path).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Finishes a step profile for a command (`--profile FILE`): measures the adapter's ceiling
+/// ([`crate::peak::measure`]) for the roofline, writes the Chrome trace to `path` atomically
+/// (open it in Perfetto or chrome://tracing), and returns the report to print
+/// ([`StepProfile::report`]). Errors: the file cannot be written (named), or a device error
+/// while measuring the ceiling.
+pub fn save_profile(gpu: &crate::Gpu, profile: &StepProfile, path: &Path) -> Result<String> {
+    let peak = crate::block_on(crate::peak::measure(gpu))?;
+    let text = serde_json::to_string(&profile.chrome_trace()).expect("a trace is plain JSON");
+    crate::atomic_file::write_atomic(path, |f| f.write_all(text.as_bytes()))?;
+    Ok(format!(
+        "{}Chrome trace written to {} (open it in Perfetto or chrome://tracing)",
+        profile.report(Some(&peak)),
+        path.display()
+    ))
 }
 
 #[cfg(test)]

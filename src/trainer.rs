@@ -11,6 +11,7 @@
 
 use crate::checkpoint::TrainingState;
 use crate::data::{BatchLoader, BatchSource, Dataset};
+use crate::profile::StepProfile;
 use crate::train::Evaluation;
 use crate::{Error, Result, Session, SgdHyper};
 
@@ -138,6 +139,9 @@ pub struct Trainer<L: BatchSource = BatchLoader> {
     /// The batches of `epoch` from `batch_in_epoch` on, prepared ahead when the loader
     /// prefetches; created at the first step of an epoch (or after a resume, or a failed step).
     batches: Option<L::Epoch>,
+    /// The session step to profile (see [`Trainer::profile_step`]), and its profile once taken.
+    profile_at: Option<u64>,
+    profile: Option<StepProfile>,
 }
 
 impl<L: BatchSource> Trainer<L> {
@@ -171,7 +175,21 @@ impl<L: BatchSource> Trainer<L> {
             batch_in_epoch: 0,
             sums: EpochSums::default(),
             batches: None,
+            profile_at: None,
+            profile: None,
         })
+    }
+
+    /// Profiles the step that takes the session from `step` to `step + 1` steps
+    /// ([`Session::profile_train_step`], with the loader's wait for its batch): it trains as
+    /// any other step, and [`Trainer::take_profile`] returns its profile afterwards.
+    pub fn profile_step(&mut self, step: u64) {
+        self.profile_at = Some(step);
+    }
+
+    /// The profile of the step chosen by [`Trainer::profile_step`], once it has run.
+    pub fn take_profile(&mut self) -> Option<StepProfile> {
+        self.profile.take()
     }
 
     /// Ends the run after `epochs` whole epochs.
@@ -232,7 +250,17 @@ impl<L: BatchSource> Trainer<L> {
         };
         debug_assert_eq!((batch.epoch, batch.index), (epoch, start));
         let sgd = self.schedule.at(self.session.step);
-        let result = match self.session.train_step(&batch.images, &batch.labels, &sgd).await {
+        let stepped = if self.profile_at == Some(self.session.step) {
+            let profiled = self.session.profile_train_step(&batch.images, &batch.labels, &sgd).await;
+            profiled.map(|(result, mut profile)| {
+                profile.data_wait = data_wait.as_secs_f64();
+                self.profile = Some(profile);
+                result
+            })
+        } else {
+            self.session.train_step(&batch.images, &batch.labels, &sgd).await
+        };
+        let result = match stepped {
             Ok(r) => r,
             Err(e) => {
                 // The batch was taken from the iterator: start it again at the cursor.

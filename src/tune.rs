@@ -3,10 +3,12 @@
 //!
 //! On first use of an adapter and a shape, [`tune`] times every candidate the adapter's limits
 //! can run on that shape (with timestamp queries around the launches where the adapter has
-//! them, else the wall clock with the device polled to idle: see [`clock`]) and records
-//! the fastest in the [`Gpu`]'s kernel choices, which every later recorded program reads (see
-//! [`crate::ops::conv::kernels::choose`]). The choices are kept per adapter (name, backend,
-//! device type, driver: [`Gpu::describe`]) and candidate list in `kernels.json` in the user's cache folder (in
+//! them, else the wall clock with the device polled to idle: see [`clock`]), each after an
+//! untimed warm-up launch that pays any pipeline compile, on two launches that agree or the
+//! fastest of three ([`race`]), and records the fastest in the [`Gpu`]'s kernel choices,
+//! which every later recorded program reads (see [`crate::ops::conv::kernels::choose`]). The
+//! choices are kept per adapter (name, backend, device type, driver: [`Gpu::describe`]),
+//! candidate list and rules in `kernels.json` in the user's cache folder (in
 //! the browser, the page keeps [`Cache::to_json`] in localStorage), so later runs read them
 //! and time nothing. [`tune_with`] is the asynchronous core both use; [`tune`] is its native,
 //! blocking form with the cache file.
@@ -15,7 +17,7 @@
 //! form, so a fused and an unfused launch of one conv always sum in the same order.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Family, Gpu, View};
+use crate::gpu::{Family, Gpu, Grid, View};
 use crate::ops::conv::kernels::{self as conv, ConvDirection, ConvKernel};
 use crate::ops::conv::{Conv2dShape, ConvLaunch};
 use crate::ops::LaunchOp;
@@ -56,8 +58,16 @@ impl std::str::FromStr for Autotune {
 pub struct Timing {
     /// The candidate's name ([`ConvKernel::name`]).
     pub candidate: &'static str,
-    /// Mean seconds per launch over the timed rounds.
+    /// Seconds of one launch: the fastest of its timed launches (see [`race`]).
     pub seconds: f64,
+    /// Every timed launch's seconds, in order (two or three; the warm-up is not among them).
+    pub launches: Vec<f64>,
+    /// Seconds the untimed warm-up took by the wall clock: on a driver that compiles at the
+    /// first launch, mostly the compile (nothing where an earlier shape compiled it already).
+    pub warm_up: f64,
+    /// The candidate whose kernel this one launches too, and whose timing it took (see
+    /// [`race`]).
+    pub same_as: Option<&'static str>,
 }
 
 /// What tuning decided for one conv shape and direction.
@@ -85,26 +95,80 @@ pub enum Source {
     OnlyCandidate,
 }
 
-/// Whether each candidate runs once untimed first. A browser compiles a pipeline in the
-/// background and its first launch waits for the compile: in Chromium on SwiftShader that
-/// charged the register kernels 2-8 s of compiling and handed 7 of 26 shapes to the slower
-/// family. Natively the pipeline is compiled when the launch is recorded, before the clock.
-const WARM_UP: bool = cfg!(target_arch = "wasm32");
-
-/// Launches timed per candidate that is still in the race after its first.
-const ROUNDS: usize = 2;
-
-/// A first launch at least this long (seconds) is timed once: the wall clock's jitter (a few
-/// milliseconds of scheduling) is then well inside [`MARGIN`], and a second launch of the
-/// slowest DenseNet-BC-100 shapes (a second each on lavapipe) would only lengthen tuning.
-const ONE_LAUNCH_ENOUGH: f64 = 0.25;
+/// Two timed launches agree when the slower is within this fraction of the faster. Half of
+/// [`MARGIN`], so two launches that agree cannot by themselves flip a choice the margin
+/// decides. On a loaded machine (another process on one of lavapipe's two cores) launches of
+/// the same kernel differ by up to 2x; the third launch and the minimum then stand for the
+/// kernel's own time, since a neighbour only ever adds to it.
+pub const AGREE: f64 = 0.05;
 
 /// A candidate that measures this many times the best time of a shape is out of the race for
 /// the other shapes of its class (see [`class`]): it will not win there either, and on a CPU
-/// driver a badly fitting kernel takes a second a launch. A candidate whose first launch is
-/// this slow gets no further rounds. On lavapipe the workgroup family runs 2.4
-/// to 25 times slower than the register family at DenseNet-BC-100's shapes (BENCHMARKS.md).
-const HOPELESS: f64 = 2.0;
+/// driver a badly fitting kernel takes a second a launch. A candidate whose two timed launches
+/// both take this many times the best so far gets no third. On lavapipe the workgroup family
+/// runs 2.4 to 25 times slower than the register family at DenseNet-BC-100's shapes
+/// (BENCHMARKS.md).
+pub const HOPELESS: f64 = 2.0;
+
+/// The race's rules, in the cache's fingerprint (see [`cache_section`]): choices made under
+/// other rules (the first tuner timed a candidate's first launch, compile included, and kept
+/// the result) are timed again.
+const RULES: &str = "warm-up, then 2 launches that agree or the minimum of 3";
+
+/// What one call of [`race`]'s `launch` is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Launch {
+    /// An untimed run before a candidate's first timed launch. A driver may compile a
+    /// pipeline when it is first launched rather than when it is created: lavapipe's
+    /// llvmpipe builds its machine code then (tens of seconds for the large register tiles
+    /// with an empty Mesa shader cache), and a browser compiles in the background and makes
+    /// the first launch wait. Its time must never count as the kernel's.
+    WarmUp,
+    /// A launch whose seconds count.
+    Timed,
+}
+
+/// Races `candidates` (names, in order) with `launch(i, what)`, which runs candidate `i` and
+/// returns its seconds (for [`Launch::WarmUp`], what [`Timing::warm_up`] should say).
+///
+/// Each candidate first runs once untimed, then two timed launches; if they do not
+/// agree within [`AGREE`], a third, and its time is the minimum (a busy machine only ever adds
+/// time). So every time returned rests on at least two compile-free launches, and no choice
+/// made from them can have lost to a compile. Two exceptions spend no launch on a candidate
+/// that cannot win: one whose first timed launch takes twice [`HOPELESS`] times the best
+/// settled time so far gets no second (a neighbour on the machine slows a launch by 2x at
+/// most), and one whose two launches both take [`HOPELESS`] times it gets no third. A
+/// candidate with `twins[i] == Some(j)` launches the same kernel as candidate `j < i` (see
+/// [`crate::ops::conv::wgsl::ConvTiles::same_kernel`]) and takes its timing without running.
+/// Errors: whatever `launch` returns.
+pub async fn race(
+    candidates: &[&'static str],
+    twins: &[Option<usize>],
+    mut launch: impl AsyncFnMut(usize, Launch) -> Result<f64>,
+) -> Result<Vec<Timing>> {
+    let mut out: Vec<Timing> = Vec::new();
+    for (i, &candidate) in candidates.iter().enumerate() {
+        if let Some(j) = twins.get(i).copied().flatten().filter(|&j| j < i) {
+            let same_as = Some(out[j].same_as.unwrap_or(out[j].candidate));
+            out.push(Timing { candidate, same_as, ..out[j].clone() });
+            continue;
+        }
+        let best = out.iter().map(|t| t.seconds).fold(f64::INFINITY, f64::min);
+        let warm_up = launch(i, Launch::WarmUp).await?;
+        let mut launches = vec![launch(i, Launch::Timed).await?];
+        if launches[0] <= 2.0 * HOPELESS * best {
+            launches.push(launch(i, Launch::Timed).await?);
+            let fastest = launches.iter().copied().fold(f64::INFINITY, f64::min);
+            let slowest = launches.iter().copied().fold(0.0, f64::max);
+            if slowest > fastest * (1.0 + AGREE) && fastest <= HOPELESS * best {
+                launches.push(launch(i, Launch::Timed).await?);
+            }
+        }
+        let seconds = launches.iter().copied().fold(f64::INFINITY, f64::min);
+        out.push(Timing { candidate, seconds, launches, warm_up, same_as: None });
+    }
+    Ok(out)
+}
 
 /// Tunes every conv of `session`'s program for `pass`: see the module documentation.
 /// `each` is called after every shape (for progress and reports). Returns what was decided,
@@ -204,7 +268,7 @@ pub fn family_counts(tuned: &[Tuned]) -> (usize, usize) {
 /// choice made among other candidates or under another rule must not be read as this
 /// build's: with the fingerprint, a changed candidate list times the shapes again.
 fn cache_section(gpu: &Gpu) -> String {
-    let mut text = format!("margin {MARGIN}");
+    let mut text = format!("margin {MARGIN}; {RULES}");
     for direction in [ConvDirection::Forward, ConvDirection::BackwardWeight] {
         for kernel in direction.kernels() {
             text.push_str(&format!("; {kernel:?}"));
@@ -250,7 +314,7 @@ pub async fn tune_shape(
             } else {
                 time_candidates(gpu, direction, shape, scratch_bytes, &kernels).await?
             };
-            let chosen = if timings.is_empty() { kernels[0].name() } else { pick(gpu, direction, &timings) };
+            let chosen = if timings.is_empty() { kernels[0].name() } else { choose(default.name(), &timings) };
             let best = timings.iter().map(|t| t.seconds).fold(f64::INFINITY, f64::min);
             out_of_race.extend(timings.iter().filter(|t| t.seconds > HOPELESS * best).map(|t| t.candidate));
             cache.set(&adapter, &key, chosen);
@@ -278,11 +342,10 @@ fn family_of(candidate: &str) -> Family {
 /// closer race is within timing noise, and keeping the default then keeps runs reproducible.
 pub const MARGIN: f64 = 0.10;
 
-/// The fastest candidate, unless the device type's default kernel (the first timed of its
-/// family) is within [`MARGIN`] of it.
-fn pick(gpu: &Gpu, direction: ConvDirection, timings: &[Timing]) -> &'static str {
+/// The fastest candidate of `timings`, unless `default` (the device type's default kernel)
+/// was timed within [`MARGIN`] of it. Panics if `timings` is empty.
+pub fn choose(default: &str, timings: &[Timing]) -> &'static str {
     let best = timings.iter().min_by(|a, b| a.seconds.total_cmp(&b.seconds)).expect("a candidate was timed");
-    let default = direction.default_kernel(gpu, gpu.default_family()).name();
     match timings.iter().find(|t| t.candidate == default) {
         Some(d) if d.seconds <= best.seconds * (1.0 + MARGIN) => d.candidate,
         _ => best.candidate,
@@ -290,19 +353,27 @@ fn pick(gpu: &Gpu, direction: ConvDirection, timings: &[Timing]) -> &'static str
 }
 
 /// The candidates for `direction` of `s` this adapter can run: every register and workgroup
-/// candidate within its limits. On a CPU driver (an adapter whose default
-/// family is the register family) only the workgroup family's default candidate races the
-/// register candidates: the family runs 2 to 35 times slower there (BENCHMARKS.md), and
-/// SwiftShader did not finish the first launch of `gemm64x64r8` (64 unrolled accumulators) in
-/// 400 s before Chrome lost the device, so timing every candidate on a CPU driver risks the run
-/// for nothing. The tests still run every candidate on lavapipe.
+/// candidate within its limits. On a CPU driver (an adapter whose default family is the
+/// register family) only each family's default candidate races:
+/// - the workgroup family runs 2 to 35 times slower there (BENCHMARKS.md), and SwiftShader did
+///   not finish the first launch of `gemm64x64r8` (64 unrolled accumulators) in 400 s before
+///   Chrome lost the device;
+/// - every register candidate costs its compile, which a CPU driver does on the tuner's clock
+///   at its first launch (4-13 s a kernel on lavapipe with an empty shader cache), and
+///   `register-wide` won no shape beyond timing noise on lavapipe (BENCHMARKS.md, "Tiles and
+///   compile time"), while tuning DenseNet-BC-100 must stay under a minute.
+///
+/// The tests still run every candidate on lavapipe.
 pub fn candidates(gpu: &Gpu, direction: ConvDirection, s: &Conv2dShape) -> Vec<ConvKernel> {
-    let register = direction.kernels().into_iter().filter(|k| k.family() == Family::Register && k.fits(gpu));
+    let cpu_driver = gpu.default_family() == Family::Register;
+    let register = (direction.kernels().into_iter())
+        .filter(|k| k.family() == Family::Register && k.fits(gpu))
+        .filter(|k| !cpu_driver || *k == direction.default_kernel(gpu, Family::Register));
     let mut out: Vec<ConvKernel> = register.collect();
     if !direction.workgroup_serves(s) {
         return out;
     }
-    if gpu.default_family() == Family::Register {
+    if cpu_driver {
         out.extend(Some(direction.default_kernel(gpu, Family::Workgroup)).filter(|k| k.family() == Family::Workgroup));
     } else {
         out.extend(direction.kernels().into_iter().filter(|k| k.family() == Family::Workgroup && k.fits(gpu)));
@@ -311,10 +382,8 @@ pub fn candidates(gpu: &Gpu, direction: ConvDirection, s: &Conv2dShape) -> Vec<C
 }
 
 /// Times `kernels` on zero-filled operands of shape `s` (the kernels' speed does not depend on
-/// the values), in order, by [`clock`]. Pipelines compile when a launch is recorded, before its clock
-/// starts (in a browser, during an untimed first launch: see [`WARM_UP`]). A candidate whose
-/// first timed launch takes [`HOPELESS`] times the best so far, or [`ONE_LAUNCH_ENOUGH`], gets
-/// no more rounds.
+/// the values), in order, by [`clock`], through [`race`]: each one's warm-up launch runs a
+/// single workgroup (see [`Grid::OneWorkgroup`]), which is enough to make the driver compile it.
 pub async fn time_candidates(
     gpu: &Gpu,
     direction: ConvDirection,
@@ -329,9 +398,8 @@ pub async fn time_candidates(
     fn v(b: &wgpu::Buffer) -> View<'_> {
         View::new(b, 0)
     }
-    let mut out: Vec<Timing> = Vec::new();
-    for &kernel in kernels {
-        let dispatches = match direction {
+    let launches: Vec<Vec<crate::gpu::Dispatch>> = (kernels.iter())
+        .map(|&kernel| match direction {
             ConvDirection::Forward => vec![conv::forward_with(gpu, kernel, s, v(&x), v(&w), v(&y))],
             ConvDirection::BackwardInput => {
                 vec![conv::backward_input_with(gpu, kernel, s, (0, s.c_in), v(&y), v(&w), v(&x), false)]
@@ -339,23 +407,34 @@ pub async fn time_candidates(
             ConvDirection::BackwardWeight => {
                 conv::backward_weight_with(gpu, kernel, s, v(&x), None, v(&y), v(&w), scratch.as_ref().map(v), false)
             }
-        };
-        let best = out.iter().map(|t| t.seconds).fold(f64::INFINITY, f64::min);
-        if WARM_UP {
-            run_and_wait(gpu, &dispatches, &x).await?;
+        })
+        .collect();
+    let names: Vec<&'static str> = kernels.iter().map(|k| k.name()).collect();
+    // A register candidate whose launches are another's kernels (same entry points, same
+    // tiles) is that candidate's twin.
+    let twins: Vec<Option<usize>> = (0..kernels.len())
+        .map(|i| {
+            (0..i).find(|&j| match (kernels[i], kernels[j]) {
+                (ConvKernel::Register(a), ConvKernel::Register(b)) => {
+                    launches[i].len() == launches[j].len()
+                        && launches[i]
+                            .iter()
+                            .zip(&launches[j])
+                            .all(|(x, y)| x.label == y.label && a.same_kernel(&b, x.label))
+                }
+                _ => false,
+            })
+        })
+        .collect();
+    race(&names, &twins, async |i, what| match what {
+        Launch::WarmUp => {
+            let start = Instant::now();
+            run_and_wait(gpu, &launches[i], &x, Grid::OneWorkgroup).await?;
+            Ok(start.elapsed().as_secs_f64())
         }
-        let first = launch_seconds(gpu, &dispatches, &x).await?;
-        if first > HOPELESS * best || first >= ONE_LAUNCH_ENOUGH {
-            out.push(Timing { candidate: kernel.name(), seconds: first });
-            continue;
-        }
-        let mut total = first;
-        for _ in 1..ROUNDS {
-            total += launch_seconds(gpu, &dispatches, &x).await?;
-        }
-        out.push(Timing { candidate: kernel.name(), seconds: total / ROUNDS as f64 });
-    }
-    Ok(out)
+        Launch::Timed => launch_seconds(gpu, &launches[i], &x).await,
+    })
+    .await
 }
 
 /// How [`time_candidates`] measures a launch on `gpu`: `device timestamps` where the adapter
@@ -370,23 +449,23 @@ pub fn clock(gpu: &Gpu) -> &'static str {
 
 /// Seconds one run of the launches takes: the device's own timestamps around the pass where
 /// it has them (see [`Gpu::time_on_device`]), else the wall clock around the run and the wait.
-async fn launch_seconds(gpu: &Gpu, dispatches: &[crate::gpu::Dispatch], any: &wgpu::Buffer) -> Result<f64> {
+pub(crate) async fn launch_seconds(gpu: &Gpu, dispatches: &[crate::gpu::Dispatch], any: &wgpu::Buffer) -> Result<f64> {
     let start = Instant::now();
     if let Some(seconds) = gpu.time_on_device(dispatches).await? {
         return Ok(seconds);
     }
     if !gpu.has_timestamps() {
-        run_and_wait(gpu, dispatches, any).await?;
+        run_and_wait(gpu, dispatches, any, Grid::Whole).await?;
     }
     // Without timestamps, or with timestamps out of order (the run finished either way).
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// Runs the launches and returns once the device has finished them: natively by polling the
-/// device to idle; in a browser, which cannot block, by reading one float of `any` back (its
-/// mapping resolves only after the work submitted before it).
-async fn run_and_wait(gpu: &Gpu, dispatches: &[crate::gpu::Dispatch], any: &wgpu::Buffer) -> Result<()> {
-    gpu.run(dispatches).await?;
+/// Runs the launches on `grid` and returns once the device has finished them: natively by
+/// polling the device to idle; in a browser, which cannot block, by reading one float of
+/// `any` back (its mapping resolves only after the work submitted before it).
+async fn run_and_wait(gpu: &Gpu, dispatches: &[crate::gpu::Dispatch], any: &wgpu::Buffer, grid: Grid) -> Result<()> {
+    gpu.run_on(dispatches, grid).await?;
     #[cfg(target_arch = "wasm32")]
     return gpu.read_f32(any, 0, 1).await.map(|_| ());
     #[cfg(not(target_arch = "wasm32"))]

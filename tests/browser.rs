@@ -8,6 +8,8 @@
 //! `DENSEGPU_BROWSER_TESTS=1`, which turns a missing piece into a failure. Without that
 //! variable the tests are skipped with a message, so a plain `cargo test` works anywhere.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -321,4 +323,21 @@ fn a_batch_split_into_shards_trains_as_the_whole_batch_in_the_browser() {
     for (a, b) in whole.iter().zip(&sharded) {
         assert!(a.is_finite() && (a - b).abs() <= 2e-6 * a.abs(), "losses {whole:?} whole vs {sharded:?} sharded");
     }
+}
+
+/// The Profile button times a step launch by launch: its report is the native one, its
+/// trace (downloaded through the page's link) follows the trace event format, and the
+/// launches add up to within 10% of the device's span.
+#[test]
+fn the_page_profiles_a_step_and_its_trace_loads() {
+    let Some(results) = browser_run() else { return };
+    let p = &results["profile"];
+    let report = p["report"].as_str().unwrap_or_else(|| panic!("no profile: {p}"));
+    for needle in ["Step profile on", "family / direction / block", "conv / backward weight", "roofline"] {
+        assert!(report.contains(needle), "no `{needle}` in:\n{report}");
+    }
+    let trace: Value = serde_json::from_slice(&std::fs::read(artifacts_dir().join("profile.json")).unwrap()).unwrap();
+    support::check_chrome_trace(&trace, p["dispatches"].as_u64().unwrap() as usize);
+    let (launches, span) = (p["launch_seconds"].as_f64().unwrap(), p["device_span"].as_f64().unwrap());
+    assert!(launches <= span * (1.0 + 1e-6) && launches >= 0.9 * span, "launches {launches} s, span {span} s");
 }

@@ -311,3 +311,27 @@ fn export_onnx_takes_a_state_dict_saved_from_data_parallel() {
     use tract_onnx::prelude::*;
     tract_onnx::onnx().model_for_path(&onnx).expect("the exported model loads in tract");
 }
+
+/// `--profile FILE` profiles the chosen step of the run: the report is printed and FILE is a
+/// Chrome trace; a step the run does not have is refused before anything runs.
+#[test]
+fn train_cifar_profiles_the_chosen_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("step.json");
+    let args =
+        [&SMALL[..], &["--max-steps", "3", "--profile", trace.to_str().unwrap(), "--profile-step", "2"]].concat();
+    let out = train(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for needle in
+        ["Step profile on", "family / direction / block", "conv / backward weight", "roofline", "Chrome trace written"]
+    {
+        assert!(stdout.contains(needle), "no `{needle}` in:\n{stdout}");
+    }
+    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let slices = trace["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X" && e["pid"] == 1).count();
+    assert!(slices > 50, "{slices} device slices");
+    let err =
+        refused(&train(&[&SMALL[..], &["--max-steps", "3", "--profile", "x.json", "--profile-step", "4"]].concat()));
+    assert!(err.contains("--profile-step 4") && err.contains("from 1 to 3"), "{err}");
+}

@@ -57,6 +57,7 @@ fn every_uniform_block_matches_its_wgsl_struct() {
     check::<loss::kernels::LossParams>();
     check::<pool::kernels::PoolParams>();
     check::<sgd::kernels::SgdParams>();
+    check::<densegpu::peak::PeakParams>();
 }
 
 #[test]

@@ -17,7 +17,7 @@ const $ = (id) => document.getElementById(id);
 
 const demo = (window.demo = {
   status: 'loading', errors: [], history: [], plans: null, adapter: null, kernels: null,
-  lastEval: null, selftest: null, model: null, data: null, api: null,
+  lastEval: null, selftest: null, model: null, data: null, api: null, profile: null,
 });
 
 let dg = null;
@@ -75,7 +75,7 @@ function updateControls() {
   $('start').disabled = !gpuReady || state.busy || s === 'training';
   $('pause').disabled = $('stop').disabled = !running || state.busy;
   $('pause').textContent = s === 'paused' ? 'Resume' : 'Pause';
-  for (const id of ['evaluate', 'download-onnx', 'download-weights', 'load-weights', 'classify-drawing']) {
+  for (const id of ['evaluate', 'profile', 'download-onnx', 'download-weights', 'load-weights', 'classify-drawing']) {
     $(id).disabled = demo.model === null;
   }
   $('selftest').disabled = !gpuReady;
@@ -403,6 +403,18 @@ async function stop() {
   }
 }
 
+// One training step timed launch by launch: the report is shown, the trace offered for download.
+async function profile() {
+  requireModel();
+  const out = JSON.parse(await onGpu(() => dg.profile_step()));
+  const link = $('profile-trace');
+  if (link.href.startsWith('blob:')) URL.revokeObjectURL(link.href);
+  link.href = URL.createObjectURL(new Blob([JSON.stringify(out.trace)], { type: 'application/json' }));
+  $('profile-report').textContent = out.report;
+  $('profile-card').hidden = false;
+  demo.profile = out;
+}
+
 async function evaluate() {
   const result = JSON.parse(await onGpu(() => dg.evaluate()));
   const step = demo.history.at(-1)?.step ?? 0;
@@ -706,6 +718,7 @@ function wireControls() {
   on('pause', 'click', togglePause);
   on('stop', 'click', stop);
   on('evaluate', 'click', evaluate);
+  on('profile', 'click', profile);
   on('selftest', 'click', selftest);
   on('use-generated', 'click', useGenerated);
   on('clear-data', 'click', clearData);

@@ -66,7 +66,10 @@ impl<'a> View<'a> {
 
 /// A recorded kernel launch, ready to be encoded any number of times.
 pub struct Dispatch {
+    /// The kernel's entry point.
     pub label: &'static str,
+    /// The kernel's module ([`Shader::name`]): for a conv, the candidate it belongs to.
+    pub module: &'static str,
     pipeline: std::sync::Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
     uniform: wgpu::Buffer,
@@ -82,14 +85,31 @@ impl Dispatch {
         gpu.queue.write_buffer(&self.uniform, 0, &bytes);
     }
 
-    pub(crate) fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+    pub(crate) fn record(&self, pass: &mut wgpu::ComputePass<'_>, grid: Grid) {
         if self.workgroups.contains(&0) {
             return;
         }
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(self.workgroups[0], self.workgroups[1], self.workgroups[2]);
+        let [x, y, z] = match grid {
+            Grid::Whole => self.workgroups,
+            Grid::OneWorkgroup => [1, 1, 1],
+        };
+        pass.dispatch_workgroups(x, y, z);
     }
+}
+
+/// Which workgroups of a recorded launch run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grid {
+    /// All of them: the launch as recorded.
+    Whole,
+    /// The first workgroup only: the kernel computes part of its output, and a driver that
+    /// compiles a pipeline at its first launch (lavapipe, browsers) compiles it, at a
+    /// fraction of a launch's cost. The autotune's warm-up (see [`crate::tune::Launch`]).
+    /// Every kernel bounds its indices by its parameters, never by the grid, so a partial
+    /// grid is safe.
+    OneWorkgroup,
 }
 
 /// Workgroups for `threads` invocations of `workgroup_size` each. Past 65,535 groups the
@@ -154,6 +174,6 @@ impl Gpu {
             layout: &layout.bind_group,
             entries: &entries,
         });
-        Dispatch { label: kernel.entry, pipeline, bind_group, uniform, workgroups }
+        Dispatch { label: kernel.entry, module: kernel.shader.name, pipeline, bind_group, uniform, workgroups }
     }
 }

@@ -9,7 +9,7 @@ mod dispatch;
 pub mod shaders;
 pub mod uniform;
 
-pub use dispatch::{grid, Dispatch, Kernel, View, Window};
+pub use dispatch::{grid, Dispatch, Grid, Kernel, View, Window};
 
 use crate::error::{Error, Result};
 
@@ -363,7 +363,12 @@ impl Gpu {
     /// Records and submits the dispatches in order, in one compute pass, and reports any
     /// validation or out-of-memory error they raised.
     pub async fn run(&self, dispatches: &[Dispatch]) -> Result<()> {
-        self.run_with(dispatches, None, |_| {}).await
+        self.run_with(dispatches, Grid::Whole, None, |_| {}).await
+    }
+
+    /// [`Gpu::run`] with each launch on `grid` (see [`Grid::OneWorkgroup`]).
+    pub async fn run_on(&self, dispatches: &[Dispatch], grid: Grid) -> Result<()> {
+        self.run_with(dispatches, grid, None, |_| {}).await
     }
 
     /// [`Gpu::run`] with the pass's timestamp writes, if any, and `after`, which records more
@@ -371,6 +376,7 @@ impl Gpu {
     async fn run_with(
         &self,
         dispatches: &[Dispatch],
+        grid: Grid,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
         after: impl FnOnce(&mut wgpu::CommandEncoder),
     ) -> Result<()> {
@@ -380,7 +386,7 @@ impl Gpu {
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
             for d in dispatches {
-                d.record(&mut pass);
+                d.record(&mut pass, grid);
             }
         }
         after(&mut encoder);
@@ -430,7 +436,7 @@ impl Gpu {
             beginning_of_pass_write_index: Some(0),
             end_of_pass_write_index: Some(1),
         };
-        self.run_with(dispatches, Some(writes), |encoder| {
+        self.run_with(dispatches, Grid::Whole, Some(writes), |encoder| {
             encoder.resolve_query_set(&queries, 0..2, &resolved, 0);
             encoder.copy_buffer_to_buffer(&resolved, 0, &staging, 0, 16);
         })
@@ -442,6 +448,93 @@ impl Gpu {
             return Ok(None);
         }
         Ok(Some((end - start) as f64 * self.queue.get_timestamp_period() as f64 * 1e-9))
+    }
+
+    /// Runs the dispatches in order, each in a compute pass of its own, and returns each one's
+    /// (submission, start, seconds): the device's own timestamps at the start and end of its
+    /// pass, starts counted from the first dispatch's, with up to [`PROFILED_PER_SUBMISSION`]
+    /// dispatches a submission (a query set holds 4,096 timestamps). Returns once the device
+    /// has finished. Without timestamp queries (see [`Gpu::has_timestamps`]) each dispatch is
+    /// submitted alone and timed by the wall clock with the device polled to idle (natively
+    /// only). For the step profiler ([`crate::profile`]): separate passes add a little time
+    /// between launches, which the profile reports. Errors: as [`Gpu::run`], or reading the
+    /// timestamps back fails, or a browser adapter without timestamps.
+    pub async fn run_profiled(&self, dispatches: &[Dispatch]) -> Result<Vec<(usize, f64, f64)>> {
+        if !self.timestamps {
+            return self.run_profiled_by_wall_clock(dispatches);
+        }
+        let mut ticks: Vec<(usize, u64, u64)> = Vec::with_capacity(dispatches.len());
+        let mut pending = Vec::new();
+        for (submission, chunk) in dispatches.chunks(PROFILED_PER_SUBMISSION).enumerate() {
+            let count = 2 * chunk.len() as u32;
+            let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("densegpu profile"),
+                ty: wgpu::QueryType::Timestamp,
+                count,
+            });
+            let bytes = 8 * count as u64;
+            let resolved = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("densegpu profile timestamps"),
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let staging = self.staging_buffer(bytes);
+            let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            for (i, d) in chunk.iter().enumerate() {
+                let writes = wgpu::ComputePassTimestampWrites {
+                    query_set: &queries,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                };
+                let mut pass = encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: Some(writes) });
+                d.record(&mut pass, Grid::Whole);
+            }
+            encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
+            encoder.copy_buffer_to_buffer(&resolved, 0, &staging, 0, bytes);
+            self.queue.submit([encoder.finish()]);
+            if let Some(e) = validation.pop().await {
+                return Err(Error::Validation(e.to_string()));
+            }
+            pending.push((submission, chunk.len(), staging));
+        }
+        for (submission, len, staging) in pending {
+            let bytes = self.map_read(&staging).await?;
+            let tick = |i: usize| u64::from_ne_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+            ticks.extend((0..len).map(|i| (submission, tick(2 * i), tick(2 * i + 1))));
+        }
+        let first = ticks.iter().map(|t| t.1).min().unwrap_or(0);
+        let period = self.queue.get_timestamp_period() as f64 * 1e-9;
+        Ok(ticks
+            .into_iter()
+            .map(|(s, start, end)| {
+                (s, start.saturating_sub(first) as f64 * period, end.saturating_sub(start) as f64 * period)
+            })
+            .collect())
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn run_profiled_by_wall_clock(&self, dispatches: &[Dispatch]) -> Result<Vec<(usize, f64, f64)>> {
+        let origin = std::time::Instant::now();
+        let mut out = Vec::with_capacity(dispatches.len());
+        // Each dispatch is a submission of its own here; they share one track all the same.
+        for d in dispatches {
+            let start = origin.elapsed().as_secs_f64();
+            crate::block_on(self.run(std::slice::from_ref(d)))?;
+            self.wait()?;
+            out.push((0, start, origin.elapsed().as_secs_f64() - start));
+        }
+        Ok(out)
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn run_profiled_by_wall_clock(&self, _: &[Dispatch]) -> Result<Vec<(usize, f64, f64)>> {
+        Err(Error::Device(format!(
+            "{} offers no timestamp queries, which the profiler needs in a browser; profile natively instead",
+            self.info.name
+        )))
     }
 
     /// Blocks until the queue is idle (natively; the browser has no blocking wait).
@@ -493,6 +586,10 @@ impl Gpu {
         Ok(out)
     }
 }
+
+/// Dispatches per queue submission in [`Gpu::run_profiled`]: two timestamps each, and a query
+/// set holds at most 4,096 (wgpu's `QUERY_SET_MAX_QUERIES`).
+pub const PROFILED_PER_SUBMISSION: usize = 2048;
 
 /// A one-shot channel for the map callback. The callback runs during `poll` natively and
 /// from the event loop in the browser; either way the receiver resolves once it has run.

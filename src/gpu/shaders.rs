@@ -73,6 +73,7 @@ shaders! {
     ELEMENTWISE => "elementwise.wgsl",
     LINEAR => "linear.wgsl",
     LOSS => "loss.wgsl",
+    PEAK => "peak.wgsl",
     POOL => "pool.wgsl",
     SGD => "sgd.wgsl",
 }

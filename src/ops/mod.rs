@@ -51,6 +51,46 @@ pub mod loss;
 pub mod pool;
 pub mod sgd;
 
+/// Bytes of one stored element: every value is f32 today.
+pub const ELEMENT_BYTES: f64 = 4.0;
+
+/// What one launch must do at least, for the step profiler's table and roofline
+/// ([`crate::profile`]): its floating-point operations, and the bytes it must move if it reads
+/// each input element once and writes each output element once (an accumulated output is
+/// read too). A kernel that re-reads an operand moves more, so achieved bandwidth computed
+/// from these is a lower bound. FLOPs count a multiply-add as two, as conv FLOP counts
+/// usually do; element-wise kernels count their arithmetic per element, comparisons included.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Work {
+    pub flops: f64,
+    pub bytes_read: f64,
+    pub bytes_written: f64,
+}
+
+impl Work {
+    /// `flops` operations over `read` elements read and `written` elements written.
+    pub fn elements(flops: f64, read: f64, written: f64) -> Work {
+        Work { flops, bytes_read: read * ELEMENT_BYTES, bytes_written: written * ELEMENT_BYTES }
+    }
+
+    /// An output of `elems` elements that is added to (read and written) when `accumulate`.
+    pub fn with_output(self, elems: f64, accumulate: bool) -> Work {
+        let read = if accumulate { elems * ELEMENT_BYTES } else { 0.0 };
+        Work { bytes_read: self.bytes_read + read, bytes_written: self.bytes_written + elems * ELEMENT_BYTES, ..self }
+    }
+}
+
+impl std::ops::Add for Work {
+    type Output = Work;
+    fn add(self, o: Work) -> Work {
+        Work {
+            flops: self.flops + o.flops,
+            bytes_read: self.bytes_read + o.bytes_read,
+            bytes_written: self.bytes_written + o.bytes_written,
+        }
+    }
+}
+
 /// `true` as a WGSL `u32` flag.
 pub(crate) fn flag(b: bool) -> u32 {
     b as u32
@@ -81,6 +121,63 @@ impl LaunchOp {
             LaunchOp::Linear(l) => l.operands(),
             LaunchOp::Loss(l) => l.operands(),
             LaunchOp::SgdUpdate => Vec::new(),
+        }
+    }
+
+    /// The op family's name: `conv`, `batchnorm`, `elementwise`, `pool`, `linear`, `loss`, `sgd`.
+    pub fn family(&self) -> &'static str {
+        match self {
+            LaunchOp::Conv(_) => "conv",
+            LaunchOp::BatchNorm(_) => "batchnorm",
+            LaunchOp::Elementwise(_) => "elementwise",
+            LaunchOp::Pool(_) => "pool",
+            LaunchOp::Linear(_) => "linear",
+            LaunchOp::Loss(_) => "loss",
+            LaunchOp::SgdUpdate => "sgd",
+        }
+    }
+
+    /// What the launch computes within its family, e.g. `backward weight` or `stats`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LaunchOp::Conv(l) => l.kind(),
+            LaunchOp::BatchNorm(l) => l.kind(),
+            LaunchOp::Elementwise(l) => l.kind(),
+            LaunchOp::Pool(l) => l.kind(),
+            LaunchOp::Linear(l) => l.kind(),
+            LaunchOp::Loss(_) => "softmax cross-entropy",
+            LaunchOp::SgdUpdate => "update",
+        }
+    }
+
+    /// The launch's shape as text, for the step profiler's trace: a conv as
+    /// `N x C_in x H x W -> C_out, KHxKW/stride p pad`, the others as their shape's fields.
+    pub fn shape_text(&self) -> String {
+        match self {
+            LaunchOp::Conv(l) => {
+                let s = l.shape();
+                format!("{}x{}x{}x{} -> {}, {}x{}/{}p{}", s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad)
+            }
+            LaunchOp::BatchNorm(l) => format!("{:?}", l.shape()),
+            LaunchOp::Elementwise(l) => format!("{} elements", l.len()),
+            LaunchOp::Pool(l) => format!("{:?}", l.shape()),
+            LaunchOp::Linear(l) => format!("{:?}", l.shape()),
+            LaunchOp::Loss(l) => format!("{:?}", l.shape),
+            LaunchOp::SgdUpdate => String::new(),
+        }
+    }
+
+    /// The launch's [`Work`] over the whole batch; `parameters` (elements) sizes the
+    /// optimizer step, which the schedule does not see.
+    pub fn work(&self, parameters: u64) -> Work {
+        match self {
+            LaunchOp::Conv(l) => l.work(),
+            LaunchOp::BatchNorm(l) => l.work(),
+            LaunchOp::Elementwise(l) => l.work(),
+            LaunchOp::Pool(l) => l.work(),
+            LaunchOp::Linear(l) => l.work(),
+            LaunchOp::Loss(l) => l.work(),
+            LaunchOp::SgdUpdate => sgd::work(parameters),
         }
     }
 }

@@ -63,3 +63,36 @@ pub fn random_tensors(graph: &Graph, seed: u64, range: std::ops::Range<f32>) -> 
         })
         .collect()
 }
+
+/// Checks a step profiler's Chrome trace (`densegpu::profile::StepProfile::chrome_trace`) as
+/// the JSON trace event format has it, which Perfetto and chrome://tracing read: a
+/// `traceEvents` array of complete (`X`) events with a name, microsecond `ts` and `dur`, a
+/// process and a thread; one device slice per dispatch (`dispatches` of them) with the
+/// profiler's arguments, a conv's naming its kernel candidate; every device track named by a
+/// `thread_name` metadata (`M`) event; the slices in time order.
+pub fn check_chrome_trace(trace: &serde_json::Value, dispatches: usize) {
+    let events = trace["traceEvents"].as_array().expect("a traceEvents array");
+    let complete: Vec<&serde_json::Value> = events.iter().filter(|e| e["ph"] == "X").collect();
+    let device: Vec<&&serde_json::Value> = complete.iter().filter(|e| e["pid"] == 1).collect();
+    assert_eq!(device.len(), dispatches, "one slice per dispatch");
+    for e in &complete {
+        assert!(e["name"].is_string() && e["ts"].is_number() && e["dur"].is_number(), "{e}");
+        assert!(e["ts"].as_f64().unwrap() >= 0.0 && e["dur"].as_f64().unwrap() >= 0.0, "{e}");
+        assert!(e["pid"].is_u64() && e["tid"].is_u64(), "{e}");
+    }
+    for e in &device {
+        for arg in ["node", "block", "shape", "entry", "kernel", "flops", "bytes_read", "bytes_written"] {
+            assert!(!e["args"][arg].is_null(), "slice without `{arg}`: {e}");
+        }
+    }
+    let conv = device.iter().find(|e| e["cat"] == "conv").expect("a conv slice");
+    assert!(conv["args"]["kernel"].as_str().is_some_and(|k| !k.ends_with(".wgsl")), "{conv}");
+    let named: Vec<u64> = (events.iter().filter(|e| e["ph"] == "M" && e["pid"] == 1 && e["name"] == "thread_name"))
+        .map(|e| e["tid"].as_u64().unwrap())
+        .collect();
+    for e in &device {
+        assert!(named.contains(&e["tid"].as_u64().unwrap()), "track {} has no name", e["tid"]);
+    }
+    let starts: Vec<f64> = device.iter().map(|e| e["ts"].as_f64().unwrap()).collect();
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "slices out of order");
+}

@@ -190,6 +190,17 @@ async function main() {
     results.weightsStatus = await page.evaluate(() => document.querySelector('#weights-status').textContent);
     results.predictionsAfterReload = JSON.parse(await page.evaluate(async (bytes) => window.demo.api.classify_rgba(new Uint8Array(bytes), 32, 32), Array.from(rgba)));
 
+    // A step profiled through the button, and its trace through the download link.
+    await page.click('#profile');
+    await page.waitForFunction(() => window.demo.profile !== null || window.demo.errors.length > 0, null, { timeout: 300_000 });
+    results.profile = await page.evaluate(() => {
+      const { trace, ...rest } = window.demo.profile ?? {};
+      return rest;
+    });
+    const [trace] = await Promise.all([page.waitForEvent('download', { timeout: 60_000 }), page.click('#profile-trace')]);
+    await trace.saveAs(path.join(outDir, 'profile.json'));
+    save();
+
     await page.waitForTimeout(300);
     await page.screenshot({ path: path.join(outDir, 'page.png'), fullPage: true });
     results.errors = await page.evaluate(() => window.demo.errors);

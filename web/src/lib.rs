@@ -435,6 +435,34 @@ pub async fn train_step() -> Result<String, JsError> {
     .await
 }
 
+/// Runs one training step on the next batch with every launch timed (see `densegpu::profile`):
+/// it trains as any other step. Returns `{step, loss, report, trace, launch_seconds,
+/// device_span, dispatches}`: the report as the native `--profile` prints it (against this
+/// adapter's ceiling, measured now with `densegpu::peak`), and the Chrome trace as an object,
+/// which the page offers as a download for Perfetto or chrome://tracing.
+#[wasm_bindgen]
+pub async fn profile_step() -> Result<String, JsError> {
+    with_model(async |m: &mut Model| {
+        let step = m.trainer.session().step;
+        m.trainer.profile_step(step);
+        let r = m.trainer.step().await?;
+        let profile =
+            m.trainer.take_profile().ok_or_else(|| Error::Training("the step ran without its profile".into()))?;
+        let peak = densegpu::peak::measure(&m.trainer.session().gpu).await?;
+        Ok(serde_json::json!({
+            "step": r.step,
+            "loss": r.loss,
+            "report": profile.report(Some(&peak)),
+            "trace": profile.chrome_trace(),
+            "launch_seconds": profile.launch_seconds(),
+            "device_span": profile.device_span,
+            "dispatches": profile.dispatches.len(),
+        })
+        .to_string())
+    })
+    .await
+}
+
 /// Eval-mode accuracy and loss on the held-out images: `{loss, accuracy, images}`. Frees the
 /// inference arena again afterwards.
 #[wasm_bindgen]

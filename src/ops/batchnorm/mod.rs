@@ -19,6 +19,7 @@
 pub mod kernels;
 
 use crate::graph::{Graph, NodeId, Op, SliceId, StateId};
+use crate::ops::Work;
 use crate::schedule::{Loc, Pass, Phase, ScheduleBuilder};
 
 /// Channels, images and pixels per image; each channel holds `m() = n * hw` values.
@@ -110,6 +111,53 @@ pub enum BatchNormLaunch {
 }
 
 impl BatchNormLaunch {
+    /// The batch norm's shape (its channel slice).
+    pub fn shape(&self) -> BatchNormShape {
+        match *self {
+            BatchNormLaunch::TrainStats { shape, .. }
+            | BatchNormLaunch::EvalStats { shape, .. }
+            | BatchNormLaunch::Apply { shape, .. }
+            | BatchNormLaunch::Backward { shape, .. } => shape,
+        }
+    }
+
+    /// What the launch computes: `stats`, `eval stats`, `apply` or `backward`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BatchNormLaunch::TrainStats { .. } => "stats",
+            BatchNormLaunch::EvalStats { .. } => "eval stats",
+            BatchNormLaunch::Apply { .. } => "apply",
+            BatchNormLaunch::Backward { .. } => "backward",
+        }
+    }
+
+    /// The launch's [`Work`], counting per element of its channels: the statistics 3 FLOPs
+    /// (shift, add, square-add), the apply 2 (+1 with the ReLU), the backward 6 for its two
+    /// sums (normalise, mask, add, multiply-add) and 5 more where it writes the input gradient.
+    pub fn work(&self) -> Work {
+        match *self {
+            BatchNormLaunch::TrainStats { shape: s, .. } => {
+                let c = s.c as f64;
+                Work::elements(3.0 * s.len() as f64, s.len() as f64 + 2.0 * c, 4.0 * c)
+            }
+            BatchNormLaunch::EvalStats { shape: s, .. } => {
+                Work::elements(2.0 * s.c as f64, 2.0 * s.c as f64, 2.0 * s.c as f64)
+            }
+            BatchNormLaunch::Apply { shape: s, relu, .. } => {
+                let per = if relu { 3.0 } else { 2.0 };
+                Work::elements(per * s.len() as f64, s.len() as f64 + 4.0 * s.c as f64, s.len() as f64)
+            }
+            BatchNormLaunch::Backward { shape: s, dx, accumulate, .. } => {
+                let (len, c) = (s.len() as f64, s.c as f64);
+                let sums = Work::elements(6.0 * len, 2.0 * len + 4.0 * c, 2.0 * c);
+                match dx {
+                    Some(_) => sums.with_output(len, accumulate) + Work::elements(5.0 * len, 0.0, 0.0),
+                    None => sums,
+                }
+            }
+        }
+    }
+
     /// Every operand of the launch.
     pub fn operands(&self) -> Vec<Loc> {
         match *self {

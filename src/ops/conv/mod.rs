@@ -20,6 +20,7 @@ pub mod workgroup;
 
 use crate::graph::{ChannelSlice, Graph, Node, NodeId, Op, StorageId, StorageUses};
 use crate::ops::batchnorm::{BatchNormLaunch, BatchNormShape};
+use crate::ops::Work;
 use crate::schedule::{Loc, Phase, ScheduleBuilder, ValueKind};
 use std::collections::HashMap;
 use wgsl::{ConvTiles, WORKGROUP};
@@ -220,6 +221,57 @@ impl ConvLaunch {
             }
         }
         l
+    }
+
+    /// The conv's shape (the whole batch's, as planned).
+    pub fn shape(&self) -> &Conv2dShape {
+        match self {
+            ConvLaunch::Forward { shape, .. }
+            | ConvLaunch::ForwardBnRelu { shape, .. }
+            | ConvLaunch::BackwardInput { shape, .. }
+            | ConvLaunch::BackwardWeight { shape, .. }
+            | ConvLaunch::BackwardWeightBnRelu { shape, .. } => shape,
+        }
+    }
+
+    /// What the launch computes: `forward`, `backward input` or `backward weight`, with
+    /// ` bn-relu` where it normalises its input on load.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConvLaunch::Forward { .. } => "forward",
+            ConvLaunch::ForwardBnRelu { .. } => "forward bn-relu",
+            ConvLaunch::BackwardInput { .. } => "backward input",
+            ConvLaunch::BackwardWeight { .. } => "backward weight",
+            ConvLaunch::BackwardWeightBnRelu { .. } => "backward weight bn-relu",
+        }
+    }
+
+    /// The launch's [`Work`]: 2 FLOPs per multiply-add of the direct convolution (padded taps
+    /// included, as [`Conv2dShape::macs`]), each operand once; normalising on load adds 3
+    /// FLOPs per input element (scale, shift, max) and the two statistics and affine vectors.
+    pub fn work(&self) -> Work {
+        let bn_relu = |s: &Conv2dShape| Work::elements(3.0 * s.input_elems() as f64, 4.0 * s.c_in as f64, 0.0);
+        let forward = |s: &Conv2dShape| {
+            Work::elements(s.flops_forward() as f64, (s.input_elems() + s.weight_elems()) as f64, 0.0)
+                .with_output(s.output_elems() as f64, false)
+        };
+        let weight = |s: &Conv2dShape, accumulate: bool| {
+            Work::elements(s.flops_forward() as f64, (s.input_elems() + s.output_elems()) as f64, 0.0)
+                .with_output(s.weight_elems() as f64, accumulate)
+        };
+        match self {
+            ConvLaunch::Forward { shape, .. } => forward(shape),
+            ConvLaunch::ForwardBnRelu { shape, .. } => forward(shape) + bn_relu(shape),
+            ConvLaunch::BackwardInput { shape: s, channels: (_, count), accumulate, .. } => {
+                // Only `count` of the input channels: their share of the products and weights.
+                let share = *count as f64 / s.c_in as f64;
+                let read = s.output_elems() as f64 + s.weight_elems() as f64 * share;
+                Work::elements(s.flops_forward() as f64 * share, read, 0.0)
+                    .with_output(s.input_elems() as f64 * share, *accumulate)
+            }
+            ConvLaunch::BackwardWeight { shape, accumulate, .. } => weight(shape, *accumulate),
+            ConvLaunch::BackwardWeightBnRelu { shape, accumulate, .. } => weight(shape, *accumulate) + bn_relu(shape),
+        }
     }
 
     /// Every operand of the launch.

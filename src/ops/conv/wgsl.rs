@@ -55,15 +55,23 @@ pub struct ConvTiles {
     pub wgrad3_pixels: u32,
 }
 
-/// The register family's candidates. The first is its default, measured fastest on lavapipe
-/// over whole DenseNet-BC-100 steps (BENCHMARKS.md), and keeps the family's name, `register`,
-/// in tuning caches.
+/// The register family's candidates. The first is its default and keeps the family's name,
+/// `register`, in tuning caches. They differ only in the 1x1 product's tile: `register` takes
+/// 16 channels x 16 pixels, `register-wide` 8 channels x 32 pixels (longer pixel runs, half
+/// the rows: more blocks for a 48-channel bottleneck). Every other kernel is the same in both,
+/// so the tuner times it once ([`ConvTiles::same_kernel`]) and a driver that caches compiled
+/// shaders by their text (Mesa's) compiles it once. On CPU drivers the tuner races only the
+/// default (see `tune::candidates`).
 ///
-/// `register-wide` takes the runners-up of those measurements: 8 channels x 32 pixels for the
-/// 1x1 product (longer pixel runs, half the rows: more blocks for a 48-channel bottleneck),
-/// 3x3 workgroups of 32 whose narrow kernel takes 2 lines (twice the invocations on 8x8
-/// maps), and 3x3 weight gradients that take all 12 growth channels per workgroup, reading
-/// each input segment once for all of them instead of three times.
+/// Why these sizes (BENCHMARKS.md, "Tiles and compile time"): on lavapipe the time LLVM takes
+/// to compile a kernel grows faster than its accumulators, and a CPU driver compiles on the
+/// first launch, on an empty Mesa shader cache for every new user. The earlier default's 3x3
+/// kernels (12 channels x 16 pixels x 4 lines, and 8 x 8 on 8x8 maps: 768 accumulators) took
+/// 52-69 s each to compile, for launches 10-25% faster than 12 x 16 x 2 (384 accumulators,
+/// 12-18 s) at 32x32 and 16x16. On 8x8 maps 12 x 8 x 2 (192, 4-7 s) costs about 2 ms a launch
+/// more than 384. Smaller tiles ran up to twice as long on 32x32 maps. The 3x3 weight
+/// gradient takes all 12 growth channels per workgroup, reading each input segment once for
+/// all of them: 15-35% faster than 4 at BC-100's 16x16 and 32x32 maps.
 pub const REGISTER_TILES: [ConvTiles; 2] = [
     ConvTiles {
         name: "register",
@@ -71,13 +79,13 @@ pub const REGISTER_TILES: [ConvTiles; 2] = [
         gemm_pixels: 16,
         conv3_rows: 12,
         conv3_pixels: 16,
-        conv3_lines: 4,
+        conv3_lines: 2,
         conv3_narrow_pixels: 8,
-        conv3_narrow_lines: 8,
+        conv3_narrow_lines: 2,
         conv3_workgroup: 16,
         wgrad1_rows: 16,
         wgrad1_cols: 16,
-        wgrad3_rows: 4,
+        wgrad3_rows: 12,
         wgrad3_pixels: 8,
     },
     ConvTiles {
@@ -86,10 +94,10 @@ pub const REGISTER_TILES: [ConvTiles; 2] = [
         gemm_pixels: 32,
         conv3_rows: 12,
         conv3_pixels: 16,
-        conv3_lines: 4,
+        conv3_lines: 2,
         conv3_narrow_pixels: 8,
         conv3_narrow_lines: 2,
-        conv3_workgroup: 32,
+        conv3_workgroup: 16,
         wgrad1_rows: 16,
         wgrad1_cols: 16,
         wgrad3_rows: 12,
@@ -135,6 +143,27 @@ impl ConvTiles {
         self.wgrad3x3(&mut out);
         emit!(out, "{GENERAL}");
         out
+    }
+
+    /// Whether `self` and `other` generate the same kernel for `entry` (an entry point of
+    /// [`ConvTiles::wgsl`]): the tiles its text and launch grid are made from are equal. The
+    /// tuner then times one for both, since they are one kernel (see `tune::race`). Names
+    /// this module does not generate are never the same.
+    pub fn same_kernel(&self, other: &ConvTiles, entry: &str) -> bool {
+        let tiles = |t: &ConvTiles| -> Option<Vec<u32>> {
+            Some(match entry {
+                "conv1x1_gemm" | "conv1x1_gemm_bnrelu" => vec![t.gemm_rows, t.gemm_pixels],
+                "conv3x3_s1" => vec![t.conv3_rows, t.conv3_pixels, t.conv3_lines, t.conv3_workgroup],
+                "conv3x3_s1_narrow" => {
+                    vec![t.conv3_rows, t.conv3_narrow_pixels, t.conv3_narrow_lines, t.conv3_workgroup]
+                }
+                "conv1x1_weight_grad" | "conv1x1_weight_grad_bnrelu" => vec![t.wgrad1_rows, t.wgrad1_cols],
+                "conv3x3_s1_weight_grad" => vec![t.wgrad3_rows, t.wgrad3_pixels],
+                "conv_general_forward" | "conv_general_backward_input" | "conv_general_weight_grad" => vec![],
+                _ => return None,
+            })
+        };
+        tiles(self).is_some() && tiles(self) == tiles(other)
     }
 
     /// Whether an adapter with these limits can run the candidate: its workgroups (the 3x3

@@ -6,6 +6,7 @@
 pub mod kernels;
 
 use crate::graph::{NodeId, Op};
+use crate::ops::Work;
 use crate::schedule::{Loc, Pass, Phase, ScheduleBuilder};
 
 /// The elementwise launches over `len` contiguous elements. Dropout's mask is a hash of
@@ -63,6 +64,58 @@ pub enum ElementwiseLaunch {
 }
 
 impl ElementwiseLaunch {
+    /// Elements the launch covers.
+    pub fn len(&self) -> u32 {
+        match *self {
+            ElementwiseLaunch::ReluForward { len, .. }
+            | ElementwiseLaunch::ReluBackward { len, .. }
+            | ElementwiseLaunch::DropoutForward { len, .. }
+            | ElementwiseLaunch::DropoutBackward { len, .. }
+            | ElementwiseLaunch::Copy { len, .. }
+            | ElementwiseLaunch::Add { len, .. }
+            | ElementwiseLaunch::Fill { len, .. } => len,
+        }
+    }
+
+    /// Whether the launch covers no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What the launch computes, e.g. `relu forward` or `copy`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ElementwiseLaunch::ReluForward { .. } => "relu forward",
+            ElementwiseLaunch::ReluBackward { .. } => "relu backward",
+            ElementwiseLaunch::DropoutForward { .. } => "dropout forward",
+            ElementwiseLaunch::DropoutBackward { .. } => "dropout backward",
+            ElementwiseLaunch::Copy { .. } => "copy",
+            ElementwiseLaunch::Add { .. } => "add",
+            ElementwiseLaunch::Fill { .. } => "fill",
+        }
+    }
+
+    /// The launch's [`Work`]: one FLOP per element for ReLU, its mask, an add, and dropout's
+    /// scale (its hash is integer work, not counted); none for a copy or fill.
+    pub fn work(&self) -> Work {
+        match *self {
+            ElementwiseLaunch::ReluForward { len, .. } | ElementwiseLaunch::DropoutForward { len, .. } => {
+                Work::elements(len as f64, len as f64, len as f64)
+            }
+            ElementwiseLaunch::ReluBackward { len, accumulate, .. } => {
+                Work::elements(len as f64, 2.0 * len as f64, 0.0).with_output(len as f64, accumulate)
+            }
+            ElementwiseLaunch::DropoutBackward { len, accumulate, .. } => {
+                Work::elements(len as f64, len as f64, 0.0).with_output(len as f64, accumulate)
+            }
+            ElementwiseLaunch::Copy { len, .. } => Work::elements(0.0, len as f64, len as f64),
+            ElementwiseLaunch::Add { len, .. } => {
+                Work::elements(len as f64, len as f64, 0.0).with_output(len as f64, true)
+            }
+            ElementwiseLaunch::Fill { len, .. } => Work::elements(0.0, 0.0, len as f64),
+        }
+    }
+
     /// Every operand of the launch.
     pub fn operands(&self) -> Vec<Loc> {
         match *self {

@@ -7,6 +7,7 @@
 pub mod kernels;
 
 use crate::graph::{Graph, Node, NodeId, Op};
+use crate::ops::Work;
 use crate::schedule::{Loc, Phase, ScheduleBuilder};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +58,39 @@ pub enum LinearLaunch {
 }
 
 impl LinearLaunch {
+    /// The layer's shape.
+    pub fn shape(&self) -> LinearShape {
+        match *self {
+            LinearLaunch::Forward { shape, .. }
+            | LinearLaunch::BackwardParams { shape, .. }
+            | LinearLaunch::BackwardInput { shape, .. } => shape,
+        }
+    }
+
+    /// What the launch computes: `forward`, `backward params` or `backward input`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LinearLaunch::Forward { .. } => "forward",
+            LinearLaunch::BackwardParams { .. } => "backward params",
+            LinearLaunch::BackwardInput { .. } => "backward input",
+        }
+    }
+
+    /// The launch's [`Work`]: 2 FLOPs per multiply-add of the matrix product (the bias adds
+    /// are counted as one each), each operand once; `params` is the weight (out, in) and bias.
+    pub fn work(&self) -> Work {
+        let s = self.shape();
+        let (n, i, o) = (s.n as f64, s.in_features as f64, s.out_features as f64);
+        let params = o * i + o;
+        match *self {
+            LinearLaunch::Forward { .. } => Work::elements(2.0 * n * i * o + n * o, n * i + params, n * o),
+            LinearLaunch::BackwardParams { .. } => Work::elements(2.0 * n * i * o + n * o, n * i + n * o, params),
+            LinearLaunch::BackwardInput { accumulate, .. } => {
+                Work::elements(2.0 * n * i * o, n * o + o * i, 0.0).with_output(n * i, accumulate)
+            }
+        }
+    }
+
     /// The launch over `n` images (one batch shard) instead of the whole batch.
     pub fn with_batch(&self, n: u32) -> LinearLaunch {
         let mut l = self.clone();

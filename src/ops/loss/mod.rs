@@ -12,6 +12,7 @@
 pub mod kernels;
 
 use crate::graph::NodeId;
+use crate::ops::Work;
 use crate::schedule::{Loc, Pass, Phase, ScheduleBuilder};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +39,18 @@ pub struct LossLaunch {
 }
 
 impl LossLaunch {
+    /// The launch's [`Work`]: per logit a max, a subtraction, an exponential and a sum (4
+    /// FLOPs; an exponential is counted as one), reading logits and labels, writing the
+    /// [loss, correct] pair and, in training, dlogits (3 more FLOPs per logit).
+    pub fn work(&self) -> Work {
+        let (k, n) = (self.shape.classes as f64, self.shape.n as f64);
+        let forward = Work::elements(4.0 * k * n, k * n + n, 2.0);
+        match self.dlogits {
+            Some(_) => forward + Work::elements(3.0 * k * n, 0.0, k * n),
+            None => forward,
+        }
+    }
+
     /// Every operand of the launch.
     pub fn operands(&self) -> Vec<Loc> {
         let mut v = vec![self.logits, self.labels, self.loss];

@@ -8,6 +8,7 @@
 pub mod kernels;
 
 use crate::graph::{Graph, NodeId, Op, SliceId};
+use crate::ops::Work;
 use crate::schedule::{Loc, Phase, ScheduleBuilder};
 
 /// The shape of a pool's input, (C, N, H, W).
@@ -90,6 +91,61 @@ pub enum PoolLaunch {
 }
 
 impl PoolLaunch {
+    /// The pool's input shape.
+    pub fn shape(&self) -> PoolShape {
+        match *self {
+            PoolLaunch::AvgForward { shape, .. }
+            | PoolLaunch::AvgBackward { shape, .. }
+            | PoolLaunch::MaxForward { shape, .. }
+            | PoolLaunch::MaxBackward { shape, .. }
+            | PoolLaunch::GlobalAvgForward { shape, .. }
+            | PoolLaunch::GlobalAvgBackward { shape, .. } => shape,
+        }
+    }
+
+    /// What the launch computes, e.g. `avg 2x2 forward`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PoolLaunch::AvgForward { .. } => "avg 2x2 forward",
+            PoolLaunch::AvgBackward { .. } => "avg 2x2 backward",
+            PoolLaunch::MaxForward { .. } => "max 3x3 forward",
+            PoolLaunch::MaxBackward { .. } => "max 3x3 backward",
+            PoolLaunch::GlobalAvgForward { .. } => "global avg forward",
+            PoolLaunch::GlobalAvgBackward { .. } => "global avg backward",
+        }
+    }
+
+    /// The launch's [`Work`]: one FLOP per window tap (an add or a comparison) and one per
+    /// output for the average's scale; the max pool's backward re-finds each window's maximum.
+    pub fn work(&self) -> Work {
+        let input = |s: &PoolShape| s.len() as f64;
+        let planes = |s: &PoolShape| s.planes() as f64;
+        match *self {
+            PoolLaunch::AvgForward { shape: s, .. } => {
+                let out = planes(&s) * (s.avg_out().0 * s.avg_out().1) as f64;
+                Work::elements(4.0 * out + out, input(&s), out)
+            }
+            PoolLaunch::AvgBackward { shape: s, accumulate, .. } => {
+                let out = planes(&s) * (s.avg_out().0 * s.avg_out().1) as f64;
+                Work::elements(input(&s), out, 0.0).with_output(input(&s), accumulate)
+            }
+            PoolLaunch::MaxForward { shape: s, .. } => {
+                let out = planes(&s) * (s.max_out().0 * s.max_out().1) as f64;
+                Work::elements(9.0 * out, input(&s), out)
+            }
+            PoolLaunch::MaxBackward { shape: s, accumulate, .. } => {
+                let out = planes(&s) * (s.max_out().0 * s.max_out().1) as f64;
+                Work::elements(9.0 * out, input(&s) + out, 0.0).with_output(input(&s), accumulate)
+            }
+            PoolLaunch::GlobalAvgForward { shape: s, .. } => {
+                Work::elements(input(&s) + planes(&s), input(&s), planes(&s))
+            }
+            PoolLaunch::GlobalAvgBackward { shape: s, accumulate, .. } => {
+                Work::elements(input(&s), planes(&s), 0.0).with_output(input(&s), accumulate)
+            }
+        }
+    }
+
     /// The launch over `n` images (one batch shard) instead of the whole batch.
     pub fn with_batch(&self, n: u32) -> PoolLaunch {
         let mut l = self.clone();

@@ -22,6 +22,15 @@ impl SgdHyper {
     }
 }
 
+/// The [`crate::ops::Work`] of one SGD step over `parameters` elements: it reads each
+/// parameter, its gradient and its momentum and writes the parameter and momentum back, with
+/// 8 FLOPs each (weight decay, momentum, Nesterov's look-ahead and the step, a multiply-add
+/// each).
+pub fn work(parameters: u64) -> crate::ops::Work {
+    let p = parameters as f64;
+    crate::ops::Work::elements(8.0 * p, 3.0 * p, 2.0 * p)
+}
+
 /// The DenseNet CIFAR recipe, [`SgdHyper::densenet_cifar`].
 impl Default for SgdHyper {
     fn default() -> Self {
