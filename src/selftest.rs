@@ -323,12 +323,14 @@ impl Tensors {
 }
 
 /// The kernels the conv checks run, for each of the two families: (label suffix, forward and
-/// input-gradient kernel, weight-gradient kernel). The workgroup family with its first
-/// candidates, as a GPU runs it untuned; a device's own choice is always one of the two kinds.
-fn conv_families() -> [(&'static str, ConvKernel, ConvKernel); 2] {
+/// input-gradient kernel, weight-gradient kernel). Each family's untuned default on `gpu`
+/// (the register family's subgroup candidate where the device has subgroups, the workgroup
+/// family's first candidates); a device's own choice is always one of the two kinds.
+fn conv_families(gpu: &Gpu) -> [(&'static str, ConvKernel, ConvKernel); 2] {
     let first = |d: ConvDirection| ConvKernel::Workgroup(d.workgroup_tiles()[0]);
+    let register = crate::ops::conv::kernels::register_default(gpu);
     [
-        ("register", ConvKernel::REGISTER, ConvKernel::REGISTER),
+        ("register", register, register),
         ("workgroup", first(ConvDirection::Forward), first(ConvDirection::BackwardWeight)),
     ]
 }
@@ -344,7 +346,7 @@ fn family_name(op: &str, kernel_family: &str) -> String {
 
 async fn conv(gpu: &Gpu, family: &'static str, s: Conv2dShape) -> Result<Vec<Check>> {
     let mut checks = Vec::new();
-    for kernels in conv_families() {
+    for kernels in conv_families(gpu) {
         checks.extend(conv_with(gpu, family, s, kernels).await?);
     }
     Ok(checks)
@@ -422,7 +424,7 @@ async fn batchnorm(gpu: &Gpu) -> Result<Vec<Check>> {
 /// a channel slice, in place, from the conv's input gradient of that slice.
 async fn fused(gpu: &Gpu) -> Result<Vec<Check>> {
     let mut checks = Vec::new();
-    for kernels in conv_families() {
+    for kernels in conv_families(gpu) {
         checks.extend(fused_with(gpu, kernels).await?);
     }
     Ok(checks)
@@ -598,7 +600,7 @@ async fn realistic(gpu: &Gpu) -> Result<Vec<Check>> {
     ];
     let mut checks = Vec::new();
     for ((k, s), (kernel_family, product, weight)) in
-        shapes.into_iter().enumerate().flat_map(|ks| conv_families().map(move |f| (ks, f)))
+        shapes.into_iter().enumerate().flat_map(|ks| conv_families(gpu).map(move |f| (ks, f)))
     {
         let seed = 100 * k as u64;
         let x: Vec<f32> = random(s.input_elems() as usize, seed).iter().map(|v| (0.8 + 1.5 * v).max(0.0)).collect();

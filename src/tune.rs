@@ -354,21 +354,26 @@ pub fn choose(default: &str, timings: &[Timing]) -> &'static str {
 
 /// The candidates for `direction` of `s` this adapter can run: every register and workgroup
 /// candidate within its limits. On a CPU driver (an adapter whose default family is the
-/// register family) only each family's default candidate races:
-/// - the workgroup family runs 2 to 35 times slower there (BENCHMARKS.md), and SwiftShader did
-///   not finish the first launch of `gemm64x64r8` (64 unrolled accumulators) in 400 s before
-///   Chrome lost the device;
-/// - every register candidate costs its compile, which a CPU driver does on the tuner's clock
-///   at its first launch (4-13 s a kernel on lavapipe with an empty shader cache), and
-///   `register-wide` won no shape beyond timing noise on lavapipe (BENCHMARKS.md, "Tiles and
-///   compile time"), while tuning DenseNet-BC-100 must stay under a minute.
+/// register family) fewer race:
+/// - only the workgroup family's default: the family runs 2 to 35 times slower there
+///   (BENCHMARKS.md), and SwiftShader did not finish the first launch of `gemm64x64r8` (64
+///   unrolled accumulators) in 400 s before Chrome lost the device;
+/// - natively, only the register family's default too (`register-subgroup` where the device
+///   has subgroups, see `kernels::register_default`): each register candidate costs its
+///   compile, which lavapipe does on the tuner's clock at its first launch (4-22 s a kernel
+///   with an empty shader cache, BENCHMARKS.md, "Tiles and compile time"), and the subgroup
+///   default runs the products 1.5-1.9x faster than `register` there (BENCHMARKS.md, "Weights
+///   once per subgroup"). In a browser every register candidate races: on SwiftShader
+///   `register-wide` measured 2-3x faster on small 1x1 products.
 ///
-/// The tests still run every candidate on lavapipe.
+/// The tests still run every candidate on lavapipe (the sweep of realistic values at
+/// DenseNet's shapes only with `cargo xtask test --full`).
 pub fn candidates(gpu: &Gpu, direction: ConvDirection, s: &Conv2dShape) -> Vec<ConvKernel> {
     let cpu_driver = gpu.default_family() == Family::Register;
+    let only_default = cpu_driver && !cfg!(target_arch = "wasm32");
     let register = (direction.kernels().into_iter())
         .filter(|k| k.family() == Family::Register && k.fits(gpu))
-        .filter(|k| !cpu_driver || *k == direction.default_kernel(gpu, Family::Register));
+        .filter(|k| !only_default || *k == direction.default_kernel(gpu, Family::Register));
     let mut out: Vec<ConvKernel> = register.collect();
     if !direction.workgroup_serves(s) {
         return out;

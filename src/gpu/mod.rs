@@ -44,7 +44,14 @@ pub struct Gpu {
     kernel_choices: Mutex<HashMap<String, String>>,
     /// Whether the device was granted timestamp queries (see [`Gpu::time_on_device`]).
     timestamps: bool,
+    /// Whether the device was granted subgroup operations with subgroups of at least
+    /// [`MIN_SUBGROUP_SIZE`] invocations (see [`Gpu::has_subgroups`]).
+    subgroups: bool,
 }
+
+/// The smallest subgroup the register family's subgroup candidate can run on: it broadcasts
+/// weights from subgroup invocations 0 to 7 (see `ops::conv::wgsl`).
+pub const MIN_SUBGROUP_SIZE: u32 = 8;
 
 /// The two kernel families (see README, "How it is built").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -146,10 +153,19 @@ impl Gpu {
         // Timestamp queries time kernels on the device itself, for the tuner; not every
         // adapter offers them, and nothing else needs them.
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        // Subgroup operations let a conv candidate load its weights once per subgroup instead of
+        // once per invocation. Natively only for now: a browser's WGSL also needs an `enable
+        // subgroups;` directive, which the generated text does not carry yet.
+        let subgroups = !cfg!(target_arch = "wasm32")
+            && adapter.features().contains(wgpu::Features::SUBGROUP)
+            && info.subgroup_min_size >= MIN_SUBGROUP_SIZE;
+        let mut features = wgpu::Features::empty();
+        features.set(wgpu::Features::TIMESTAMP_QUERY, timestamps);
+        features.set(wgpu::Features::SUBGROUP, subgroups);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("densegpu"),
-                required_features: if timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() },
+                required_features: features,
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -181,6 +197,7 @@ impl Gpu {
             forced_family: Mutex::default(),
             kernel_choices: Mutex::default(),
             timestamps,
+            subgroups,
         })
     }
 
@@ -401,6 +418,13 @@ impl Gpu {
             return Err(Error::Validation(e.to_string()));
         }
         Ok(())
+    }
+
+    /// Whether kernels may use WGSL's subgroup operations on subgroups of at least
+    /// [`MIN_SUBGROUP_SIZE`] invocations (the adapter offers them, natively; lavapipe's
+    /// subgroups are its 8 SIMD lanes at 256 bits).
+    pub fn has_subgroups(&self) -> bool {
+        self.subgroups
     }
 
     /// Whether [`Gpu::time_on_device`] can time launches (the adapter offers timestamp

@@ -59,7 +59,7 @@ macro_rules! shaders {
         $(pub static $id: Shader = Shader { name: $file, body: Body::File(include_str!(concat!("../../shaders/", $file))), params_of: None };)*
         /// Every shader, for validation tests and pipeline warm-up.
         pub static ALL: &[&Shader] = &[
-            $(&$id),* , &CONV, &CONV_REGISTER_1,
+            $(&$id),* , &CONV, &CONV_REGISTER_1, &CONV_REGISTER_2,
             &CONV_GEMM[0], &CONV_GEMM[1], &CONV_GEMM[2], &CONV_GEMM[3],
             &CONV_WEIGHT_GRAD[0], &CONV_WEIGHT_GRAD[1],
             &CONV_GEMM_VECTOR[0], &CONV_GEMM_VECTOR[1], &CONV_GEMM_VECTOR[2], &CONV_GEMM_VECTOR[3],
@@ -82,10 +82,11 @@ shaders! {
 /// other conv modules declare its `Params` block too, so one uniform type serves them all.
 pub static CONV: Shader = register::<0>();
 static CONV_REGISTER_1: Shader = register::<1>();
+static CONV_REGISTER_2: Shader = register::<2>();
 
 /// One module per register-family candidate ([`REGISTER_TILES`], in order), generated on first
 /// use.
-pub static CONV_REGISTER: [&Shader; 2] = [&CONV, &CONV_REGISTER_1];
+pub static CONV_REGISTER: [&Shader; 3] = [&CONV, &CONV_REGISTER_1, &CONV_REGISTER_2];
 
 const fn register<const I: usize>() -> Shader {
     fn body<const I: usize>() -> String {

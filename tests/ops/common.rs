@@ -14,6 +14,20 @@ pub fn gpu() -> &'static Gpu {
     GPU.get_or_init(|| block_on(Gpu::new()).unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}")))
 }
 
+/// Whether the exhaustive sweeps run (`cargo xtask test --full` sets DENSEGPU_FULL_TESTS):
+/// every candidate at every shape, where CI runs one representative of each case.
+pub fn full_tests() -> bool {
+    std::env::var_os("DENSEGPU_FULL_TESTS").is_some()
+}
+
+/// Every register-family candidate this device can run (the subgroup one needs subgroups), in
+/// `REGISTER_TILES` order, the default first.
+pub fn register_candidates() -> Vec<densegpu::ops::conv::kernels::ConvKernel> {
+    use densegpu::ops::conv::kernels::ConvKernel;
+    let all = densegpu::ops::conv::wgsl::REGISTER_TILES.iter().map(|t| ConvKernel::Register(*t));
+    all.filter(|k| k.fits(gpu())).collect()
+}
+
 /// ‖got − want‖ / ‖want‖, after checking that `got` has no NaN or infinity.
 pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");

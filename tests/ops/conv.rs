@@ -1,7 +1,6 @@
 use crate::common::*;
 use densegpu::ops::batchnorm::{kernels as batchnorm, BatchNormShape};
 use densegpu::ops::conv::kernels::{self as conv, ConvKernel};
-use densegpu::ops::conv::wgsl::REGISTER_TILES;
 use densegpu::ops::conv::workgroup::{GEMM_TILES, WEIGHT_GRAD_TILES};
 use densegpu::ops::conv::Conv2dShape;
 use densegpu::reference::conv as reference;
@@ -106,7 +105,7 @@ fn check_output(
 /// register candidate, and each workgroup candidate (the weight-gradient candidates taken in
 /// turn beside the product ones).
 fn kernel_pairs() -> Vec<(ConvKernel, ConvKernel)> {
-    let mut out: Vec<_> = REGISTER_TILES.iter().map(|t| (ConvKernel::Register(*t), ConvKernel::Register(*t))).collect();
+    let mut out: Vec<_> = register_candidates().into_iter().map(|k| (k, k)).collect();
     for (i, t) in GEMM_TILES.iter().enumerate() {
         out.push((ConvKernel::Workgroup(*t), ConvKernel::Workgroup(WEIGHT_GRAD_TILES[i % WEIGHT_GRAD_TILES.len()])));
     }
@@ -339,10 +338,10 @@ fn register_candidates_give_the_same_bits() {
         stats[c..].iter_mut().for_each(|v| *v = v.abs() + 0.5);
         let affine = random(2 * c, seed + 4);
         let pointwise = s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad == 0;
-        let outputs: Vec<Vec<Vec<f32>>> = REGISTER_TILES
+        let candidates = register_candidates();
+        let outputs: Vec<Vec<Vec<f32>>> = candidates
             .iter()
-            .map(|t| {
-                let kernel = ConvKernel::Register(*t);
+            .map(|&kernel| {
                 let mut slots = Slots::new();
                 let [xs, ws, dys, ss, afs] = [&x, &w, &dy, &stats, &affine].map(|v| slots.input(v));
                 let (y, dx, dw) = (slots.output(dy.len()), slots.output(x.len()), slots.output(w.len()));
@@ -367,10 +366,10 @@ fn register_candidates_give_the_same_bits() {
             })
             .collect();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        for (t, got) in REGISTER_TILES.iter().zip(&outputs).skip(1) {
+        for (t, got) in candidates.iter().zip(&outputs).skip(1) {
             for (k, (a, b)) in outputs[0].iter().zip(got).enumerate() {
                 assert!(a.iter().all(|v| v.is_finite()), "{s:?} output {k}: poisoned");
-                assert_eq!(bits(a), bits(b), "{s:?} output {k}: {} and {} differ", REGISTER_TILES[0].name, t.name);
+                assert_eq!(bits(a), bits(b), "{s:?} output {k}: {} and {} differ", candidates[0].name(), t.name());
             }
         }
     }

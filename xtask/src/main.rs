@@ -2,8 +2,9 @@
 //!
 //! - `setup`: make sure a Vulkan driver exists (installs Mesa's CPU driver, lavapipe, on
 //!   Debian/Ubuntu machines without a GPU driver).
-//! - `test`: setup, then the full test suite (browser tests included), formatting and lint
-//!   checks.
+//! - `test [--full] [cargo test args]`: setup, then the full test suite (browser tests
+//!   included), formatting and lint checks. `--full` also runs the exhaustive sweeps (every
+//!   kernel candidate at every shape) that CI runs one representative of.
 //! - `web [--build-only] [--port N]`: build the wasm package into `web/pkg` and serve `web/` on
 //!   127.0.0.1.
 
@@ -24,7 +25,8 @@ fn main() {
             eprintln!(
                 "usage: cargo xtask <setup|test|lint|web>\n\n  \
                  setup  install a Vulkan driver (lavapipe) if none is present\n  \
-                 test   setup, build the web package, run every test (browser tests included), then check formatting and lints\n  \
+                 test   setup, build the web package, run every test (browser tests included), then check formatting and lints\n         \
+                 [--full: every kernel candidate at every shape too]\n  \
                  lint   cargo fmt --check and cargo clippy\n  \
                  web    build the wasm package into web/pkg and serve web/ on 127.0.0.1 [--build-only] [--port N]"
             );
@@ -102,8 +104,13 @@ fn test(extra: &[String]) -> Result {
     web::build()?;
     web::setup_browser()?;
     std::env::set_var("DENSEGPU_BROWSER_TESTS", "1");
+    // The tests read DENSEGPU_FULL_TESTS (tests/ops/common.rs, `full_tests`).
+    let full = extra.iter().any(|a| a == "--full");
+    if full {
+        std::env::set_var("DENSEGPU_FULL_TESTS", "1");
+    }
     let mut args = vec!["test", "--release", "--workspace"];
-    args.extend(extra.iter().map(String::as_str));
+    args.extend(extra.iter().map(String::as_str).filter(|a| *a != "--full"));
     run("cargo", &args)?;
     lint()
 }

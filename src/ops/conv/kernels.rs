@@ -419,10 +419,11 @@ impl ConvKernel {
     }
 
     /// Whether this adapter's limits can run the candidate (see [`ConvTiles::fits`] and
-    /// [`ConvTile::fits`]).
+    /// [`ConvTile::fits`]), and, for a candidate with subgroup weights, whether the device
+    /// has subgroups ([`Gpu::has_subgroups`]).
     pub fn fits(&self, gpu: &Gpu) -> bool {
         match self {
-            ConvKernel::Register(t) => t.fits(&gpu.limits),
+            ConvKernel::Register(t) => t.fits(&gpu.limits) && (!t.subgroup_weights || gpu.has_subgroups()),
             ConvKernel::Workgroup(t) => t.fits(&gpu.limits),
         }
     }
@@ -462,14 +463,14 @@ impl ConvDirection {
     }
 
     /// The kernel `family` launches for this direction untuned: the register family's
-    /// default, or the first workgroup candidate this adapter's limits allow (every listed one
+    /// default for this adapter ([`register_default`]), or the first workgroup candidate this adapter's limits allow (every listed one
     /// fits WebGPU's defaults, but a device may offer less), else the register default.
     pub fn default_kernel(self, gpu: &Gpu, family: Family) -> ConvKernel {
         let fitting = match family {
             Family::Register => None,
             Family::Workgroup => self.workgroup_tiles().iter().find(|t| t.fits(&gpu.limits)),
         };
-        fitting.map_or(ConvKernel::REGISTER, |t| ConvKernel::Workgroup(*t))
+        fitting.map_or(register_default(gpu), |t| ConvKernel::Workgroup(*t))
     }
 
     /// The key of `s` in a tuning table: the direction, the kernel geometry, the output
@@ -489,6 +490,16 @@ impl ConvDirection {
     }
 }
 
+/// The register family's default candidate on `gpu`: `register-subgroup` where the device
+/// has subgroups ([`Gpu::has_subgroups`]), else `register` ([`ConvKernel::REGISTER`]). Both
+/// compute the same bits (the subgroup one loads the same weights, fewer times); on lavapipe
+/// the subgroup one measured 1.5-2.5x faster on DenseNet's products (BENCHMARKS.md,
+/// "Weights once per subgroup").
+pub fn register_default(gpu: &Gpu) -> ConvKernel {
+    let subgroup = REGISTER_TILES.iter().find(|t| t.subgroup_weights).map(|t| ConvKernel::Register(*t));
+    subgroup.filter(|k| k.fits(gpu)).unwrap_or(ConvKernel::REGISTER)
+}
+
 /// The kernel densegpu launches for `direction` of `s` on `gpu`: the family the GPU is forced
 /// to (see [`Gpu::force_family`]) with its default candidate, else the tuned choice for this
 /// shape (see [`crate::tune`]), else the device type's default family. A direction the
@@ -496,7 +507,7 @@ impl ConvDirection {
 /// takes the register family's default.
 pub fn choose(gpu: &Gpu, direction: ConvDirection, s: &Conv2dShape) -> ConvKernel {
     if !direction.workgroup_serves(s) {
-        return ConvKernel::REGISTER;
+        return register_default(gpu);
     }
     if let Some(family) = gpu.forced_family() {
         return direction.default_kernel(gpu, family);

@@ -53,15 +53,24 @@ pub struct ConvTiles {
     pub wgrad3_rows: u32,
     /// `conv3x3_s1_weight_grad`: pixels per output row segment one invocation takes at a time.
     pub wgrad3_pixels: u32,
+    /// The products (`conv1x1_gemm*`, `conv3x3_s1*`) load their weights, and the fused
+    /// BN-ReLU its statistics, once per subgroup: each of 8 subgroup invocations loads a
+    /// different one and `subgroupBroadcast` hands it to all (see [`ConvTiles::wgsl`]). Needs
+    /// subgroups of at least [`crate::gpu::MIN_SUBGROUP_SIZE`].
+    pub subgroup_weights: bool,
 }
 
-/// The register family's candidates. The first is its default and keeps the family's name,
-/// `register`, in tuning caches. They differ only in the 1x1 product's tile: `register` takes
-/// 16 channels x 16 pixels, `register-wide` 8 channels x 32 pixels (longer pixel runs, half
-/// the rows: more blocks for a 48-channel bottleneck). Every other kernel is the same in both,
-/// so the tuner times it once ([`ConvTiles::same_kernel`]) and a driver that caches compiled
-/// shaders by their text (Mesa's) compiles it once. On CPU drivers the tuner races only the
-/// default (see `tune::candidates`).
+/// The register family's candidates. The first keeps the family's name, `register`, in tuning
+/// caches, and is its default where the device has no subgroups. `register` takes 16 channels
+/// x 16 pixels in the 1x1 product, `register-wide` 8 channels x 32 pixels (longer pixel runs,
+/// half the rows: more blocks for a 48-channel bottleneck). `register-subgroup` loads the
+/// products' weights once per subgroup ([`ConvTiles::subgroup_weights`]), which makes a taller
+/// product tile pay: 24 channels x 16 pixels; it is the default where the device has
+/// subgroups (see `kernels::register_default`; BENCHMARKS.md, "Weights once per subgroup").
+/// Every kernel two candidates generate alike is timed once by the tuner
+/// ([`ConvTiles::same_kernel`]), and a driver that caches compiled shaders by their text
+/// (Mesa's) compiles it once. On CPU drivers the tuner natively races only the default (see
+/// `tune::candidates`).
 ///
 /// Why these sizes (BENCHMARKS.md, "Tiles and compile time"): on lavapipe the time LLVM takes
 /// to compile a kernel grows faster than its accumulators, and a CPU driver compiles on the
@@ -72,38 +81,29 @@ pub struct ConvTiles {
 /// more than 384. Smaller tiles ran up to twice as long on 32x32 maps. The 3x3 weight
 /// gradient takes all 12 growth channels per workgroup, reading each input segment once for
 /// all of them: 15-35% faster than 4 at BC-100's 16x16 and 32x32 maps.
-pub const REGISTER_TILES: [ConvTiles; 2] = [
-    ConvTiles {
-        name: "register",
-        gemm_rows: 16,
-        gemm_pixels: 16,
-        conv3_rows: 12,
-        conv3_pixels: 16,
-        conv3_lines: 2,
-        conv3_narrow_pixels: 8,
-        conv3_narrow_lines: 2,
-        conv3_workgroup: 16,
-        wgrad1_rows: 16,
-        wgrad1_cols: 16,
-        wgrad3_rows: 12,
-        wgrad3_pixels: 8,
-    },
-    ConvTiles {
-        name: "register-wide",
-        gemm_rows: 8,
-        gemm_pixels: 32,
-        conv3_rows: 12,
-        conv3_pixels: 16,
-        conv3_lines: 2,
-        conv3_narrow_pixels: 8,
-        conv3_narrow_lines: 2,
-        conv3_workgroup: 16,
-        wgrad1_rows: 16,
-        wgrad1_cols: 16,
-        wgrad3_rows: 12,
-        wgrad3_pixels: 8,
-    },
+pub const REGISTER_TILES: [ConvTiles; 3] = [
+    REGISTER,
+    ConvTiles { name: "register-wide", gemm_rows: 8, gemm_pixels: 32, ..REGISTER },
+    ConvTiles { name: "register-subgroup", gemm_rows: 24, subgroup_weights: true, ..REGISTER },
 ];
+
+/// `register`, the first of [`REGISTER_TILES`], which the others vary.
+const REGISTER: ConvTiles = ConvTiles {
+    name: "register",
+    gemm_rows: 16,
+    gemm_pixels: 16,
+    conv3_rows: 12,
+    conv3_pixels: 16,
+    conv3_lines: 2,
+    conv3_narrow_pixels: 8,
+    conv3_narrow_lines: 2,
+    conv3_workgroup: 16,
+    wgrad1_rows: 16,
+    wgrad1_cols: 16,
+    wgrad3_rows: 12,
+    wgrad3_pixels: 8,
+    subgroup_weights: false,
+};
 
 /// Invocations per workgroup of every kernel but the 3x3 ones. Not a tuning knob: the text
 /// spells it out where the kernels are built around it (the 64-lane reductions through
@@ -133,10 +133,11 @@ impl ConvTiles {
         self.gemm1x1(&mut out, "conv1x1_gemm", false);
         self.gemm1x1(&mut out, "conv1x1_gemm_bnrelu", true);
         let (rows, workgroup) = (self.conv3_rows, self.conv3_workgroup);
-        conv3x3(&mut out, "conv3x3_s1", rows, self.conv3_pixels, self.conv3_lines, workgroup);
+        let sg = self.subgroup_weights;
+        conv3x3(&mut out, "conv3x3_s1", rows, self.conv3_pixels, self.conv3_lines, workgroup, sg);
         // Outputs at most conv3_narrow_pixels wide (DenseNet's 8x8 maps) get segments that
         // narrow, so no accumulator idles.
-        conv3x3(&mut out, "conv3x3_s1_narrow", rows, self.conv3_narrow_pixels, self.conv3_narrow_lines, workgroup);
+        conv3x3(&mut out, "conv3x3_s1_narrow", rows, self.conv3_narrow_pixels, self.conv3_narrow_lines, workgroup, sg);
         emit!(out, "var<workgroup> partial: array<f32, {}>;\n", WORKGROUP as usize * REDUCE_WIDTH);
         self.wgrad1x1(&mut out, "conv1x1_weight_grad", false);
         self.wgrad1x1(&mut out, "conv1x1_weight_grad_bnrelu", true);
@@ -152,11 +153,17 @@ impl ConvTiles {
     pub fn same_kernel(&self, other: &ConvTiles, entry: &str) -> bool {
         let tiles = |t: &ConvTiles| -> Option<Vec<u32>> {
             Some(match entry {
-                "conv1x1_gemm" | "conv1x1_gemm_bnrelu" => vec![t.gemm_rows, t.gemm_pixels],
-                "conv3x3_s1" => vec![t.conv3_rows, t.conv3_pixels, t.conv3_lines, t.conv3_workgroup],
-                "conv3x3_s1_narrow" => {
-                    vec![t.conv3_rows, t.conv3_narrow_pixels, t.conv3_narrow_lines, t.conv3_workgroup]
+                "conv1x1_gemm" | "conv1x1_gemm_bnrelu" => vec![t.gemm_rows, t.gemm_pixels, t.subgroup_weights as u32],
+                "conv3x3_s1" => {
+                    vec![t.conv3_rows, t.conv3_pixels, t.conv3_lines, t.conv3_workgroup, t.subgroup_weights as u32]
                 }
+                "conv3x3_s1_narrow" => vec![
+                    t.conv3_rows,
+                    t.conv3_narrow_pixels,
+                    t.conv3_narrow_lines,
+                    t.conv3_workgroup,
+                    t.subgroup_weights as u32,
+                ],
                 "conv1x1_weight_grad" | "conv1x1_weight_grad_bnrelu" => vec![t.wgrad1_rows, t.wgrad1_cols],
                 "conv3x3_s1_weight_grad" => vec![t.wgrad3_rows, t.wgrad3_pixels],
                 "conv_general_forward" | "conv_general_backward_input" | "conv_general_weight_grad" => vec![],
@@ -200,7 +207,7 @@ impl ConvTiles {
 
     /// `conv1x1_gemm` (or its `_bnrelu` twin): a matrix product over the N*H*W pixels.
     fn gemm1x1(&self, out: &mut String, name: &str, bnrelu: bool) {
-        let (mr, pr) = (self.gemm_rows, self.gemm_pixels);
+        let (mr, pr, sg) = (self.gemm_rows, self.gemm_pixels, self.subgroup_weights);
         let vecs = pr / 4;
         if bnrelu {
             emit!(
@@ -223,18 +230,31 @@ impl ConvTiles {
             out,
             "@compute @workgroup_size(64)
 fn {name}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                @builtin(workgroup_id) wg: vec3<u32>) {{
+                @builtin(workgroup_id) wg: vec3<u32>{sl}) {{
     let pixels = p.n * p.src_h * p.src_w;
     let first = flat_id(gid, groups, 64u) * {pr}u;
-    if (first >= pixels) {{ return; }}
+    {ret}
     let m0 = wg.z * {mr}u;
-    let last = pixels - 1u;"
+    let last = pixels - 1u;",
+            sl = subgroup_lane(sg),
+            ret = if sg { LIVE_NOT_RETURN } else { "if (first >= pixels) { return; }" },
         );
         for j in 0..pr {
             emit!(out, "    let q{j} = min(first + {j}u, last);");
         }
-        for r in 0..mr {
-            emit!(out, "    let wr{r} = p.wt_off + min(m0 + {r}u, p.m_rows - 1u) * p.a_m;");
+        if sg {
+            // Subgroup invocation l loads the weight of rows l, l + 8, ... of the block.
+            for g in 0..mr.div_ceil(SUBGROUP) {
+                emit!(out, "    let wl{g} = p.wt_off + min(m0 + {}u + sl, p.m_rows - 1u) * p.a_m;", g * SUBGROUP);
+            }
+            if bnrelu {
+                // Even invocations load mean and gamma, odd ones invstd and beta.
+                emit!(out, "    let half = (sl & 1u) * p.k_rows;");
+            }
+        } else {
+            for r in 0..mr {
+                emit!(out, "    let wr{r} = p.wt_off + min(m0 + {r}u, p.m_rows - 1u) * p.a_m;");
+            }
         }
         for r in 0..mr {
             for v in 0..vecs {
@@ -244,11 +264,23 @@ fn {name}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         emit!(out, "    var s = p.src_off;");
         emit!(out, "    var wk = 0u;");
         emit!(out, "    for (var k = 0u; k < p.k_rows; k++) {{");
-        if bnrelu {
+        if bnrelu && sg {
+            emit!(out, "        let st = bn_stats[p.stats_off + half + k];");
+            emit!(out, "        let af = bn_affine[p.affine_off + half + k];");
+            emit!(out, "        let mean = subgroupBroadcast(st, 0u);");
+            emit!(out, "        let invstd = subgroupBroadcast(st, 1u);");
+            emit!(out, "        let gamma = subgroupBroadcast(af, 0u);");
+            emit!(out, "        let beta = subgroupBroadcast(af, 1u);");
+        } else if bnrelu {
             emit!(out, "        let mean = bn_stats[p.stats_off + k];");
             emit!(out, "        let invstd = bn_stats[p.stats_off + p.k_rows + k];");
             emit!(out, "        let gamma = bn_affine[p.affine_off + k];");
             emit!(out, "        let beta = bn_affine[p.affine_off + p.k_rows + k];");
+        }
+        if sg {
+            for g in 0..mr.div_ceil(SUBGROUP) {
+                emit!(out, "        let wg{g} = wt[wl{g} + wk];");
+            }
         }
         for v in 0..vecs {
             let load = vec4((0..4).map(|t| format!("src[s + q{}]", 4 * v + t)));
@@ -259,7 +291,11 @@ fn {name}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
             }
         }
         for r in 0..mr {
-            emit!(out, "        let a{r} = wt[wr{r} + wk];");
+            if sg {
+                emit!(out, "        let a{r} = subgroupBroadcast(wg{}, {}u);", r / SUBGROUP, r % SUBGROUP);
+            } else {
+                emit!(out, "        let a{r} = wt[wr{r} + wk];");
+            }
             for v in 0..vecs {
                 emit!(out, "        acc{r}_{v} = fma(vec4<f32>(a{r}), b{v}, acc{r}_{v});");
             }
@@ -268,8 +304,9 @@ fn {name}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         emit!(out, "        wk += p.a_k;");
         emit!(out, "    }}");
         emit!(out, "    let full = first + {pr}u <= pixels;");
+        let live = if sg { "live && " } else { "" };
         for r in 0..mr {
-            emit!(out, "    if (m0 + {r}u < p.m_rows) {{");
+            emit!(out, "    if ({live}m0 + {r}u < p.m_rows) {{");
             emit!(out, "        let o = p.dst_off + (m0 + {r}u) * pixels + first;");
             for j in 0..pr {
                 let (v, lane) = (j / 4, j % 4);
@@ -462,7 +499,7 @@ fn conv3x3_s1_weight_grad(@builtin(local_invocation_index) lane: u32, @builtin(w
 
 /// `conv3x3_s1` (or `conv3x3_s1_narrow`, the same kernel with its own tile): 3x3, stride 1,
 /// any padding, `rows` channels x `lines` output lines x `pixels` pixels per invocation.
-fn conv3x3(out: &mut String, name: &str, rows: u32, pixels: u32, lines: u32, workgroup: u32) {
+fn conv3x3(out: &mut String, name: &str, rows: u32, pixels: u32, lines: u32, workgroup: u32, sg: bool) {
     let vecs = pixels / 4;
     // The input columns and lines under one invocation's outputs: two more of each for the taps.
     let (cols, in_lines) = (pixels + 2, lines + 2);
@@ -477,18 +514,26 @@ fn conv3x3(out: &mut String, name: &str, rows: u32, pixels: u32, lines: u32, wor
 // feeds up to {taps} FMAs. Padding is handled by masks computed once, outside the channel loop.
 @compute @workgroup_size({workgroup})
 fn {name}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-        @builtin(workgroup_id) wg: vec3<u32>) {{
+        @builtin(workgroup_id) wg: vec3<u32>{sl}) {{
     let segs = (p.dst_w + {last_pixel}u) / {pixels}u;
     let bands = (p.dst_h + {last_line}u) / {lines}u;
-    let item = flat_id(gid, groups, {workgroup}u);
-    if (item >= p.n * bands * segs) {{ return; }}
+    let items = p.n * bands * segs;
+    {item}
     let band = item / segs;
     let ow0 = (item - band * segs) * {pixels}u;
     let img = band / bands;
     let oh0 = (band - img * bands) * {lines}u;
     let m0 = wg.z * {rows}u;
     let src_plane = p.n * p.src_h * p.src_w;
-    let dst_plane = p.n * p.dst_h * p.dst_w;"
+    let dst_plane = p.n * p.dst_h * p.dst_w;",
+        sl = subgroup_lane(sg),
+        // As in the 1x1 product, a subgroup kernel works on past its last item (see LIVE_NOT_RETURN).
+        item = if sg {
+            "let live = flat_id(gid, groups, WG_SIZE) < items;\n    let item = min(flat_id(gid, groups, WG_SIZE), items - 1u);"
+                .replace("WG_SIZE", &format!("{workgroup}u"))
+        } else {
+            format!("let item = flat_id(gid, groups, {workgroup}u);\n    if (item >= items) {{ return; }}")
+        },
     );
     for t in 0..cols {
         emit!(out, "    let iw{t} = ow0 + {t}u - p.pad;");
@@ -507,8 +552,20 @@ fn {name}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
             emit!(out, "    let tap{i}{j} = {i}u * p.a_i + {j}u * p.a_j;");
         }
     }
-    for r in 0..rows {
-        emit!(out, "    let wr{r} = p.wt_off + min(m0 + {r}u, p.m_rows - 1u) * p.a_m;");
+    if sg {
+        // Subgroup invocation l loads weights l, l + 8, ... of the block's rows x 9 taps, in
+        // row-major (row, tap) order.
+        for g in 0..taps.div_ceil(SUBGROUP) {
+            emit!(out, "    let t{g} = min({}u + sl, {}u);", g * SUBGROUP, taps - 1);
+            emit!(
+                out,
+                "    let wl{g} = p.wt_off + min(m0 + t{g} / 9u, p.m_rows - 1u) * p.a_m + t{g} % 9u / 3u * p.a_i + t{g} % 3u * p.a_j;"
+            );
+        }
+    } else {
+        for r in 0..rows {
+            emit!(out, "    let wr{r} = p.wt_off + min(m0 + {r}u, p.m_rows - 1u) * p.a_m;");
+        }
     }
     for o in 0..lines {
         for r in 0..rows {
@@ -520,6 +577,11 @@ fn {name}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     emit!(out, "    var s = p.src_off;");
     emit!(out, "    var wk = 0u;");
     emit!(out, "    for (var k = 0u; k < p.k_rows; k++) {{");
+    if sg {
+        for g in 0..taps.div_ceil(SUBGROUP) {
+            emit!(out, "        let wg{g} = wt[wl{g} + wk];");
+        }
+    }
     for i in 0..in_lines {
         for t in 0..cols {
             emit!(out, "        let x{i}_{t} = select(0.0, src[s + rb{i} + c{t}], ok{i}_{t});");
@@ -530,7 +592,13 @@ fn {name}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     for r in 0..rows {
         for i in 0..3 {
             for j in 0..3 {
-                emit!(out, "        let a{r}_{i}{j} = vec4<f32>(wt[wr{r} + wk + tap{i}{j}]);");
+                if sg {
+                    let t = r * 9 + i * 3 + j;
+                    let (g, lane) = (t / SUBGROUP, t % SUBGROUP);
+                    emit!(out, "        let a{r}_{i}{j} = vec4<f32>(subgroupBroadcast(wg{g}, {lane}u));");
+                } else {
+                    emit!(out, "        let a{r}_{i}{j} = vec4<f32>(wt[wr{r} + wk + tap{i}{j}]);");
+                }
             }
         }
         // The nine taps of one input channel are summed on their own, then added to the
@@ -550,8 +618,9 @@ fn {name}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     emit!(out, "        wk += p.a_k;");
     emit!(out, "    }}");
     emit!(out, "    let full = ow0 + {pixels}u <= p.dst_w;");
+    let live = if sg { "live && " } else { "" };
     for o in 0..lines {
-        emit!(out, "    if (oh0 + {o}u < p.dst_h) {{");
+        emit!(out, "    if ({live}oh0 + {o}u < p.dst_h) {{");
         emit!(out, "        let o0 = p.dst_off + (img * p.dst_h + oh0 + {o}u) * p.dst_w + ow0;");
         for r in 0..rows {
             emit!(out, "        if (m0 + {r}u < p.m_rows) {{");
@@ -591,6 +660,25 @@ fn reduce(out: &mut String, names: &[String], store: &str) {
         emit!(out, "    workgroupBarrier();");
     }
 }
+
+/// Invocations of a subgroup that load a different weight each for the candidates with
+/// [`ConvTiles::subgroup_weights`]; [`crate::gpu::MIN_SUBGROUP_SIZE`] guarantees them.
+const SUBGROUP: u32 = 8;
+
+/// The extra entry-point argument of a kernel that broadcasts within its subgroup.
+fn subgroup_lane(subgroup: bool) -> &'static str {
+    if subgroup {
+        ", @builtin(subgroup_invocation_id) sl: u32"
+    } else {
+        ""
+    }
+}
+
+/// What a subgroup kernel does instead of returning early past the last output: it keeps
+/// going on clamped (valid) addresses and stores nothing, because `subgroupBroadcast` must be
+/// reached by every invocation of the subgroup, and a returned one would leave its weights
+/// undefined for the others.
+const LIVE_NOT_RETURN: &str = "let live = first < pixels;";
 
 /// `vec4<f32>(a, b, c, d)` of four WGSL expressions.
 fn vec4(parts: impl Iterator<Item = String>) -> String {
