@@ -362,7 +362,7 @@ pub fn choose(default: &str, timings: &[Timing]) -> &'static str {
 ///   has subgroups, see `kernels::register_default`): each register candidate costs its
 ///   compile, which lavapipe does on the tuner's clock at its first launch (4-22 s a kernel
 ///   with an empty shader cache, BENCHMARKS.md, "Tiles and compile time"), and the subgroup
-///   default runs the products 1.5-1.9x faster than `register` there (BENCHMARKS.md, "Weights
+///   default runs the products 1.7-1.9x faster than `register` there (BENCHMARKS.md, "Weights
 ///   once per subgroup"). In a browser every register candidate races: on SwiftShader
 ///   `register-wide` measured 2-3x faster on small 1x1 products.
 ///

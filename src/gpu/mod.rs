@@ -51,7 +51,7 @@ pub struct Gpu {
 
 /// The smallest subgroup the register family's subgroup candidate can run on: it broadcasts
 /// weights from subgroup invocations 0 to 7 (see `ops::conv::wgsl`).
-pub const MIN_SUBGROUP_SIZE: u32 = 8;
+pub const MIN_SUBGROUP_SIZE: u32 = crate::ops::conv::wgsl::SUBGROUP;
 
 /// The two kernel families (see README, "How it is built").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -493,7 +493,7 @@ impl ConvDirection {
 /// The register family's default candidate on `gpu`: `register-subgroup` where the device
 /// has subgroups ([`Gpu::has_subgroups`]), else `register` ([`ConvKernel::REGISTER`]). Both
 /// compute the same bits (the subgroup one loads the same weights, fewer times); on lavapipe
-/// the subgroup one measured 1.5-2.5x faster on DenseNet's products (BENCHMARKS.md,
+/// the subgroup one measured 1.7-1.9x faster on DenseNet's products (BENCHMARKS.md,
 /// "Weights once per subgroup").
 pub fn register_default(gpu: &Gpu) -> ConvKernel {
     let subgroup = REGISTER_TILES.iter().find(|t| t.subgroup_weights).map(|t| ConvKernel::Register(*t));

@@ -662,8 +662,9 @@ fn reduce(out: &mut String, names: &[String], store: &str) {
 }
 
 /// Invocations of a subgroup that load a different weight each for the candidates with
-/// [`ConvTiles::subgroup_weights`]; [`crate::gpu::MIN_SUBGROUP_SIZE`] guarantees them.
-const SUBGROUP: u32 = 8;
+/// [`ConvTiles::subgroup_weights`]: the smallest subgroup they run on
+/// ([`crate::gpu::MIN_SUBGROUP_SIZE`] is this).
+pub const SUBGROUP: u32 = 8;
 
 /// The extra entry-point argument of a kernel that broadcasts within its subgroup.
 fn subgroup_lane(subgroup: bool) -> &'static str {
