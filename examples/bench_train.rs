@@ -103,7 +103,7 @@ fn run(args: Args) -> densegpu::Result<()> {
         let mut session = block_on(Session::new(gpu.clone(), graph, 0))?;
         let options = ScheduleOptions { max_shard_images: args.max_shard_images, ..*session.schedule_options() };
         session.set_schedule_options(options);
-        if let Some(line) = densegpu::run::choose_kernels(&session, &args.kernels, args.autotune)? {
+        if let Some(line) = densegpu::run::choose_kernels(&session, Pass::Train, &args.kernels, args.autotune)? {
             println!("{line}");
         }
         let plan = session.memory_plan(Pass::Train)?;

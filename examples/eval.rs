@@ -39,6 +39,14 @@ struct Args {
     skip_bad_images: bool,
     #[arg(long)]
     json: bool,
+    /// Conv kernels: auto (tuned per shape on this adapter, sharing training's cache),
+    /// register (for CPU drivers) or workgroup (for GPUs).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "register", "workgroup"])]
+    kernels: String,
+    /// With --kernels auto: cached (time only shapes the cache lacks), full (time all again) or
+    /// off (the device type's default, no timing).
+    #[arg(long, env = "DENSEGPU_AUTOTUNE", default_value = "cached", value_parser = clap::value_parser!(densegpu::tune::Autotune))]
+    autotune: densegpu::tune::Autotune,
 }
 
 fn main() {
@@ -58,6 +66,10 @@ fn run(args: Args) -> densegpu::Result<()> {
     let graph = config.build(args.batch_size, MemoryMode::Efficient)?;
     let mut session = block_on(Session::new(Arc::new(block_on(Gpu::new())?), graph, 0))?;
     checkpoint::apply_weights(&session, &weights)?;
+    // On stderr: stdout is the results.
+    if let Some(line) = densegpu::run::choose_kernels(&session, densegpu::Pass::Eval, &args.kernels, args.autotune)? {
+        eprintln!("{line}");
+    }
     let e = match (&test, &val) {
         (Some(test), _) => block_on(densegpu::train::evaluate(&mut session, test))?,
         (None, Some(val)) => {

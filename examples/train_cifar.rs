@@ -4,11 +4,19 @@
 //!
 //!     cargo run --release --example train_cifar                        # a short synthetic run
 //!     cargo run --release --example train_cifar -- --data DIR --epochs 300 --save runs/bc100
+//!     cargo run --release --example train_cifar -- --resume runs/bc100    # after a crash
+//!
+//! `--resume DIR` goes on with the run saved in DIR: its model, flags (see [`DEFINING`]) and
+//! data settings come from the checkpoint, and it keeps saving into DIR.
+
+#[path = "cli/resume.rs"]
+mod resume;
 
 use clap::Parser;
 use densegpu::checkpoint::{self, TrainingState};
 use densegpu::data::{self, BatchLoader, LoaderOptions, TrainTest};
 use densegpu::densenet::{plan_training, DenseNetConfig, MemoryMode};
+use densegpu::run::SavedRun;
 use densegpu::run::{self, RunFiles};
 use densegpu::trainer::{LrSchedule, Trainer};
 use densegpu::{block_on, Error, Gpu, Pass, Result, Session, SgdHyper};
@@ -76,11 +84,17 @@ struct Args {
     #[arg(long)]
     no_shuffle: bool,
     /// Write metrics.csv, last.safetensors, best.safetensors and checkpoint.safetensors here.
+    /// Default with --resume: the folder resumed from.
     #[arg(long)]
     save: Option<PathBuf>,
-    /// Continue the run saved in this directory (its checkpoint.safetensors).
+    /// Continue the run saved in this directory (its checkpoint.safetensors) with the model,
+    /// flags and data settings it was started with; a flag given again must agree with them.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Also save checkpoint.safetensors every STEPS steps (mid-epoch checkpoints resume
+    /// bit-exactly, as the end-of-epoch ones do), so that a crash loses at most STEPS steps.
+    #[arg(long, value_name = "STEPS")]
+    checkpoint_every: Option<u64>,
     /// Start from these weights (a densegpu or torchvision safetensors file). Without --model,
     /// --depth, --growth-rate, --bn-size or --compression the model is the file's (from its
     /// densegpu config, or read from its tensor names and shapes). A classifier for another
@@ -112,12 +126,27 @@ struct Args {
     profile_step: u64,
 }
 
+/// The flags that define a run, saved in its checkpoints for `--resume` (the model itself is
+/// the checkpoint's config).
+const DEFINING: resume::Defining = resume::Defining {
+    fixed: &[
+        "drop_rate",
+        "epochs",
+        "batch_size",
+        "momentum",
+        "weight_decay",
+        "milestones",
+        "memory",
+        "seed",
+        "valid_size",
+        "no_augment",
+        "no_shuffle",
+    ],
+    changeable: &["data", "download", "checkpoint_every", "lr"],
+};
+
 fn main() {
-    let args = Args::parse();
-    if let Err(e) = run(&args) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    resume::main::<Args>(&DEFINING, |a| a.json, run);
 }
 
 struct Summary {
@@ -167,10 +196,43 @@ fn check_args(args: &Args) -> Result<()> {
     if let Some(m) = args.milestones.iter().find(|m| !(0.0..=1.0).contains(*m)) {
         return Err(Error::Config(format!("--milestones are fractions of the run in [0, 1] (e.g. 0.5,0.75), got {m}")));
     }
+    if args.checkpoint_every == Some(0) {
+        return Err(Error::Config("--checkpoint-every counts steps: give 1 or more (or leave it out)".into()));
+    }
+    if args.resume.is_some() && args.init.is_some() {
+        return Err(Error::Config(
+            "--init gives a new run its first weights, but --resume goes on from the checkpoint's; leave one out"
+                .into(),
+        ));
+    }
     Ok(())
 }
 
-fn run(args: &Args) -> Result<()> {
+/// The model of a resumed run: the checkpoint's. Architecture flags given again must build
+/// the same model.
+fn resumed_config(saved: &SavedRun, flags_config: Option<DenseNetConfig>) -> Result<DenseNetConfig> {
+    let config = saved.config()?;
+    if let Some(given) = flags_config {
+        let same = DenseNetConfig {
+            num_classes: config.num_classes,
+            drop_rate: config.drop_rate,
+            image_size: config.image_size,
+            ..given.clone()
+        };
+        if same != config {
+            return Err(Error::Config(format!(
+                "the model flags give {} but the run saved in {} is {}; leave out --model, --depth, \
+                 --growth-rate, --bn-size and --compression to go on with the saved model",
+                describe(&given),
+                saved.dir.display(),
+                describe(&config)
+            )));
+        }
+    }
+    Ok(config)
+}
+
+fn run(args: &Args, flags: &densegpu::run::RunFlags, saved: Option<SavedRun>) -> Result<()> {
     check_args(args)?;
     let synthetic = args.data.is_none() && args.download.is_none();
     if synthetic && !args.json {
@@ -188,20 +250,25 @@ fn run(args: &Args) -> Result<()> {
         || args.growth_rate.is_some()
         || args.bn_size.is_some()
         || args.compression.is_some();
-    let mut config = match (&args.model, &init) {
-        (Some(name), _) => DenseNetConfig::by_name(name, classes)?,
+    let flags_config = match (&args.model, &init) {
+        (Some(name), _) => Some(DenseNetConfig::by_name(name, classes)?),
         // The --init file's own model: its densegpu config, or what its tensors say.
         (None, Some(weights)) if !architecture_flags => {
             let path = args.init.as_ref().expect("weights come from --init");
-            weights.model_config().map_err(|e| Error::Data(format!("--init {}: {e}", path.display())))?
+            Some(weights.model_config().map_err(|e| Error::Data(format!("--init {}: {e}", path.display())))?)
         }
-        (None, _) => {
+        (None, _) if architecture_flags || saved.is_none() => {
             let depth = args.depth.unwrap_or(if synthetic { 22 } else { 100 });
             let mut c = DenseNetConfig::cifar_bc(depth, args.growth_rate.unwrap_or(12), classes)?;
             c.bn_size = args.bn_size.unwrap_or(4);
             c.compression = args.compression.unwrap_or(0.5);
-            c
+            Some(c)
         }
+        (None, _) => None,
+    };
+    let mut config = match &saved {
+        Some(saved) => resumed_config(saved, flags_config)?,
+        None => flags_config.expect("a new run's model comes from its flags"),
     };
     config.num_classes = classes;
     config.drop_rate = args.drop_rate;
@@ -236,7 +303,7 @@ fn run(args: &Args) -> Result<()> {
             }
         }
     }
-    if let Some(line) = run::choose_kernels(&session, &args.kernels, args.autotune)? {
+    if let Some(line) = run::choose_kernels(&session, Pass::Train, &args.kernels, args.autotune)? {
         // On stderr under --json, whose stdout is the one summary line.
         if args.json {
             eprintln!("{line}");
@@ -256,18 +323,21 @@ fn run(args: &Args) -> Result<()> {
         Trainer::new(session, loader, schedule)?.with_epochs(epochs as u64).with_max_steps(args.max_steps);
     let total_steps = trainer.total_steps().expect("the run has a number of epochs");
 
-    let mut files =
-        RunFiles::new(args.save.as_deref(), &config, &["train_loss", "train_accuracy", "valid_accuracy"], args.lr)?;
+    // A resumed run goes on saving where it was saved, unless told otherwise.
+    let save = args.save.as_deref().or(args.resume.as_deref());
+    let mut files = RunFiles::new(save, &config, &["train_loss", "train_accuracy", "valid_accuracy"], args.lr)?;
     let mut state = TrainingState { rng_state: vec![args.seed], ..Default::default() };
     let mut sums_restored = true;
-    if let Some(dir) = &args.resume {
-        let resumed = block_on(files.resume(&mut trainer, dir))?;
+    if let Some(saved) = saved {
+        let dir = saved.dir.clone();
+        let resumed = block_on(files.resume(&mut trainer, saved))?;
         sums_restored = resumed.sums_restored;
         state = resumed.state;
         if !args.json {
             println!("Resumed from {} at epoch {}, step {}", dir.display(), state.epoch, trainer.session().step);
         }
     }
+    flags.record(&mut state);
 
     block_on(trainer.session_mut().prepare(Pass::Train))?;
     let arena = trainer.session().allocated_bytes();
@@ -316,8 +386,10 @@ fn run(args: &Args) -> Result<()> {
             arena as f64 / (1 << 20) as f64
         ));
         bar.set_position(r.step);
-        // The rest is done at the end of an epoch, and where --max-steps ends the run mid-epoch.
-        if !r.epoch_ended && !trainer.finished() {
+        // The rest is done at the end of an epoch, where --max-steps ends the run mid-epoch,
+        // and every --checkpoint-every steps.
+        let checkpoint_due = args.checkpoint_every.is_some_and(|n| r.step.is_multiple_of(n));
+        if !r.epoch_ended && !trainer.finished() && !checkpoint_due {
             continue;
         }
         block_on(files.check_finite(trainer.session(), &r)).inspect_err(|_| bar.abandon())?;

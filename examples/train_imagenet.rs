@@ -8,9 +8,16 @@
 //!     cargo run --release --example train_imagenet -- --data DIR --model densenet121
 //!     cargo run --release --example train_imagenet -- --data DIR --init densenet121.safetensors
 //!
+//! `--resume DIR` goes on with the run saved in DIR: its model, flags (see [`DEFINING`]) and
+//! data settings come from the checkpoint, and it keeps saving into DIR. `--checkpoint-every
+//! STEPS` checkpoints mid-epoch too: an ImageNet epoch is hours.
+//!
 //! `DIR/train/<class>/*.{png,jpg,jpeg}` is the training set; its sorted sub-folders are the
 //! classes. The default batch is 32, small enough for a CPU driver (lavapipe) at 224 px in the
 //! default memory mode; on a real GPU pass `--batch-size 256` (the reference's).
+
+#[path = "cli/resume.rs"]
+mod resume;
 
 use clap::Parser;
 use densegpu::checkpoint::{self, TrainingState};
@@ -20,6 +27,7 @@ use densegpu::data::{
 };
 use densegpu::densenet::{plan_training, DenseNetConfig, MemoryMode};
 use densegpu::run::{self, RunFiles};
+use densegpu::run::{RunFlags, SavedRun};
 use densegpu::train::Evaluation;
 use densegpu::trainer::{LrSchedule, Trainer};
 use densegpu::{block_on, Error, Gpu, Pass, Result, Session, SgdHyper};
@@ -32,8 +40,9 @@ use std::time::{Duration, Instant};
 #[command(about = "Train an ImageNet-family DenseNet on an image folder with densegpu")]
 struct Args {
     /// An image folder: DIR/train/<class>/* and DIR/val/<class>/* (or DIR/test/<class>/*).
-    #[arg(long)]
-    data: PathBuf,
+    /// With --resume, default: the saved run's.
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
     /// densenet121, densenet169, densenet201 or densenet161. Default densenet121, or with
     /// --init the architecture of the --init file.
     #[arg(long)]
@@ -68,11 +77,17 @@ struct Args {
     #[arg(long)]
     skip_bad_images: bool,
     /// Write metrics.csv, last.safetensors, best.safetensors and checkpoint.safetensors here.
+    /// Default with --resume: the folder resumed from.
     #[arg(long)]
     save: Option<PathBuf>,
-    /// Continue the run saved in this directory (its checkpoint.safetensors).
+    /// Continue the run saved in this directory (its checkpoint.safetensors) with the model,
+    /// flags and data settings it was started with; a flag given again must agree with them.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Also save checkpoint.safetensors every STEPS steps (mid-epoch checkpoints resume
+    /// bit-exactly, as the end-of-epoch ones do), so that a crash loses at most STEPS steps.
+    #[arg(long, value_name = "STEPS")]
+    checkpoint_every: Option<u64>,
     /// Start from these weights (a densegpu or torchvision safetensors file). Without --model
     /// the model is the file's. A classifier for another number of classes than the data's is
     /// left out (fine-tuning) and the run says so.
@@ -103,12 +118,15 @@ struct Args {
     profile_step: u64,
 }
 
+/// The flags that define a run, saved in its checkpoints for `--resume` (the model itself is
+/// the checkpoint's config).
+const DEFINING: resume::Defining = resume::Defining {
+    fixed: &["image_size", "batch_size", "momentum", "weight_decay", "epochs", "memory", "seed", "skip_bad_images"],
+    changeable: &["data", "checkpoint_every", "lr"],
+};
+
 fn main() {
-    let args = Args::parse();
-    if let Err(e) = run(&args) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    resume::main::<Args>(&DEFINING, |a| a.json, run);
 }
 
 fn sgd(args: &Args) -> SgdHyper {
@@ -122,24 +140,52 @@ fn validate(session: &mut Session, val: &StreamLoader) -> Result<Evaluation> {
     block_on(densegpu::train::try_evaluate_batches(session, batches))
 }
 
-fn run(args: &Args) -> Result<()> {
+fn run(args: &Args, flags: &RunFlags, saved: Option<SavedRun>) -> Result<()> {
     let sgd = sgd(args);
     densegpu::train::check_sgd(&sgd)?;
+    if args.checkpoint_every == Some(0) {
+        return Err(Error::Config("--checkpoint-every counts steps: give 1 or more (or leave it out)".into()));
+    }
+    if saved.is_some() && args.init.is_some() {
+        return Err(Error::Config(
+            "--init gives a new run its first weights, but --resume goes on from the checkpoint's; leave one out"
+                .into(),
+        ));
+    }
     if args.image_size < 32 {
         return Err(Error::Config(format!("--image-size must be at least 32, got {}", args.image_size)));
     }
     let stream_options = StreamOptions::default();
-    let train_stream = ImageFolderStream::open(&args.data, Split::Train, stream_options.clone())?;
-    let val_stream = ImageFolderStream::open(&args.data, Split::Eval, stream_options)?;
+    // Only an old checkpoint, which saved no flags, can leave it out after --resume.
+    let data_dir = args.data.as_deref().ok_or_else(|| {
+        Error::Config("--data DIR: the checkpoint resumed from does not say where its data is; give --data".into())
+    })?;
+    let train_stream = ImageFolderStream::open(data_dir, Split::Train, stream_options.clone())?;
+    let val_stream = ImageFolderStream::open(data_dir, Split::Eval, stream_options)?;
     let classes = train_stream.classes().len() as u32;
     let init = args.init.as_deref().map(checkpoint::load_weights).transpose()?;
-    let mut config = match (&args.model, &init) {
-        (Some(name), _) => DenseNetConfig::by_name(name, classes)?,
-        (None, Some(weights)) => {
+    let mut config = match (&saved, &args.model, &init) {
+        // A resumed run's model is its checkpoint's; --model given again must name it.
+        (Some(saved), model, _) => {
+            let config = saved.config()?;
+            if let Some(name) = model {
+                let given = DenseNetConfig::by_name(name, config.num_classes)?;
+                let same = DenseNetConfig { drop_rate: config.drop_rate, image_size: config.image_size, ..given };
+                if same != config {
+                    return Err(Error::Config(format!(
+                        "--model {name} is not the model of the run saved in {}; leave --model out to go on with it",
+                        saved.dir.display()
+                    )));
+                }
+            }
+            config
+        }
+        (None, Some(name), _) => DenseNetConfig::by_name(name, classes)?,
+        (None, None, Some(weights)) => {
             let path = args.init.as_ref().expect("weights come from --init");
             weights.model_config().map_err(|e| Error::Data(format!("--init {}: {e}", path.display())))?
         }
-        (None, None) => DenseNetConfig::by_name("densenet121", classes)?,
+        (None, None, None) => DenseNetConfig::by_name("densenet121", classes)?,
     };
     config.num_classes = classes;
     config.image_size = args.image_size;
@@ -162,7 +208,7 @@ fn run(args: &Args) -> Result<()> {
     if per_epoch == 0 {
         return Err(Error::Data(format!(
             "{} has {train_images} training images, fewer than one batch of {}",
-            args.data.display(),
+            data_dir.display(),
             args.batch_size
         )));
     }
@@ -184,7 +230,7 @@ fn run(args: &Args) -> Result<()> {
             }
         }
     }
-    if let Some(line) = run::choose_kernels(&session, &args.kernels, args.autotune)? {
+    if let Some(line) = run::choose_kernels(&session, Pass::Train, &args.kernels, args.autotune)? {
         // On stderr under --json, whose stdout is the one summary line.
         if args.json {
             eprintln!("{line}");
@@ -198,15 +244,17 @@ fn run(args: &Args) -> Result<()> {
         Trainer::new(session, loader, schedule)?.with_epochs(args.epochs as u64).with_max_steps(args.max_steps);
     let total_steps = trainer.total_steps().expect("the run has a number of epochs");
 
+    // A resumed run goes on saving where it was saved, unless told otherwise.
     let mut files = RunFiles::new(
-        args.save.as_deref(),
+        args.save.as_deref().or(args.resume.as_deref()),
         &config,
         &["train_loss", "train_accuracy", "val_loss", "top1", "top5"],
         sgd.lr,
     )?;
     let mut state = TrainingState { rng_state: vec![args.seed], ..Default::default() };
-    if let Some(dir) = &args.resume {
-        let resumed = block_on(files.resume(&mut trainer, dir))?;
+    if let Some(saved) = saved {
+        let dir = saved.dir.clone();
+        let resumed = block_on(files.resume(&mut trainer, saved))?;
         state = resumed.state;
         if !args.json {
             println!("Resumed from {} at epoch {}, step {}", dir.display(), state.epoch, trainer.session().step);
@@ -219,6 +267,8 @@ fn run(args: &Args) -> Result<()> {
             }
         }
     }
+
+    flags.record(&mut state);
 
     block_on(trainer.session_mut().prepare(Pass::Train))?;
     let arena = trainer.session().allocated_bytes();
@@ -272,7 +322,10 @@ fn run(args: &Args) -> Result<()> {
             100.0 * share(waited, stepping)
         ));
         bar.set_position(r.step);
-        if !r.epoch_ended && !trainer.finished() {
+        // Validation and saving at the end of an epoch, where --max-steps ends the run
+        // mid-epoch, and (saving) every --checkpoint-every steps.
+        let checkpoint_due = args.checkpoint_every.is_some_and(|n| r.step.is_multiple_of(n));
+        if !r.epoch_ended && !trainer.finished() && !checkpoint_due {
             continue;
         }
         block_on(files.check_finite(trainer.session(), &r)).inspect_err(|_| bar.abandon())?;

@@ -41,11 +41,11 @@
 //! flushed and fsynced, then renamed over the target, so a crash or a failed write leaves the
 //! previous file whole.
 
-pub use crate::atomic_file::write_atomic;
 use crate::densenet::DenseNetConfig;
 use crate::error::{Error, Result};
 use crate::executor::GroupValues;
 use crate::executor::{Session, SgdHyper};
+pub use crate::files::write_atomic;
 use crate::graph::{Graph, ParamGroup};
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
@@ -423,15 +423,16 @@ fn f16_to_f32(h: u16) -> f32 {
     }
 }
 
-fn floats(origin: &str, name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
-    Ok(match dtype {
-        Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::F16 => data.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+/// Appends the values of `data` (whole elements of `dtype`) to `out` as f32. `name` is the
+/// tensor's, for errors.
+fn extend_floats(out: &mut Vec<f32>, origin: &str, name: &str, dtype: Dtype, data: &[u8]) -> Result<()> {
+    match dtype {
+        Dtype::F32 => out.extend(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        Dtype::F16 => out.extend(data.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))),
         Dtype::BF16 => {
-            data.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect()
+            out.extend(data.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)))
         }
         Dtype::F64 => {
-            let mut out = Vec::with_capacity(data.len() / 8);
             for b in data.chunks_exact(8) {
                 let v = f64::from_le_bytes(b.try_into().unwrap());
                 let narrowed = v as f32;
@@ -440,14 +441,71 @@ fn floats(origin: &str, name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32
                 }
                 out.push(narrowed);
             }
-            out
         }
         other => {
             return Err(Error::Data(format!(
                 "{origin}: tensor `{name}` is {other:?}; weights must be F32 (or F16, BF16, F64)"
             )))
         }
-    })
+    }
+    Ok(())
+}
+
+/// Where a file's tensor bytes come from: all in memory (a browser's file, a test's bytes), or
+/// read from the file tensor by tensor, in pieces, so that a file is never held whole.
+enum TensorData<'a> {
+    Memory(&'a [u8]),
+    File { file: std::fs::File, data_start: u64 },
+}
+
+/// Bytes converted per read from a file: whole elements of every dtype.
+const PIECE_BYTES: usize = 8 << 20;
+
+impl TensorData<'_> {
+    /// The raw bytes of a small tensor (a batch count).
+    fn bytes(&mut self, origin: &str, info: &safetensors::tensor::TensorInfo) -> Result<Vec<u8>> {
+        let (start, end) = info.data_offsets;
+        match self {
+            TensorData::Memory(data) => Ok(data[start..end].to_vec()),
+            TensorData::File { file, data_start } => {
+                let mut out = vec![0u8; end - start];
+                read_at(file, *data_start + start as u64, &mut out, origin)?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// A tensor's values as f32, memory for all of them reserved first (an error naming the
+    /// tensor and the bytes needed, not an abort, when it cannot be).
+    fn floats(&mut self, origin: &str, name: &str, info: &safetensors::tensor::TensorInfo) -> Result<Vec<f32>> {
+        let count: usize = info.shape.iter().product();
+        let mut out = Vec::new();
+        crate::files::try_reserve(&mut out, count as u64, || {
+            format!("{origin}: tensor `{name}`, {count} values of {:?} read as f32", info.dtype)
+        })?;
+        let (start, end) = info.data_offsets;
+        match self {
+            TensorData::Memory(data) => extend_floats(&mut out, origin, name, info.dtype, &data[start..end])?,
+            TensorData::File { file, data_start } => {
+                let mut piece = vec![0u8; PIECE_BYTES.min(end - start)];
+                let mut at = start;
+                while at < end {
+                    let n = piece.len().min(end - at);
+                    read_at(file, *data_start + at as u64, &mut piece[..n], origin)?;
+                    extend_floats(&mut out, origin, name, info.dtype, &piece[..n])?;
+                    at += n;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn read_at(file: &mut std::fs::File, offset: u64, buf: &mut [u8], origin: &str) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(buf))
+        .map_err(|e| Error::Data(format!("{origin}: cannot read: {}", crate::files::io_cause(&e))))
 }
 
 fn count(origin: &str, name: &str, dtype: Dtype, shape: &[usize], data: &[u8]) -> Result<u64> {
@@ -465,16 +523,60 @@ fn count(origin: &str, name: &str, dtype: Dtype, shape: &[usize], data: &[u8]) -
     u64::try_from(v).map_err(|_| bad(format!("is {v}")))
 }
 
-fn parse(bytes: &[u8], origin: &str) -> Result<Parsed> {
-    if bytes.starts_with(b"PK\x03\x04") {
+fn not_pickle(start: &[u8], origin: &str) -> Result<()> {
+    if start.starts_with(b"PK\x03\x04") {
         return Err(Error::Data(format!(
             "{origin}: this is a PyTorch pickle (.pt/.pth) archive, not safetensors; convert it with \
              `safetensors.torch.save_file(torch.load(path), out)`"
         )));
     }
-    let file = SafeTensors::deserialize(bytes).map_err(|e| Error::Data(format!("{origin}: {}", describe(&e))))?;
-    let (_, header) =
+    Ok(())
+}
+
+fn parse(bytes: &[u8], origin: &str) -> Result<Parsed> {
+    not_pickle(bytes, origin)?;
+    let (n, header) =
         SafeTensors::read_metadata(bytes).map_err(|e| Error::Data(format!("{origin}: {}", describe(&e))))?;
+    parse_tensors(&header, TensorData::Memory(&bytes[8 + n..]), origin)
+}
+
+/// Reads a safetensors file's header, then its tensors one at a time in pieces: the file is
+/// never held whole, and a tensor that memory cannot hold as f32 is an error naming it.
+fn parse_file(path: &Path) -> Result<Parsed> {
+    use std::io::Read;
+    let origin = path.display().to_string();
+    let fail = |e: std::io::Error| Error::Data(format!("{origin}: cannot read: {}", crate::files::io_cause(&e)));
+    let meta = std::fs::metadata(path).map_err(fail)?;
+    if meta.is_dir() {
+        return Err(fail(std::io::Error::from(std::io::ErrorKind::IsADirectory)));
+    }
+    let mut file = std::fs::File::open(path).map_err(fail)?;
+    let mut start = [0u8; 8];
+    let got = file.read(&mut start).map_err(fail)?;
+    not_pickle(&start[..got], &origin)?;
+    let bad = |e: SafeTensorError| Error::Data(format!("{origin}: {}", describe(&e)));
+    if got < 8 {
+        return Err(bad(SafeTensorError::HeaderTooSmall));
+    }
+    let n = u64::from_le_bytes(start);
+    // safetensors' own bound on a header (100 MB).
+    if n > 100_000_000 {
+        return Err(bad(SafeTensorError::HeaderTooLarge));
+    }
+    if 8 + n > meta.len() {
+        return Err(bad(SafeTensorError::InvalidHeaderLength));
+    }
+    let mut text = vec![0u8; n as usize];
+    file.read_exact(&mut text).map_err(fail)?;
+    let header: safetensors::tensor::Metadata =
+        serde_json::from_slice(&text).map_err(|e| Error::Data(format!("{origin}: corrupt safetensors header: {e}")))?;
+    if 8 + n + header.data_len() as u64 != meta.len() {
+        return Err(bad(SafeTensorError::MetadataIncompleteBuffer));
+    }
+    parse_tensors(&header, TensorData::File { file, data_start: 8 + n }, &origin)
+}
+
+fn parse_tensors(header: &safetensors::tensor::Metadata, mut data: TensorData<'_>, origin: &str) -> Result<Parsed> {
     let metadata: HashMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
     let format = metadata.get(META_FORMAT).map(String::as_str);
     let is_checkpoint = match format {
@@ -499,20 +601,22 @@ fn parse(bytes: &[u8], origin: &str) -> Result<Parsed> {
     let mut momentum = Vec::new();
     let mut counts: Vec<(String, u64)> = Vec::new();
     let mut sources: HashMap<String, String> = HashMap::new();
-    let mut entries: Vec<(&str, safetensors::tensor::TensorView<'_>)> = file.iter().collect();
+    let infos = header.tensors();
+    let mut entries: Vec<(&str, &safetensors::tensor::TensorInfo)> =
+        infos.iter().map(|(n, i)| (n.as_str(), *i)).collect();
     // The header's order is a hash map's; sort so errors and results do not vary run to run.
     entries.sort_by(|a, b| a.0.cmp(b.0));
     // A model wrapped in torch.nn.DataParallel (or DistributedDataParallel) saves every key
     // as `module.<key>`; when all of them are, the wrapper's prefix goes.
     let model_keys = || entries.iter().map(|e| e.0).filter(|n| !(is_checkpoint && n.starts_with(MOMENTUM_PREFIX)));
     let wrapped = model_keys().next().is_some() && model_keys().all(|n| n.starts_with(DATA_PARALLEL_PREFIX));
-    for (raw_name, view) in entries {
-        let (dtype, shape, data) = (view.dtype(), view.shape().to_vec(), view.data());
+    for (raw_name, info) in entries {
+        let (dtype, shape) = (info.dtype, info.shape.clone());
         if is_checkpoint {
             if let Some(param) = raw_name.strip_prefix(MOMENTUM_PREFIX) {
                 momentum.push(NamedTensor {
                     name: param.to_string(),
-                    data: floats(origin, raw_name, dtype, data)?,
+                    data: data.floats(origin, raw_name, info)?,
                     shape,
                 });
                 continue;
@@ -523,9 +627,13 @@ fn parse(bytes: &[u8], origin: &str) -> Result<Parsed> {
             return Err(Error::Data(format!("{origin}: `{first}` and `{raw_name}` are the same tensor `{name}`")));
         }
         if let Some(module) = name.strip_suffix(&format!(".{NUM_BATCHES_TRACKED}")) {
-            counts.push((module.to_string(), count(origin, raw_name, dtype, &shape, data)?));
+            let bytes = match shape.iter().product::<usize>() {
+                1 => data.bytes(origin, info)?,
+                _ => Vec::new(),
+            };
+            counts.push((module.to_string(), count(origin, raw_name, dtype, &shape, &bytes)?));
         } else {
-            tensors.push(NamedTensor { data: floats(origin, raw_name, dtype, data)?, name, shape });
+            tensors.push(NamedTensor { data: data.floats(origin, raw_name, info)?, name, shape });
         }
     }
     // A count is kept only as `batches_tracked`; one whose batch norm is absent would vanish
@@ -546,13 +654,11 @@ pub fn weights_from_bytes(bytes: &[u8], origin: &str) -> Result<Weights> {
     parse(bytes, origin).map(|p| p.weights)
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::Data(format!("{}: cannot read: {e}", path.display())))
-}
-
-/// Reads a weights file (see [`weights_from_bytes`]).
+/// Reads a weights file (see [`weights_from_bytes`]), tensor by tensor in pieces (the file is
+/// never held whole). Errors name the file and say what happened: not found, a directory,
+/// permission denied, not safetensors, or a tensor that memory cannot hold (with its size).
 pub fn load_weights(path: &Path) -> Result<Weights> {
-    weights_from_bytes(&read_file(path)?, &path.display().to_string())
+    parse_file(path).map(|p| p.weights)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -843,7 +949,11 @@ pub async fn save_checkpoint(
 /// Reads a resume checkpoint from memory: the weights, the training state and the momentum
 /// buffers (named by their parameter). `origin` names the file in errors.
 pub fn checkpoint_from_bytes(bytes: &[u8], origin: &str) -> Result<(Weights, TrainingState, Vec<NamedTensor>)> {
-    let Parsed { weights, momentum } = parse(bytes, origin)?;
+    checkpoint_from_parsed(parse(bytes, origin)?, origin)
+}
+
+fn checkpoint_from_parsed(parsed: Parsed, origin: &str) -> Result<(Weights, TrainingState, Vec<NamedTensor>)> {
+    let Parsed { weights, momentum } = parsed;
     if weights.metadata.get(META_FORMAT).map(String::as_str) != Some(CHECKPOINT_FORMAT) {
         return Err(Error::Data(format!(
             "{origin}: not a densegpu resume checkpoint (no `{META_FORMAT}: {CHECKPOINT_FORMAT}` metadata); \
@@ -861,7 +971,7 @@ pub fn checkpoint_from_bytes(bytes: &[u8], origin: &str) -> Result<(Weights, Tra
 
 /// Reads a resume checkpoint (see [`checkpoint_from_bytes`]).
 pub fn load_checkpoint(path: &Path) -> Result<(Weights, TrainingState, Vec<NamedTensor>)> {
-    checkpoint_from_bytes(&read_file(path)?, &path.display().to_string())
+    checkpoint_from_parsed(parse_file(path)?, &path.display().to_string())
 }
 
 /// Puts a session where the checkpoint's run stood: weights, running statistics, momentum

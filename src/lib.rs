@@ -1,11 +1,11 @@
 //! densegpu: memory-efficient DenseNet training and inference on any GPU through WebGPU.
 
-pub mod atomic_file;
 pub mod checkpoint;
 pub mod data;
 pub mod densenet;
 pub mod error;
 pub mod executor;
+pub mod files;
 pub mod gpu;
 pub mod graph;
 pub mod memory;

@@ -132,7 +132,7 @@ pub fn export_to_file(
 ) -> Result<()> {
     let bytes = export(graph, config, tensors, options)?;
     // All or nothing: a failed export leaves no partial model behind.
-    crate::atomic_file::write_atomic(path.as_ref(), |file| std::io::Write::write_all(file, &bytes))
+    crate::files::write_atomic(path.as_ref(), |file| std::io::Write::write_all(file, &bytes))
 }
 
 /// IR version matching an opset (the ONNX versioning table).

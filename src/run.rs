@@ -1,8 +1,13 @@
 //! What a training command keeps around the [`Trainer`]'s loop, shared by `train_cifar` and
-//! `train_imagenet`: the run directory (`checkpoint.safetensors` at the end of each epoch,
-//! `best.safetensors`, `last.safetensors`, `metrics.csv`), resuming from it, the best
-//! validation weights, and the stop when training diverges, which names the last good
-//! (finite) checkpoint the run keeps.
+//! `train_imagenet`: the run directory (`checkpoint.safetensors` at the end of each epoch and
+//! every `--checkpoint-every` steps, `best.safetensors`, `last.safetensors`, `metrics.csv`),
+//! resuming from it (with the flags that define the run, [`RunFlags`]), the best validation
+//! weights, and the stop when training diverges, which names the last good (finite)
+//! checkpoint the run keeps.
+//!
+//! A kill at any moment costs at most the steps since the last checkpoint: every file is
+//! replaced atomically ([`crate::files`]), and a resumed run drops the `metrics.csv` rows
+//! of epochs its checkpoint had not reached, which it trains (bit-exactly) again.
 //!
 //! Nothing is saved, or kept as the best, unless all of it is finite: a diverging run can keep a
 //! finite loss for a while after its running variances overflow.
@@ -15,8 +20,80 @@ use crate::densenet::DenseNetConfig;
 use crate::profile::StepProfile;
 use crate::trainer::{StepReport, Trainer};
 use crate::{Error, Result, Session};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// The key of [`TrainingState::extra`] that holds a run's [`RunFlags`], as JSON.
+pub const RUN_FLAGS: &str = "run_flags";
+
+/// The command-line flags that define a run (batch size, learning rate, schedule, memory mode,
+/// data settings, seed...): long name (without the dashes) → its values as given, a switch as
+/// `["true"]` or `["false"]`. Saved in every checkpoint ([`RunFlags::record`]) so that
+/// `--resume DIR` alone goes on with them; the model itself comes from the checkpoint's config.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunFlags(pub BTreeMap<String, Vec<String>>);
+
+impl RunFlags {
+    /// Stores the flags in `state.extra` under [`RUN_FLAGS`].
+    pub fn record(&self, state: &mut TrainingState) {
+        let json = serde_json::to_string(&self.0).expect("a map of strings serialises");
+        state.extra.insert(RUN_FLAGS.to_string(), json);
+    }
+
+    /// The flags a checkpoint's state holds, or `None` for a checkpoint written before they
+    /// were saved. Errors when the entry is not a map of flag values.
+    pub fn saved(state: &TrainingState) -> Result<Option<RunFlags>> {
+        let Some(json) = state.extra.get(RUN_FLAGS) else { return Ok(None) };
+        serde_json::from_str(json)
+            .map(|m| Some(RunFlags(m)))
+            .map_err(|e| Error::Data(format!("the checkpoint's `{RUN_FLAGS}` entry is corrupt: {e}")))
+    }
+
+    /// Whether two values of a flag say the same (`0.10` is `0.1`).
+    pub fn same_values(a: &[String], b: &[String]) -> bool {
+        let same = |x: &String, y: &String| match (x.parse::<f64>(), y.parse::<f64>()) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => x == y,
+        };
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y))
+    }
+}
+
+/// A run's saved checkpoint (`DIR/checkpoint.safetensors`), read before anything is built so
+/// that the model and the flags can come from it.
+pub struct SavedRun {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// Its checkpoint file.
+    pub path: PathBuf,
+    pub weights: Weights,
+    pub state: TrainingState,
+    /// The momentum buffers, by parameter name.
+    pub momentum: Vec<NamedTensor>,
+}
+
+impl SavedRun {
+    /// Reads `dir/checkpoint.safetensors`. Errors when it is missing (saying what `dir` holds),
+    /// unreadable or not a resume checkpoint.
+    pub fn open(dir: &Path) -> Result<SavedRun> {
+        let path = dir.join("checkpoint.safetensors");
+        if dir.is_dir() && !path.exists() {
+            return Err(Error::Data(format!(
+                "--resume {}: the folder holds no checkpoint.safetensors; a run saves one there at the end of \
+                 each epoch (and every --checkpoint-every steps) when started with --save {0}",
+                dir.display()
+            )));
+        }
+        let (weights, state, momentum) = checkpoint::load_checkpoint(&path)?;
+        Ok(SavedRun { dir: dir.to_path_buf(), path, weights, state, momentum })
+    }
+
+    /// The model the checkpoint was saved from. Errors when the file carries no config.
+    pub fn config(&self) -> Result<DenseNetConfig> {
+        self.weights.model_config().map_err(|e| Error::Data(format!("{}: {e}", self.path.display())))
+    }
+}
 
 /// Where the run's last good (finite) checkpoint is, for the message when training stops.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,10 +135,17 @@ impl RunFiles {
     /// is `None`. `metrics_columns` name `metrics.csv`'s columns after `epoch`; `lr` is the
     /// run's base learning rate.
     ///
-    /// Errors when `dir` cannot be created.
+    /// Errors when `dir` cannot be created. With a `dir`, a file-size limit stops the run with
+    /// an error naming the file rather than killing it ([`crate::files::report_file_size_limit`]).
     pub fn new(dir: Option<&Path>, config: &DenseNetConfig, metrics_columns: &[&str], lr: f32) -> Result<RunFiles> {
         if let Some(dir) = dir {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Data(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::Data(format!("{}: cannot create the folder: {}", dir.display(), crate::files::io_cause(&e)))
+            })?;
+            // A file-size limit then stops the run with an error naming the file.
+            crate::files::report_file_size_limit();
+            // What a run killed mid-write left behind.
+            crate::files::remove_stale_temps(dir);
         }
         Ok(RunFiles {
             dir: dir.map(Path::to_path_buf),
@@ -74,17 +158,20 @@ impl RunFiles {
         })
     }
 
-    /// Continues the run saved in `dir`: loads its `checkpoint.safetensors` into the trainer's
-    /// session (weights, running statistics, momentum, step) and puts the trainer's cursor
-    /// where it stopped, so the run goes on bit-exactly.
+    /// Continues the run saved in `saved` (see [`SavedRun::open`]): loads its checkpoint into
+    /// the trainer's session (weights, running statistics, momentum, step), puts the trainer's
+    /// cursor where it stopped, so the run goes on bit-exactly, and drops the `metrics.csv`
+    /// rows (in this run's directory) of epochs the checkpoint had not finished: a run killed
+    /// after writing a row but before its checkpoint trains that epoch again.
     ///
-    /// Errors when the checkpoint is missing or unreadable, does not fit the session's model,
-    /// holds a non-finite value (it was saved while training diverged), or stopped at a batch
-    /// this loader's epoch does not have.
-    pub async fn resume<L: BatchSource>(&mut self, trainer: &mut Trainer<L>, dir: &Path) -> Result<Resumed> {
-        let path = dir.join("checkpoint.safetensors");
-        let (weights, state, momentum) = checkpoint::load_checkpoint(&path)?;
-        checkpoint::apply_checkpoint(trainer.session_mut(), &weights, &state, &momentum).await?;
+    /// Errors when the checkpoint does not fit the session's model, holds a non-finite value
+    /// (it was saved while training diverged), or stopped at a batch this loader's epoch does
+    /// not have; or when `metrics.csv` cannot be rewritten.
+    pub async fn resume<L: BatchSource>(&mut self, trainer: &mut Trainer<L>, saved: SavedRun) -> Result<Resumed> {
+        let SavedRun { path, weights, state, momentum, .. } = saved;
+        checkpoint::apply_checkpoint(trainer.session_mut(), &weights, &state, &momentum)
+            .await
+            .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
         if let Some(what) = checkpoint::non_finite_state(trainer.session()).await? {
             return Err(Error::Data(format!(
                 "{}: {what}, so this run cannot go on from it (it was saved while training diverged); start \
@@ -93,6 +180,7 @@ impl RunFiles {
             )));
         }
         let sums_restored = trainer.restore(&state)?;
+        self.keep_metrics_rows(state.epoch)?;
         self.last_good = LastGood::Resumed(path, trainer.session().step);
         self.best_accuracy = state.best_valid_accuracy;
         Ok(Resumed { state, sums_restored })
@@ -215,25 +303,32 @@ impl RunFiles {
                 path.display()
             ),
             (LastGood::Nothing, Some(dir)) => format!(
-                "no checkpoint had been saved yet (one is written at the end of each epoch), so {} holds none \
-                 from this run",
+                "no checkpoint had been saved yet (one is written at the end of each epoch, and every \
+                 --checkpoint-every steps), so {} holds none from this run",
                 dir.display()
             ),
             (LastGood::Nothing, None) => "nothing was saved (--save DIR keeps a checkpoint every epoch)".into(),
         }
     }
 
+    fn metrics_path(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join("metrics.csv"))
+    }
+
+    fn read_metrics(path: &Path) -> Result<String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(Error::Data(format!("{}: cannot read: {}", path.display(), crate::files::io_cause(&e)))),
+        }
+    }
+
+    /// Appends one row, replacing the file atomically: a kill leaves the old rows or the new
+    /// ones, never half a row.
     fn append_metrics(&self, epoch: u64, values: &[Option<f64>]) -> Result<()> {
-        let Some(dir) = &self.dir else { return Ok(()) };
-        let path = dir.join("metrics.csv");
-        let fresh = !path.exists();
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::Data(format!("cannot write {}: {e}", path.display())))?;
-        let mut text = String::new();
-        if fresh {
+        let Some(path) = self.metrics_path() else { return Ok(()) };
+        let mut text = Self::read_metrics(&path)?;
+        if text.is_empty() {
             text += &format!("epoch,{}\n", self.metrics_columns.join(","));
         }
         text += &epoch.to_string();
@@ -241,7 +336,25 @@ impl RunFiles {
             text += &format!(",{}", v.map(|v| format!("{v:.6}")).unwrap_or_default());
         }
         text.push('\n');
-        file.write_all(text.as_bytes()).map_err(|e| Error::Data(format!("cannot write {}: {e}", path.display())))
+        crate::files::write_atomic(&path, |f| f.write_all(text.as_bytes()))
+    }
+
+    /// Keeps the header and the rows of the first `epochs` epochs.
+    fn keep_metrics_rows(&self, epochs: u64) -> Result<()> {
+        let Some(path) = self.metrics_path() else { return Ok(()) };
+        let text = Self::read_metrics(&path)?;
+        let mut kept = String::new();
+        for (i, line) in text.lines().enumerate() {
+            let epoch = line.split(',').next().and_then(|e| e.parse::<u64>().ok());
+            if i == 0 || epoch.is_some_and(|e| e <= epochs) {
+                kept += line;
+                kept.push('\n');
+            }
+        }
+        if kept == text {
+            return Ok(());
+        }
+        crate::files::write_atomic(&path, |f| f.write_all(kept.as_bytes()))
     }
 }
 
@@ -265,20 +378,27 @@ pub fn flag_number(v: f32) -> String {
     }
 }
 
-/// Sets up the conv kernels of a run (see [`crate::tune`]): `kernels` is `auto` (tuned, or the
-/// device type's default where nothing is tuned), `register` or `workgroup` (that family,
-/// forced); with `auto`, `autotune` says whether to tune. Returns the line a command prints
-/// when it timed anything: how many shapes, how long, and what was chosen.
+/// Sets up the conv kernels of a command's `pass` (see [`crate::tune`]): `kernels` is `auto`
+/// (tuned, or the device type's default where nothing is tuned), `register` or `workgroup`
+/// (that family, forced); with `auto`, `autotune` says whether to tune. Every command reads
+/// and adds to the same cache (`kernels.json`), so `eval` and `predict` use what training
+/// measured wherever their shapes are the same. Returns the line a command prints when it
+/// timed anything: how many shapes, how long, and what was chosen.
 ///
 /// Errors: an unknown family, or a device error while timing.
-pub fn choose_kernels(session: &Session, kernels: &str, autotune: crate::tune::Autotune) -> Result<Option<String>> {
+pub fn choose_kernels(
+    session: &Session,
+    pass: crate::Pass,
+    kernels: &str,
+    autotune: crate::tune::Autotune,
+) -> Result<Option<String>> {
     use crate::tune;
     tune::set_kernels(&session.gpu, kernels)?;
     if kernels != "auto" {
         return Ok(None);
     }
     let start = std::time::Instant::now();
-    let tuned = tune::tune(session, crate::Pass::Train, autotune, &mut |_| {})?;
+    let tuned = tune::tune(session, pass, autotune, &mut |_| {})?;
     Ok(tune::summary(&session.gpu, &tuned, start.elapsed().as_secs_f64())
         .map(|line| format!("{line} (cached for later runs; --autotune off skips this)")))
 }
@@ -330,7 +450,7 @@ impl ProfileRequest {
 pub fn save_profile(gpu: &crate::Gpu, profile: &StepProfile, path: &Path) -> Result<String> {
     let peak = crate::block_on(crate::peak::measure(gpu))?;
     let text = serde_json::to_string(&profile.chrome_trace()).expect("a trace is plain JSON");
-    crate::atomic_file::write_atomic(path, |f| f.write_all(text.as_bytes()))?;
+    crate::files::write_atomic(path, |f| f.write_all(text.as_bytes()))?;
     Ok(format!(
         "{}Chrome trace written to {} (open it in Perfetto or chrome://tracing)",
         profile.report(Some(&peak)),

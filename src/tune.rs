@@ -566,6 +566,6 @@ impl Cache {
                 .map_err(|e| Error::Data(format!("creating the kernel cache folder {}: {e}", dir.display())))?;
         }
         let text = self.to_json();
-        crate::atomic_file::write_atomic(path, |f| std::io::Write::write_all(f, text.as_bytes()))
+        crate::files::write_atomic(path, |f| std::io::Write::write_all(f, text.as_bytes()))
     }
 }

@@ -328,7 +328,9 @@ fn truncated_and_corrupt_files_name_the_file_and_the_problem() {
     bad_config[at] = b'X';
     check(&bad_config, "bad-config", "densegpu.config");
     let m = message(checkpoint::load_weights(&dir.path().join("absent.safetensors")));
-    assert!(m.contains("absent.safetensors") && m.contains("cannot read"), "{m}");
+    assert!(m.contains("absent.safetensors") && m.contains("cannot read: not found"), "{m}");
+    let m = message(checkpoint::load_weights(dir.path()));
+    assert!(m.contains("cannot read: it is a directory") && !m.contains("permission"), "{m}");
     // A weights file is not a checkpoint.
     let path = dir.path().join("weights.safetensors");
     std::fs::write(&path, &good).unwrap();

@@ -124,7 +124,12 @@ fn cifar_binary_errors_name_file_and_problem() {
     write_binary(tmp.path(), 2);
     std::fs::remove_file(tmp.path().join("test_batch.bin")).unwrap();
     let msg = data_err(load_cifar10_binary(tmp.path()));
-    assert_mentions(&msg, &["test_batch.bin", "cannot read"]);
+    assert_mentions(&msg, &["test_batch.bin", "cannot read", "not found", "--download"]);
+    // The error says what happened, not only that it did.
+    std::fs::create_dir(tmp.path().join("test_batch.bin")).unwrap();
+    let msg = data_err(load_cifar10_binary(tmp.path()));
+    assert_mentions(&msg, &["test_batch.bin", "is a directory"]);
+    assert!(!msg.contains("permission"), "{msg}");
 }
 
 fn save(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) {

@@ -1,5 +1,8 @@
 //! The CIFAR trainer as users run it: the example binary that `cargo test` builds.
 
+#[path = "support/kill.rs"]
+mod kill;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -108,7 +111,8 @@ fn a_nan_before_the_first_checkpoint_says_that_none_exists() {
     assert!(stderr.contains("training stopped"), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "no checkpoint had been saved yet (one is written at the end of each epoch), so {}",
+            "no checkpoint had been saved yet (one is written at the end of each epoch, and every \
+             --checkpoint-every steps), so {}",
             save.display()
         )),
         "{stderr}"
@@ -229,8 +233,29 @@ fn train_cifar_tunes_once_per_adapter_and_shape_and_then_reads_the_cache() {
         serde_json::from_slice(&std::fs::read(cache.path().join("kernels.json")).unwrap()).unwrap();
     let adapter = cached.as_object().unwrap().values().next().expect("one adapter's entries");
     assert!(adapter.as_object().unwrap().keys().any(|k| k.starts_with("conv backward_weight")), "{cached}");
-    let second = run(&[]);
+    let saved = cache.path().join("run");
+    let second = run(&["--save", saved.to_str().unwrap()]);
     assert!(!second.contains("Tuned the conv kernels"), "the second run timed again:\n{second}");
+    // `eval` at the training batch reads the cache training wrote and times nothing; with an
+    // empty cache it times its shapes (so it does tune, and reads the cache when it has them).
+    let data = cache.path().join("data");
+    image_folder(&data, 2);
+    let eval = |cache_dir: &Path| {
+        let weights = saved.join("last.safetensors");
+        let out = Command::new(example("eval"))
+            .args(["--weights", weights.to_str().unwrap(), "--data", data.to_str().unwrap(), "--batch-size", "16"])
+            .env("DENSEGPU_CACHE_DIR", cache_dir)
+            .env_remove("DENSEGPU_AUTOTUNE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = eval(cache.path());
+    assert!(!stderr.contains("Tuned the conv kernels"), "eval timed shapes training had tuned:\n{stderr}");
+    let empty = tempfile::tempdir().unwrap();
+    let stderr = eval(empty.path());
+    assert!(stderr.contains("Tuned the conv kernels"), "eval did not tune with an empty cache:\n{stderr}");
     let forced = run(&["--kernels", "workgroup"]);
     assert!(!forced.contains("Tuned the conv kernels"), "{forced}");
     let out = train(&[&SMALL[..], &["--kernels", "fastest"]].concat());
@@ -334,4 +359,95 @@ fn train_cifar_profiles_the_chosen_step() {
     let err =
         refused(&train(&[&SMALL[..], &["--max-steps", "3", "--profile", "x.json", "--profile-step", "4"]].concat()));
     assert!(err.contains("--profile-step 4") && err.contains("from 1 to 3"), "{err}");
+}
+
+/// 4 epochs of 3 batches of 16 on a 48-image folder, checkpointing every step.
+fn crash_run_args(data: &str, epochs: u32) -> Vec<String> {
+    let e = epochs.to_string();
+    ["--depth", "10", "--growth-rate", "6", "--batch-size", "16", "--valid-size", "0", "--lr", "0.05", "--data", data]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--epochs".into(), e, "--checkpoint-every".into(), "1".into(), "--json".into()])
+        .collect()
+}
+
+#[test]
+fn resume_alone_goes_on_with_the_saved_model_flags_and_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    image_folder(&data, 24);
+    let args = crash_run_args(data.to_str().unwrap(), 2);
+    let args: Vec<&str> = args.iter().map(String::as_str).filter(|a| *a != "--checkpoint-every" && *a != "1").collect();
+    let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
+    let ok = |out: std::process::Output| assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(train(&[&args[..], &["--save", whole.to_str().unwrap()]].concat()));
+    // Stopped mid-epoch 2, then resumed with nothing but the folder: the model (depth 10, k=6),
+    // the schedule, the data and the folder to save into come from the checkpoint.
+    ok(train(&[&args[..], &["--save", split.to_str().unwrap(), "--max-steps", "4"]].concat()));
+    ok(train(&["--resume", split.to_str().unwrap(), "--json"]));
+    kill::assert_same_files(&whole, &split);
+
+    // A flag that contradicts the saved run is refused by name; one that agrees is fine.
+    let resume = split.to_str().unwrap();
+    let stderr = refused(&train(&["--resume", resume, "--batch-size", "8"]));
+    assert!(stderr.contains("--batch-size 8 contradicts") && stderr.contains("--batch-size 16"), "{stderr}");
+    let stderr = refused(&train(&["--resume", resume, "--momentum", "0.5"]));
+    assert!(stderr.contains("--momentum 0.5 contradicts") && stderr.contains("--momentum 0.9"), "{stderr}");
+    let stderr = refused(&train(&["--resume", resume, "--no-augment"]));
+    assert!(stderr.contains("--no-augment contradicts"), "{stderr}");
+    let stderr = refused(&train(&["--resume", resume, "--depth", "16"]));
+    assert!(stderr.contains("DenseNet-BC-16") && stderr.contains("DenseNet-BC-10"), "{stderr}");
+    ok(train(&["--resume", resume, "--batch-size", "16", "--lr", "0.050", "--depth", "10", "--growth-rate", "6"]));
+    let stderr = refused(&train(&["--resume", dir.path().to_str().unwrap()]));
+    assert!(stderr.contains("holds no checkpoint.safetensors"), "{stderr}");
+}
+
+#[test]
+fn kill_9_at_any_moment_loses_nothing_and_the_end_is_bit_identical() {
+    // 10 kills here; `cargo xtask test --full` kills 100 times over a longer run.
+    let (kills, epochs) = if std::env::var_os("DENSEGPU_FULL_TESTS").is_some() { (100, 40) } else { (10, 8) };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    image_folder(&data, 24);
+    let args = crash_run_args(data.to_str().unwrap(), epochs);
+    let seen = kill::kill_test(&example("train_cifar"), &args, dir.path(), kills, 7);
+    println!("train_cifar: {}", seen.summary());
+}
+
+#[test]
+fn a_file_size_limit_stops_the_run_naming_the_file_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    image_folder(&data, 24);
+    let save = dir.path().join("run");
+    let args = crash_run_args(data.to_str().unwrap(), 2);
+    let first = train(
+        &[
+            args.iter().map(String::as_str).collect::<Vec<_>>(),
+            vec!["--max-steps", "1", "--save", save.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let checkpoint = save.join("checkpoint.safetensors");
+    let before = std::fs::read(&checkpoint).unwrap();
+    // RLIMIT_FSIZE at half the checkpoint's size (`ulimit -f` counts KiB): its next write fails
+    // with EFBIG, which must end the run with an error naming the file, not SIGXFSZ's kill.
+    let limit = before.len() / 2 / 1024;
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("ulimit -f {limit} && exec \"$0\" --resume \"$1\""))
+        .arg(example("train_cifar"))
+        .arg(&save)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("DENSEGPU_AUTOTUNE", "off")
+        .output()
+        .unwrap();
+    let stderr = refused(&out);
+    assert!(stderr.contains(&checkpoint.display().to_string()) && stderr.contains("file-size limit"), "{stderr}");
+    assert!(stderr.contains("unchanged"), "{stderr}");
+    assert!(std::fs::read(&checkpoint).unwrap() == before, "the last good checkpoint was touched");
+    assert!(!kill::writing(&save, "checkpoint.safetensors"), "the partial write was left behind");
+    let again = train(&["--resume", save.to_str().unwrap(), "--max-steps", "3", "--json"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
 }

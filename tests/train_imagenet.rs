@@ -2,6 +2,9 @@
 //! tiny generated image folder (3 classes, PNG and JPEG of mixed sizes) at 32 px; and `eval`
 //! on the weights it saves.
 
+#[path = "support/kill.rs"]
+mod kill;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -210,4 +213,35 @@ fn eval_and_predict_refuse_a_folder_with_another_class_count_than_the_model() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("1 class folders but the model has 3"), "{stderr}");
+}
+
+#[test]
+fn kill_9_while_streaming_loses_nothing_and_the_end_is_bit_identical() {
+    // 3 kills here (one of each kind); `cargo xtask test --full` kills 20 times.
+    let (kills, epochs) = if std::env::var_os("DENSEGPU_FULL_TESTS").is_some() { (20, 12) } else { (3, 3) };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    image_folder_of(&data, 2, 1); // 6 training images: 3 steps of 2 per epoch
+    let args: Vec<String> = [
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        "densenet121",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--workers",
+        "2",
+        "--epochs",
+        &epochs.to_string(),
+        "--checkpoint-every",
+        "1",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let seen = kill::kill_test(&example("train_imagenet"), &args, dir.path(), kills, 11);
+    println!("train_imagenet: {}", seen.summary());
 }

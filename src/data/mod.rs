@@ -113,20 +113,24 @@ impl Dataset {
         counts
     }
 
-    /// The images at `indices`, in that order.
-    pub fn select(&self, indices: &[usize]) -> Dataset {
+    /// The images at `indices`, in that order. Errors, instead of aborting, when memory cannot
+    /// hold the copy (`what` names the set in the message).
+    pub fn select(&self, indices: &[usize], what: &str) -> Result<Dataset> {
         let n = self.image_bytes();
-        let mut images = Vec::with_capacity(indices.len() * n);
+        let mut images = Vec::new();
+        crate::files::try_reserve(&mut images, (indices.len() * n) as u64, || {
+            format!("{what} ({} images of {n} bytes)", indices.len())
+        })?;
         for &i in indices {
             images.extend_from_slice(self.image(i));
         }
-        Dataset {
+        Ok(Dataset {
             images,
             labels: indices.iter().map(|&i| self.labels[i]).collect(),
             classes: self.classes.clone(),
             height: self.height,
             width: self.width,
-        }
+        })
     }
 
     /// Holds `valid_size` randomly chosen training images out as a validation set, the way the
@@ -149,7 +153,7 @@ impl Dataset {
             is_valid[i] = true;
         }
         let train: Vec<usize> = (0..self.len()).filter(|&i| !is_valid[i]).collect();
-        Ok((self.select(&train), self.select(&valid)))
+        Ok((self.select(&train, "the training set")?, self.select(&valid, "the validation set")?))
     }
 
     /// Checks the invariants the loader relies on; `what` names the source in the message.
@@ -171,11 +175,6 @@ impl Dataset {
             )));
         }
         Ok(())
-    }
-
-    fn append(&mut self, other: Dataset) {
-        self.images.extend_from_slice(&other.images);
-        self.labels.extend_from_slice(&other.labels);
     }
 }
 
