@@ -91,12 +91,16 @@ fn scan_split(split_dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
     Ok(classes)
 }
 
-fn decode_files(files: &[PathBuf], height: usize, width: usize) -> Result<Vec<u8>> {
+fn decode_files(dir: &Path, files: &[PathBuf], height: usize, width: usize) -> Result<Vec<u8>> {
     let per = CHANNELS * height * width;
-    let mut images = vec![0u8; files.len() * per];
+    let mut images = Vec::new();
+    crate::files::try_reserve(&mut images, (files.len() * per) as u64, || {
+        format!("{}: {} images of {height}x{width}", dir.display(), files.len())
+    })?;
+    images.resize(files.len() * per, 0);
     let decode = |files: &[PathBuf], out: &mut [u8]| -> Result<()> {
         for (path, dst) in files.iter().zip(out.chunks_exact_mut(per)) {
-            let bytes = std::fs::read(path).map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
+            let bytes = crate::files::read(path)?;
             decode_into(&bytes, &path.display().to_string(), height, width, dst)?;
         }
         Ok(())
@@ -144,7 +148,7 @@ fn load_split(
         labels.extend(std::iter::repeat_n(label as u32, class_files.len()));
         files.extend(class_files);
     }
-    let images = decode_files(&files, height, width)?;
+    let images = decode_files(split_dir, &files, height, width)?;
     Ok(Dataset { images, labels, classes: classes.to_vec(), height, width })
 }
 

@@ -280,7 +280,7 @@ impl ImageFolderStream {
 /// Reads and decodes the PNG or JPEG at `path` into 8-bit RGB within `opts`' limits; see
 /// [`ImageFolderStream::decode`].
 pub fn decode_rgb(path: &Path, opts: &StreamOptions) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
+    let bytes = crate::files::read(path)?;
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         return decode_jpeg(&bytes, path, opts);
     }
