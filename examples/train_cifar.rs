@@ -213,13 +213,7 @@ fn check_args(args: &Args) -> Result<()> {
 fn resumed_config(saved: &SavedRun, flags_config: Option<DenseNetConfig>) -> Result<DenseNetConfig> {
     let config = saved.config()?;
     if let Some(given) = flags_config {
-        let same = DenseNetConfig {
-            num_classes: config.num_classes,
-            drop_rate: config.drop_rate,
-            image_size: config.image_size,
-            ..given.clone()
-        };
-        if same != config {
+        if !config.same_architecture(&given) {
             return Err(Error::Config(format!(
                 "the model flags give {} but the run saved in {} is {}; leave out --model, --depth, \
                  --growth-rate, --bn-size and --compression to go on with the saved model",

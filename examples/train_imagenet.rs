@@ -170,8 +170,7 @@ fn run(args: &Args, flags: &RunFlags, saved: Option<SavedRun>) -> Result<()> {
             let config = saved.config()?;
             if let Some(name) = model {
                 let given = DenseNetConfig::by_name(name, config.num_classes)?;
-                let same = DenseNetConfig { drop_rate: config.drop_rate, image_size: config.image_size, ..given };
-                if same != config {
+                if !config.same_architecture(&given) {
                     return Err(Error::Config(format!(
                         "--model {name} is not the model of the run saved in {}; leave --model out to go on with it",
                         saved.dir.display()

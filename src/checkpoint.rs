@@ -505,7 +505,7 @@ fn read_at(file: &mut std::fs::File, offset: u64, buf: &mut [u8], origin: &str) 
     use std::io::{Read, Seek, SeekFrom};
     file.seek(SeekFrom::Start(offset))
         .and_then(|_| file.read_exact(buf))
-        .map_err(|e| Error::Data(format!("{origin}: cannot read: {}", crate::files::io_cause(&e))))
+        .map_err(|e| crate::files::read_error(origin, &e))
 }
 
 fn count(origin: &str, name: &str, dtype: Dtype, shape: &[usize], data: &[u8]) -> Result<u64> {
@@ -545,12 +545,8 @@ fn parse(bytes: &[u8], origin: &str) -> Result<Parsed> {
 fn parse_file(path: &Path) -> Result<Parsed> {
     use std::io::Read;
     let origin = path.display().to_string();
-    let fail = |e: std::io::Error| Error::Data(format!("{origin}: cannot read: {}", crate::files::io_cause(&e)));
-    let meta = std::fs::metadata(path).map_err(fail)?;
-    if meta.is_dir() {
-        return Err(fail(std::io::Error::from(std::io::ErrorKind::IsADirectory)));
-    }
-    let mut file = std::fs::File::open(path).map_err(fail)?;
+    let fail = |e: std::io::Error| crate::files::read_error(&origin, &e);
+    let (mut file, len) = crate::files::open(path)?;
     let mut start = [0u8; 8];
     let got = file.read(&mut start).map_err(fail)?;
     not_pickle(&start[..got], &origin)?;
@@ -563,14 +559,14 @@ fn parse_file(path: &Path) -> Result<Parsed> {
     if n > 100_000_000 {
         return Err(bad(SafeTensorError::HeaderTooLarge));
     }
-    if 8 + n > meta.len() {
+    if 8 + n > len {
         return Err(bad(SafeTensorError::InvalidHeaderLength));
     }
     let mut text = vec![0u8; n as usize];
     file.read_exact(&mut text).map_err(fail)?;
     let header: safetensors::tensor::Metadata =
         serde_json::from_slice(&text).map_err(|e| Error::Data(format!("{origin}: corrupt safetensors header: {e}")))?;
-    if 8 + n + header.data_len() as u64 != meta.len() {
+    if 8 + n + header.data_len() as u64 != len {
         return Err(bad(SafeTensorError::MetadataIncompleteBuffer));
     }
     parse_tensors(&header, TensorData::File { file, data_start: 8 + n }, &origin)

@@ -74,6 +74,19 @@ pub struct DenseNetConfig {
 }
 
 impl DenseNetConfig {
+    /// Whether `other` is this architecture, leaving out what a run's data and other flags
+    /// set: the class count, the drop rate and the image size. A resumed run compares the
+    /// model its flags build with its checkpoint's this way.
+    pub fn same_architecture(&self, other: &DenseNetConfig) -> bool {
+        let other = DenseNetConfig {
+            num_classes: self.num_classes,
+            drop_rate: self.drop_rate,
+            image_size: self.image_size,
+            ..other.clone()
+        };
+        other == *self
+    }
+
     /// DenseNet-BC for CIFAR: 3 blocks of (depth - 4) / 6 bottleneck layers, stem of 2k.
     pub fn cifar_bc(depth: u32, growth_rate: u32, num_classes: u32) -> Result<Self> {
         if depth < 10 || !(depth - 4).is_multiple_of(6) {

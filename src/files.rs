@@ -65,19 +65,32 @@ pub fn io_cause(e: &io::Error) -> String {
     format!("{meaning} [{e}]")
 }
 
+/// The error for a failed read of `file` (a path as shown): `FILE: cannot read: ` and what
+/// happened ([`io_cause`]).
+pub fn read_error(file: impl std::fmt::Display, e: &io::Error) -> Error {
+    Error::Data(format!("{file}: cannot read: {}", io_cause(e)))
+}
+
+/// Opens `path` for reading, with its length in bytes; a directory, or a path that cannot be
+/// opened, is a [`read_error`].
+pub fn open(path: &Path) -> Result<(File, u64)> {
+    let fail = |e: io::Error| read_error(path.display(), &e);
+    let meta = std::fs::metadata(path).map_err(fail)?;
+    if meta.is_dir() {
+        return Err(fail(io::Error::from(io::ErrorKind::IsADirectory)));
+    }
+    Ok((File::open(path).map_err(fail)?, meta.len()))
+}
+
 /// Reads all of `path`, as [`std::fs::read`] does, but with an error that says what went wrong
 /// and names the file, and with the buffer reserved up front ([`try_reserve`]) so that a file
 /// larger than memory can hold is refused with its size instead of aborting the process.
 pub fn read(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
-    let fail = |e: io::Error| Error::Data(format!("{}: cannot read: {}", path.display(), io_cause(&e)));
-    let meta = std::fs::metadata(path).map_err(fail)?;
-    if meta.is_dir() {
-        return Err(fail(io::Error::from(io::ErrorKind::IsADirectory)));
-    }
+    let (mut file, len) = open(path)?;
     let mut bytes = Vec::new();
-    try_reserve(&mut bytes, meta.len(), || format!("{}, a file of {}", path.display(), human_bytes(meta.len())))?;
-    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(fail)?;
+    try_reserve(&mut bytes, len, || format!("{}, a file of {}", path.display(), human_bytes(len)))?;
+    file.read_to_end(&mut bytes).map_err(|e| read_error(path.display(), &e))?;
     Ok(bytes)
 }
 

@@ -5,7 +5,7 @@
 //! `train_cifar` and `train_imagenet` (`#[path = "cli/resume.rs"] mod resume;`).
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use clap::{ArgMatches, Command, CommandFactory, FromArgMatches};
 use densegpu::run::{RunFlags, SavedRun};
 use densegpu::{Error, Result};
 use std::ffi::OsString;
@@ -52,11 +52,12 @@ impl<A> Parsed<A> {
 /// not given. Errors: the checkpoint cannot be read, or a given flag contradicts it.
 pub fn parse<A: CommandFactory + FromArgMatches>(defining: &Defining, resume_id: &str) -> Result<Parsed<A>> {
     let argv: Vec<OsString> = std::env::args_os().collect();
-    let matches = A::command().get_matches_from(&argv);
+    let command = A::command();
+    let matches = command.clone().get_matches_from(&argv);
     let ids: Vec<&str> = defining.fixed.iter().chain(defining.changeable).copied().collect();
     let Some(dir) = matches.get_one::<PathBuf>(resume_id).cloned() else {
         return Ok(Parsed {
-            flags: flags_of::<A>(&matches, &ids, false),
+            flags: flags_of(&command, &matches, &ids, false),
             args: args(&matches),
             saved: None,
             restored: vec![],
@@ -67,15 +68,15 @@ pub fn parse<A: CommandFactory + FromArgMatches>(defining: &Defining, resume_id:
     let Some(saved_flags) = RunFlags::saved(&saved.state)? else {
         // A checkpoint from before flags were saved: the command line is all there is.
         return Ok(Parsed {
-            flags: flags_of::<A>(&matches, &ids, false),
+            flags: flags_of(&command, &matches, &ids, false),
             args: args(&matches),
             saved: Some(saved),
             restored: vec![],
             changed: vec![],
         });
     };
-    let given = flags_of::<A>(&matches, &ids, true);
-    let changeable: Vec<String> = defining.changeable.iter().map(|id| long_name::<A>(id)).collect();
+    let given = flags_of(&command, &matches, &ids, true);
+    let changeable: Vec<String> = defining.changeable.iter().map(|id| long_name(&command, id)).collect();
     let mut changed = Vec::new();
     for (name, values) in &given.0 {
         let started = match saved_flags.0.get(name) {
@@ -101,7 +102,7 @@ pub fn parse<A: CommandFactory + FromArgMatches>(defining: &Defining, resume_id:
     let mut added: Vec<OsString> = Vec::new();
     let mut restored = Vec::new();
     for (name, values) in &saved_flags.0 {
-        if given.0.contains_key(name) || !ids.iter().any(|id| long_name::<A>(id) == *name) {
+        if given.0.contains_key(name) || !ids.iter().any(|id| long_name(&command, id) == *name) {
             continue;
         }
         match values.as_slice() {
@@ -114,9 +115,9 @@ pub fn parse<A: CommandFactory + FromArgMatches>(defining: &Defining, resume_id:
         }
     }
     let argv: Vec<OsString> = argv[..1].iter().cloned().chain(added).chain(argv[1..].iter().cloned()).collect();
-    let matches = A::command().get_matches_from(&argv);
+    let matches = command.clone().get_matches_from(&argv);
     Ok(Parsed {
-        flags: flags_of::<A>(&matches, &ids, false),
+        flags: flags_of(&command, &matches, &ids, false),
         args: args(&matches),
         saved: Some(saved),
         restored,
@@ -137,17 +138,17 @@ fn shown(name: &str, values: &[String]) -> String {
     }
 }
 
-fn long_name<A: CommandFactory>(id: &str) -> String {
-    A::command()
-        .get_arguments()
-        .find(|a| a.get_id() == id)
-        .and_then(|a| a.get_long().map(str::to_string))
-        .unwrap_or_else(|| panic!("`{id}` is a flag of this command"))
+fn arg<'a>(command: &'a Command, id: &str) -> &'a clap::Arg {
+    command.get_arguments().find(|a| a.get_id() == id).unwrap_or_else(|| panic!("`{id}` is a flag of this command"))
+}
+
+fn long_name(command: &Command, id: &str) -> String {
+    arg(command, id).get_long().unwrap_or_else(|| panic!("`{id}` has a long name")).to_string()
 }
 
 /// The values of the flags `ids` that have one (given or by default), by long name; with
 /// `only_given`, those given on the command line.
-fn flags_of<A: CommandFactory>(matches: &ArgMatches, ids: &[&str], only_given: bool) -> RunFlags {
+fn flags_of(command: &Command, matches: &ArgMatches, ids: &[&str], only_given: bool) -> RunFlags {
     let mut out = RunFlags::default();
     for id in ids {
         if only_given && matches.value_source(id) != Some(ValueSource::CommandLine) {
@@ -155,8 +156,7 @@ fn flags_of<A: CommandFactory>(matches: &ArgMatches, ids: &[&str], only_given: b
         }
         if let Some(raw) = matches.get_raw(id) {
             // A list flag's values one by one, however they were given (`--milestones 0.5,0.75`).
-            let delimiter =
-                A::command().get_arguments().find(|a| a.get_id() == id).and_then(|a| a.get_value_delimiter());
+            let delimiter = arg(command, id).get_value_delimiter();
             let values = raw
                 .flat_map(|v| {
                     let v = v.to_string_lossy().into_owned();
@@ -166,7 +166,7 @@ fn flags_of<A: CommandFactory>(matches: &ArgMatches, ids: &[&str], only_given: b
                     }
                 })
                 .collect();
-            out.0.insert(long_name::<A>(id), values);
+            out.0.insert(long_name(command, id), values);
         }
     }
     out
