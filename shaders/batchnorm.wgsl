@@ -113,7 +113,8 @@ fn range_moments(ch: u32, lo: u32, hi: u32, lid: u32) -> vec2<f32> {
     let s = reduce_pair(lid, s1, s2);
     let mf = f32(len);
     let dm = s.x / mf;
-    return vec2(shift + dm, max(s.y / mf - dm * dm, 0.0));
+    // relu, not max: a NaN variance must stay NaN (common.wgsl).
+    return vec2(shift + dm, relu(s.y / mf - dm * dm));
 }
 
 fn channel_moments(ch: u32, lid: u32) -> vec2<f32> {
@@ -196,7 +197,7 @@ fn combine_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
         m2 += out[o + p.c_stride] + delta * delta * (count * (nk / n));
         count = n;
     }
-    store_batch_stats(ch, mean, max(m2 / f32(p.m_total), 0.0));
+    store_batch_stats(ch, mean, relu(m2 / f32(p.m_total)));
 }
 
 @compute @workgroup_size(64)
@@ -215,13 +216,13 @@ fn apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     let invstd = stats[p.stats_off + p.c_stride + ch];
     let gamma = affine[p.affine_off + ch];
     let beta = affine[p.affine_off + p.c_stride + ch];
-    let relu = p.relu != 0u;
+    let relu_on = p.relu != 0u;
     let src = p.x_off + ch * p.m;
     let dst = p.out_off + ch * p.m;
     let stride = groups.x * WG;
     for (var i = gid.x; i < p.m; i += stride) {
         var v = bn_value(x[src + i], mean, invstd, gamma, beta);
-        if (relu) { v = max(v, 0.0); }
+        if (relu_on) { v = relu(v); }
         out[dst + i] = v;
     }
 }
@@ -255,7 +256,7 @@ fn xhat_and_grad(k: Channel, i: u32, relu: bool) -> vec2<f32> {
     let v = x[k.x_base + i];
     var g: f32;
     if (p.in_place != 0u) { g = out[k.out_base + i]; } else { g = dy[k.dy_base + i]; }
-    let live = !relu || bn_value(v, k.mean, k.invstd, k.gamma, k.beta) > 0.0;
+    let live = !relu || relu_live(bn_value(v, k.mean, k.invstd, k.gamma, k.beta));
     return vec2((v - k.mean) * k.invstd, select(0.0, g, live));
 }
 

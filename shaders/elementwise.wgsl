@@ -29,30 +29,30 @@ struct Params {
 // Only relu_backward_into binds a third buffer (dy); the other kernels never touch it.
 @group(0) @binding(3) var<storage, read_write> z: array<f32>;
 
-// y = max(x, 0)
+// y = relu(x); NaN stays NaN (common.wgsl).
 @compute @workgroup_size(256)
 fn relu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let stride = groups.x * groups.y * 256u;
     for (var i = flat_id(gid, groups, 256u); i < p.len; i += stride) {
-        y[p.y_off + i] = max(x[p.x_off + i], 0.0);
+        y[p.y_off + i] = relu(x[p.x_off + i]);
     }
 }
 
-// y (holding dy at dy_off) becomes dx at y_off: dx = dy where x > 0.
+// y (holding dy at dy_off) becomes dx at y_off: dx = dy where relu passes x (x > 0 or NaN).
 @compute @workgroup_size(256)
 fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let stride = groups.x * groups.y * 256u;
     for (var i = flat_id(gid, groups, 256u); i < p.len; i += stride) {
-        y[p.y_off + i] = select(0.0, y[p.dy_off + i], x[p.x_off + i] > 0.0);
+        y[p.y_off + i] = select(0.0, y[p.dy_off + i], relu_live(x[p.x_off + i]));
     }
 }
 
-// y (dx) = dy (z) where x > 0, else 0; added to dx when accumulating.
+// y (dx) = dy (z) where relu passes x, else 0; added to dx when accumulating.
 @compute @workgroup_size(256)
 fn relu_backward_into(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let stride = groups.x * groups.y * 256u;
     for (var i = flat_id(gid, groups, 256u); i < p.len; i += stride) {
-        let v = select(0.0, z[p.dy_off + i], x[p.x_off + i] > 0.0);
+        let v = select(0.0, z[p.dy_off + i], relu_live(x[p.x_off + i]));
         if (p.accumulate != 0u) {
             y[p.y_off + i] += v;
         } else {

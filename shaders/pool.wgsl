@@ -79,8 +79,9 @@ fn window_argmax(plane_base: u32, oy: u32, ox: u32) -> u32 {
         for (var x = x0; x <= x1; x++) {
             let j = y * p.w + x;
             let v = t1[plane_base + j];
-            // Strictly greater: on ties the earlier cell keeps the gradient.
-            if (v > m) {
+            // Strictly greater: on ties the earlier cell keeps the gradient. A NaN always wins
+            // (the last one in the window), as in PyTorch's kernel, so the NaN propagates.
+            if (v > m || is_nan(v)) {
                 m = v;
                 best = j;
             }

@@ -30,6 +30,15 @@ struct Persistent {
     grads: Vec<wgpu::Buffer>,
     momentum: Vec<wgpu::Buffer>,
     states: Vec<wgpu::Buffer>,
+    /// The training step's divergence flags (see sgd.wgsl): two words per parameter buffer
+    /// (gradient, update) at words `2b` and `2b + 1`, then one per state buffer.
+    divergence_flags: wgpu::Buffer,
+}
+
+impl Persistent {
+    fn flag_words(&self) -> usize {
+        2 * self.params.len() + self.states.len()
+    }
 }
 
 /// A model's persistent state on one device, and its compiled programs.
@@ -48,11 +57,49 @@ pub struct Session {
     pub batches_tracked: u64,
 }
 
-/// Loss and correct-prediction count of one batch.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Loss and correct-prediction count of one batch, and for a training step the first value
+/// the step made NaN or infinite.
+#[derive(Clone, Debug, PartialEq)]
 pub struct StepResult {
     pub loss: f32,
     pub correct: u32,
+    /// For a training step: the first parameter tensor whose gradient or update was not
+    /// finite, else the first running statistic that was not; `None` when every one was (and
+    /// always for inference).
+    pub diverged: Option<Divergence>,
+}
+
+/// Where a training step first produced a NaN or an infinity, found on the device by the
+/// optimizer launch (sgd.wgsl's divergence flags) and read back with the loss.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Divergence {
+    /// The tensor's torchvision state-dict name, e.g. `features.conv0.weight`.
+    pub tensor: String,
+    pub source: DivergenceSource,
+    /// The first non-finite value (NaN, inf or -inf), at the lowest flagged element.
+    pub value: f32,
+}
+
+/// Which value of a tensor a [`Divergence`] was found in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DivergenceSource {
+    /// The parameter's gradient from this step's backward pass.
+    Gradient,
+    /// The updated parameter, from a finite gradient (the update overflowed).
+    Update,
+    /// A batch-norm running statistic, after this step's forward pass.
+    Statistics,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (t, v) = (&self.tensor, self.value);
+        match self.source {
+            DivergenceSource::Gradient => write!(f, "the gradient of `{t}` became {v}"),
+            DivergenceSource::Update => write!(f, "the update made `{t}` {v} (its gradient was finite)"),
+            DivergenceSource::Statistics => write!(f, "the running statistic `{t}` was {v} after the forward pass"),
+        }
+    }
 }
 
 impl Session {
@@ -74,6 +121,9 @@ impl Session {
             grads: alloc("gradients", &layout.params).await?,
             momentum: alloc("momentum", &layout.params).await?,
             states: alloc("running statistics", &layout.states).await?,
+            divergence_flags: gpu
+                .storage_buffer("divergence flags", 4 * (2 * layout.params.buffer_elems.len() + layout.states.buffer_elems.len()) as u64)
+                .await?,
         };
         let schedule_options = ScheduleOptions { split_scratch_bytes: split_scratch_bytes(&gpu), ..Default::default() };
         let session = Session {
@@ -350,8 +400,9 @@ impl Session {
         let program = self.train.as_ref().unwrap();
         self.upload(program, images, labels);
         program.set_step(&gpu, step, sgd);
+        self.arm_divergence_flags();
         gpu.run(&program.dispatches).await?;
-        let result = program.read_loss(&gpu).await?;
+        let result = self.read_result(Pass::Train).await?;
         self.step += 1;
         self.batches_tracked += 1;
         Ok(result)
@@ -378,13 +429,15 @@ impl Session {
         let program = self.train.as_ref().unwrap();
         self.upload(program, images, labels);
         program.set_step(&gpu, step, sgd);
+        self.arm_divergence_flags();
         let submitted = start.elapsed().as_secs_f64();
         let timed = gpu.run_profiled(&program.dispatches).await?;
         let finished = start.elapsed().as_secs_f64();
-        let result = program.read_loss(&gpu).await?;
+        let result = self.read_result(Pass::Train).await?;
         let wall = start.elapsed().as_secs_f64();
         self.step += 1;
         self.batches_tracked += 1;
+        let program = self.train.as_ref().unwrap();
         let parameters: u64 = self.graph.params.iter().map(|p| p.len() as u64).sum();
         let launches = (program.schedule.launches.iter())
             .map(|l| {
@@ -436,6 +489,58 @@ impl Session {
         Ok((result, profile))
     }
 
+    /// Fills the divergence flags with [`ops::sgd::kernels::NO_NON_FINITE`] before a training
+    /// step; the write is ordered before the step's submission.
+    fn arm_divergence_flags(&self) {
+        let words = vec![ops::sgd::kernels::NO_NON_FINITE; self.persistent.flag_words()];
+        self.gpu.write_u32(&self.persistent.divergence_flags, 0, &words);
+    }
+
+    /// The loss and correct count of `pass`'s last run and, for training, the divergence flags,
+    /// read back in one copy and one wait.
+    async fn read_result(&self, pass: Pass) -> Result<StepResult> {
+        let program = match pass {
+            Pass::Train => self.train.as_ref(),
+            Pass::Eval => self.eval.as_ref(),
+        }
+        .expect("the pass ran, so its program is compiled");
+        let Some(loss) = program.schedule.loss else {
+            return Ok(StepResult { loss: f32::NAN, correct: 0, diverged: None });
+        };
+        let (b, off) = program.value_place(loss, 0);
+        let flags = &self.persistent.divergence_flags;
+        let flag_words = if pass == Pass::Train { self.persistent.flag_words() } else { 0 };
+        let words = self.gpu.read_words(&[(&program.arena[b], off, 2), (flags, 0, flag_words)]).await?;
+        let (loss, correct) = (f32::from_bits(words[0][0]), f32::from_bits(words[0][1]) as u32);
+        let diverged = self.divergence(&words[1]).await?;
+        Ok(StepResult { loss, correct, diverged })
+    }
+
+    /// Decodes the flags a training step left (see [`Persistent::divergence_flags`]): a
+    /// gradient first, then an update (both in parameter-buffer order, so the earliest tensor
+    /// of the graph wins), then a running statistic; reads the offending value back.
+    async fn divergence(&self, flags: &[u32]) -> Result<Option<Divergence>> {
+        use ops::sgd::kernels::NO_NON_FINITE;
+        let p = &self.persistent;
+        let params = p.params.len();
+        let candidates = (0..params)
+            .map(|b| (flags.get(2 * b), DivergenceSource::Gradient, b))
+            .chain((0..params).map(|b| (flags.get(2 * b + 1), DivergenceSource::Update, b)))
+            .chain((0..p.states.len()).map(|b| (flags.get(2 * params + b), DivergenceSource::Statistics, b)));
+        for (flag, source, b) in candidates {
+            let Some(&index) = flag.filter(|&&f| f != NO_NON_FINITE) else { continue };
+            let (buffer, groups, layout) = match source {
+                DivergenceSource::Gradient => (&p.grads[b], &self.graph.params, &self.layout.params),
+                DivergenceSource::Update => (&p.params[b], &self.graph.params, &self.layout.params),
+                DivergenceSource::Statistics => (&p.states[b], &self.graph.states, &self.layout.states),
+            };
+            let value = self.gpu.read_f32(buffer, index as u64, 1).await?[0];
+            let tensor = tensor_at(groups, layout, b, index as u64).unwrap_or_else(|| format!("element {index} of buffer {b}"));
+            return Ok(Some(Divergence { tensor, source, value }));
+        }
+        Ok(None)
+    }
+
     /// Inference on a batch with running statistics: the logits as (N, classes), row-major,
     /// plus the loss and correct count against `labels`.
     pub async fn eval_batch(&mut self, images: &[f32], labels: &[u32]) -> Result<(Vec<f32>, StepResult)> {
@@ -445,7 +550,8 @@ impl Session {
         let program = self.eval.as_ref().unwrap();
         self.upload(program, images, labels);
         gpu.run(&program.dispatches).await?;
-        let result = program.read_loss(&gpu).await?;
+        let result = self.read_result(Pass::Eval).await?;
+        let program = self.eval.as_ref().unwrap();
         let [k, n, _, _] = self.graph.shape(self.graph.logits.unwrap());
         let (k, n) = (k as usize, n as usize);
         let mut logits = vec![0.0; k * n];
@@ -509,9 +615,8 @@ pub struct Recorder<'a> {
     shard: usize,
     shard_statistics: Option<View<'a>>,
     split_scratch: Option<View<'a>>,
-    /// Per segment of the persistent parameter buffers: its length in elements and the
-    /// parameters, gradients and momentum buffers it covers.
-    optimizer_segments: Vec<(u32, [View<'a>; 3])>,
+    optimizer_segments: Vec<OptimizerSegment<'a>>,
+    watched_states: Vec<WatchedState<'a>>,
     dispatches: Vec<Dispatch>,
     per_step: Vec<(usize, PerStep)>,
 }
@@ -570,11 +675,37 @@ impl<'a> Recorder<'a> {
         self.dispatches.push(d);
     }
 
-    /// Per segment of the persistent parameter buffers: its length in elements, and views of
-    /// its parameters, gradients and momentum.
-    pub fn optimizer_segments(&self) -> &[(u32, [View<'a>; 3])] {
+    /// One per persistent parameter buffer, in buffer order.
+    pub fn optimizer_segments(&self) -> &[OptimizerSegment<'a>] {
         &self.optimizer_segments
     }
+
+    /// One per persistent buffer of running statistics, in buffer order.
+    pub fn watched_states(&self) -> &[WatchedState<'a>] {
+        &self.watched_states
+    }
+}
+
+/// One persistent parameter buffer as the optimizer updates it.
+#[derive(Clone, Copy)]
+pub struct OptimizerSegment<'a> {
+    /// Elements in the buffer.
+    pub len: u32,
+    /// The buffer's parameters, gradients and momentum.
+    pub views: [View<'a>; 3],
+    /// Its two divergence flag words (gradient, update), see `ops::sgd::kernels::sgd_step`.
+    pub flags: View<'a>,
+}
+
+/// One persistent buffer of running statistics, checked for NaN and infinity after the forward
+/// pass updated it.
+#[derive(Clone, Copy)]
+pub struct WatchedState<'a> {
+    /// Elements in the buffer.
+    pub len: u32,
+    pub values: View<'a>,
+    /// Its divergence flag word, see `ops::sgd::kernels::check_finite`.
+    pub flag: View<'a>,
 }
 
 /// Records one launch of a schedule, by its op family's `record`.
@@ -654,10 +785,20 @@ impl Program {
             }
         };
         let p = persistent;
+        let flags = &p.divergence_flags;
         let optimizer_segments = (param_layout.buffer_elems.iter().enumerate())
-            .map(|(b, &elems)| {
-                let views = [&p.params[b], &p.grads[b], &p.momentum[b]].map(|buffer| View::new(buffer, 0));
-                (elems as u32, views)
+            .map(|(b, &elems)| OptimizerSegment {
+                len: elems as u32,
+                views: [&p.params[b], &p.grads[b], &p.momentum[b]].map(|buffer| View::new(buffer, 0)),
+                flags: View::new(flags, 2 * b as u32),
+            })
+            .collect();
+        let params = p.params.len();
+        let watched_states = (state_layout.buffer_elems.iter().enumerate())
+            .map(|(b, &elems)| WatchedState {
+                len: elems as u32,
+                values: View::new(&p.states[b], 0),
+                flag: View::new(flags, (2 * params + b) as u32),
             })
             .collect();
         let shard_statistics =
@@ -671,6 +812,7 @@ impl Program {
             shard_statistics,
             split_scratch,
             optimizer_segments,
+            watched_states,
             dispatches: Vec::new(),
             per_step: Vec::new(),
         };
@@ -707,12 +849,23 @@ impl Program {
             per_step(gpu, &self.dispatches[*launch], &inputs);
         }
     }
-    async fn read_loss(&self, gpu: &Gpu) -> Result<StepResult> {
-        let Some(loss) = self.schedule.loss else {
-            return Ok(StepResult { loss: f32::NAN, correct: 0 });
-        };
-        let (b, off) = self.value_place(loss, 0);
-        let v = gpu.read_f32(&self.arena[b], off, 2).await?;
-        Ok(StepResult { loss: v[0], correct: v[1] as u32 })
+}
+
+/// The name of the tensor holding element `index` of persistent buffer `buffer`, whose groups
+/// `layout` places; `None` in the padding between groups.
+fn tensor_at(groups: &[ParamGroup], layout: &Segments, buffer: usize, index: u64) -> Option<String> {
+    for (g, &(b, offset)) in groups.iter().zip(&layout.places) {
+        let offset = offset as u64;
+        if b != buffer || index < offset || index >= offset + g.len() as u64 {
+            continue;
+        }
+        let mut at = offset;
+        for t in &g.tensors {
+            if index < at + t.len() as u64 {
+                return Some(t.name.clone());
+            }
+            at += t.len() as u64;
+        }
     }
+    None
 }

@@ -24,7 +24,7 @@ pub mod tune;
 
 pub use densenet::{DenseNetConfig, MemoryMode};
 pub use error::{Error, Result};
-pub use executor::{Session, SgdHyper, StepResult};
+pub use executor::{Divergence, DivergenceSource, Session, SgdHyper, StepResult};
 pub use gpu::Gpu;
 pub use schedule::Pass;
 pub use trainer::Trainer;

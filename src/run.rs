@@ -189,7 +189,7 @@ impl RunFiles {
     /// One training step, where a non-finite loss becomes [`RunFiles::stopped`]'s error.
     pub async fn step<L: BatchSource>(&self, trainer: &mut Trainer<L>) -> Result<StepReport> {
         match trainer.step().await {
-            Err(e @ Error::NonFiniteLoss { .. }) => Err(self.stopped(e)),
+            Err(e @ Error::Diverged { .. }) => Err(self.stopped(e)),
             other => other,
         }
     }

@@ -223,8 +223,9 @@ impl<L: BatchSource> Trainer<L> {
     /// Trains on the next batch with this step's learning rate, then moves the cursor on (to
     /// the next epoch after its last batch) and adds the batch to the epoch's sums.
     ///
-    /// Errors: [`Error::NonFiniteLoss`] when the loss is NaN or infinite, naming the step and
-    /// epoch; the step has run (the session's counter and the cursor have moved on) but the
+    /// Errors: [`Error::Diverged`] when the loss is NaN or infinite, or the step made a
+    /// gradient, weight or running statistic so (detected on the device in the same step),
+    /// naming the step, the epoch and the first tensor affected; the step has run (the session's counter and the cursor have moved on) but the
     /// sums leave the batch out, and the weights are most likely no longer finite. Any error
     /// of [`Session::train_step`], or of the loader making the batch, as is, with the cursor
     /// where it was. [`Error::Config`] once the run is [`finished`](Self::finished).
@@ -268,7 +269,7 @@ impl<L: BatchSource> Trainer<L> {
                 return Err(e);
             }
         };
-        let finite = result.loss.is_finite();
+        let finite = result.loss.is_finite() && result.diverged.is_none();
         if finite {
             self.sums.loss_sum += result.loss as f64 * batch.len() as f64;
             self.sums.correct += result.correct as u64;
@@ -284,7 +285,8 @@ impl<L: BatchSource> Trainer<L> {
             self.batches = None;
         }
         if !finite {
-            return Err(Error::NonFiniteLoss { loss: result.loss, step: self.session.step, epoch });
+            let cause = result.diverged.map(|d| d.to_string());
+            return Err(Error::Diverged { loss: result.loss, cause, step: self.session.step, epoch });
         }
         Ok(StepReport {
             step: self.session.step,
@@ -436,8 +438,18 @@ mod tests {
     }
 
     #[test]
-    fn a_non_finite_loss_names_the_step_and_the_epoch_from_1() {
-        let e = Error::NonFiniteLoss { loss: f32::NAN, step: 7, epoch: 0 };
+    fn a_divergence_names_the_tensor_the_step_and_the_epoch_from_1() {
+        let e = Error::Diverged { loss: f32::NAN, cause: None, step: 7, epoch: 0 };
         assert_eq!(e.to_string(), "the loss became NaN at step 7 (epoch 1)");
+        let cause = crate::Divergence {
+            tensor: "features.conv0.weight".into(),
+            source: crate::DivergenceSource::Gradient,
+            value: f32::INFINITY,
+        };
+        let e = Error::Diverged { loss: 1.5e30, cause: Some(cause.to_string()), step: 3, epoch: 1 };
+        assert_eq!(
+            e.to_string(),
+            "the gradient of `features.conv0.weight` became inf at step 3 (epoch 2), where the loss was 1.5e30"
+        );
     }
 }

@@ -621,8 +621,10 @@ fn a_trainer_stops_at_a_non_finite_loss_naming_step_and_epoch() {
         }
     };
     match &err {
-        Error::NonFiniteLoss { loss, step, epoch } => {
-            assert!(!loss.is_finite());
+        Error::Diverged { loss, cause, step, epoch } => {
+            // At lr 1e30 the first update overflows a weight while its gradient is finite; the
+            // loss is still finite in that step, so the cause must name the tensor.
+            assert!(!loss.is_finite() || cause.is_some(), "{err}");
             assert_eq!(*step, trainer.session().step);
             assert!(err.to_string().contains(&format!("at step {step} (epoch {})", epoch + 1)), "{err}");
         }

@@ -121,6 +121,27 @@ fn a_nan_before_the_first_checkpoint_says_that_none_exists() {
     assert!(!save.join("checkpoint.safetensors").exists());
 }
 
+/// The case (#27): the synthetic default at `--lr 100`. A NaN or infinity in a gradient,
+/// an updated weight or a running statistic stops the run in the step that made it (the SGD
+/// launch and a check of the running statistics flag it on the device), naming the tensor; the
+/// same run stopped one step earlier saves a checkpoint in which everything is finite. On main
+/// 0cb2e4b the ReLUs zeroed the NaN activations and the run went on until its loss was NaN.
+#[test]
+fn lr_100_stops_in_the_first_non_finite_step_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = refused(&train(&["--lr", "100", "--max-steps", "39"]));
+    let after = stderr.split(" at step ").nth(1).unwrap_or_else(|| panic!("no step named:\n{stderr}"));
+    let step: u64 = after.split(' ').next().unwrap().parse().unwrap();
+    assert!(stderr.contains("became") || stderr.contains(" was "), "{stderr}");
+    assert!(stderr.contains("`features."), "the first tensor affected is named:\n{stderr}");
+    assert!(step > 1, "{stderr}");
+    let save = dir.path().join("before");
+    let steps = (step - 1).to_string();
+    let out = train(&["--lr", "100", "--max-steps", &steps, "--save", save.to_str().unwrap()]);
+    assert!(out.status.success(), "the steps before {step} were finite:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_all_finite(&save.join("checkpoint.safetensors"));
+}
+
 #[test]
 fn only_a_finite_state_is_saved_and_called_good() {
     let dir = tempfile::tempdir().unwrap();
@@ -161,7 +182,11 @@ fn only_a_finite_state_is_saved_and_called_good() {
         .concat(),
     );
     let stderr = refused(&out);
-    assert!(stderr.contains("`features.norm5.running_var` holds inf (1 of its"), "{stderr}");
+    // The device's check after the forward pass finds it in step 1.
+    assert!(
+        stderr.contains("the running statistic `features.norm5.running_var` was inf after the forward pass at step 1"),
+        "{stderr}"
+    );
     assert!(stderr.contains("no checkpoint had been saved yet"), "{stderr}");
     for file in ["checkpoint.safetensors", "best.safetensors", "last.safetensors", "metrics.csv"] {
         assert!(!save.join(file).exists(), "{file} was written from a non-finite state");

@@ -241,3 +241,29 @@ fn a_session_refuses_sgd_hyperparameters_outside_their_range() {
     assert_eq!(session.step, 0);
     assert_eq!(block_on(session.parameters()).unwrap(), before, "no step ran");
 }
+
+/// A NaN in one weight of the second dense layer reaches the loss through every ReLU, fused
+/// BN-ReLU (the efficient and minimal modes' recomputing convs), batch norm and pool of each
+/// memory mode (a `max`-based ReLU turned it into zeros and the loss stayed finite), and the
+/// step reports a parameter tensor whose gradient is NaN. A finite step reports nothing.
+#[test]
+fn a_nan_weight_reaches_the_loss_in_every_memory_mode_and_the_step_names_a_tensor() {
+    use densegpu::DivergenceSource;
+    for mode in [MemoryMode::Naive, MemoryMode::Efficient, MemoryMode::Minimal] {
+        let graph = tiny_config(0.0).build(3, mode).unwrap();
+        let mut session = block_on(Session::new(gpu(), graph.clone(), 11)).unwrap();
+        let (nchw, _, labels) = batch(&graph, 100);
+        let finite = block_on(session.train_step(&nchw, &labels, &SGD)).unwrap();
+        assert!(finite.loss.is_finite() && finite.diverged.is_none(), "{mode:?}: {finite:?}");
+        let name = "features.denseblock1.denselayer2.conv1.weight";
+        let (_, _, mut values) = block_on(session.state_dict()).unwrap().into_iter().find(|t| t.0 == name).unwrap();
+        values[3] = f32::NAN;
+        session.set_tensor(name, &values).unwrap();
+        let r = block_on(session.train_step(&nchw, &labels, &SGD)).unwrap();
+        assert!(r.loss.is_nan(), "{mode:?}: the NaN weight must reach the loss, got {}", r.loss);
+        let d = r.diverged.unwrap_or_else(|| panic!("{mode:?}: a NaN gradient was not flagged"));
+        assert_eq!(d.source, DivergenceSource::Gradient, "{mode:?}: {d}");
+        assert!(d.value.is_nan(), "{mode:?}: {d}");
+        assert!(graph.params.iter().any(|g| g.tensors.iter().any(|t| t.name == d.tensor)), "{mode:?}: {d}");
+    }
+}

@@ -372,6 +372,12 @@ impl Gpu {
         self.queue.write_buffer(buffer, offset_elems * 4, bytemuck::cast_slice(data));
     }
 
+    /// Writes 32-bit words (flags, counters) from word `offset_words`; ordered before every
+    /// later submission, like [`Gpu::write_f32`].
+    pub fn write_u32(&self, buffer: &wgpu::Buffer, offset_words: u64, data: &[u32]) {
+        self.queue.write_buffer(buffer, offset_words * 4, bytemuck::cast_slice(data));
+    }
+
     /// Fills `len` elements from `offset_elems` with one value (e.g. NaN, to poison outputs).
     pub fn fill_f32(&self, buffer: &wgpu::Buffer, offset_elems: u64, len: usize, value: f32) {
         self.write_f32(buffer, offset_elems, &vec![value; len]);
@@ -572,15 +578,28 @@ impl Gpu {
 
     /// Copies `len` f32 values starting at `offset_elems` back to the host.
     pub async fn read_f32(&self, buffer: &wgpu::Buffer, offset_elems: u64, len: usize) -> Result<Vec<f32>> {
-        let bytes = (len as u64 * 4).max(4);
-        let staging = self.staging_buffer(bytes);
+        let mut words = self.read_words(&[(buffer, offset_elems, len)]).await?;
+        Ok(words.pop().unwrap_or_default().into_iter().map(f32::from_bits).collect())
+    }
+
+    /// Reads several ranges of 32-bit words, each `(buffer, offset in words, length in words)`,
+    /// through one staging buffer and one map, so a step's loss and its divergence flags come
+    /// home in a single wait. Returns one vector per range, in order. Errors: a failed map.
+    pub async fn read_words(&self, ranges: &[(&wgpu::Buffer, u64, usize)]) -> Result<Vec<Vec<u32>>> {
+        let total: usize = ranges.iter().map(|r| r.2).sum();
+        let staging = self.staging_buffer((total as u64 * 4).max(4));
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        if len > 0 {
-            encoder.copy_buffer_to_buffer(buffer, offset_elems * 4, &staging, 0, bytes);
+        let mut at = 0u64;
+        for &(buffer, offset, len) in ranges {
+            if len > 0 {
+                encoder.copy_buffer_to_buffer(buffer, offset * 4, &staging, at * 4, len as u64 * 4);
+            }
+            at += len as u64;
         }
         self.queue.submit([encoder.finish()]);
         let bytes = self.map_read(&staging).await?;
-        Ok(bytes.chunks_exact(4).take(len).map(|c| f32::from_ne_bytes(c.try_into().expect("4 bytes"))).collect())
+        let mut words = bytes.chunks_exact(4).map(|c| u32::from_ne_bytes(c.try_into().expect("4 bytes")));
+        Ok(ranges.iter().map(|r| words.by_ref().take(r.2).collect()).collect())
     }
 
     /// A buffer the host can map for reading, `bytes` long, to copy results into.

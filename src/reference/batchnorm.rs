@@ -34,7 +34,8 @@ fn apply_f64(c: usize, m: usize, x: &[f64], stats: &[f64], affine: &[f64], relu:
     for ch in 0..c {
         for i in ch * m..(ch + 1) * m {
             let v = (x[i] - stats[ch]) * stats[c + ch] * affine[ch] + affine[c + ch];
-            y[i] = if relu { v.max(0.0) } else { v };
+            // Not f64::max, which drops a NaN; PyTorch's relu keeps it.
+            y[i] = if relu && v <= 0.0 { 0.0 } else { v };
         }
     }
     y

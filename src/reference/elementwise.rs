@@ -1,11 +1,14 @@
 //! ReLU, accumulation and dropout.
 
+/// PyTorch's `relu`: NaN stays NaN (`f32::max` would drop it).
 pub fn relu_forward(x: &[f32]) -> Vec<f32> {
-    x.iter().map(|&v| v.max(0.0)).collect()
+    x.iter().map(|&v| if v > 0.0 || v.is_nan() { v } else { 0.0 }).collect()
 }
 
+/// PyTorch's `threshold_backward(dy, x, 0)`: the gradient is zeroed where `x <= 0`, so a NaN
+/// input passes it through.
 pub fn relu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
-    x.iter().zip(dy).map(|(&x, &g)| if x > 0.0 { g } else { 0.0 }).collect()
+    x.iter().zip(dy).map(|(&x, &g)| if x <= 0.0 { 0.0 } else { g }).collect()
 }
 
 /// dst + src.

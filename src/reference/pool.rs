@@ -52,7 +52,8 @@ pub fn avg_pool_backward64(s: PoolShape, dy: &[f64]) -> Vec<f64> {
 }
 
 /// The flat index (within the plane) of the first maximum of window (oy, ox), scanning the
-/// window row-major and skipping padded cells, exactly as PyTorch's max pool does.
+/// window row-major and skipping padded cells, exactly as PyTorch's max pool does; a NaN wins
+/// over any number and the last NaN over earlier ones (PyTorch's `val > max || isnan(val)`).
 fn max_window_argmax(x: &[f64], h: usize, w: usize, oy: usize, ox: usize) -> usize {
     let mut best: Option<(usize, f64)> = None;
     for ky in 0..3 {
@@ -62,7 +63,7 @@ fn max_window_argmax(x: &[f64], h: usize, w: usize, oy: usize, ox: usize) -> usi
                 continue;
             }
             let j = iy as usize * w + ix as usize;
-            if best.is_none_or(|(_, m)| x[j] > m) {
+            if best.is_none_or(|(_, m)| x[j] > m || x[j].is_nan()) {
                 best = Some((j, x[j]));
             }
         }

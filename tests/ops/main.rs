@@ -8,6 +8,7 @@ mod conv;
 mod elementwise;
 mod linear;
 mod loss;
+mod nan;
 mod pool;
 mod realistic;
 mod sgd;

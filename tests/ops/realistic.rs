@@ -859,6 +859,7 @@ fn relu_dropout_and_sgd_at_real_sizes_stay_within_f32_rounding() {
     let (mut w, mut b) = (w0.clone(), vec![0.0; n]);
     let mut slots = Slots::new();
     let (ws, gs, bs) = (slots.input(&w0), slots.input(&grads[0]), slots.input(&b));
+    let flags = slots.input(&[f32::from_bits(sgd::NO_NON_FINITE); 2]);
     let buf = slots.upload();
     for g in &grads {
         let b_before = b.clone();
@@ -871,8 +872,11 @@ fn relu_dropout_and_sgd_at_real_sizes_stay_within_f32_rounding() {
             slots.view(&buf, ws),
             slots.view(&buf, gs),
             Some(slots.view(&buf, bs)),
+            slots.view(&buf, flags),
             &h,
         )]);
+        let flag_words: Vec<u32> = slots.read(&buf, flags).iter().map(|v| v.to_bits()).collect();
+        assert_eq!(flag_words, [sgd::NO_NON_FINITE; 2], "a finite step raised a divergence flag");
         // g' = g + λw, b = μb + g', g'' = g' + μb, w − lr·g'': two roundings per line.
         let (lr, mu, wd) = (h.lr as f64, h.momentum as f64, h.weight_decay as f64);
         let mut w_bound = Vec::with_capacity(n);

@@ -1,7 +1,7 @@
 use crate::common::*;
 use densegpu::block_on;
 use densegpu::gpu::View;
-use densegpu::ops::sgd::kernels::{self as sgd, sgd_params};
+use densegpu::ops::sgd::kernels::{self as sgd, sgd_params, NO_NON_FINITE};
 use densegpu::ops::sgd::SgdHyper;
 use densegpu::reference::sgd as reference;
 
@@ -30,7 +30,9 @@ fn check(len: usize, h0: SgdHyper, separate: bool, set_params: bool) {
     } else {
         (sl.input(&p0), sl.input(&grads[0]), sl.input(&vec![0.0; len]))
     };
+    let fs = sl.input(&[f32::from_bits(NO_NON_FINITE); 2]);
     let shared = sl.upload();
+    let fv = sl.view(&shared, fs);
     let (pb, gb, bb);
     let (pv, gv, bv) = if separate {
         let upload = |v: &[f32]| {
@@ -43,7 +45,7 @@ fn check(len: usize, h0: SgdHyper, separate: bool, set_params: bool) {
     } else {
         (sl.view(&shared, ps), sl.view(&shared, gs), sl.view(&shared, bs))
     };
-    let mut step = sgd::sgd_step(g, len as u32, pv, gv, use_buf.then_some(bv), &h0);
+    let mut step = sgd::sgd_step(g, len as u32, pv, gv, use_buf.then_some(bv), fv, &h0);
 
     let (mut p, mut buf) = (p0.clone(), vec![0.0f32; len]);
     let mut h = h0;
@@ -51,9 +53,9 @@ fn check(len: usize, h0: SgdHyper, separate: bool, set_params: bool) {
         if k == 2 {
             h.lr *= 0.1;
             if set_params {
-                step.set_params(g, &sgd_params(len as u32, pv.offset, gv.offset, bv.offset, &h));
+                step.set_params(g, &sgd_params(len as u32, pv.offset, gv.offset, bv.offset, fv.offset, &h));
             } else {
-                step = sgd::sgd_step(g, len as u32, pv, gv, use_buf.then_some(bv), &h);
+                step = sgd::sgd_step(g, len as u32, pv, gv, use_buf.then_some(bv), fv, &h);
             }
         }
         g.write_f32(gv.buffer.buffer, gv.buffer_offset(), grad);
@@ -73,6 +75,8 @@ fn check(len: usize, h0: SgdHyper, separate: bool, set_params: bool) {
         }
         let got_grad = block_on(g.read_f32(gv.buffer.buffer, gv.buffer_offset(), len)).unwrap();
         assert_eq!(got_grad, *grad, "the gradient must be read only ({tag})");
+        let flags: Vec<u32> = sl.read(&shared, fs).iter().map(|v| v.to_bits()).collect();
+        assert_eq!(flags, [NO_NON_FINITE; 2], "a finite step raised a divergence flag ({tag})");
     }
     if !separate {
         sl.assert_guards_intact(&shared);
@@ -106,4 +110,65 @@ fn sgd_learning_rate_changes_through_set_params() {
 fn sgd_covers_a_densenet_sized_parameter_range() {
     // DenseNet-201's 20,013,928 parameters need more than 65,535 workgroups of 256.
     check(20_013_928, SgdHyper::densenet_cifar(), true, false);
+}
+
+/// Reads a flags slot back as words.
+fn flag_words(sl: &Slots, buf: &wgpu::Buffer, slot: Slot) -> Vec<u32> {
+    sl.read(buf, slot).iter().map(|v| v.to_bits()).collect()
+}
+
+/// Gradients with a NaN and infinities at known places, in a range at a non-zero offset: the
+/// gradient flag holds the lowest bad index (relative to the range), and so does the update
+/// flag, since each bad gradient makes its weight NaN or infinite too. Then finite gradients
+/// and a learning rate that overflows some updates (|lr·g| = 6e38 > f32::MAX, 3.4e38) set only
+/// the update flag, at the first weight that overflowed.
+#[test]
+fn sgd_flags_the_first_non_finite_gradient_and_update() {
+    let g = gpu();
+    let len = 3000;
+    let w0 = random(len, 1);
+    let mut grad = random(len, 2);
+    for (i, v) in [(2999, f32::NAN), (1777, f32::INFINITY), (1234, f32::NAN), (2500, f32::NEG_INFINITY)] {
+        grad[i] = v;
+    }
+    let overflowing: Vec<f32> = (0..len).map(|i| if i >= 2001 { 2.0 } else { 1e-30 }).collect();
+    let mut sl = Slots::new();
+    let _lead = sl.input(&[0.5; 77]);
+    let (ps, gs, bs) = (sl.input(&w0), sl.input(&grad), sl.input(&vec![0.0; len]));
+    let fs = sl.input(&[f32::from_bits(NO_NON_FINITE); 2]);
+    let (ps2, gs2, fs2) = (sl.input(&w0), sl.input(&overflowing), sl.input(&[f32::from_bits(NO_NON_FINITE); 2]));
+    let buf = sl.upload();
+    let v = |s| sl.view(&buf, s);
+    let huge = SgdHyper { lr: 3e38, momentum: 0.0, weight_decay: 0.0, nesterov: false };
+    run(&[
+        sgd::sgd_step(g, len as u32, v(ps), v(gs), Some(v(bs)), v(fs), &SgdHyper::densenet_cifar()),
+        sgd::sgd_step(g, len as u32, v(ps2), v(gs2), None, v(fs2), &huge),
+    ]);
+    assert_eq!(flag_words(&sl, &buf, fs), [1234, 1234], "NaN and infinite gradients");
+    assert_eq!(flag_words(&sl, &buf, fs2), [NO_NON_FINITE, 2001], "finite gradients, overflowing updates");
+    sl.assert_guards_intact(&buf);
+}
+
+/// The running-statistics check: the lowest NaN or infinite index, at an offset, and a clear
+/// flag over finite values (the largest finite f32 included).
+#[test]
+fn check_finite_flags_the_first_nan_or_infinity() {
+    let g = gpu();
+    let len = 700;
+    let mut bad = random(len, 3);
+    bad[650] = f32::NAN;
+    bad[301] = f32::NEG_INFINITY;
+    let mut good = random(len, 4);
+    good[5] = f32::MAX;
+    good[6] = -f32::MAX;
+    good[7] = f32::MIN_POSITIVE / 2.0;
+    let mut sl = Slots::new();
+    let (bad_s, good_s) = (sl.input(&bad), sl.input(&good));
+    let (f1, f2) = (sl.input(&[f32::from_bits(NO_NON_FINITE)]), sl.input(&[f32::from_bits(NO_NON_FINITE)]));
+    let buf = sl.upload();
+    let v = |s| sl.view(&buf, s);
+    run(&[sgd::check_finite(g, len as u32, v(bad_s), v(f1)), sgd::check_finite(g, len as u32, v(good_s), v(f2))]);
+    assert_eq!(flag_words(&sl, &buf, f1), [301]);
+    assert_eq!(flag_words(&sl, &buf, f2), [NO_NON_FINITE]);
+    sl.assert_guards_intact(&buf);
 }

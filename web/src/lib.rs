@@ -418,7 +418,7 @@ pub async fn train_step() -> Result<String, JsError> {
         let lr = m.trainer.next_sgd().lr;
         let r = match m.trainer.step().await {
             Ok(r) => r,
-            Err(e @ Error::NonFiniteLoss { .. }) => {
+            Err(e @ Error::Diverged { .. }) => {
                 return Err(Error::Training(format!("{e}: lower the learning rate (now {lr}) and train again")))
             }
             Err(e) => return Err(e),
