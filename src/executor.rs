@@ -122,7 +122,10 @@ impl Session {
             momentum: alloc("momentum", &layout.params).await?,
             states: alloc("running statistics", &layout.states).await?,
             divergence_flags: gpu
-                .storage_buffer("divergence flags", 4 * (2 * layout.params.buffer_elems.len() + layout.states.buffer_elems.len()) as u64)
+                .storage_buffer(
+                    "divergence flags",
+                    4 * (2 * layout.params.buffer_elems.len() + layout.states.buffer_elems.len()) as u64,
+                )
                 .await?,
         };
         let schedule_options = ScheduleOptions { split_scratch_bytes: split_scratch_bytes(&gpu), ..Default::default() };
@@ -535,7 +538,8 @@ impl Session {
                 DivergenceSource::Statistics => (&p.states[b], &self.graph.states, &self.layout.states),
             };
             let value = self.gpu.read_f32(buffer, index as u64, 1).await?[0];
-            let tensor = tensor_at(groups, layout, b, index as u64).unwrap_or_else(|| format!("element {index} of buffer {b}"));
+            let tensor =
+                tensor_at(groups, layout, b, index as u64).unwrap_or_else(|| format!("element {index} of buffer {b}"));
             return Ok(Some(Divergence { tensor, source, value }));
         }
         Ok(None)

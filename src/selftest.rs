@@ -580,8 +580,10 @@ async fn sgd(gpu: &Gpu) -> Result<Vec<Check>> {
     let gs = t.input(&grad);
     let ps = t.update("params", &params, new_params);
     let bs = t.update("momentum", &buf, new_buf);
-    // Finite values leave both divergence flags as they were filled (ops' own tests set them).
-    let flags = t.input(&[f32::from_bits(sgd::NO_NON_FINITE); 2]);
+    // Finite values leave both divergence flags as they were filled, which the check of
+    // untouched inputs asserts. The fill is a word above every index that still reads as a
+    // finite f32 (NO_NON_FINITE reads as NaN, which compares unequal to itself).
+    let flags = t.input(&[f32::from_bits(0x7000_0000); 2]);
     let buffer = t.upload(gpu).await?;
     let v = |slot| t.view(&buffer, slot);
     let d = [sgd::sgd_step(gpu, len as u32, v(ps), v(gs), Some(v(bs)), v(flags), &h)];

@@ -35,7 +35,14 @@ fn relu_keeps_nan_forward_and_passes_its_gradient_backward() {
     let buf = s.upload();
     run(&[
         elementwise::relu_forward(gpu(), len as u32, s.view(&buf, xs), s.view(&buf, ys)),
-        elementwise::relu_backward_into(gpu(), len as u32, s.view(&buf, xs), s.view(&buf, dys), s.view(&buf, dxs), false),
+        elementwise::relu_backward_into(
+            gpu(),
+            len as u32,
+            s.view(&buf, xs),
+            s.view(&buf, dys),
+            s.view(&buf, dxs),
+            false,
+        ),
     ]);
     let y = s.read(&buf, ys);
     assert!(y[17].is_nan() && y[3] == 0.0 && y[4] == f32::INFINITY, "relu of NaN, -inf, inf: {:?}", &y[..5]);
