@@ -341,3 +341,53 @@ fn the_page_profiles_a_step_and_its_trace_loads() {
     let (launches, span) = (p["launch_seconds"].as_f64().unwrap(), p["device_span"].as_f64().unwrap());
     assert!(launches <= span * (1.0 + 1e-6) && launches >= 0.9 * span, "launches {launches} s, span {span} s");
 }
+
+/// #27: the demo keeps its checkpoint in the tab's storage (IndexedDB) at each epoch end and
+/// when a run stops, offers it after a reload, refuses it while the data it was trained on is
+/// missing, and resumes it bit-exactly: the two steps after the resume give the losses the
+/// original page got for the same two steps.
+#[test]
+fn the_tab_keeps_a_checkpoint_and_a_reload_resumes_it_bit_exactly() {
+    let Some(run) = browser_run() else { return };
+    let tab = &run["tabStorage"];
+    let saves = tab["saves"].as_array().expect("the page recorded its checkpoint saves");
+    assert!(saves.iter().any(|s| s["why"].as_str().is_some_and(|w| w.starts_with("end of epoch 1"))), "{saves:?}");
+    let last = saves.last().unwrap();
+    assert_eq!((last["why"].as_str(), last["step"].as_u64()), (Some("stopped"), Some(8)), "{saves:?}");
+    let offer = &tab["offer"];
+    assert_eq!(offer["shown"], true, "no resume offer after the reload: {offer}");
+    assert_eq!(offer["info"]["step"], 8, "{offer}");
+    assert_eq!(offer["info"]["data_ready"], false, "{offer}");
+    let text = offer["text"].as_str().unwrap();
+    assert!(text.contains("after step 8") && text.contains("add the same files"), "{text}");
+    let refused = tab["withoutFiles"].as_str().expect("resuming without the files was refused");
+    assert!(refused.contains("add the same files again"), "{refused}");
+    assert_eq!(tab["resumed"]["step"], 8, "{tab}");
+    let reference: Vec<f64> = tab["reference"].as_array().unwrap().iter().map(|l| l.as_f64().unwrap()).collect();
+    let resumed: Vec<f64> = tab["afterResume"].as_array().unwrap().iter().map(|s| s["loss"].as_f64().unwrap()).collect();
+    assert_eq!(reference.len(), 2);
+    assert_eq!(resumed, reference, "the resumed run must continue bit for bit");
+    assert_eq!(tab["afterResume"][1]["step"], 10, "{tab}");
+}
+
+#[test]
+fn a_failed_step_shows_its_error_and_keeps_the_model() {
+    let Some(run) = browser_run() else { return };
+    let failed = &run["failedStep"];
+    let error = failed["error"].as_str().expect("the diverging step reported an error");
+    assert!(error.contains("at step") && error.contains("lower the learning rate"), "{error}");
+    assert_eq!(failed["banner"].as_str(), Some(error), "the error is shown on the page");
+    assert!(failed["modelInfo"].is_string(), "the model was dropped: {failed}");
+    assert!(failed["predictions"].is_string(), "the kept model cannot classify: {failed}");
+    assert_eq!(failed["offerShown"], true, "the page offers the checkpoint from before the failure: {failed}");
+}
+
+#[test]
+fn a_file_larger_than_the_page_can_hold_is_refused_with_its_size() {
+    let Some(run) = browser_run() else { return };
+    let huge = &run["hugeFile"];
+    assert_eq!(huge["read"], false, "the file was read before it was refused: {huge}");
+    let error = huge["error"].as_str().expect("the page refused the 3 GB file");
+    assert!(error.contains("data_batch_9.bin") && error.contains("2.79 GiB") && error.contains("3,000,000,000 bytes"), "{error}");
+    assert!(error.contains("at most 1.00 GiB a file"), "{error}");
+}

@@ -18,6 +18,8 @@ const $ = (id) => document.getElementById(id);
 const demo = (window.demo = {
   status: 'loading', errors: [], history: [], plans: null, adapter: null, kernels: null,
   lastEval: null, selftest: null, model: null, data: null, api: null, profile: null,
+  // Checkpoints kept in the tab: each save, the offer made at start-up, the resume taken.
+  saves: [], savedCheckpoint: null, resumed: null,
 });
 
 let dg = null;
@@ -173,6 +175,20 @@ function onSettingsChanged() {
 
 // ---------------------------------------------------------------- data
 
+// WebAssembly's memory is at most 4 GiB here (wasm32), and an added file's bytes, the images
+// decoded from them and the model's copy of the data all live in it, so a file above a quarter
+// of that is refused with its size before a byte of it is read.
+const GiB = 1024 * MiB;
+const MAX_FILE_BYTES = GiB;
+const gib = (bytes) => (bytes / GiB).toFixed(2);
+function tooLarge(file) {
+  return file.size > MAX_FILE_BYTES
+    ? `${gib(file.size)} GiB (${file.size.toLocaleString('en')} bytes) is more than this page can hold: at most ` +
+      `${gib(MAX_FILE_BYTES)} GiB a file, as the file, its decoded images and the model share WebAssembly's 4 GiB ` +
+      'memory. Split it into smaller batch files, or train on it with the native train_cifar'
+    : null;
+}
+
 function showData(json) {
   const d = (demo.data = json == null ? null : JSON.parse(json));
   state.dataVersion++;
@@ -210,6 +226,11 @@ async function loadFiles(files) {
   const failures = [];
   let summary = null;
   for (const [i, { file, path }] of usable.entries()) {
+    const refused = tooLarge(file);
+    if (refused) {
+      failures.push(`${path}: ${refused}`);
+      continue;
+    }
     try {
       summary = addFile(new Uint8Array(await file.arrayBuffer()), file, path);
     } catch (e) {
@@ -337,6 +358,110 @@ async function start() {
   runTraining();
 }
 
+// ---------------------------------------------------------------- checkpoints in the tab
+
+// The model's checkpoint (weights, momentum, where the run stands, the model request and where
+// the data came from) is kept in IndexedDB at each epoch end and when a run stops or pauses, so
+// a reload or a crashed tab loses at most the epoch in progress. One transaction puts it, so the
+// previous checkpoint stays whole until the new one is in. Storage can be refused (private
+// windows, quota): that is reported and training goes on.
+const DB = { name: 'densegpu', store: 'checkpoints', key: 'latest' };
+function openDb() {
+  return new Promise((resolve, reject) => {
+    const request = indexedDB.open(DB.name, 1);
+    request.onupgradeneeded = () => request.result.createObjectStore(DB.store);
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+}
+async function inStore(mode, use) {
+  const db = await openDb();
+  try {
+    return await new Promise((resolve, reject) => {
+      const tx = db.transaction(DB.store, mode);
+      const request = use(tx.objectStore(DB.store));
+      tx.oncomplete = () => resolve(request.result);
+      tx.onerror = tx.onabort = () => reject(tx.error ?? request.error);
+    });
+  } finally {
+    db.close();
+  }
+}
+const readCheckpoint = () => inStore('readonly', (s) => s.get(DB.key));
+
+async function saveCheckpoint(why) {
+  if (!demo.model) return;
+  const bytes = await onGpu(() => dg.export_checkpoint());
+  const info = JSON.parse(dg.checkpoint_info(bytes));
+  const record = { bytes, savedAt: Date.now(), step: info.step, epoch: info.epoch, why };
+  try {
+    await inStore('readwrite', (s) => s.put(record, DB.key));
+  } catch (e) {
+    throw new Error(`the checkpoint (${mib(bytes.length)} MiB) could not be kept in this tab's storage ` +
+      `(${e?.message ?? e}); training goes on, but download the weights to keep them`);
+  }
+  demo.saves.push({ step: info.step, epoch: info.epoch, why, bytes: bytes.length });
+  $('checkpoint-status').textContent = `Checkpoint of step ${info.step} (${why}) kept in this tab's storage at ` +
+    `${new Date(record.savedAt).toLocaleTimeString()}: after a reload the page offers to resume from it.`;
+}
+
+// At start-up: the checkpoint a previous visit kept, offered for resuming.
+async function offerResume() {
+  let record;
+  try {
+    record = await readCheckpoint();
+  } catch {
+    return; // no storage in this window: nothing was kept
+  }
+  if (!record) return;
+  const info = (demo.savedCheckpoint = JSON.parse(dg.checkpoint_info(record.bytes)));
+  const r = info.request;
+  $('resume-text').textContent = `Kept in this tab from ${new Date(record.savedAt).toLocaleString()}: DenseNet-BC ` +
+    `depth ${r.depth}, growth ${r.growth_rate}, ${r.mode} mode, batch ${r.batch_size}, after step ${info.step} ` +
+    `(epoch ${info.epoch + 1}), trained on ${info.data_text}.` +
+    (info.data_ready ? '' : ' The tab keeps the model, not the files: add the same files, then Resume.');
+  $('resume-offer').hidden = false;
+}
+
+async function resumeCheckpoint() {
+  if (demo.status === 'training' || demo.status === 'paused' || state.busy) {
+    throw new Error('stop the current run before resuming the kept checkpoint');
+  }
+  const record = await readCheckpoint();
+  if (!record) throw new Error('no checkpoint is kept in this tab any more');
+  state.busy = true;
+  updateControls();
+  try {
+    const out = JSON.parse(await onGpu(() => dg.resume_checkpoint(record.bytes, readKernelCache())));
+    const r = JSON.parse(dg.checkpoint_info(record.bytes)).request;
+    showData(JSON.stringify(out.data));
+    for (const [id, value] of [['depth', r.depth], ['growth', r.growth_rate], ['mode', r.mode], ['batch', r.batch_size], ['lr', r.lr], ['kernels', r.kernels]]) {
+      $(id).value = String(value);
+    }
+    demo.model = out.model;
+    if (demo.model.kernel_cache) writeKernelCache(demo.model.kernel_cache);
+    demo.kernels = demo.model.kernels.family;
+    showAdapter();
+    const settings = readSettings();
+    Object.assign(state, { modelKey: settingsKey(settings), modelSettings: settings, stepTimes: [], evals: [] });
+    Object.assign(demo, { history: [], lastEval: null, resumed: { step: out.step, epoch: out.epoch } });
+    $('resume-offer').hidden = true;
+    $('checkpoint-status').textContent = `Resumed at step ${out.step} (epoch ${out.epoch + 1}): Start goes on from there.`;
+    onSettingsChanged();
+    renderStats();
+    drawChart();
+    setStatus('stopped');
+  } finally {
+    state.busy = false;
+  }
+}
+
+async function discardCheckpoint() {
+  await inStore('readwrite', (s) => s.delete(DB.key));
+  $('resume-offer').hidden = true;
+  demo.savedCheckpoint = null;
+}
+
 function runTraining() {
   const id = ++state.runId;
   setStatus('training');
@@ -346,6 +471,8 @@ function runTraining() {
       state.runId++;
       setStatus('stopped');
     }
+    // The last checkpoint kept in the tab is from before the failure: offer to go back to it.
+    offerResume().catch(reportError);
   });
 }
 
@@ -357,8 +484,10 @@ async function trainLoop(id) {
       const out = await dg.train_step();
       return [out, performance.now() - t0];
     });
-    const step = recordStep(JSON.parse(json), ms);
+    const result = JSON.parse(json);
+    const step = recordStep(result, ms);
     state.runSteps++; // counted even when a pause came mid-step: the step did happen
+    if (result.epoch_ended) await saveCheckpoint(`end of epoch ${result.epoch + 1}`).catch(reportError);
     if (state.runId !== id) return;
     const limit = Number($('steps-limit').value);
     if (limit > 0 && state.runSteps >= limit) return stop();
@@ -385,6 +514,8 @@ function togglePause() {
   if (demo.status !== 'training') return;
   state.runId++;
   setStatus('paused');
+  // Queued behind the step in flight, so it keeps the state the pause stopped at.
+  saveCheckpoint('paused').catch(reportError);
 }
 
 // The status turns 'stopped' only once the final evaluation is in demo.lastEval.
@@ -395,6 +526,11 @@ async function stop() {
   updateControls();
   try {
     if (demo.data?.test > 0) await evaluate();
+  } catch (e) {
+    reportError(e);
+  }
+  try {
+    await saveCheckpoint('stopped');
   } catch (e) {
     reportError(e);
   } finally {
@@ -730,6 +866,11 @@ function wireControls() {
   on('classify-drawing', 'click', classifyDrawing);
   on('classify-file', 'change', chosenFile(classifyFile));
   on('clear-drawing', 'click', clearDrawing);
+  on('resume-checkpoint', 'click', resumeCheckpoint);
+  on('discard-checkpoint', 'click', discardCheckpoint);
+  // For the harness: files as a drop hands them over, [{file, path}]. It may pass File-like
+  // objects ({name, size, arrayBuffer}) where a real multi-GB File would take minutes to make.
+  demo.addFiles = guarded(loadFiles);
   // A file dropped outside a drop zone would make the browser navigate away from the page.
   for (const type of ['dragover', 'drop']) window.addEventListener(type, (e) => e.preventDefault());
   const zones = { 'data-drop': onDataDrop, draw: (e) => e.dataTransfer.files[0] && classifyFile(e.dataTransfer.files[0]) };
@@ -775,6 +916,7 @@ async function main() {
     return fatal(`WebGPU could not start: ${e.message}`);
   }
   refreshPlans(); // again, now with the device's own binding limit
+  await offerResume().catch(reportError);
   setStatus('ready');
 }
 

@@ -256,6 +256,88 @@ async function main() {
     }));
     save();
 
+    // The tab loses nothing (#27): a run on a dropped CIFAR batch (108 training images, 6
+    // batches of 16 an epoch) keeps a checkpoint in IndexedDB at its epoch end and when its step
+    // limit stops it; two more steps are taken as the reference. After a reload the page offers
+    // the checkpoint, refuses it until the same file is added again, and then resumes: its next
+    // two steps must give the reference's losses bit for bit.
+    await page.click('#clear-data');
+    const addBin = async () => {
+      await page.setInputFiles('#data-bin', { name: 'data_batch_1.bin', mimeType: 'application/octet-stream', buffer: bin });
+      await page.waitForFunction(() => window.demo.data && window.demo.data.classes.includes('airplane'), null, { timeout: 60_000 });
+    };
+    await addBin();
+    await page.selectOption('#depth', '10');
+    await page.fill('#growth', '6');
+    await page.selectOption('#mode', 'efficient');
+    await page.fill('#batch', '16');
+    await page.fill('#lr', '0.1');
+    await page.fill('#steps-limit', '8');
+    await page.dispatchEvent('#batch', 'change');
+    const errorsAtStart = await page.evaluate(() => window.demo.errors.length);
+    await page.click('#start');
+    await page.waitForFunction((n) => window.demo.saves.some((c) => c.why === 'stopped') || window.demo.errors.length > n,
+      errorsAtStart, { timeout: 600_000, polling: 300 });
+    await page.waitForFunction(() => window.demo.status === 'stopped', null, { timeout: 60_000 });
+    const tab = { saves: await page.evaluate(() => window.demo.saves), status: await page.evaluate(() => window.demo.status) };
+    tab.reference = JSON.parse(await page.evaluate(async () => {
+      const losses = [];
+      for (let i = 0; i < 2; i++) losses.push(JSON.parse(await window.demo.api.train_step()).loss);
+      return JSON.stringify(losses);
+    }));
+    await page.reload();
+    await page.waitForFunction(() => window.demo && ['ready', 'error'].includes(window.demo.status), null, { timeout: 120_000 });
+    tab.offer = await page.evaluate(() => ({
+      shown: !document.querySelector('#resume-offer').hidden,
+      text: document.querySelector('#resume-text').textContent,
+      info: window.demo.savedCheckpoint,
+    }));
+    // The generated data is what a fresh page holds: the checkpoint needs the dropped file.
+    await page.click('#resume-checkpoint');
+    await page.waitForFunction(() => window.demo.errors.length > 0, null, { timeout: 120_000 });
+    tab.withoutFiles = await page.evaluate(() => window.demo.errors.at(-1));
+    await page.click('#clear-data');
+    await addBin();
+    await page.click('#resume-checkpoint');
+    await page.waitForFunction(() => window.demo.resumed !== null || window.demo.errors.length > 1, null, { timeout: 300_000 });
+    tab.resumed = await page.evaluate(() => window.demo.resumed);
+    tab.resumedStatus = await page.evaluate(() => document.querySelector('#checkpoint-status').textContent);
+    tab.afterResume = JSON.parse(await page.evaluate(async () => {
+      const out = [];
+      for (let i = 0; i < 2; i++) out.push(JSON.parse(await window.demo.api.train_step()));
+      return JSON.stringify(out);
+    }));
+    results.tabStorage = tab;
+    save();
+
+    // A step that diverges (lr 1e30) shows its error and keeps the model, which still predicts;
+    // the page offers the kept checkpoint again.
+    const errorsBefore = await page.evaluate(() => window.demo.errors.length);
+    await page.fill('#lr', '1e30');
+    await page.fill('#steps-limit', '20');
+    await page.dispatchEvent('#lr', 'change');
+    await page.click('#start');
+    await page.waitForFunction((n) => window.demo.errors.length > n && window.demo.status === 'stopped', errorsBefore, { timeout: 600_000, polling: 300 });
+    results.failedStep = await page.evaluate(async (bytes) => ({
+      error: window.demo.errors.at(-1),
+      banner: document.querySelector('#error-text').textContent,
+      modelInfo: window.demo.api.model_info(),
+      predictions: await window.demo.api.classify_rgba(new Uint8Array(bytes), 32, 32),
+      offerShown: !document.querySelector('#resume-offer').hidden,
+    }), Array.from(rgba));
+    save();
+
+    // A dropped file larger than the page can hold is refused with its size before it is read
+    // (a File-like object: making a real 3 GB File would take minutes).
+    results.hugeFile = await page.evaluate(async () => {
+      const n = window.demo.errors.length;
+      let read = false;
+      const file = { name: 'data_batch_9.bin', size: 3_000_000_000, arrayBuffer: async () => { read = true; return new ArrayBuffer(0); } };
+      await window.demo.addFiles([{ file, path: 'data_batch_9.bin' }]);
+      return { error: window.demo.errors.length > n ? window.demo.errors.at(-1) : null, read };
+    });
+    save();
+
     // A batch the device cannot hold: a clear message with the largest batch that fits.
     const before = await page.evaluate(() => window.demo.errors.length);
     await page.fill('#batch', '1000000');

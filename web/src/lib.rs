@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use densegpu::checkpoint::{self, NamedTensor};
+use densegpu::checkpoint::{self, NamedTensor, TrainingState};
 use densegpu::data::{self, BatchLoader, Dataset, LoaderOptions, Normalization, CIFAR10_CLASSES};
 use densegpu::densenet::{largest_batch, memory_plans_json, plan_training};
 use densegpu::memory::arena::ArenaLimits;
@@ -27,8 +27,9 @@ use wasm_bindgen::prelude::*;
 /// The demo's images are CIFAR-sized.
 const IMAGE_SIZE: usize = 32;
 
-/// What the page asks for when it creates a model.
-#[derive(Clone, Debug, Deserialize)]
+/// What the page asks for when it creates a model; a checkpoint keeps it (without the kernel
+/// cache) so that a reloaded page can build the same model again.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct ModelRequest {
     depth: u32,
@@ -56,9 +57,50 @@ struct ModelRequest {
     autotune: String,
     /// The tuned choices the page kept in localStorage (see `densegpu::tune::Cache::to_json`);
     /// the reply's `kernel_cache` is the updated text to keep.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     kernel_cache: Option<String>,
 }
+
+/// Where the page's data came from, kept in a checkpoint so that a resume after a reload trains
+/// on the same images: generated data is made again from its arguments; dropped files are not
+/// kept in the tab, so the same files must be added again (their CRC-32 must match).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum DataSource {
+    Generated { train: usize, test: usize, seed: u64 },
+    Files { train: usize, test: usize, classes: Vec<String>, crc32: u32 },
+}
+
+impl DataSource {
+    /// The source of data that was not generated: counts, classes and a CRC-32 of the training
+    /// and test labels and pixels, in order.
+    fn files(train: &Dataset, test: &Dataset) -> DataSource {
+        let mut crc = crc32fast::Hasher::new();
+        for set in [train, test] {
+            crc.update(&set.images);
+            for label in &set.labels {
+                crc.update(&label.to_le_bytes());
+            }
+        }
+        DataSource::Files { train: train.len(), test: test.len(), classes: train.classes.clone(), crc32: crc.finalize() }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            DataSource::Generated { train, test, seed } => {
+                format!("the generated data ({train} training and {test} test images, seed {seed})")
+            }
+            DataSource::Files { train, test, classes, .. } => format!(
+                "added files: {train} training and {test} test images of the classes {}",
+                classes.join(", ")
+            ),
+        }
+    }
+}
+
+/// The checkpoint's `extra` entries that only the page reads.
+const WEB_REQUEST: &str = "web_model_request";
+const WEB_DATA: &str = "web_data";
 
 fn default_kernels() -> String {
     "auto".to_string()
@@ -84,6 +126,9 @@ struct Model {
     config: DenseNetConfig,
     mode: MemoryMode,
     classes: Vec<String>,
+    /// What built it, for [`export_checkpoint`] (the kernel cache left out).
+    request: ModelRequest,
+    data: DataSource,
 }
 
 #[derive(Default)]
@@ -91,6 +136,9 @@ struct Demo {
     gpu: Option<Arc<Gpu>>,
     train: Option<Dataset>,
     test: Option<Dataset>,
+    /// Set with the data by [`use_generated_data`]; `None` for added files (see
+    /// [`DataSource::files`]).
+    generated: Option<DataSource>,
     /// `None` while an async call has it out, or before `create_model`.
     model: Option<Model>,
     busy: bool,
@@ -221,7 +269,9 @@ pub fn memory_plans(depth: u32, growth_rate: u32, classes: u32, batch_size: u32)
 #[wasm_bindgen]
 pub fn use_generated_data(train_len: usize, test_len: usize, seed: u64) -> Result<String, JsError> {
     let set = data::synthetic(train_len, test_len, seed);
-    set_data(set.train, set.test)
+    let summary = set_data(set.train, set.test)?;
+    DEMO.with_borrow_mut(|d| d.generated = Some(DataSource::Generated { train: train_len, test: test_len, seed }));
+    Ok(summary)
 }
 
 /// Adds the records of one CIFAR-10 binary batch file (`data_batch_N.bin` or
@@ -258,6 +308,7 @@ pub fn clear_data() {
     DEMO.with_borrow_mut(|d| {
         d.train = None;
         d.test = None;
+        d.generated = None;
     });
 }
 
@@ -310,8 +361,18 @@ fn append(
         let summary = data_summary(&train, &test);
         d.train = Some(train);
         d.test = Some(test);
+        d.generated = None;
         Ok(summary)
     })
+}
+
+/// Where the page's current data came from; `None` without data.
+fn data_source(d: &Demo) -> Option<DataSource> {
+    match (&d.train, &d.test, &d.generated) {
+        (Some(_), Some(_), Some(generated)) => Some(generated.clone()),
+        (Some(train), Some(test), None) => Some(DataSource::files(train, test)),
+        _ => None,
+    }
 }
 
 /// Creates a DenseNet-BC for the current data from a JSON request
@@ -328,14 +389,15 @@ pub async fn create_model(request_json: &str) -> Result<String, JsError> {
     let sgd =
         SgdHyper { lr: request.lr, momentum: request.momentum, weight_decay: request.weight_decay, nesterov: true };
     densegpu::train::check_sgd(&sgd).map_err(js_error)?;
-    let (gpu, train) = DEMO.with_borrow_mut(|d| {
+    let (gpu, train, source) = DEMO.with_borrow_mut(|d| {
         if d.busy {
             return Err(js_error("the model is busy; stop training before creating a new one"));
         }
         let gpu = d.gpu.clone().ok_or_else(|| js_error("WebGPU is not initialised yet"))?;
         let train =
             d.train.clone().ok_or_else(|| js_error("no data yet: use the generated data or drop some images"))?;
-        Ok((gpu, train))
+        let source = data_source(d).expect("the page has data");
+        Ok((gpu, train, source))
     })?;
     let classes = train.classes.clone();
     let config =
@@ -382,7 +444,8 @@ pub async fn create_model(request_json: &str) -> Result<String, JsError> {
         "kernel_cache": kernel_cache,
     });
     let trainer = Trainer::new(session, loader, LrSchedule::constant(sgd)).map_err(js_error)?;
-    let model = Model { trainer, config, mode, classes };
+    let request = ModelRequest { kernel_cache: None, ..request };
+    let model = Model { trainer, config, mode, classes, request, data: source };
     DEMO.with_borrow_mut(|d| d.model = Some(model));
     Ok(summary.to_string())
 }
@@ -410,8 +473,10 @@ fn refused_memory(
 }
 
 /// Runs one training step on the next batch. Returns
-/// `{step, epoch, loss, batch_accuracy, allocated_bytes}` as JSON. A loss that is not finite
-/// stops with an error that says to lower the learning rate; the model is kept.
+/// `{step, epoch, epoch_ended, loss, batch_accuracy, allocated_bytes}` as JSON (`epoch_ended`:
+/// this was the epoch's last batch, when the page keeps a checkpoint). A step that diverges (a
+/// loss, gradient, weight or running statistic NaN or infinite) stops with an error that names
+/// the tensor and says to lower the learning rate; the model is kept.
 #[wasm_bindgen]
 pub async fn train_step() -> Result<String, JsError> {
     with_model(async |m: &mut Model| {
@@ -426,6 +491,7 @@ pub async fn train_step() -> Result<String, JsError> {
         Ok(serde_json::json!({
             "step": r.step,
             "epoch": r.epoch,
+            "epoch_ended": r.epoch_ended,
             "loss": r.loss,
             "batch_accuracy": r.correct as f64 / r.images as f64,
             "allocated_bytes": m.trainer.session().allocated_bytes(),
@@ -573,6 +639,120 @@ pub async fn load_safetensors(bytes: &[u8], file_name: &str) -> Result<String, J
         Ok(serde_json::json!({ "tensors": weights.tensors.len() }).to_string())
     })
     .await
+}
+
+/// The model's resume checkpoint as bytes, for the tab's storage: the native trainer's format
+/// (weights, momentum, the step, the batch cursor of the epoch and its running sums), plus the
+/// model request and where the data came from, so that [`resume_checkpoint`] can rebuild all of
+/// it after a reload. Errors when a weight, statistic or momentum is not finite (nothing to
+/// keep), or while the model is busy.
+#[wasm_bindgen]
+pub async fn export_checkpoint() -> Result<js_sys::Uint8Array, JsError> {
+    let bytes = with_model(async |m: &mut Model| {
+        if let Some(what) = checkpoint::non_finite_state(m.trainer.session()).await? {
+            return Err(Error::Training(format!("{what}: a diverged model is not saved")));
+        }
+        let mut state = TrainingState::default();
+        m.trainer.record(&mut state);
+        state.extra.insert(WEB_REQUEST.into(), to_json(&m.request));
+        state.extra.insert(WEB_DATA.into(), to_json(&m.data));
+        checkpoint::checkpoint_to_bytes(m.trainer.session(), &m.config, &state).await
+    })
+    .await?;
+    Ok(js_sys::Uint8Array::from(&bytes[..]))
+}
+
+/// The page's records as JSON: plain data, so encoding cannot fail.
+fn to_json(v: &impl Serialize) -> String {
+    serde_json::to_string(v).expect("the page's records serialise")
+}
+
+/// The page's own records in a checkpoint from [`export_checkpoint`].
+fn saved_records(state: &TrainingState, origin: &str) -> densegpu::Result<(ModelRequest, DataSource)> {
+    let entry = |key: &str| {
+        state.extra.get(key).ok_or_else(|| {
+            Error::Data(format!("{origin}: no `{key}` entry: not a checkpoint of this page (export_checkpoint)"))
+        })
+    };
+    let request = serde_json::from_str(entry(WEB_REQUEST)?)
+        .map_err(|e| Error::Data(format!("{origin}: corrupt `{WEB_REQUEST}`: {e}")))?;
+    let data = serde_json::from_str(entry(WEB_DATA)?)
+        .map_err(|e| Error::Data(format!("{origin}: corrupt `{WEB_DATA}`: {e}")))?;
+    Ok((request, data))
+}
+
+/// What a checkpoint from [`export_checkpoint`] holds, without building anything: `{step,
+/// epoch, batch_in_epoch, request, data, data_text, data_ready}`, where `data_ready` says
+/// whether [`resume_checkpoint`] can go on with the page's data as it is (generated data is
+/// always made again), and `data_text` describes what it needs.
+#[wasm_bindgen]
+pub fn checkpoint_info(bytes: &[u8]) -> Result<String, JsError> {
+    let origin = "the checkpoint kept in this tab";
+    let (_, state, _) = checkpoint::checkpoint_from_bytes(bytes, origin).map_err(js_error)?;
+    let (request, data) = saved_records(&state, origin).map_err(js_error)?;
+    let ready = matches!(data, DataSource::Generated { .. }) || DEMO.with_borrow(data_source).as_ref() == Some(&data);
+    Ok(serde_json::json!({
+        "step": state.step,
+        "epoch": state.epoch,
+        "batch_in_epoch": state.batch_in_epoch,
+        "request": request,
+        "data": data,
+        "data_text": data.describe(),
+        "data_ready": ready,
+    })
+    .to_string())
+}
+
+/// Builds the model of a checkpoint from [`export_checkpoint`] and puts it where the saved run
+/// stood, so that the next [`train_step`] continues it bit for bit. Generated data is made again;
+/// added files must be added again first (counts, classes and CRC-32 are compared).
+/// `kernel_cache` is the kept tuning, as for [`create_model`]. Returns `{model, data, step,
+/// epoch}`: the model summary as [`create_model`] gives it and the data summary. Errors name
+/// what does not match; the page's previous model is then kept.
+#[wasm_bindgen]
+pub async fn resume_checkpoint(bytes: &[u8], kernel_cache: Option<String>) -> Result<String, JsError> {
+    let origin = "the checkpoint kept in this tab";
+    let (weights, state, momentum) = checkpoint::checkpoint_from_bytes(bytes, origin).map_err(js_error)?;
+    let (request, data) = saved_records(&state, origin).map_err(js_error)?;
+    let summary = match &data {
+        DataSource::Generated { train, test, seed } => use_generated_data(*train, *test, *seed)?,
+        DataSource::Files { .. } => {
+            let (current, summary) = DEMO.with_borrow(|d| {
+                let summary = d.train.as_ref().zip(d.test.as_ref()).map(|(tr, te)| data_summary(tr, te));
+                (data_source(d), summary)
+            });
+            if current.as_ref() != Some(&data) {
+                let holds = current.map_or("no data".to_string(), |c| c.describe());
+                return Err(js_error(format!(
+                    "{origin} was trained on {}, but the page holds {holds}. The tab keeps the model, not the files:                      add the same files again (clear the data first), then resume",
+                    data.describe()
+                )));
+            }
+            summary.expect("the page has data")
+        }
+    };
+    let request = ModelRequest { kernel_cache, ..request };
+    let model = create_model(&serde_json::to_string(&request).map_err(js_error)?).await?;
+    let resumed = with_model(async |m: &mut Model| {
+        checkpoint::apply_checkpoint(m.trainer.session_mut(), &weights, &state, &momentum).await?;
+        if let Some(what) = checkpoint::non_finite_state(m.trainer.session()).await? {
+            return Err(Error::Data(format!("{origin}: {what}; it cannot be resumed")));
+        }
+        m.trainer.restore(&state)?;
+        Ok((m.trainer.session().step, m.trainer.epoch()))
+    })
+    .await;
+    let (step, epoch) = match resumed {
+        Ok(at) => at,
+        Err(e) => {
+            // A half-restored model must not be trained on as if it were the saved run.
+            DEMO.with_borrow_mut(|d| d.model = None);
+            return Err(e);
+        }
+    };
+    let model: serde_json::Value = serde_json::from_str(&model).map_err(js_error)?;
+    let data: serde_json::Value = serde_json::from_str(&summary).map_err(js_error)?;
+    Ok(serde_json::json!({ "model": model, "data": data, "step": step, "epoch": epoch }).to_string())
 }
 
 /// Frees the model and its GPU memory.
