@@ -19,13 +19,18 @@ fn is_finite(v: f32) -> bool {
     return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
 }
 
-// ReLU as PyTorch's: max(v, 0) for numbers, NaN stays NaN.
+// ReLU as PyTorch's: max(v, 0) for numbers, NaN stays NaN. On the bits: v is kept when it is a
+// positive number or a positive NaN (as i32, > 0) or a negative NaN (as u32, above -inf's
+// 0xff800000). The convs' recomputed BN-ReLU loads (ops/conv) still use `max`: with this test
+// in every load, SwiftShader's compile of the register family's kernels ran past Chromium's GPU
+// watchdog. In training a NaN there still shows: it makes its channel's batch statistics NaN, so
+// the batch norm's weight gradient is NaN and the SGD launch flags it in the same step.
 fn relu(v: f32) -> f32 {
-    return select(0.0, v, v > 0.0 || is_nan(v));
+    return select(0.0, v, bitcast<i32>(v) > 0 || bitcast<u32>(v) > 0xff800000u);
 }
 
 fn relu4(v: vec4<f32>) -> vec4<f32> {
-    return vec4(relu(v.x), relu(v.y), relu(v.z), relu(v.w));
+    return select(vec4<f32>(), v, (bitcast<vec4<i32>>(v) > vec4<i32>()) | (bitcast<vec4<u32>>(v) > vec4(0xff800000u)));
 }
 
 // Whether ReLU passes the gradient at pre-activation (or output) v. PyTorch's backward zeroes

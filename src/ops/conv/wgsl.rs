@@ -213,7 +213,7 @@ impl ConvTiles {
             emit!(
                 out,
                 "// As conv1x1_gemm, but src is the raw input of a training- or eval-mode BN-ReLU and each
-// loaded value goes through relu((x - mean) * invstd * gamma + beta) first, written as
+// loaded value goes through max((x - mean) * invstd * gamma + beta, 0) first, written as
 // bn_value in batchnorm.wgsl so the product equals BnApply followed by conv1x1_gemm bit for bit.
 // The normalised tensor is then never stored: when the conv is its only reader, neither forward
 // nor a recomputation in backward needs memory for it."
@@ -285,7 +285,7 @@ fn {name}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         for v in 0..vecs {
             let load = vec4((0..4).map(|t| format!("src[s + q{}]", 4 * v + t)));
             if bnrelu {
-                emit!(out, "        let b{v} = relu4(({load} - mean) * invstd * gamma + beta);");
+                emit!(out, "        let b{v} = max(({load} - mean) * invstd * gamma + beta, vec4<f32>());");
             } else {
                 emit!(out, "        let b{v} = {load};");
             }
@@ -389,7 +389,7 @@ fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
             }
             for c in 0..nr {
                 if bnrelu {
-                    emit!(out, "        let x{c}_{h} = relu((src[sr{c} + c{h}] - mu{c}) * is{c} * ga{c} + be{c});");
+                    emit!(out, "        let x{c}_{h} = max((src[sr{c} + c{h}] - mu{c}) * is{c} * ga{c} + be{c}, 0.0);");
                 } else {
                     emit!(out, "        let x{c}_{h} = src[sr{c} + c{h}];");
                 }
