@@ -364,7 +364,8 @@ fn the_tab_keeps_a_checkpoint_and_a_reload_resumes_it_bit_exactly() {
     assert!(refused.contains("add the same files again"), "{refused}");
     assert_eq!(tab["resumed"]["step"], 8, "{tab}");
     let reference: Vec<f64> = tab["reference"].as_array().unwrap().iter().map(|l| l.as_f64().unwrap()).collect();
-    let resumed: Vec<f64> = tab["afterResume"].as_array().unwrap().iter().map(|s| s["loss"].as_f64().unwrap()).collect();
+    let resumed: Vec<f64> =
+        tab["afterResume"].as_array().unwrap().iter().map(|s| s["loss"].as_f64().unwrap()).collect();
     assert_eq!(reference.len(), 2);
     assert_eq!(resumed, reference, "the resumed run must continue bit for bit");
     assert_eq!(tab["afterResume"][1]["step"], 10, "{tab}");
@@ -388,6 +389,9 @@ fn a_file_larger_than_the_page_can_hold_is_refused_with_its_size() {
     let huge = &run["hugeFile"];
     assert_eq!(huge["read"], false, "the file was read before it was refused: {huge}");
     let error = huge["error"].as_str().expect("the page refused the 3 GB file");
-    assert!(error.contains("data_batch_9.bin") && error.contains("2.79 GiB") && error.contains("3,000,000,000 bytes"), "{error}");
+    assert!(
+        error.contains("data_batch_9.bin") && error.contains("2.79 GiB") && error.contains("3,000,000,000 bytes"),
+        "{error}"
+    );
     assert!(error.contains("at most 1.00 GiB a file"), "{error}");
 }

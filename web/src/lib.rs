@@ -82,7 +82,12 @@ impl DataSource {
                 crc.update(&label.to_le_bytes());
             }
         }
-        DataSource::Files { train: train.len(), test: test.len(), classes: train.classes.clone(), crc32: crc.finalize() }
+        DataSource::Files {
+            train: train.len(),
+            test: test.len(),
+            classes: train.classes.clone(),
+            crc32: crc.finalize(),
+        }
     }
 
     fn describe(&self) -> String {
@@ -90,10 +95,9 @@ impl DataSource {
             DataSource::Generated { train, test, seed } => {
                 format!("the generated data ({train} training and {test} test images, seed {seed})")
             }
-            DataSource::Files { train, test, classes, .. } => format!(
-                "added files: {train} training and {test} test images of the classes {}",
-                classes.join(", ")
-            ),
+            DataSource::Files { train, test, classes, .. } => {
+                format!("added files: {train} training and {test} test images of the classes {}", classes.join(", "))
+            }
         }
     }
 }
@@ -484,7 +488,9 @@ pub async fn train_step() -> Result<String, JsError> {
         let r = match m.trainer.step().await {
             Ok(r) => r,
             Err(e @ Error::Diverged { .. }) => {
-                return Err(Error::Training(format!("{e}: lower the learning rate (now {lr}) and train again")))
+                // A diverging rate can be 1e30: scientific notation, not 31 digits.
+                let lr = if lr >= 1e6 { format!("{lr:e}") } else { lr.to_string() };
+                return Err(Error::Training(format!("{e}: lower the learning rate (now {lr}) and train again")));
             }
             Err(e) => return Err(e),
         };
@@ -724,7 +730,8 @@ pub async fn resume_checkpoint(bytes: &[u8], kernel_cache: Option<String>) -> Re
             if current.as_ref() != Some(&data) {
                 let holds = current.map_or("no data".to_string(), |c| c.describe());
                 return Err(js_error(format!(
-                    "{origin} was trained on {}, but the page holds {holds}. The tab keeps the model, not the files:                      add the same files again (clear the data first), then resume",
+                    "{origin} was trained on {}, but the page holds {holds}. The tab keeps the model, not the files: \
+                     add the same files again (clear the data first), then resume",
                     data.describe()
                 )));
             }
