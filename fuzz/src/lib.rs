@@ -16,9 +16,13 @@ use densegpu::densenet::{DenseNetConfig, MemoryMode};
 use densegpu::tune::Cache;
 use rand::SeedableRng;
 
+/// A reader's check: feeds it one input, panics on a broken promise, and says whether the
+/// reader accepted the input.
+pub type Check = fn(&[u8]) -> bool;
+
 /// The readers by target name: the fuzz target of each is `fuzz_targets/<name>.rs`, its seed
-/// corpus `corpus/<name>/seed-*`. Each check returns whether the reader accepted the input.
-pub const READERS: [(&str, fn(&[u8]) -> bool); 6] = [
+/// corpus `corpus/<name>/seed-*`.
+pub const READERS: [(&str, Check); 6] = [
     ("safetensors", safetensors),
     ("checkpoint", checkpoint),
     ("cifar", cifar),
