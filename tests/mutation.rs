@@ -4,7 +4,8 @@
 //! cache file and the `--init` architecture inference.
 //!
 //! Each reader gets [`INPUTS`] inputs: the seed corpus that the fuzzers start from
-//! (`fuzz/corpus/<target>/seed-*`), each mutated by one to four byte-level changes (bit flips,
+//! (`fuzz/corpus/<target>/seed-*`) and the inputs the fuzzers found bugs with
+//! (`fuzz/regressions/<target>/`), each mutated by one to four byte-level changes (bit flips,
 //! boundary bytes and 64-bit lengths, numbers in the text replaced by boundary values, dtype
 //! names swapped, insertions, deletions, duplications, truncations, splices of two seeds). The
 //! checks are the fuzz targets' own (`fuzz/src/lib.rs`): the reader returns Ok or an error and
@@ -265,17 +266,35 @@ fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join("corpus").join(target)
 }
 
-/// The committed seeds of `target`, by file name.
-fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = corpus_dir(target);
-    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot list the seed corpus {}: {e}", dir.display()))
+/// The inputs the fuzzers found a bug with, `fuzz/regressions/<target>/`.
+fn regressions_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join("regressions").join(target)
+}
+
+/// The files of `dir` whose names `keep` accepts, by file name; none when `dir` is absent.
+fn files(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<(String, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<(String, Vec<u8>)> = entries
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("seed-")))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .filter_map(|p| Some((p.file_name()?.to_string_lossy().into_owned(), p)))
+        .filter(|(name, _)| keep(name))
+        .map(|(name, p)| (name, std::fs::read(&p).unwrap()))
         .collect();
     out.sort();
-    assert!(!out.is_empty(), "{} holds no seed-* files", dir.display());
+    out
+}
+
+/// The committed seeds of `target` (`seed-*`), by file name.
+fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
+    let out = files(&corpus_dir(target), |n| n.starts_with("seed-"));
+    assert!(!out.is_empty(), "{} holds no seed-* files", corpus_dir(target).display());
+    out
+}
+
+/// What the mutation test starts from: the seeds and the fuzzers' regression inputs.
+fn starting_inputs(target: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = seeds(target);
+    out.extend(files(&regressions_dir(target), |_| true));
     out
 }
 
@@ -292,7 +311,7 @@ fn run(target: &str) {
         .find(|(_, (name, _))| *name == target)
         .map(|(i, (_, check))| (i, *check))
         .unwrap_or_else(|| panic!("no reader called {target}"));
-    let seeds = seeds(target);
+    let seeds = starting_inputs(target);
     let bodies: Vec<Vec<u8>> = seeds.iter().map(|(_, b)| b.clone()).collect();
     let inputs = env_number("MUTATION_INPUTS", INPUTS as u64) as usize;
     let seed = env_number("MUTATION_SEED", SEED) + index as u64;
@@ -474,6 +493,23 @@ fn safetensors_offsets_that_overflow_are_an_error_not_a_panic() {
         assert!(m.contains(&path.display().to_string()) && m.contains("tensor data does not end"), "{m}");
     }
     assert!(!checks::safetensors(&bytes) && !checks::checkpoint(&bytes));
+}
+
+/// Found by the `image` target (a timeout): a 500-byte JPEG whose header declares a
+/// 21280x17476 greyscale image. The in-memory image folder's decoder checked the size only
+/// after decoding, and the lenient JPEG decoder filled in all 372 million pixels of the
+/// truncated stream (13 s under the fuzzer, 355 MiB, then 1 GiB as RGB).
+#[test]
+fn a_small_jpeg_declaring_a_huge_image_is_refused_before_decoding() {
+    let bytes = std::fs::read(regressions_dir("image").join("timeout-jpeg-declaring-21280x17476.jpg")).unwrap();
+    LARGEST.with(|l| l.set(0));
+    let m = data::decode_image(&bytes, "huge.jpg", 32, 32).unwrap_err().to_string();
+    let largest = LARGEST.with(Cell::get);
+    assert!(m.contains("huge.jpg is 21280x17476 (width x height)") && m.contains("must be 32x32"), "{m}");
+    assert!(largest < 1 << 20, "refusing it asked for {largest} bytes at once");
+    let m = data::decode_rgb_bytes(&bytes, Path::new("huge.jpg"), &Default::default()).unwrap_err().to_string();
+    assert!(m.contains("huge.jpg declares an image too large to decode"), "{m}");
+    assert!(!checks::image(&bytes));
 }
 
 fn absurd_configs() -> Vec<(DenseNetConfig, &'static str)> {
