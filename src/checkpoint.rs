@@ -27,6 +27,11 @@
 //! [`apply_weights_for_fine_tuning`] leaves out a classifier for another number of classes and
 //! says so.
 //!
+//! Every read, from memory or from a file, goes through one checked header parser: a header
+//! beyond 100 MB or beyond the file, tensor offsets that leave gaps, overlap, overflow or do not
+//! match a tensor's dtype and shape, and data that does not end where the file does are errors
+//! that name the file, and no tensor is given memory beyond what the file's bytes justify.
+//!
 //! A file without densegpu's config (a state dict saved from torchvision or PyTorch) still tells
 //! its architecture: [`Weights::model_config`] infers it from the tensor names and shapes.
 //!
@@ -47,7 +52,7 @@ use crate::executor::GroupValues;
 use crate::executor::{Session, SgdHyper};
 pub use crate::files::write_atomic;
 use crate::graph::{Graph, ParamGroup};
-use safetensors::{Dtype, SafeTensorError, SafeTensors};
+use safetensors::{Dtype, SafeTensorError};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
@@ -79,7 +84,8 @@ pub struct NamedTensor {
 /// What a weights file holds.
 #[derive(Clone, Debug, Default)]
 pub struct Weights {
-    /// The model configuration, when the file was written by densegpu.
+    /// The model configuration, when the file was written by densegpu (checked with
+    /// [`DenseNetConfig::validate`] as it is read).
     pub config: Option<DenseNetConfig>,
     /// Parameters and running statistics under their current torchvision names (old spellings
     /// already renamed). `num_batches_tracked` is not among them: see `batches_tracked`.
@@ -442,13 +448,20 @@ fn extend_floats(out: &mut Vec<f32>, origin: &str, name: &str, dtype: Dtype, dat
                 out.push(narrowed);
             }
         }
-        other => {
-            return Err(Error::Data(format!(
-                "{origin}: tensor `{name}` is {other:?}; weights must be F32 (or F16, BF16, F64)"
-            )))
-        }
+        other => return float_dtype(origin, name, other),
     }
     Ok(())
+}
+
+/// Whether `dtype` is one that weights may have (F32, F16, BF16, F64), or an error naming the
+/// tensor.
+fn float_dtype(origin: &str, name: &str, dtype: Dtype) -> Result<()> {
+    match dtype {
+        Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 => Ok(()),
+        other => {
+            Err(Error::Data(format!("{origin}: tensor `{name}` is {other:?}; weights must be F32 (or F16, BF16, F64)")))
+        }
+    }
 }
 
 /// Where a file's tensor bytes come from: all in memory (a browser's file, a test's bytes), or
@@ -478,6 +491,8 @@ impl TensorData<'_> {
     /// A tensor's values as f32, memory for all of them reserved first (an error naming the
     /// tensor and the bytes needed, not an abort, when it cannot be).
     fn floats(&mut self, origin: &str, name: &str, info: &safetensors::tensor::TensorInfo) -> Result<Vec<f32>> {
+        // Before any memory is reserved: a 4-bit dtype's count is twice its bytes.
+        float_dtype(origin, name, info.dtype)?;
         let count: usize = info.shape.iter().product();
         let mut out = Vec::new();
         crate::files::try_reserve(&mut out, count as u64, || {
@@ -533,11 +548,45 @@ fn not_pickle(start: &[u8], origin: &str) -> Result<()> {
     Ok(())
 }
 
+/// The most bytes a safetensors header may take: safetensors' own bound (100 MB).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// The header length that a file of `file_len` bytes gives in its first 8 bytes (`start`, the
+/// bytes read so far), checked to be within [`MAX_HEADER_BYTES`] and the file.
+fn header_length(start: &[u8], file_len: u64, origin: &str) -> Result<u64> {
+    not_pickle(start, origin)?;
+    let bad = |e: SafeTensorError| Error::Data(format!("{origin}: {}", describe(&e)));
+    let Some(&first) = start.first_chunk::<8>() else { return Err(bad(SafeTensorError::HeaderTooSmall)) };
+    let n = u64::from_le_bytes(first);
+    if n > MAX_HEADER_BYTES {
+        return Err(bad(SafeTensorError::HeaderTooLarge));
+    }
+    if n > file_len.saturating_sub(8) {
+        return Err(bad(SafeTensorError::InvalidHeaderLength));
+    }
+    Ok(n)
+}
+
+/// The one checked header parser every safetensors read goes through: `text` is the JSON header,
+/// `data_len` the bytes of the file after it. The tensors' offsets must run from 0 without gaps
+/// or overlaps, each tensor's bytes must be what its dtype and shape take (safetensors'
+/// [`Metadata`](safetensors::tensor::Metadata) checks these without overflow), and the last
+/// tensor must end where the file does. Afterwards every tensor's `data_offsets` lie within
+/// `data_len`.
+fn parse_header(text: &[u8], data_len: u64, origin: &str) -> Result<safetensors::tensor::Metadata> {
+    let header: safetensors::tensor::Metadata =
+        serde_json::from_slice(text).map_err(|e| Error::Data(format!("{origin}: corrupt safetensors header: {e}")))?;
+    if header.data_len() as u64 != data_len {
+        return Err(Error::Data(format!("{origin}: {}", describe(&SafeTensorError::MetadataIncompleteBuffer))));
+    }
+    Ok(header)
+}
+
 fn parse(bytes: &[u8], origin: &str) -> Result<Parsed> {
-    not_pickle(bytes, origin)?;
-    let (n, header) =
-        SafeTensors::read_metadata(bytes).map_err(|e| Error::Data(format!("{origin}: {}", describe(&e))))?;
-    parse_tensors(&header, TensorData::Memory(&bytes[8 + n..]), origin)
+    let n = header_length(bytes, bytes.len() as u64, origin)? as usize;
+    let (text, data) = bytes[8..].split_at(n);
+    let header = parse_header(text, data.len() as u64, origin)?;
+    parse_tensors(&header, TensorData::Memory(data), origin)
 }
 
 /// Reads a safetensors file's header, then its tensors one at a time in pieces: the file is
@@ -547,28 +596,12 @@ fn parse_file(path: &Path) -> Result<Parsed> {
     let origin = path.display().to_string();
     let fail = |e: std::io::Error| crate::files::read_error(&origin, &e);
     let (mut file, len) = crate::files::open(path)?;
-    let mut start = [0u8; 8];
-    let got = file.read(&mut start).map_err(fail)?;
-    not_pickle(&start[..got], &origin)?;
-    let bad = |e: SafeTensorError| Error::Data(format!("{origin}: {}", describe(&e)));
-    if got < 8 {
-        return Err(bad(SafeTensorError::HeaderTooSmall));
-    }
-    let n = u64::from_le_bytes(start);
-    // safetensors' own bound on a header (100 MB).
-    if n > 100_000_000 {
-        return Err(bad(SafeTensorError::HeaderTooLarge));
-    }
-    if 8 + n > len {
-        return Err(bad(SafeTensorError::InvalidHeaderLength));
-    }
+    let mut start = Vec::with_capacity(8);
+    (&mut file).take(8).read_to_end(&mut start).map_err(fail)?;
+    let n = header_length(&start, len, &origin)?;
     let mut text = vec![0u8; n as usize];
     file.read_exact(&mut text).map_err(fail)?;
-    let header: safetensors::tensor::Metadata =
-        serde_json::from_slice(&text).map_err(|e| Error::Data(format!("{origin}: corrupt safetensors header: {e}")))?;
-    if 8 + n + header.data_len() as u64 != len {
-        return Err(bad(SafeTensorError::MetadataIncompleteBuffer));
-    }
+    let header = parse_header(&text, len - 8 - n, &origin)?;
     parse_tensors(&header, TensorData::File { file, data_start: 8 + n }, &origin)
 }
 
@@ -586,10 +619,14 @@ fn parse_tensors(header: &safetensors::tensor::Metadata, mut data: TensorData<'_
         }
     };
     let config = match metadata.get(META_CONFIG) {
-        Some(json) => Some(
-            serde_json::from_str::<DenseNetConfig>(json)
-                .map_err(|e| Error::Data(format!("{origin}: corrupt `{META_CONFIG}` metadata: {e}")))?,
-        ),
+        Some(json) => {
+            let config = serde_json::from_str::<DenseNetConfig>(json)
+                .map_err(|e| Error::Data(format!("{origin}: corrupt `{META_CONFIG}` metadata: {e}")))?;
+            config.validate().map_err(|e| {
+                Error::Data(format!("{origin}: the `{META_CONFIG}` metadata describes no model densegpu builds: {e}"))
+            })?;
+            Some(config)
+        }
         None => None,
     };
 

@@ -163,10 +163,48 @@ impl DenseNetConfig {
         }
     }
 
-    fn check(&self) -> Result<()> {
+    /// The most dense blocks a DenseNet may have (torchvision's have 4, the CIFAR ones 3).
+    pub const MAX_BLOCKS: usize = 16;
+    /// The most layers one dense block may have (DenseNet-BC-250 has 41, DenseNet-201 48).
+    pub const MAX_LAYERS_PER_BLOCK: u32 = 10_000;
+    /// The most channels any tensor of the model may have: input, stem, growth rate,
+    /// bottleneck, every block's width, and the classes (DenseNet-161 ends at 2208).
+    pub const MAX_CHANNELS: u64 = 1 << 24;
+    /// The largest image side, in pixels (the streamed loader's largest image side too).
+    pub const MAX_IMAGE_SIZE: u32 = 1 << 15;
+
+    /// Checks that this configuration describes a DenseNet densegpu can build, within the
+    /// bounds above, so that no size derived from it overflows and a config read from a file
+    /// cannot make densegpu build an absurd graph: the growth rate and every block's layer
+    /// count positive; at most [`MAX_BLOCKS`](Self::MAX_BLOCKS) blocks of at most
+    /// [`MAX_LAYERS_PER_BLOCK`](Self::MAX_LAYERS_PER_BLOCK) layers; input channels, stem
+    /// channels, growth rate, bottleneck width (`bn_size · growth_rate`), classes and every
+    /// block's width at most [`MAX_CHANNELS`](Self::MAX_CHANNELS), and every transition
+    /// keeping at least one channel; `drop_rate` in [0, 1), `compression` in (0, 1], at least
+    /// 2 classes; `image_size` a positive multiple of the model's downsampling (2^(blocks-1),
+    /// times 4 with the ImageNet stem) and at most [`MAX_IMAGE_SIZE`](Self::MAX_IMAGE_SIZE).
+    ///
+    /// Errors: [`Error::Config`] naming the value, the bound and what to change.
+    /// [`DenseNetConfig::build`] checks this first.
+    pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.growth_rate == 0 || self.block_config.is_empty() || self.block_config.contains(&0) {
             return bad(format!("growth rate and every block's layer count must be positive: {self:?}"));
+        }
+        let blocks = self.block_config.len();
+        if blocks > Self::MAX_BLOCKS {
+            return bad(format!(
+                "{blocks} dense blocks are more than densegpu builds (at most {}; torchvision's DenseNets have 4,                  the CIFAR ones 3): use fewer blocks",
+                Self::MAX_BLOCKS
+            ));
+        }
+        if let Some((b, &layers)) = self.block_config.iter().enumerate().find(|(_, &l)| l > Self::MAX_LAYERS_PER_BLOCK)
+        {
+            return bad(format!(
+                "dense block {} has {layers} layers, more than densegpu builds (at most {} a block;                  DenseNet-BC-250 has 41): use fewer layers",
+                b + 1,
+                Self::MAX_LAYERS_PER_BLOCK
+            ));
         }
         if !(0.0..1.0).contains(&self.drop_rate) {
             return bad(format!("drop rate must be in [0, 1), got {}", self.drop_rate));
@@ -174,11 +212,46 @@ impl DenseNetConfig {
         if !(self.compression > 0.0 && self.compression <= 1.0) {
             return bad(format!("compression must be in (0, 1], got {}", self.compression));
         }
-        let blocks = self.block_config.len() as u32;
-        let downsample = if self.small_inputs { 1 << (blocks - 1) } else { 4 << (blocks - 1) };
-        if self.image_size == 0 || !self.image_size.is_multiple_of(downsample) {
+        let max = Self::MAX_CHANNELS;
+        let channels = |what: &str, c: u64| {
+            if c == 0 || c > max {
+                bad(format!("{what} is {c}, but it must be between 1 and {max} (2^24): use a narrower model"))
+            } else {
+                Ok(())
+            }
+        };
+        channels("the input's channel count (in_channels)", self.in_channels.into())?;
+        channels("the stem's channel count (num_init_features)", self.num_init_features.into())?;
+        channels("the growth rate", self.growth_rate.into())?;
+        if self.bn_size > 0 {
+            channels("the bottleneck width (bn_size · growth rate)", self.bn_size as u64 * self.growth_rate as u64)?;
+        }
+        if self.num_classes > 1 {
+            channels("the class count", self.num_classes.into())?;
+        }
+        // The block widths in u64, so that no sum overflows before it is checked.
+        let mut c = self.num_init_features as u64;
+        for (b, &layers) in self.block_config.iter().enumerate() {
+            c += layers as u64 * self.growth_rate as u64;
+            channels(&format!("the width at the end of dense block {}", b + 1), c)?;
+            if b + 1 < blocks {
+                let out = (c as f32 * self.compression).floor() as u64;
+                if out == 0 {
+                    return bad(format!(
+                        "transition {} maps {c} channels to none (compression {}): raise the compression or the                          growth rate",
+                        b + 1,
+                        self.compression
+                    ));
+                }
+                c = out;
+            }
+        }
+        let downsample: u32 = if self.small_inputs { 1 << (blocks - 1) } else { 4 << (blocks - 1) };
+        if self.image_size == 0 || !self.image_size.is_multiple_of(downsample) || self.image_size > Self::MAX_IMAGE_SIZE
+        {
             return bad(format!(
-                "image size must be a positive multiple of {downsample} for this model, got {}",
+                "image size must be a positive multiple of {downsample} for this model, at most {}, got {}",
+                Self::MAX_IMAGE_SIZE,
                 self.image_size
             ));
         }
@@ -213,12 +286,13 @@ impl DenseNetConfig {
         Inference::new(tensors)?.config()
     }
 
-    /// Channels at the end of each dense block.
+    /// Channels at the end of each dense block (for a config that [`validate`](Self::validate)s;
+    /// beyond `u32` a width saturates).
     pub fn block_widths(&self) -> Vec<u32> {
         let mut c = self.num_init_features;
         let mut widths = Vec::new();
         for (b, &layers) in self.block_config.iter().enumerate() {
-            c += layers * self.growth_rate;
+            c = c.saturating_add(layers.saturating_mul(self.growth_rate));
             widths.push(c);
             if b + 1 < self.block_config.len() {
                 c = (c as f32 * self.compression).floor() as u32;
@@ -227,9 +301,10 @@ impl DenseNetConfig {
         widths
     }
 
-    /// The training graph (with loss) for a batch size and memory mode.
+    /// The training graph (with loss) for a batch size and memory mode. Errors: the config does
+    /// not [`validate`](Self::validate), or the batch is 0.
     pub fn build(&self, batch: u32, mode: MemoryMode) -> Result<Graph> {
-        self.check()?;
+        self.validate()?;
         if batch == 0 {
             return Err(Error::Config("batch size must be at least 1".into()));
         }

@@ -515,6 +515,12 @@ impl Cache {
         Cache { path: None, entries: serde_json::from_str(text).unwrap_or_default() }
     }
 
+    /// The cache from a kernel-cache file's bytes (`kernels.json`); bytes that are not UTF-8,
+    /// or not the JSON [`Cache::to_json`] writes, read as empty, as in [`Cache::from_json`].
+    pub fn from_bytes(bytes: &[u8]) -> Cache {
+        std::str::from_utf8(bytes).map(Cache::from_json).unwrap_or_default()
+    }
+
     /// The cache as JSON text, for [`Cache::from_json`].
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(&self.entries).expect("a map of strings serialises")
@@ -532,13 +538,22 @@ impl Cache {
         Some(dir.join("kernels.json"))
     }
 
-    /// Reads the cache file; a missing, unreadable or malformed one reads as empty (and is
-    /// rewritten by [`Cache::save`]).
+    /// Reads the cache file ([`Cache::from_bytes`]); a missing, unreadable or malformed one,
+    /// or one too large for memory, reads as empty (and is rewritten by [`Cache::save`]).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load() -> Cache {
         let path = Self::path();
-        let text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
-        Cache { path, ..Cache::from_json(&text) }
+        let bytes = path.as_deref().and_then(|p| crate::files::read(p).ok()).unwrap_or_default();
+        Cache { path, ..Cache::from_bytes(&bytes) }
+    }
+
+    /// Every cached choice as (section, tuning key, candidate name), in key order: the section
+    /// is an adapter and candidate fingerprint (see [`tune`]), the key a conv shape's
+    /// [`ConvDirection::tuning_key`].
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str, &str)> {
+        self.entries.iter().flat_map(|(section, choices)| {
+            choices.iter().map(move |(key, candidate)| (section.as_str(), key.as_str(), candidate.as_str()))
+        })
     }
 
     fn get(&self, adapter: &str, key: &str) -> Option<String> {

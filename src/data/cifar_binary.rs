@@ -115,19 +115,34 @@ fn read_batch_into(set: &mut Dataset, path: &Path) -> Result<()> {
     }
 }
 
+/// Reads one CIFAR-10 binary batch file (e.g. `data_batch_1.bin`) as [`load_cifar10_binary`]
+/// reads each of its files: in pieces, into memory reserved up front, with the built-in class
+/// names. The set holds the same images and labels as [`parse_cifar10_batch`] of the file's
+/// bytes. Errors name the file and say what happened (not found, a directory, permission
+/// denied, not whole records, a label out of range, too large for memory with its size).
+pub fn load_cifar10_batch(path: impl AsRef<Path>) -> Result<Dataset> {
+    let path = path.as_ref();
+    read_paths(&[path.to_path_buf()], &path.display().to_string())
+}
+
 /// Reads the batch files `files` of `dir` into one set, memory for all of them reserved before
 /// any is read (so a set too large for memory is refused with its size, not aborted).
 fn read_batches(dir: &Path, files: &[&str]) -> Result<Dataset> {
     let paths: Vec<std::path::PathBuf> = files.iter().map(|f| dir.join(f)).collect();
-    let lengths = paths.iter().map(|p| batch_length(p)).collect::<Result<Vec<u64>>>()?;
-    let records: u64 = lengths.iter().map(|l| l / CIFAR10_RECORD_BYTES as u64).sum();
-    let mut set = empty_set();
     let what = match &paths[..] {
         [one] => one.display().to_string(),
         _ => format!("the {} batch files in {}", paths.len(), dir.display()),
     };
-    reserve(&mut set, records, &what)?;
-    for path in &paths {
+    read_paths(&paths, &what)
+}
+
+/// Reads the batch files `paths` into one set; `what` names them in a memory error.
+fn read_paths(paths: &[std::path::PathBuf], what: &str) -> Result<Dataset> {
+    let lengths = paths.iter().map(|p| batch_length(p)).collect::<Result<Vec<u64>>>()?;
+    let records: u64 = lengths.iter().map(|l| l / CIFAR10_RECORD_BYTES as u64).sum();
+    let mut set = empty_set();
+    reserve(&mut set, records, what)?;
+    for path in paths {
         read_batch_into(&mut set, path)?;
     }
     Ok(set)

@@ -12,7 +12,8 @@ const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 /// Decodes one PNG or JPEG (the format is read from the bytes, not the name) into 3×H×W
 /// bytes. Greyscale and RGBA images are converted to RGB. `name` is what messages call the
-/// file; a size other than `height`×`width` is an error.
+/// file; a size other than `height`×`width` is an error, found from the file's header before
+/// any pixel is decoded.
 pub fn decode_image(bytes: &[u8], name: &str, height: usize, width: usize) -> Result<Vec<u8>> {
     let mut out = vec![0u8; CHANNELS * height * width];
     decode_into(bytes, name, height, width, &mut out)?;
@@ -20,23 +21,27 @@ pub fn decode_image(bytes: &[u8], name: &str, height: usize, width: usize) -> Re
 }
 
 fn decode_into(bytes: &[u8], name: &str, height: usize, width: usize, out: &mut [u8]) -> Result<()> {
-    let img = image::ImageReader::new(Cursor::new(bytes))
+    use image::ImageDecoder;
+    let corrupt = |e: image::ImageError| {
+        Error::Data(format!(
+            "cannot decode {name} as an image: {e}; the file is corrupt or not a PNG/JPEG: replace or remove it"
+        ))
+    };
+    let decoder = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Data(format!("cannot read {name}: {e}")))?
-        .decode()
-        .map_err(|e| {
-            Error::Data(format!(
-                "cannot decode {name} as an image: {e}; the file is corrupt or not a PNG/JPEG: replace or remove it"
-            ))
-        })?;
-    if img.width() as usize != width || img.height() as usize != height {
+        .into_decoder()
+        .map_err(corrupt)?;
+    // The size the header declares, checked before any pixel is decoded: a small file may
+    // declare a huge image, which the lenient JPEG decoder would fill in, at length.
+    let (w, h) = decoder.dimensions();
+    if w as usize != width || h as usize != height {
         return Err(Error::Data(format!(
-            "{name} is {}x{} (width x height) but this dataset's images must be {width}x{height}: resize it to \
-             {width}x{height} (every image of a dataset must have the same size)",
-            img.width(),
-            img.height()
+            "{name} is {w}x{h} (width x height) but this dataset's images must be {width}x{height}: resize it to \
+             {width}x{height} (every image of a dataset must have the same size)"
         )));
     }
+    let img = image::DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     let rgb = img.into_rgb8();
     let plane = height * width;
     for (p, px) in rgb.pixels().enumerate() {

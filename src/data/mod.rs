@@ -27,15 +27,15 @@ use rand_pcg::Pcg64Mcg;
 use crate::{Error, Result};
 
 pub use augment::{crop_flip, CropFlip, Normalization};
-pub use cifar_binary::{load_cifar10_binary, parse_cifar10_batch, CIFAR10_RECORD_BYTES};
+pub use cifar_binary::{load_cifar10_batch, load_cifar10_binary, parse_cifar10_batch, CIFAR10_RECORD_BYTES};
 #[cfg(not(target_arch = "wasm32"))]
 pub use download::download_cifar10;
 pub use image_folder::{decode_image, load_image_folder};
 pub use loader::{Batch, BatchLoader, BatchSource, EpochBatches, LoaderOptions};
 #[cfg(not(target_arch = "wasm32"))]
 pub use stream::{
-    decode_rgb, default_workers, ImageFolderStream, Split, StreamEpoch, StreamLoader, StreamLoaderOptions,
-    StreamOptions, StreamRng, Transform, IMAGE_EXTENSIONS,
+    decode_rgb, decode_rgb_bytes, default_workers, ImageFolderStream, Split, StreamEpoch, StreamLoader,
+    StreamLoaderOptions, StreamOptions, StreamRng, Transform, IMAGE_EXTENSIONS,
 };
 pub use synthetic::{synthetic, SYNTHETIC_CLASSES};
 pub use transforms::{eval_transform, train_transform, CropBox, IMAGENET_MEAN, IMAGENET_STD};

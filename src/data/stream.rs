@@ -280,9 +280,19 @@ impl ImageFolderStream {
 /// Reads and decodes the PNG or JPEG at `path` into 8-bit RGB within `opts`' limits; see
 /// [`ImageFolderStream::decode`].
 pub fn decode_rgb(path: &Path, opts: &StreamOptions) -> Result<RgbImage> {
-    let bytes = crate::files::read(path)?;
+    decode_rgb_bytes(&crate::files::read(path)?, path, opts)
+}
+
+/// Decodes the bytes of a PNG or JPEG file into 8-bit RGB within `opts`' limits, as
+/// [`decode_rgb`] does once it has read the file; `path` is what errors call it. The format is
+/// read from the bytes (a JPEG's start, `FF D8 FF`, else a PNG's signature), never from the name.
+///
+/// Errors ([`Error::Data`], naming `path`): not a PNG or JPEG, corrupt or truncated (JPEGs are
+/// decoded strictly), or a declared size beyond `opts`' limits (refused before any pixel is
+/// decoded).
+pub fn decode_rgb_bytes(bytes: &[u8], path: &Path, opts: &StreamOptions) -> Result<RgbImage> {
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        return decode_jpeg(&bytes, path, opts);
+        return decode_jpeg(bytes, path, opts);
     }
     let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
