@@ -31,13 +31,27 @@ pub const READERS: [(&str, Check); 6] = [
     ("init", init),
 ];
 
-/// `bytes` written to a scratch file of this process and thread (overwritten by the next
-/// input), for the readers that take a path.
-fn scratch(what: &str, bytes: &[u8]) -> PathBuf {
-    let thread: String = format!("{:?}", std::thread::current().id()).chars().filter(char::is_ascii_digit).collect();
-    let path = std::env::temp_dir().join(format!("densegpu-fuzz-{}-{thread}-{what}", std::process::id()));
-    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("cannot write the scratch file {}: {e}", path.display()));
-    path
+/// `bytes` in a scratch file of this process and thread, for the readers that take a path;
+/// removed when dropped. A new file each time (never one truncated and rewritten, which ext4
+/// flushes to disk on close), so an input costs no disk I/O.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(what: &str, bytes: &[u8]) -> Scratch {
+        let thread: String =
+            format!("{:?}", std::thread::current().id()).chars().filter(char::is_ascii_digit).collect();
+        let path = std::env::temp_dir().join(format!("densegpu-fuzz-{}-{thread}-{what}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, bytes)
+            .unwrap_or_else(|e| panic!("cannot write the scratch file {}: {e}", path.display()));
+        Scratch(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn same_tensors(what: &str, a: &[NamedTensor], b: &[NamedTensor]) {
@@ -72,7 +86,7 @@ fn accepted_weights(weights: &Weights) {
 /// from a file (`load_weights`, tensor by tensor): the two must agree.
 pub fn safetensors(bytes: &[u8]) -> bool {
     let memory = checkpoint::weights_from_bytes(bytes, "fuzz.safetensors");
-    let file = checkpoint::load_weights(&scratch("weights.safetensors", bytes));
+    let file = checkpoint::load_weights(&Scratch::new("weights.safetensors", bytes).0);
     match (&memory, &file) {
         (Ok(a), Ok(b)) => {
             same_weights("weights from memory and from a file", a, b);
@@ -88,7 +102,7 @@ pub fn safetensors(bytes: &[u8]) -> bool {
 /// (`load_checkpoint`): the two must agree.
 pub fn checkpoint(bytes: &[u8]) -> bool {
     let memory = checkpoint::checkpoint_from_bytes(bytes, "fuzz.safetensors");
-    let file = checkpoint::load_checkpoint(&scratch("checkpoint.safetensors", bytes));
+    let file = checkpoint::load_checkpoint(&Scratch::new("checkpoint.safetensors", bytes).0);
     match (&memory, &file) {
         (Ok((wa, sa, ma)), Ok((wb, sb, mb))) => {
             same_weights("a checkpoint from memory and from a file", wa, wb);
@@ -106,7 +120,7 @@ pub fn checkpoint(bytes: &[u8]) -> bool {
 /// read from a file in pieces (`load_cifar10_batch`): the two must agree.
 pub fn cifar(bytes: &[u8]) -> bool {
     let memory = data::parse_cifar10_batch(bytes, "fuzz.bin");
-    let file = data::load_cifar10_batch(scratch("batch.bin", bytes));
+    let file = data::load_cifar10_batch(&Scratch::new("batch.bin", bytes).0);
     match (&memory, &file) {
         (Ok(a), Ok(b)) => {
             assert_eq!(a.labels, b.labels, "the labels from memory and from a file differ");
