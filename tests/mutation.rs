@@ -196,26 +196,14 @@ fn mutate_once(rng: &mut Pcg64Mcg, input: &mut Vec<u8>, others: &[Vec<u8>]) -> S
             input[i..i + 8].copy_from_slice(&v.to_le_bytes());
             format!("u64 at {i} = {v:#x}")
         }
-        6 => {
-            let numbers = runs(input, |b| b.is_ascii_digit());
-            if numbers.is_empty() {
-                return mutate_once(rng, input, others);
-            }
-            let (s, e) = numbers[rng.random_range(0..numbers.len())];
-            let v = BOUNDARY_NUMBERS[rng.random_range(0..BOUNDARY_NUMBERS.len())];
-            input.splice(s..e, v.bytes());
-            format!("number at {s} = {v}")
-        }
-        7 => {
-            let words = runs(input, |b| b.is_ascii_alphanumeric());
-            if words.is_empty() {
-                return mutate_once(rng, input, others);
-            }
-            let (s, e) = words[rng.random_range(0..words.len())];
-            let v = WORDS[rng.random_range(0..WORDS.len())];
-            input.splice(s..e, v.bytes());
-            format!("word at {s} = {v}")
-        }
+        6 => match replace_run(rng, input, |b| b.is_ascii_digit(), &BOUNDARY_NUMBERS) {
+            Some((s, v)) => format!("number at {s} = {v}"),
+            None => mutate_once(rng, input, others),
+        },
+        7 => match replace_run(rng, input, |b| b.is_ascii_alphanumeric(), &WORDS) {
+            Some((s, v)) => format!("word at {s} = {v}"),
+            None => mutate_once(rng, input, others),
+        },
         8 if len > 0 => {
             let n = at(rng);
             input.truncate(n);
@@ -240,6 +228,24 @@ fn mutate_once(rng: &mut Pcg64Mcg, input: &mut Vec<u8>, others: &[Vec<u8>]) -> S
 }
 
 /// The `[start, end)` of every run of bytes that `keep` accepts.
+/// Replaces one run of bytes that `keep` accepts (a number, a word) with one of `choices`;
+/// `None` when the input has no such run. Returns where the run started and what went in.
+fn replace_run<'c>(
+    rng: &mut Pcg64Mcg,
+    input: &mut Vec<u8>,
+    keep: impl Fn(u8) -> bool,
+    choices: &[&'c str],
+) -> Option<(usize, &'c str)> {
+    let found = runs(input, keep);
+    if found.is_empty() {
+        return None;
+    }
+    let (s, e) = found[rng.random_range(0..found.len())];
+    let v = choices[rng.random_range(0..choices.len())];
+    input.splice(s..e, v.bytes());
+    Some((s, v))
+}
+
 fn runs(bytes: &[u8], keep: impl Fn(u8) -> bool) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut start = None;

@@ -87,14 +87,27 @@ fn accepted_weights(weights: &Weights) {
 pub fn safetensors(bytes: &[u8]) -> bool {
     let memory = checkpoint::weights_from_bytes(bytes, "fuzz.safetensors");
     let file = checkpoint::load_weights(&Scratch::new("weights.safetensors", bytes).0);
-    match (&memory, &file) {
+    agree("weights", memory, file, |a, b| {
+        same_weights("weights from memory and from a file", a, b);
+        accepted_weights(a);
+    })
+}
+
+/// One input read from memory and from a file: both must accept it (then `check` compares the
+/// two) or both refuse it. Returns whether it was accepted.
+fn agree<T, E: std::fmt::Debug>(
+    what: &str,
+    memory: Result<T, E>,
+    file: Result<T, E>,
+    check: impl FnOnce(&T, &T),
+) -> bool {
+    match (memory, file) {
         (Ok(a), Ok(b)) => {
-            same_weights("weights from memory and from a file", a, b);
-            accepted_weights(a);
+            check(&a, &b);
             true
         }
         (Err(_), Err(_)) => false,
-        _ => panic!("weights from memory and from a file disagree: {:?} vs {:?}", memory.err(), file.err()),
+        (memory, file) => panic!("{what} from memory and from a file disagree: {:?} vs {:?}", memory.err(), file.err()),
     }
 }
 
@@ -103,17 +116,12 @@ pub fn safetensors(bytes: &[u8]) -> bool {
 pub fn checkpoint(bytes: &[u8]) -> bool {
     let memory = checkpoint::checkpoint_from_bytes(bytes, "fuzz.safetensors");
     let file = checkpoint::load_checkpoint(&Scratch::new("checkpoint.safetensors", bytes).0);
-    match (&memory, &file) {
-        (Ok((wa, sa, ma)), Ok((wb, sb, mb))) => {
-            same_weights("a checkpoint from memory and from a file", wa, wb);
-            assert_eq!(sa, sb, "the training states from memory and from a file differ");
-            same_tensors("the momentum from memory and from a file", ma, mb);
-            accepted_weights(wa);
-            true
-        }
-        (Err(_), Err(_)) => false,
-        _ => panic!("a checkpoint from memory and from a file disagree: {:?} vs {:?}", memory.err(), file.err()),
-    }
+    agree("a checkpoint", memory, file, |(wa, sa, ma), (wb, sb, mb)| {
+        same_weights("a checkpoint from memory and from a file", wa, wb);
+        assert_eq!(sa, sb, "the training states from memory and from a file differ");
+        same_tensors("the momentum from memory and from a file", ma, mb);
+        accepted_weights(wa);
+    })
 }
 
 /// A CIFAR-10 binary batch, parsed from memory (`parse_cifar10_batch`, the browser's way) and
@@ -121,16 +129,11 @@ pub fn checkpoint(bytes: &[u8]) -> bool {
 pub fn cifar(bytes: &[u8]) -> bool {
     let memory = data::parse_cifar10_batch(bytes, "fuzz.bin");
     let file = data::load_cifar10_batch(&Scratch::new("batch.bin", bytes).0);
-    match (&memory, &file) {
-        (Ok(a), Ok(b)) => {
-            assert_eq!(a.labels, b.labels, "the labels from memory and from a file differ");
-            assert!(a.images == b.images, "the images from memory and from a file differ");
-            assert_eq!(a.images.len(), a.labels.len() * a.image_bytes(), "images and labels disagree");
-            true
-        }
-        (Err(_), Err(_)) => false,
-        _ => panic!("a CIFAR batch from memory and from a file disagree: {:?} vs {:?}", memory.err(), file.err()),
-    }
+    agree("a CIFAR batch", memory, file, |a, b| {
+        assert_eq!(a.labels, b.labels, "the labels from memory and from a file differ");
+        assert!(a.images == b.images, "the images from memory and from a file differ");
+        assert_eq!(a.images.len(), a.labels.len() * a.image_bytes(), "images and labels disagree");
+    })
 }
 
 /// An image file as the streamed loader decodes it (`decode_rgb_bytes` with the default limits)
