@@ -37,8 +37,13 @@ struct Persistent {
 
 impl Persistent {
     fn flag_words(&self) -> usize {
-        2 * self.params.len() + self.states.len()
+        flag_words(self.params.len(), self.states.len())
     }
+}
+
+/// Words of [`Persistent::divergence_flags`] for these many parameter and state buffers.
+fn flag_words(param_buffers: usize, state_buffers: usize) -> usize {
+    2 * param_buffers + state_buffers
 }
 
 /// A model's persistent state on one device, and its compiled programs.
@@ -124,7 +129,7 @@ impl Session {
             divergence_flags: gpu
                 .storage_buffer(
                     "divergence flags",
-                    4 * (2 * layout.params.buffer_elems.len() + layout.states.buffer_elems.len()) as u64,
+                    4 * flag_words(layout.params.buffer_elems.len(), layout.states.buffer_elems.len()) as u64,
                 )
                 .await?,
         };
