@@ -274,12 +274,14 @@ async function main() {
     await page.fill('#lr', '0.1');
     await page.fill('#steps-limit', '8');
     await page.dispatchEvent('#batch', 'change');
-    const errorsAtStart = await page.evaluate(() => window.demo.errors.length);
+    // The first training run left a 'stopped' save and the status 'stopped' behind: wait for a
+    // 'stopped' save of this run, which comes after its final write.
+    const [errorsAtStart, savesAtStart] = await page.evaluate(() => [window.demo.errors.length, window.demo.saves.length]);
     await page.click('#start');
-    await page.waitForFunction((n) => window.demo.saves.some((c) => c.why === 'stopped') || window.demo.errors.length > n,
-      errorsAtStart, { timeout: 600_000, polling: 300 });
+    await page.waitForFunction(([n, k]) => window.demo.saves.slice(k).some((c) => c.why === 'stopped') || window.demo.errors.length > n,
+      [errorsAtStart, savesAtStart], { timeout: 600_000, polling: 300 });
     await page.waitForFunction(() => window.demo.status === 'stopped', null, { timeout: 60_000 });
-    const tab = { saves: await page.evaluate(() => window.demo.saves), status: await page.evaluate(() => window.demo.status) };
+    const tab = { saves: await page.evaluate((k) => window.demo.saves.slice(k), savesAtStart), status: await page.evaluate(() => window.demo.status) };
     tab.reference = JSON.parse(await page.evaluate(async () => {
       const losses = [];
       for (let i = 0; i < 2; i++) losses.push(JSON.parse(await window.demo.api.train_step()).loss);
