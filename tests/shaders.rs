@@ -106,6 +106,7 @@ fn other_conv_tiles_generate_valid_wgsl() {
         wgrad1_rows: 5,
         wgrad1_cols: 7,
         wgrad3_rows: 1,
+        wgrad3_cols: 3,
         wgrad3_pixels: 4,
         // Rows and taps that do not fill the subgroups' 8 loads.
         subgroup_weights: true,

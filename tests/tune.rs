@@ -130,6 +130,7 @@ fn same_kernel_follows_the_generated_text() {
     candidates.push(ConvTiles { conv3_lines: 4, ..base });
     candidates.push(ConvTiles { conv3_narrow_lines: 8, ..base });
     candidates.push(ConvTiles { wgrad3_rows: 4, ..base });
+    candidates.push(ConvTiles { wgrad3_cols: 3, ..base });
     candidates.push(ConvTiles { wgrad1_cols: 8, ..base });
     candidates.push(ConvTiles { conv3_workgroup: 32, ..base });
     let texts: Vec<String> = candidates.iter().map(|t| t.wgsl()).collect();

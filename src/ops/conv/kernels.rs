@@ -312,7 +312,8 @@ fn register_weight_grad(gpu: &Gpu, r: Register, s: &Conv2dShape, params: &Params
         return gpu.dispatch(&r.kernel(entry), &words, buffers, groups);
     }
     if s.kh == 3 && s.kw == 3 && s.stride == 1 {
-        let groups = [in_range(s.c_in), 1, in_range(s.c_out.div_ceil(r.tiles.wgrad3_rows))];
+        let groups =
+            [in_range(s.c_in.div_ceil(r.tiles.wgrad3_cols)), 1, in_range(s.c_out.div_ceil(r.tiles.wgrad3_rows))];
         return gpu.dispatch(&r.kernel(WEIGHT_GRAD_3X3_S1), &words, buffers, groups);
     }
     // One workgroup per weight; grid() folds the count into two dimensions.

@@ -49,8 +49,11 @@ pub struct ConvTiles {
     pub wgrad1_rows: u32,
     /// `conv1x1_weight_grad*`: input channels per workgroup.
     pub wgrad1_cols: u32,
-    /// `conv3x3_s1_weight_grad`: output channels per workgroup (times 1 input channel x 9 taps).
+    /// `conv3x3_s1_weight_grad`: output channels per workgroup.
     pub wgrad3_rows: u32,
+    /// `conv3x3_s1_weight_grad`: input channels per workgroup. Each loaded output gradient
+    /// feeds this many input channels' nine taps, so it divides the kernel's gradient loads.
+    pub wgrad3_cols: u32,
     /// `conv3x3_s1_weight_grad`: pixels per output row segment one invocation takes at a time.
     pub wgrad3_pixels: u32,
     /// The products (`conv1x1_gemm*`, `conv3x3_s1*`) load their weights, and the fused
@@ -63,7 +66,9 @@ pub struct ConvTiles {
 /// The register family's candidates. The first keeps the family's name, `register`, in tuning
 /// caches, and is its default where the device has no subgroups. `register` takes 16 channels
 /// x 16 pixels in the 1x1 product, `register-wide` 8 channels x 32 pixels (longer pixel runs,
-/// half the rows: more blocks for a 48-channel bottleneck). `register-subgroup` loads the
+/// half the rows: more blocks for a 48-channel bottleneck) and one input channel per 3x3
+/// weight-gradient workgroup (four times the workgroups, for a GPU with more cores than a
+/// 48-channel gradient has blocks of four). `register-subgroup` loads the
 /// products' weights once per subgroup ([`ConvTiles::subgroup_weights`]), which makes a taller
 /// product tile pay: 24 channels x 16 pixels; it is the default where the device has
 /// subgroups (see `kernels::register_default`; BENCHMARKS.md, "Weights once per subgroup").
@@ -80,10 +85,13 @@ pub struct ConvTiles {
 /// 12-18 s) at 32x32 and 16x16. On 8x8 maps 12 x 8 x 2 (192, 4-7 s) costs about 2 ms a launch
 /// more than 384. Smaller tiles ran up to twice as long on 32x32 maps. The 3x3 weight
 /// gradient takes all 12 growth channels per workgroup, reading each input segment once for
-/// all of them: 15-35% faster than 4 at BC-100's 16x16 and 32x32 maps.
+/// all of them: 15-35% faster than 4 at BC-100's 16x16 and 32x32 maps; and 4 input channels,
+/// each loaded output gradient feeding all four: 1.5-1.9x faster than 1 at every BC-100 map
+/// size, for about 6 s more LLVM compile on an empty Mesa cache (3 channels: 1.2-1.6x, 3 s;
+/// 6: no faster than 4, 15 s; BENCHMARKS.md, "Four input channels per 3x3 weight gradient").
 pub const REGISTER_TILES: [ConvTiles; 3] = [
     REGISTER,
-    ConvTiles { name: "register-wide", gemm_rows: 8, gemm_pixels: 32, ..REGISTER },
+    ConvTiles { name: "register-wide", gemm_rows: 8, gemm_pixels: 32, wgrad3_cols: 1, ..REGISTER },
     ConvTiles { name: "register-subgroup", gemm_rows: 24, subgroup_weights: true, ..REGISTER },
 ];
 
@@ -101,6 +109,7 @@ const REGISTER: ConvTiles = ConvTiles {
     wgrad1_rows: 16,
     wgrad1_cols: 16,
     wgrad3_rows: 12,
+    wgrad3_cols: 4,
     wgrad3_pixels: 8,
     subgroup_weights: false,
 };
@@ -165,7 +174,7 @@ impl ConvTiles {
                     t.subgroup_weights as u32,
                 ],
                 "conv1x1_weight_grad" | "conv1x1_weight_grad_bnrelu" => vec![t.wgrad1_rows, t.wgrad1_cols],
-                "conv3x3_s1_weight_grad" => vec![t.wgrad3_rows, t.wgrad3_pixels],
+                "conv3x3_s1_weight_grad" => vec![t.wgrad3_rows, t.wgrad3_cols, t.wgrad3_pixels],
                 "conv_general_forward" | "conv_general_backward_input" | "conv_general_weight_grad" => vec![],
                 _ => return None,
             })
@@ -198,6 +207,7 @@ impl ConvTiles {
             self.wgrad1_rows,
             self.wgrad1_cols,
             self.wgrad3_rows,
+            self.wgrad3_cols,
         ];
         assert!(
             pixels.iter().all(|&p| p > 0 && p % 4 == 0) && others.iter().all(|&n| n > 0),
@@ -411,32 +421,40 @@ fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
         emit!(out, "}}\n");
     }
 
-    /// `conv3x3_s1_weight_grad`: one workgroup per wgrad3_rows output channels x one input
-    /// channel x 9 taps, reducing over the output rows in workgroup memory.
+    /// `conv3x3_s1_weight_grad`: one workgroup per wgrad3_rows output channels x wgrad3_cols
+    /// input channels x 9 taps, reducing over the output rows in workgroup memory.
     fn wgrad3x3(&self, out: &mut String) {
-        let (mr, pr) = (self.wgrad3_rows, self.wgrad3_pixels);
+        let (mr, kc, pr) = (self.wgrad3_rows, self.wgrad3_cols, self.wgrad3_pixels);
         let (vecs, taps_wide, last) = (pr / 4, pr + 2, pr - 1);
+        let per_row = 9 * kc;
         emit!(
             out,
             "// Weight gradient of a 3x3, stride 1 conv: dw[m, k, i, j] = sum over images and output pixels
-// of dy[m, .] x[k, . shifted by (i, j)]. One workgroup owns {mr} output channels x 1 input channel
-// x 9 taps; its invocations split the output rows in segments of {pr} pixels, load each input
-// row segment once for all three kernel columns, and reduce in workgroup memory.
+// of dy[m, .] x[k, . shifted by (i, j)]. One workgroup owns {mr} output channels x {kc} input channels
+// x 9 taps; its invocations split the output rows in segments of {pr} pixels, load each output
+// gradient segment once for all {kc} input channels and each input row segment once for all three
+// kernel columns, and reduce in workgroup memory. Every accumulator sums its terms in the same order
+// whatever the number of input channels per workgroup.
 @compute @workgroup_size(64)
 fn conv3x3_s1_weight_grad(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg: vec3<u32>) {{
     let m0 = wg.z * {mr}u;
-    let k = wg.x;
+    let k0 = wg.x * {kc}u;
     let segs = (p.dst_w + {last}u) / {pr}u;
     let items = p.n * p.dst_h * segs;
-    let src_base = p.src_off + k * p.n * p.src_h * p.src_w;
+    let src_plane = p.n * p.src_h * p.src_w;
     let dst_plane = p.n * p.dst_h * p.dst_w;"
         );
+        for c in 0..kc {
+            emit!(out, "    let src_base{c} = p.src_off + min(k0 + {c}u, p.k_rows - 1u) * src_plane;");
+        }
         for r in 0..mr {
             emit!(out, "    let dr{r} = p.wt_off + min(m0 + {r}u, p.m_rows - 1u) * dst_plane;");
         }
         for r in 0..mr {
-            for t in 0..9 {
-                emit!(out, "    var acc{r}_{t} = 0.0;");
+            for c in 0..kc {
+                for t in 0..9 {
+                    emit!(out, "    var acc{r}_{c}_{t} = 0.0;");
+                }
             }
         }
         // As in the 1x1 weight gradient: each group of 8 invocations (one SIMD group on llvmpipe)
@@ -465,34 +483,41 @@ fn conv3x3_s1_weight_grad(@builtin(local_invocation_index) lane: u32, @builtin(w
             emit!(out, "        let wok{t} = iw{t} < p.src_w;");
             emit!(out, "        let c{t} = min(iw{t}, p.src_w - 1u);");
         }
-        // One input row per kernel row i, loaded once and shifted for the three columns j.
-        for i in 0..3 {
-            emit!(out, "        {{");
-            emit!(out, "            let ih = oh + {i}u - p.pad;");
-            emit!(out, "            let rb = src_base + (img * p.src_h + min(ih, p.src_h - 1u)) * p.src_w;");
-            emit!(out, "            let rok = ih < p.src_h;");
-            for t in 0..taps_wide {
-                emit!(out, "            let x{t} = select(0.0, src[rb + c{t}], rok && wok{t});");
-            }
-            for j in 0..3 {
-                for v in 0..vecs {
-                    let xs = vec4((0..4).map(|t| format!("x{}", 4 * v + t + j)));
-                    emit!(out, "            let xs{j}_{v} = {xs};");
+        // One input row per input channel and kernel row i, loaded once and shifted for the three
+        // columns j.
+        for c in 0..kc {
+            for i in 0..3 {
+                emit!(out, "        {{");
+                emit!(out, "            let ih = oh + {i}u - p.pad;");
+                emit!(out, "            let rb = src_base{c} + (img * p.src_h + min(ih, p.src_h - 1u)) * p.src_w;");
+                emit!(out, "            let rok = ih < p.src_h;");
+                for t in 0..taps_wide {
+                    emit!(out, "            let x{t} = select(0.0, src[rb + c{t}], rok && wok{t});");
                 }
-            }
-            for r in 0..mr {
                 for j in 0..3 {
-                    let dots: Vec<String> = (0..vecs).map(|v| format!("dot(g{r}_{v}, xs{j}_{v})")).collect();
-                    emit!(out, "            acc{r}_{} += {};", 3 * i + j, dots.join(" + "));
+                    for v in 0..vecs {
+                        let xs = vec4((0..4).map(|t| format!("x{}", 4 * v + t + j)));
+                        emit!(out, "            let xs{j}_{v} = {xs};");
+                    }
                 }
+                for r in 0..mr {
+                    for j in 0..3 {
+                        let dots: Vec<String> = (0..vecs).map(|v| format!("dot(g{r}_{v}, xs{j}_{v})")).collect();
+                        emit!(out, "            acc{r}_{c}_{} += {};", 3 * i + j, dots.join(" + "));
+                    }
+                }
+                emit!(out, "        }}");
             }
-            emit!(out, "        }}");
         }
         emit!(out, "    }}");
-        let names: Vec<String> = (0..mr).flat_map(|r| (0..9).map(move |t| format!("acc{r}_{t}"))).collect();
-        let store = "            let m = m0 + v / 9u;
-            if (m < p.m_rows) { put(p.dst_off + (m * p.k_rows + k) * 9u + v % 9u, sum); }";
-        reduce(out, &names, store);
+        let names: Vec<String> =
+            (0..mr).flat_map(|r| (0..kc).flat_map(move |c| (0..9).map(move |t| format!("acc{r}_{c}_{t}")))).collect();
+        let store = format!(
+            "            let m = m0 + v / {per_row}u;
+            let k = k0 + v / 9u % {kc}u;
+            if (m < p.m_rows && k < p.k_rows) {{ put(p.dst_off + (m * p.k_rows + k) * 9u + v % 9u, sum); }}"
+        );
+        reduce(out, &names, &store);
         emit!(out, "}}\n");
     }
 }
