@@ -21,10 +21,9 @@ fn is_finite(v: f32) -> bool {
 
 // ReLU as PyTorch's: max(v, 0) for numbers, NaN stays NaN. On the bits: v is kept when it is a
 // positive number or a positive NaN (as i32, > 0) or a negative NaN (as u32, above -inf's
-// 0xff800000). The convs' recomputed BN-ReLU loads (ops/conv) still use `max`: with this test
-// in every load, SwiftShader's compile of the register family's kernels ran past Chromium's GPU
-// watchdog. In training a NaN there still shows: it makes its channel's batch statistics NaN, so
-// the batch norm's weight gradient is NaN and the SGD launch flags it in the same step.
+// 0xff800000). The convs' BN-ReLU loads (ops/conv) keep `max` per value: with this test in
+// every load, SwiftShader's compile of the register family's kernels ran past Chromium's GPU
+// watchdog. They test each channel's statistics once instead (the conv prelude's bn_poison).
 fn relu(v: f32) -> f32 {
     return select(0.0, v, bitcast<i32>(v) > 0 || bitcast<u32>(v) > 0xff800000u);
 }

@@ -242,12 +242,11 @@ fn a_session_refuses_sgd_hyperparameters_outside_their_range() {
     assert_eq!(block_on(session.parameters()).unwrap(), before, "no step ran");
 }
 
-/// A NaN in one weight of the second dense layer: in naive mode it reaches the loss through
+/// A NaN in one weight of the second dense layer reaches the loss in every memory mode through
 /// every ReLU, BN-ReLU, batch norm and pool (a `max`-based ReLU turned it into zeros and the loss
-/// stayed finite). In the efficient and minimal modes the convs' recomputed BN-ReLU loads still
-/// use `max` (see common.wgsl), so the loss may stay finite there; in every mode the step reports
-/// a parameter tensor whose gradient is NaN, since the NaN batch statistics make the batch norm's
-/// weight gradient NaN. A finite step reports nothing.
+/// stayed finite; in efficient and minimal mode it passes the BN-ReLU a conv applies on load
+/// through that channel's NaN statistics), and the step reports a parameter tensor whose
+/// gradient is NaN. A finite step reports nothing.
 #[test]
 fn a_nan_weight_stops_the_step_in_every_memory_mode_naming_a_tensor() {
     use densegpu::DivergenceSource;
@@ -262,9 +261,7 @@ fn a_nan_weight_stops_the_step_in_every_memory_mode_naming_a_tensor() {
         values[3] = f32::NAN;
         session.set_tensor(name, &values).unwrap();
         let r = block_on(session.train_step(&nchw, &labels, &SGD)).unwrap();
-        if mode == MemoryMode::Naive {
-            assert!(r.loss.is_nan(), "{mode:?}: the NaN weight must reach the loss, got {}", r.loss);
-        }
+        assert!(r.loss.is_nan(), "{mode:?}: the NaN weight must reach the loss, got {}", r.loss);
         let d = r.diverged.unwrap_or_else(|| panic!("{mode:?}: a NaN gradient was not flagged"));
         assert_eq!(d.source, DivergenceSource::Gradient, "{mode:?}: {d}");
         assert!(d.value.is_nan(), "{mode:?}: {d}");

@@ -6,6 +6,9 @@
 use crate::common::*;
 use densegpu::ops::batchnorm::kernels::{batchnorm_apply, batchnorm_train_stats};
 use densegpu::ops::batchnorm::BatchNormShape;
+use densegpu::ops::conv::kernels::{self as conv, ConvKernel};
+use densegpu::ops::conv::workgroup::{GEMM_TILES, WEIGHT_GRAD_TILES};
+use densegpu::ops::conv::Conv2dShape;
 use densegpu::ops::elementwise::kernels as elementwise;
 use densegpu::ops::pool::kernels::{max_pool_backward, max_pool_forward};
 use densegpu::ops::pool::PoolShape;
@@ -81,6 +84,57 @@ fn a_nan_input_makes_its_batch_norm_channel_nan_through_the_fused_relu() {
     assert!(y[..m].iter().all(|v| v.is_finite()), "channel 0 has no NaN input");
     assert!(y[m..].iter().all(|v| v.is_nan()), "every BN-ReLU output of channel 1 must be NaN");
     slots.assert_guards_intact(&buf);
+}
+
+/// The BN-ReLU a 1x1 conv applies on load (efficient and minimal mode's recomputed input)
+/// keeps `max` per value and adds a per-channel NaN where the channel's statistics or affine
+/// are not finite, which is where any NaN or infinite input of a training-mode batch norm
+/// ends up. With channel 1's mean NaN and channel 2's 1/std infinite, every output of the
+/// product is NaN (each sums a term of both channels), and so is every weight gradient of
+/// input channels 1 and 2, while channel 0's weight gradients stay finite; in every kernel
+/// family and candidate, scalar and vector loads.
+#[test]
+fn a_nan_batch_norm_channel_stays_nan_through_the_bn_relu_a_conv_applies_on_load() {
+    let g = gpu();
+    let mut kernels: Vec<(ConvKernel, ConvKernel)> = register_candidates().into_iter().map(|k| (k, k)).collect();
+    for (i, t) in GEMM_TILES.iter().enumerate() {
+        kernels
+            .push((ConvKernel::Workgroup(*t), ConvKernel::Workgroup(WEIGHT_GRAD_TILES[i % WEIGHT_GRAD_TILES.len()])));
+    }
+    // 35 pixels an image (scalar loads) and 32 (the workgroup family's vector loads).
+    for (h, w) in [(5, 7), (4, 8)] {
+        let s = Conv2dShape { n: 2, c_in: 3, h, w, c_out: 13, kh: 1, kw: 1, stride: 1, pad: 0 };
+        let x = random(s.input_elems() as usize, 11);
+        let wt = random(s.weight_elems() as usize, 12);
+        let dy = random(s.output_elems() as usize, 13);
+        let mut stats = vec![0.1, 0.2, -0.3, 1.5, 0.7, 2.0];
+        stats[1] = f32::NAN;
+        stats[3 + 2] = f32::INFINITY;
+        let affine = [1.0, 0.5, 2.0, 0.1, 0.0, -0.2];
+        for &(product, gradient) in &kernels {
+            let name = format!("{}/{} at {h}x{w}", product.name(), gradient.name());
+            if !product.fits(g) || !gradient.fits(g) {
+                continue;
+            }
+            let mut slots = Slots::new();
+            let [xs, ws, dys, ss, afs] = [&x[..], &wt, &dy, &stats, &affine].map(|v| slots.input(v));
+            let (y, dw) = (slots.output(dy.len()), slots.output(wt.len()));
+            let buf = slots.upload();
+            let v = |slot| slots.view(&buf, slot);
+            let mut d = vec![conv::forward_bnrelu_with(g, product, &s, v(xs), v(ss), v(afs), v(ws), v(y))];
+            let bn = Some((v(ss), v(afs)));
+            d.extend(conv::backward_weight_with(g, gradient, &s, v(xs), bn, v(dys), v(dw), None, false));
+            run(&d);
+            slots.assert_guards_intact(&buf);
+            let y = slots.read(&buf, y);
+            assert!(y.iter().all(|v| v.is_nan()), "{name}: every output must be NaN: {y:?}");
+            let dw = slots.read(&buf, dw);
+            for (i, v) in dw.iter().enumerate() {
+                let k = i % 3;
+                assert_eq!(v.is_nan(), k != 0, "{name}: weight gradient {i} (input channel {k}) is {v}");
+            }
+        }
+    }
 }
 
 /// A NaN wins its 3x3 windows (the last NaN of a window, as PyTorch's `val > max || isnan(val)`

@@ -223,8 +223,8 @@ impl ConvTiles {
             emit!(
                 out,
                 "// As conv1x1_gemm, but src is the raw input of a training- or eval-mode BN-ReLU and each
-// loaded value goes through max((x - mean) * invstd * gamma + beta, 0) first, written as
-// bn_value in batchnorm.wgsl so the product equals BnApply followed by conv1x1_gemm bit for bit.
+// loaded value goes through max((x - mean) * invstd * gamma + beta, 0) + bn_poison first, written
+// as bn_value in batchnorm.wgsl so the product equals BnApply followed by conv1x1_gemm bit for bit.
 // The normalised tensor is then never stored: when the conv is its only reader, neither forward
 // nor a recomputation in backward needs memory for it."
             );
@@ -287,6 +287,9 @@ fn {name}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
             emit!(out, "        let gamma = bn_affine[p.affine_off + k];");
             emit!(out, "        let beta = bn_affine[p.affine_off + p.k_rows + k];");
         }
+        if bnrelu {
+            emit!(out, "        let poison = bn_poison(mean, invstd, gamma, beta);");
+        }
         if sg {
             for g in 0..mr.div_ceil(SUBGROUP) {
                 emit!(out, "        let wg{g} = wt[wl{g} + wk];");
@@ -295,7 +298,7 @@ fn {name}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         for v in 0..vecs {
             let load = vec4((0..4).map(|t| format!("src[s + q{}]", 4 * v + t)));
             if bnrelu {
-                emit!(out, "        let b{v} = max(({load} - mean) * invstd * gamma + beta, vec4<f32>());");
+                emit!(out, "        let b{v} = max(({load} - mean) * invstd * gamma + beta, vec4<f32>()) + poison;");
             } else {
                 emit!(out, "        let b{v} = {load};");
             }
@@ -372,6 +375,7 @@ fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
                 emit!(out, "    let is{c} = bn_stats[p.stats_off + p.k_rows + kc{c}];");
                 emit!(out, "    let ga{c} = bn_affine[p.affine_off + kc{c}];");
                 emit!(out, "    let be{c} = bn_affine[p.affine_off + p.k_rows + kc{c}];");
+                emit!(out, "    let pz{c} = bn_poison(mu{c}, is{c}, ga{c}, be{c});");
             }
         }
         for r in 0..mr {
@@ -399,7 +403,10 @@ fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
             }
             for c in 0..nr {
                 if bnrelu {
-                    emit!(out, "        let x{c}_{h} = max((src[sr{c} + c{h}] - mu{c}) * is{c} * ga{c} + be{c}, 0.0);");
+                    emit!(
+                        out,
+                        "        let x{c}_{h} = max((src[sr{c} + c{h}] - mu{c}) * is{c} * ga{c} + be{c}, 0.0) + pz{c};"
+                    );
                 } else {
                     emit!(out, "        let x{c}_{h} = src[sr{c} + c{h}];");
                 }
@@ -760,6 +767,37 @@ struct Params {
 // parameters [gamma, beta] of their k_rows source channels.
 @group(0) @binding(4) var<storage, read_write> bn_stats: array<f32>;
 @group(0) @binding(5) var<storage, read_write> bn_affine: array<f32>;
+
+// 0.0, or NaN where a folded BN-ReLU channel's constants are not all finite; the *_bnrelu
+// kernels add it to each value after `max`. Those loads keep `max` (see common.wgsl's relu: a
+// NaN test in every load made SwiftShader's compile outlast Chromium's GPU watchdog), and this
+// test runs once per channel instead. In training a NaN or infinite input value always reaches
+// its channel's batch statistics, so the diverged channel comes out NaN, as PyTorch's ReLU
+// leaves it; with running statistics (eval) a NaN input under finite statistics becomes 0.
+// Adding +0.0 also makes a -0.0 from `max` +0.0, as `relu` gives it.
+fn bn_poison(mean: f32, invstd: f32, gamma: f32, beta: f32) -> f32 {
+    let finite = is_finite(mean) && is_finite(invstd) && is_finite(gamma) && is_finite(beta);
+    return bitcast<f32>(select(0x7fc00000u, 0u, finite));
+}
+
+// relu(batchnorm(v)) of source channel ch, in batchnorm.wgsl's bn_value order, so that the
+// value equals the stored BN-ReLU output of the other memory modes bit for bit (the workgroup
+// family's loads; the register family's load each channel's constants once per channel).
+fn bn_relu_of(v: f32, ch: u32) -> f32 {
+    let mean = bn_stats[p.stats_off + ch];
+    let invstd = bn_stats[p.stats_off + p.k_rows + ch];
+    let gamma = bn_affine[p.affine_off + ch];
+    let beta = bn_affine[p.affine_off + p.k_rows + ch];
+    return max((v - mean) * invstd * gamma + beta, 0.0) + bn_poison(mean, invstd, gamma, beta);
+}
+
+fn bn_relu4_of(v: vec4<f32>, ch: u32) -> vec4<f32> {
+    let mean = bn_stats[p.stats_off + ch];
+    let invstd = bn_stats[p.stats_off + p.k_rows + ch];
+    let gamma = bn_affine[p.affine_off + ch];
+    let beta = bn_affine[p.affine_off + p.k_rows + ch];
+    return max((v - mean) * invstd * gamma + beta, vec4<f32>()) + bn_poison(mean, invstd, gamma, beta);
+}
 
 // Writes one finished output: overwrite, or add to what is there.
 fn put(i: u32, v: f32) {

@@ -295,7 +295,7 @@ fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
         for e in 0..input_loads {
             if vector {
                 let load = format!("src[(p.src_off + d * src_plane + xq{e}) / 4u]");
-                let load = if form == Form::BnRelu { bn_relu(&load, "d", "vec4<f32>()") } else { load };
+                let load = if form == Form::BnRelu { bn_relu(&load, "d", true) } else { load };
                 let at = |j: u32| format!("xs{e} * {cols}u + 4u * xc{e} + {j}u");
                 stage_vector(out, "cols_tile", ("x", e), ("d", &format!("d0 + xs{e}"), "reduction"), &load, at);
                 continue;
@@ -313,7 +313,7 @@ fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
                     ),
                 ],
                 Form::Pointwise => vec![format!("v = {plain};")],
-                Form::BnRelu => vec![format!("v = {};", bn_relu(&plain, "d", "0.0"))],
+                Form::BnRelu => vec![format!("v = {};", bn_relu(&plain, "d", false))],
             };
             stage(out, ("cols_tile", cols), ("x", e), ("d", "d0", "reduction"), &load);
         }
@@ -394,7 +394,7 @@ fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
         for e in 0..input_loads {
             if vector {
                 let load = format!("src[(xrow{e} + q) / 4u]");
-                let load = if form == Form::BnRelu { bn_relu(&load, &format!("xdc{e}"), "vec4<f32>()") } else { load };
+                let load = if form == Form::BnRelu { bn_relu(&load, &format!("xdc{e}"), true) } else { load };
                 let at = |j: u32| format!("(4u * xs{e} + {j}u) * {cols}u + xc{e}");
                 stage_vector(out, "cols_tile", ("x", e), ("q", &format!("q0 + 4u * xs{e}"), "q_end"), &load, at);
                 continue;
@@ -410,7 +410,7 @@ fn {name}(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg:
                     ),
                 ],
                 Form::Pointwise => vec![format!("v = {plain};")],
-                Form::BnRelu => vec![format!("v = {};", bn_relu(&plain, &format!("xdc{e}"), "0.0"))],
+                Form::BnRelu => vec![format!("v = {};", bn_relu(&plain, &format!("xdc{e}"), false))],
             };
             stage(out, ("cols_tile", cols), ("x", e), ("q", "q0", "q_end"), &load);
         }
@@ -482,14 +482,12 @@ fn stage_vector(
     emit!(out, "        }}");
 }
 
-/// `relu(batchnorm(x))` of channel `channel`, in batchnorm.wgsl's `bn_value` order, so that the
-/// value equals the stored BN-ReLU output of the other memory modes bit for bit; `zero` is
-/// `0.0`, or `vec4<f32>()` for a vector load (the same operations on each component).
-fn bn_relu(load: &str, channel: &str, zero: &str) -> String {
-    format!(
-        "max(({load} - bn_stats[p.stats_off + {channel}]) * bn_stats[p.stats_off + p.k_rows + {channel}] \
-         * bn_affine[p.affine_off + {channel}] + bn_affine[p.affine_off + p.k_rows + {channel}], {zero})"
-    )
+/// `relu(batchnorm(x))` of channel `channel` through the prelude's `bn_relu_of` (`bn_relu4_of`
+/// for a `vector` load of four pixels of the channel), which equals the stored BN-ReLU output of
+/// the other memory modes bit for bit and is NaN where the channel's statistics are.
+fn bn_relu(load: &str, channel: &str, vector: bool) -> String {
+    let f = if vector { "bn_relu4_of" } else { "bn_relu_of" };
+    format!("{f}({load}, {channel})")
 }
 
 /// How a kernel reads its input operand.
