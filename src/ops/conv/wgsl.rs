@@ -67,8 +67,8 @@ pub struct ConvTiles {
 /// caches, and is its default where the device has no subgroups. `register` takes 16 channels
 /// x 16 pixels in the 1x1 product, `register-wide` 8 channels x 32 pixels (longer pixel runs,
 /// half the rows: more blocks for a 48-channel bottleneck) and one input channel per 3x3
-/// weight-gradient workgroup (four times the workgroups, for a GPU with more cores than a
-/// 48-channel gradient has blocks of four). `register-subgroup` loads the
+/// weight-gradient workgroup (the earlier layout: four times the workgroups, which a GPU may
+/// prefer; untimed on one so far, and it keeps the same-bits test comparing both layouts). `register-subgroup` loads the
 /// products' weights once per subgroup ([`ConvTiles::subgroup_weights`]), which makes a taller
 /// product tile pay: 24 channels x 16 pixels; it is the default where the device has
 /// subgroups (see `kernels::register_default`; BENCHMARKS.md, "Weights once per subgroup").
@@ -87,7 +87,7 @@ pub struct ConvTiles {
 /// gradient takes all 12 growth channels per workgroup, reading each input segment once for
 /// all of them: 15-35% faster than 4 at BC-100's 16x16 and 32x32 maps; and 4 input channels,
 /// each loaded output gradient feeding all four: 1.5-1.9x faster than 1 at every BC-100 map
-/// size, for about 6 s more LLVM compile on an empty Mesa cache (3 channels: 1.2-1.6x, 3 s;
+/// size, for about 6 s more LLVM compile on an empty Mesa cache (3 channels: 1.4-1.7x, 3 s;
 /// 6: no faster than 4, 15 s; BENCHMARKS.md, "Four input channels per 3x3 weight gradient").
 pub const REGISTER_TILES: [ConvTiles; 3] = [
     REGISTER,
