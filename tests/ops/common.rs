@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use densegpu::gpu::{Dispatch, View};
+use densegpu::ops::conv::kernels::ConvKernel;
 pub use densegpu::selftest::random;
 use densegpu::{block_on, Gpu};
 use std::sync::OnceLock;
@@ -22,10 +23,21 @@ pub fn full_tests() -> bool {
 
 /// Every register-family candidate this device can run (the subgroup one needs subgroups), in
 /// `REGISTER_TILES` order, the default first.
-pub fn register_candidates() -> Vec<densegpu::ops::conv::kernels::ConvKernel> {
-    use densegpu::ops::conv::kernels::ConvKernel;
+pub fn register_candidates() -> Vec<ConvKernel> {
     let all = densegpu::ops::conv::wgsl::REGISTER_TILES.iter().map(|t| ConvKernel::Register(*t));
     all.filter(|k| k.fits(gpu())).collect()
+}
+
+/// Every conv kernel the tests run, as (forward and input gradient, weight gradient) pairs:
+/// each register candidate, and each workgroup candidate (the weight-gradient candidates taken
+/// in turn beside the product ones).
+pub fn kernel_pairs() -> Vec<(ConvKernel, ConvKernel)> {
+    use densegpu::ops::conv::workgroup::{GEMM_TILES, WEIGHT_GRAD_TILES};
+    let mut out: Vec<_> = register_candidates().into_iter().map(|k| (k, k)).collect();
+    for (i, t) in GEMM_TILES.iter().enumerate() {
+        out.push((ConvKernel::Workgroup(*t), ConvKernel::Workgroup(WEIGHT_GRAD_TILES[i % WEIGHT_GRAD_TILES.len()])));
+    }
+    out
 }
 
 /// ‖got − want‖ / ‖want‖, after checking that `got` has no NaN or infinity.

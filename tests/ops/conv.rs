@@ -1,7 +1,6 @@
 use crate::common::*;
 use densegpu::ops::batchnorm::{kernels as batchnorm, BatchNormShape};
 use densegpu::ops::conv::kernels::{self as conv, ConvKernel};
-use densegpu::ops::conv::workgroup::{GEMM_TILES, WEIGHT_GRAD_TILES};
 use densegpu::ops::conv::Conv2dShape;
 use densegpu::reference::conv as reference;
 
@@ -99,17 +98,6 @@ fn check_output(
         }
         slots.assert_guards_intact(&buffer);
     }
-}
-
-/// Every kernel the tests run, as (forward and input gradient, weight gradient) pairs: each
-/// register candidate, and each workgroup candidate (the weight-gradient candidates taken in
-/// turn beside the product ones).
-fn kernel_pairs() -> Vec<(ConvKernel, ConvKernel)> {
-    let mut out: Vec<_> = register_candidates().into_iter().map(|k| (k, k)).collect();
-    for (i, t) in GEMM_TILES.iter().enumerate() {
-        out.push((ConvKernel::Workgroup(*t), ConvKernel::Workgroup(WEIGHT_GRAD_TILES[i % WEIGHT_GRAD_TILES.len()])));
-    }
-    out
 }
 
 fn check_all_directions(s: &Conv2dShape, seed: u64, accumulate_modes: &[bool]) {

@@ -7,7 +7,6 @@ use crate::common::*;
 use densegpu::ops::batchnorm::kernels::{batchnorm_apply, batchnorm_train_stats};
 use densegpu::ops::batchnorm::BatchNormShape;
 use densegpu::ops::conv::kernels::{self as conv, ConvKernel};
-use densegpu::ops::conv::workgroup::{GEMM_TILES, WEIGHT_GRAD_TILES};
 use densegpu::ops::conv::Conv2dShape;
 use densegpu::ops::elementwise::kernels as elementwise;
 use densegpu::ops::pool::kernels::{max_pool_backward, max_pool_forward};
@@ -91,33 +90,41 @@ fn a_nan_input_makes_its_batch_norm_channel_nan_through_the_fused_relu() {
 /// are not finite, which is where any NaN or infinite input of a training-mode batch norm
 /// ends up. With channel 1's mean NaN and channel 2's 1/std infinite, every output of the
 /// product is NaN (each sums a term of both channels), and so is every weight gradient of
-/// input channels 1 and 2, while channel 0's weight gradients stay finite; in every kernel
-/// family and candidate, scalar and vector loads.
+/// input channels 1 and 2, while the other channels' weight gradients stay finite. Every
+/// kernel family and candidate on small odd shapes (scalar loads at 35 pixels an image, the
+/// workgroup family's vector loads at 32), and DenseNet-BC-100's block-1 bottleneck (120 -> 48
+/// channels at 32x32, batch 64) on post-ReLU-like inputs and small gradients with the default
+/// register candidate and the first workgroup pair (every pair with `--full`).
 #[test]
 fn a_nan_batch_norm_channel_stays_nan_through_the_bn_relu_a_conv_applies_on_load() {
     let g = gpu();
-    let mut kernels: Vec<(ConvKernel, ConvKernel)> = register_candidates().into_iter().map(|k| (k, k)).collect();
-    for (i, t) in GEMM_TILES.iter().enumerate() {
-        kernels
-            .push((ConvKernel::Workgroup(*t), ConvKernel::Workgroup(WEIGHT_GRAD_TILES[i % WEIGHT_GRAD_TILES.len()])));
-    }
-    // 35 pixels an image (scalar loads) and 32 (the workgroup family's vector loads).
-    for (h, w) in [(5, 7), (4, 8)] {
-        let s = Conv2dShape { n: 2, c_in: 3, h, w, c_out: 13, kh: 1, kw: 1, stride: 1, pad: 0 };
-        let x = random(s.input_elems() as usize, 11);
-        let wt = random(s.weight_elems() as usize, 12);
-        let dy = random(s.output_elems() as usize, 13);
-        let mut stats = vec![0.1, 0.2, -0.3, 1.5, 0.7, 2.0];
+    let pointwise = |n, c_in, h, w, c_out| Conv2dShape { n, c_in, h, w, c_out, kh: 1, kw: 1, stride: 1, pad: 0 };
+    let all = kernel_pairs();
+    let workgroup = all.iter().position(|(k, _)| matches!(k, ConvKernel::Workgroup(_))).unwrap();
+    let representatives = if full_tests() { all.clone() } else { vec![all[0], all[workgroup]] };
+    let cases = [
+        (pointwise(2, 3, 5, 7, 13), all.clone()),
+        (pointwise(2, 3, 4, 8, 13), all.clone()),
+        (pointwise(64, 120, 32, 32, 48), representatives),
+    ];
+    for (seed, (s, kernels)) in cases.into_iter().enumerate() {
+        let seed = 20 + 10 * seed as u64;
+        let c = s.c_in as usize;
+        let x: Vec<f32> = random(s.input_elems() as usize, seed).iter().map(|v| 0.8 + 1.5 * v.abs()).collect();
+        let wt: Vec<f32> = random(s.weight_elems() as usize, seed + 1).iter().map(|v| 0.1 * v).collect();
+        let dy: Vec<f32> = random(s.output_elems() as usize, seed + 2).iter().map(|v| 1e-3 * v).collect();
+        // [mean; invstd] and [gamma; beta] per channel, as a training-mode batch norm of x has them.
+        let mut stats: Vec<f32> = (0..2 * c).map(|i| if i < c { 1.55 } else { 2.3 }).collect();
         stats[1] = f32::NAN;
-        stats[3 + 2] = f32::INFINITY;
-        let affine = [1.0, 0.5, 2.0, 0.1, 0.0, -0.2];
-        for &(product, gradient) in &kernels {
-            let name = format!("{}/{} at {h}x{w}", product.name(), gradient.name());
+        stats[c + 2] = f32::INFINITY;
+        let affine: Vec<f32> = random(2 * c, seed + 3).iter().map(|v| 1.0 + 0.2 * v).collect();
+        for (product, gradient) in kernels {
+            let name = format!("{}/{} at {s:?}", product.name(), gradient.name());
             if !product.fits(g) || !gradient.fits(g) {
                 continue;
             }
             let mut slots = Slots::new();
-            let [xs, ws, dys, ss, afs] = [&x[..], &wt, &dy, &stats, &affine].map(|v| slots.input(v));
+            let [xs, ws, dys, ss, afs] = [&x, &wt, &dy, &stats, &affine].map(|v| slots.input(v));
             let (y, dw) = (slots.output(dy.len()), slots.output(wt.len()));
             let buf = slots.upload();
             let v = |slot| slots.view(&buf, slot);
@@ -127,11 +134,17 @@ fn a_nan_batch_norm_channel_stays_nan_through_the_bn_relu_a_conv_applies_on_load
             run(&d);
             slots.assert_guards_intact(&buf);
             let y = slots.read(&buf, y);
-            assert!(y.iter().all(|v| v.is_nan()), "{name}: every output must be NaN: {y:?}");
+            if let Some(i) = y.iter().position(|v| !v.is_nan()) {
+                panic!("{name}: output {i} is {}, not NaN", y[i]);
+            }
             let dw = slots.read(&buf, dw);
             for (i, v) in dw.iter().enumerate() {
-                let k = i % 3;
-                assert_eq!(v.is_nan(), k != 0, "{name}: weight gradient {i} (input channel {k}) is {v}");
+                let k = i % c;
+                let diverged = k == 1 || k == 2;
+                assert!(
+                    if diverged { v.is_nan() } else { v.is_finite() },
+                    "{name}: weight gradient {i} (input channel {k}) is {v}"
+                );
             }
         }
     }
